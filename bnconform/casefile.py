@@ -1,0 +1,111 @@
+"""Reading and writing case files (JSON, one case per file; format in docs/case-format.md).
+
+Loading parses JSON and decodes arrays; nothing in a file is ever executed or imported.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .encoding import decode_array, encode_array
+from .model import OUTPUT_KEYS, Case, Config, RunningStats, State, Step
+
+FORMAT_VERSION = 1
+_STATE_ARRAYS = ("gamma", "beta", "running_mean", "running_var")
+
+
+def config_to_json(config: Config) -> dict:
+    rs = config.running_stats
+    return {
+        "channel_axis": config.channel_axis,
+        "epsilon": config.epsilon,
+        "epsilon_mode": config.epsilon_mode,
+        "epsilon_floor": config.epsilon_floor,
+        "scale": config.scale,
+        "center": config.center,
+        "input_dtype": config.input_dtype,
+        "param_dtype": config.param_dtype,
+        "running_stats": {"rule": rs.rule, "decay": rs.decay, "variance": rs.variance,
+                          "zero_debias": rs.zero_debias,
+                          "num_updates_schedule": rs.num_updates_schedule},
+    }
+
+
+def config_from_json(obj: dict) -> Config:
+    fields = dict(obj)
+    fields["running_stats"] = RunningStats(**obj["running_stats"])
+    return Config(**fields)
+
+
+def _expected_to_json(expected: dict) -> dict:
+    out = {}
+    for key in OUTPUT_KEYS:
+        value = expected.get(key)
+        out[key] = None if value is None else encode_array(value, "float64")
+    out["num_updates"] = int(expected["num_updates"])
+    return out
+
+
+def case_to_json(case: Case) -> dict:
+    """The JSON object of a case (arrays bit-exact, expected values in float64)."""
+    cfg, state = case.config, case.initial_state
+    return {
+        "format_version": FORMAT_VERSION,
+        "id": case.id,
+        "family": case.family,
+        "description": case.description,
+        "config": config_to_json(cfg),
+        "initial_state": {
+            **{k: encode_array(getattr(state, k), cfg.param_dtype) for k in _STATE_ARRAYS},
+            "num_updates": state.num_updates,
+        },
+        "steps": [
+            {"normalize_with": s.normalize_with, "update_running_stats": s.update_running_stats,
+             "x": encode_array(s.x, cfg.input_dtype), "expected": _expected_to_json(s.expected),
+             "tolerance": s.tolerance}
+            for s in case.steps
+        ],
+    }
+
+
+def _format(value, indent: str = "") -> str:
+    """JSON with two-space indentation, but lists of scalars kept on one line."""
+    inner = indent + "  "
+    if isinstance(value, dict):
+        items = [f"{inner}{json.dumps(k)}: {_format(v, inner)}" for k, v in value.items()]
+        return "{\n" + ",\n".join(items) + "\n" + indent + "}" if items else "{}"
+    if isinstance(value, list) and any(isinstance(v, (dict, list)) for v in value):
+        return "[\n" + ",\n".join(inner + _format(v, inner) for v in value) + "\n" + indent + "]"
+    return json.dumps(value, allow_nan=False)
+
+
+def dumps_case(case: Case) -> str:
+    """Canonical text of a case file: stable key order, two-space indent, final newline."""
+    return _format(case_to_json(case)) + "\n"
+
+
+def _decode_optional(value, where):
+    return None if value is None else decode_array(value, where).astype("float64")
+
+
+def case_from_json(obj: dict, path: str | None = None) -> Case:
+    """Build a Case from an object that passed validation (see :mod:`bnconform.validation`)."""
+    state_obj = obj["initial_state"]
+    state = State(**{k: decode_array(state_obj[k], f"/initial_state/{k}") for k in _STATE_ARRAYS},
+                  num_updates=state_obj["num_updates"])
+    steps = []
+    for i, s in enumerate(obj["steps"]):
+        where = f"/steps/{i}"
+        expected = {k: _decode_optional(s["expected"].get(k), f"{where}/expected/{k}") for k in OUTPUT_KEYS}
+        expected["num_updates"] = s["expected"]["num_updates"]
+        steps.append(Step(s["normalize_with"], s["update_running_stats"],
+                          decode_array(s["x"], f"{where}/x"), expected, s.get("tolerance", {})))
+    return Case(obj["id"], obj["family"], obj["description"], config_from_json(obj["config"]),
+                state, steps, path)
+
+
+def read_json(path: Path):
+    """Parse a file as JSON (raises json.JSONDecodeError / OSError / UnicodeDecodeError)."""
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)

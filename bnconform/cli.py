@@ -1,0 +1,100 @@
+"""The ``bnconform`` command line. Every user error is one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import __version__
+
+DEFAULT_CASES = Path("cases")
+
+
+class UsageError(Exception):
+    """A bad option or input; the message is the whole line shown to the user."""
+
+
+def _cmd_generate(args) -> int:
+    from .generate import check, generate
+
+    root = Path(args.cases)
+    if args.check:
+        problems = check(root)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} file(s) differ from the case specs", file=sys.stderr)
+            return 1
+        print(f"{root}: every case file matches the specs")
+        return 0
+    count = generate(root)
+    print(f"wrote {count} cases under {root}")
+    return 0
+
+
+def case_paths(paths) -> list[Path]:
+    """Expand directories to the *.json case files below them (schema.json excluded)."""
+    found = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*.json") if p.name != "schema.json")
+        elif path.exists():
+            found.append(path)
+        else:
+            raise UsageError(f"{path}: Expected: a case file or directory. Received: no such path")
+    return found
+
+
+def _cmd_validate(args) -> int:
+    from .validation import CaseError, load_case
+
+    paths = case_paths(args.paths or [DEFAULT_CASES])
+    bad = 0
+    for path in paths:
+        try:
+            load_case(path)
+        except CaseError as exc:
+            print(exc, file=sys.stderr)
+            bad += 1
+    print(f"{len(paths) - bad} valid, {bad} invalid")
+    return 2 if bad else 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnconform", description="Batch Normalization conformance suite")
+    parser.add_argument("--version", action="version", version=f"bnconform {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="rebuild cases/ from the case specs")
+    gen.add_argument("--cases", default=str(DEFAULT_CASES), help="case directory (default: cases)")
+    gen.add_argument("--check", action="store_true", help="exit 1 and list files that differ; write nothing")
+    gen.set_defaults(func=_cmd_generate)
+    val = sub.add_parser("validate", help="check case files against the schema and their meaning")
+    val.add_argument("paths", nargs="*", help="case files or directories (default: cases)")
+    val.set_defaults(func=_cmd_validate)
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return parser
+
+
+_EXTRA_COMMANDS: list = []
+
+
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"bnconform: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bnconform: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""pytest plugin: the conformance matrix as tests (filled in by the runner work)."""

@@ -1,0 +1,117 @@
+"""formulas: the forward pass itself, in training (batch statistics) and eval (running) mode.
+
+Covers ranks 2-5, channel axis first and last (and in the middle), gamma/beta on and off,
+negative and zero gamma, input scales 1e-3 ... 1e3, and float64/float32/float16/bfloat16 inputs
+(half inputs with float32 parameters, as frameworks keep them).
+"""
+
+from __future__ import annotations
+
+from . import EVAL, TRAIN, Spec, normal
+from ..model import Config
+
+FAMILY = "formulas"
+
+# (rank, layout name, shape, channel axis)
+_LAYOUTS = [
+    (2, "nc", (8, 3), 1),
+    (3, "ncl", (4, 3, 5), 1), (3, "nlc", (4, 5, 3), 2),
+    (4, "nchw", (3, 4, 3, 2), 1), (4, "nhwc", (3, 3, 2, 4), 3),
+    (5, "ncdhw", (2, 3, 2, 3, 2), 1), (5, "ndhwc", (2, 2, 3, 2, 3), 4),
+]
+
+_MODE_TEXT = {
+    "train": ("normalizes with the biased batch moments", "an implementation using the unbiased "
+              "variance to normalize is off by sqrt(N/(N-1))"),
+    "eval": ("normalizes with the given running statistics", "one that uses batch statistics in "
+             "eval gets outputs with per-channel mean 0 instead of (mu_B - mu_run)/sigma_run"),
+}
+
+
+def _mode_steps(mode):
+    return (TRAIN,) if mode == "train" else (EVAL,)
+
+
+def _layouts():
+    for rank, layout, shape, axis in _LAYOUTS:
+        for mode in ("train", "eval"):
+            what, wrong = _MODE_TEXT[mode]
+            yield Spec(FAMILY, f"rank{rank}_{layout}_{mode}",
+                       f"Rank-{rank} input {list(shape)} with channels on axis {axis} ({layout}) {what}; "
+                       f"reducing over the wrong axes gives per-position instead of per-channel statistics, "
+                       f"and {wrong}.",
+                       Config(channel_axis=axis), [shape], _mode_steps(mode), normal(0.7, 1.5))
+    yield Spec(FAMILY, "rank4_channel_axis2_train",
+               "Channels on axis 2 of a rank-4 input (neither first nor last): statistics reduce over "
+               "axes 0, 1 and 3; code that assumes channels first or last reduces the wrong axes.",
+               Config(channel_axis=2), [(3, 2, 4, 3)], (TRAIN,), normal(-0.4, 2.0))
+    yield Spec(FAMILY, "rank2_channel_axis0_train",
+               "Channels on axis 0 of a rank-2 input (C, N): statistics reduce over axis 1; an "
+               "implementation that always reduces axis 0 normalizes across channels instead.",
+               Config(channel_axis=0), [(3, 7)], (TRAIN,), normal(0.3, 1.2))
+
+
+def _affine():
+    for scale in (True, False):
+        for center in (True, False):
+            for mode in ("train", "eval"):
+                tag = f"scale_{'on' if scale else 'off'}_center_{'on' if center else 'off'}_{mode}"
+                yield Spec(FAMILY, tag,
+                           f"gamma {'applied' if scale else 'off (scale=False)'} and beta "
+                           f"{'applied' if center else 'off (center=False)'} in {mode} mode; the state holds "
+                           f"gamma != 1 and beta != 0, so an implementation that "
+                           f"{'drops' if scale else 'still applies'} gamma or "
+                           f"{'drops' if center else 'still applies'} beta is off by those values.",
+                           Config(channel_axis=1, scale=scale, center=center), [(4, 3, 2, 2)],
+                           _mode_steps(mode), normal(0.5, 1.3))
+
+
+def _gamma_values():
+    yield Spec(FAMILY, "gamma_negative_train",
+               "Negative gamma flips each channel's output sign; an implementation taking |gamma| or "
+               "folding gamma into a sqrt gets the sign (or NaN) wrong.",
+               Config(channel_axis=1), [(6, 3)], (TRAIN,), normal(0.0, 1.0),
+               gamma=lambda r, c: -r.uniform(0.5, 2.0, c))
+    yield Spec(FAMILY, "gamma_zero_train",
+               "gamma = 0 makes every output equal beta exactly; an implementation that divides by gamma "
+               "or skips zero weights returns NaN or the normalized input.",
+               Config(channel_axis=1), [(6, 3)], (TRAIN,), normal(0.0, 1.0),
+               gamma=lambda r, c: [0.0] * c)
+    yield Spec(FAMILY, "gamma_mixed_sign_eval",
+               "gamma of mixed sign including 0 in eval mode; sign errors show up channel by channel.",
+               Config(channel_axis=1), [(5, 4, 3)], (EVAL,), normal(0.2, 1.0),
+               gamma=lambda r, c: [-1.5, 0.0, 0.75, 2.0][:c])
+
+
+def _scales():
+    for exponent in (-3, -1, 1, 3):
+        scale = 10.0 ** exponent
+        for mode in ("train", "eval"):
+            yield Spec(FAMILY, f"input_scale_1e{exponent:+d}_{mode}",
+                       f"Inputs of scale 1e{exponent} (mean 2e{exponent}, std 1e{exponent}) in {mode} mode: "
+                       f"BN output is scale-free in training and scales with the input in eval; an "
+                       f"absolute epsilon or tolerance baked in at 1e-5 distorts small scales.",
+                       Config(channel_axis=1, epsilon=1e-5 if exponent > -3 else 1e-12),
+                       [(6, 3, 4)], _mode_steps(mode), normal(2 * scale, scale),
+                       running_mean=lambda r, c, s=scale: r.normal(2 * s, s, c),
+                       running_var=lambda r, c, s=scale: r.uniform(0.5, 2.0, c) * s * s)
+
+
+def _dtypes():
+    for dtype, param in (("float64", "float64"), ("float16", "float32"), ("bfloat16", "float32")):
+        for shape, layout, axis in (((8, 3), "nc", 1), ((2, 3, 4, 4), "nchw", 1), ((2, 4, 4, 3), "nhwc", 3)):
+            for mode in ("train", "eval"):
+                yield Spec(FAMILY, f"{dtype}_{layout}_{mode}",
+                           f"{dtype} input with {param} parameters ({layout}, {mode}): x is quantized to "
+                           f"{dtype}, the math should run in float32 or wider and y be rounded once to "
+                           f"{dtype}; computing the moments in {dtype} loses digits beyond the tolerance.",
+                           Config(channel_axis=axis, input_dtype=dtype, param_dtype=param),
+                           [shape], _mode_steps(mode), normal(1.0, 2.0))
+
+
+def specs():
+    yield from _layouts()
+    yield from _affine()
+    yield from _gamma_values()
+    yield from _scales()
+    yield from _dtypes()
