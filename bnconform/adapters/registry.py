@@ -1,0 +1,90 @@
+"""Where adapters come from: a sorted table of lazy dotted paths, entry points, or ad hoc paths.
+
+* Built-in adapters: ``BUILTIN`` below (name -> "module:Class"); nothing is imported until used.
+* Third-party adapters: the entry-point group ``bnconform.adapters`` (name -> "module:Class").
+* Ad hoc: ``--adapter package.module:ClassName`` on the CLI and in pytest.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+from .base import Adapter
+
+ENTRY_POINT_GROUP = "bnconform.adapters"
+
+BUILTIN = {
+    "equinox.batch": "bnconform.adapters.equinox_bn:EquinoxBatchModeAdapter",
+    "equinox.ema": "bnconform.adapters.equinox_bn:EquinoxEmaAdapter",
+    "flax.linen": "bnconform.adapters.flax_linen:FlaxLinenAdapter",
+    "flax.linen.exact_variance": "bnconform.adapters.flax_linen:FlaxLinenExactVarianceAdapter",
+    "flax.nnx": "bnconform.adapters.flax_nnx:FlaxNnxAdapter",
+    "haiku": "bnconform.adapters.haiku_bn:HaikuAdapter",
+    "keras3.jax": "bnconform.adapters.keras3:Keras3JaxAdapter",
+    "keras3.tensorflow": "bnconform.adapters.keras3:Keras3TensorflowAdapter",
+    "keras3.torch": "bnconform.adapters.keras3:Keras3TorchAdapter",
+    "numpy.oracle": "bnconform.adapters.numpy_oracle:OracleAdapter",
+    "tensorlayer": "bnconform.adapters.tf_legacy_wrappers:TensorLayerAdapter",
+    "tf.fused_batch_norm": "bnconform.adapters.tf_fused:TfFusedBatchNormAdapter",
+    "tf.global_normalization": "bnconform.adapters.tf_global_norm:TfGlobalNormalizationAdapter",
+    "tf.nn": "bnconform.adapters.tf_nn:TfNnAdapter",
+    "tf.nn+ema": "bnconform.adapters.tf_ema:TfEmaAdapter",
+    "tf.v1.layers": "bnconform.adapters.tf_v1_layers:TfV1LayersAdapter",
+    "tf_keras.auto": "bnconform.adapters.tf_keras_bn:TfKerasAutoAdapter",
+    "tf_keras.backend": "bnconform.adapters.tf_keras_bn:TfKerasBackendAdapter",
+    "tf_keras.fused": "bnconform.adapters.tf_keras_bn:TfKerasFusedAdapter",
+    "tf_keras.nonfused": "bnconform.adapters.tf_keras_bn:TfKerasNonFusedAdapter",
+    "tf_slim": "bnconform.adapters.tf_slim_bn:TfSlimAdapter",
+    "tflearn": "bnconform.adapters.tf_legacy_wrappers:TflearnAdapter",
+    "torch.functional": "bnconform.adapters.torch_functional:TorchFunctionalAdapter",
+    "torch.nn": "bnconform.adapters.torch_nn:TorchModuleAdapter",
+}
+
+
+class RegistryError(LookupError):
+    """An adapter name or path that cannot be resolved; str() is the one line to show."""
+
+
+def _entry_points() -> dict[str, str]:
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return {ep.name: ep.value for ep in found}
+
+
+def known() -> dict[str, str]:
+    """Every resolvable name -> "module:Class", built-ins first, plug-ins after, sorted."""
+    table = dict(sorted(BUILTIN.items()))
+    for name, value in sorted(_entry_points().items()):
+        table.setdefault(name, value)
+    return table
+
+
+def load_class(target: str) -> type[Adapter]:
+    """Import "package.module:ClassName" and check it is an Adapter subclass."""
+    module_name, _, class_name = target.partition(":")
+    if not module_name or not class_name:
+        raise RegistryError(f"--adapter: Expected: package.module:ClassName. Received: {target!r}")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RegistryError(f"{target}: Expected: an importable module. Received: {exc}") from None
+    cls = getattr(module, class_name, None)
+    if not (isinstance(cls, type) and issubclass(cls, Adapter)):
+        raise RegistryError(f"{target}: Expected: a subclass of bnconform.adapters.Adapter. Received: {cls!r}")
+    return cls
+
+
+def resolve(name_or_path: str) -> type[Adapter]:
+    """An adapter class from a registered name or an ad hoc "module:Class" path."""
+    table = known()
+    if name_or_path in table:
+        return load_class(table[name_or_path])
+    if ":" in name_or_path:
+        return load_class(name_or_path)
+    raise RegistryError(f"unknown backend {name_or_path!r}. Expected: one of {', '.join(table)}, "
+                        f"or package.module:ClassName")
+
+
+def target_of(name_or_path: str) -> str:
+    """The "module:Class" path for a name (what a worker process imports)."""
+    return known().get(name_or_path, name_or_path)

@@ -1,0 +1,96 @@
+"""NaN-aware comparison of a framework's outputs with the oracle's, under the case tolerance.
+
+For each compared output: NaN positions must match exactly, infinities must match by sign, and
+finite values must satisfy ``|got - expected| <= atol + rtol * |expected|`` (bnconform.tolerance).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .dtypes import numpy_dtype
+from .model import OUTPUT_KEYS, Case
+
+
+@dataclass
+class Mismatch:
+    """The numbers behind a failed output, enough to reproduce the finding."""
+
+    step: int
+    output: str
+    index: list[int]
+    expected: float
+    got: float
+    max_abs_error: float
+    max_rel_error: float
+    ulps: float
+    reason: str
+
+    def line(self) -> str:
+        where = f"{self.output}[{','.join(map(str, self.index))}]" if self.index else self.output
+        return (f"step {self.step}: {where}={self.got:.6g}, but should be {self.expected:.6g} "
+                f"({self.reason}; max abs err {self.max_abs_error:.3g}, max rel err {self.max_rel_error:.3g}, "
+                f"{self.ulps:.3g} ulp)")
+
+    def to_json(self) -> dict:
+        return {k: (v if not isinstance(v, float) or np.isfinite(v) else repr(v)) for k, v in asdict(self).items()}
+
+
+def _ulps(diff, expected, dtype: str) -> float:
+    with np.errstate(invalid="ignore", over="ignore"):
+        spacing = np.spacing(np.abs(expected).astype(numpy_dtype(dtype))).astype(np.float64)
+        ratio = diff / np.where(spacing > 0, spacing, np.finfo(np.float64).tiny)
+    return float(np.nanmax(ratio)) if ratio.size else 0.0
+
+
+def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) -> Mismatch | None:
+    """None if ``got`` agrees with ``expected``; else the first mismatch with its error figures."""
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != expected.shape:
+        return Mismatch(step, key, [], float("nan"), float("nan"), float("inf"), float("inf"), float("inf"),
+                        f"shape {list(got.shape)} instead of {list(expected.shape)}")
+    nan_e, nan_g = np.isnan(expected), np.isnan(got)
+    inf_bad = np.isinf(expected) & (got != expected)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(got - expected)
+        bad = (nan_e != nan_g) | inf_bad | (~nan_e & ~np.isinf(expected) & ~(diff <= tol["atol"] + tol["rtol"] * np.abs(expected)))
+    if not bad.any():
+        return None
+    finite = np.isfinite(expected) & np.isfinite(got)
+    abs_err = float(diff[finite].max()) if finite.any() else float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = diff[finite] / np.abs(expected[finite])
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    reason = "NaN position differs" if nan_e[first] != nan_g[first] else "outside tolerance"
+    return Mismatch(step, key, list(first), float(expected[first]), float(got[first]), abs_err,
+                    float(np.nanmax(rel)) if rel.size else float("nan"),
+                    _ulps(np.where(finite, diff, 0.0), expected, dtype), reason)
+
+
+def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[list[Mismatch], list[str]]:
+    """All mismatches over steps, and the names of outputs that were compared.
+
+    ``expected_steps`` defaults to the case file's expected values (a declared deviation passes
+    the oracle's results for a variant case instead).
+    """
+    if len(results) != len(case.steps):
+        raise ValueError(f"Expected: {len(case.steps)} step results. Received: {len(results)}")
+    expected_steps = expected_steps or [s.expected for s in case.steps]
+    mismatches, compared = [], set()
+    for i, (step, expected, got) in enumerate(zip(case.steps, expected_steps, results)):
+        if "y" not in got:
+            raise ValueError(f"step {i}: Expected: an output 'y'. Received: {sorted(got)}")
+        for key in OUTPUT_KEYS:
+            if expected.get(key) is None or got.get(key) is None:
+                continue
+            dtype = case.config.input_dtype if key in ("y", "batch_mean", "batch_var") else case.config.param_dtype
+            compared.add(key)
+            tol = step.tolerance.get(key)
+            if tol is None:  # a variant may define an output the case leaves undefined
+                continue
+            found = compare_output(i, key, expected[key], got[key], tol, dtype)
+            if found:
+                mismatches.append(found)
+    return mismatches, sorted(compared, key=OUTPUT_KEYS.index)
