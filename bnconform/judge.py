@@ -35,6 +35,7 @@ class Verdict:
     mismatches: list[dict] = field(default_factory=list)
     compared: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    version: str = ""
 
     @property
     def cell_id(self) -> str:

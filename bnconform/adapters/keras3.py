@@ -1,0 +1,300 @@
+"""Keras 3 ``keras.layers.BatchNormalization`` on each of its backends (tensorflow, jax, torch).
+
+Keras 3 reads ``KERAS_BACKEND`` once per process, so each adapter class declares its backend in
+``environment`` (the runner gives every adapter its own process) and checks at run time that
+``keras.backend.backend()`` is the one it expects.
+
+Translation (canonical knob -> Keras argument):
+
+    channel_axis            -> axis=channel_axis (any axis; no transposition)
+    decay (weight on old)   -> momentum=decay (Keras momentum is the weight on the OLD statistic)
+    epsilon, epsilon_floor  -> epsilon=max(epsilon, epsilon_floor) (added inside the sqrt)
+    scale / center          -> scale= / center=
+    input/param dtype       -> dtype policy: "float32", "float64", or "mixed_float16" /
+                               "mixed_bfloat16" for half inputs with float32 parameters
+    gamma, beta, running_*  -> layer.gamma / beta / moving_mean / moving_variance .assign(...)
+    normalize_with=batch    -> layer(x, training=True)  (always updates the moving statistics)
+    normalize_with=running  -> layer(x, training=False) (never updates them)
+
+Outputs: y, and running_mean / running_var read back from the moving_* variables after each
+step. The layer exposes no batch moments, so batch_mean / batch_var are not returned.
+
+Unsupported (no parameter for it): epsilon added outside the sqrt or max(var, eps); the
+cumulative-average rule; zero-debiased EMA; a num_updates decay schedule (momentum is a
+constant, the layer keeps no step counter); a step that normalizes with the batch statistics
+WITHOUT updating the moving statistics (training=True always assigns moving_mean/variance);
+a step that normalizes with the moving statistics while updating them.
+
+Observation on ``trainable=False`` (documented by Keras and re-checked by hand with this code):
+``call`` takes the batch-statistics branch only when ``training and self.trainable``, so a
+frozen layer called with training=True normalizes with the MOVING statistics and leaves them
+unchanged - it behaves exactly like training=False. It is therefore no way to express "batch
+statistics without update" either, which stays unsupported.
+
+Running variance: Keras uses the BIASED batch variance (ops.moments), declared as a
+MatchesVariant deviation on the Bessel cases so the report re-verifies it on every run.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+from typing import ClassVar
+
+import numpy as np
+
+from ..model import Case
+from .base import Adapter, Deviation, MatchesVariant, Unsupported, variant
+
+KERAS_BN_SOURCE = ("https://github.com/keras-team/keras/blob/master/"
+                   "keras/src/layers/normalization/batch_normalization.py")
+
+_HALF = ("float16", "bfloat16")
+
+
+@functools.lru_cache(maxsize=None)
+def _keras(expected_backend: str):
+    """Import keras once, checking that this process runs the expected backend."""
+    keras = importlib.import_module("keras")
+    actual = keras.backend.backend()
+    if actual != expected_backend:
+        raise RuntimeError(f"Keras 3 backend mismatch. Expected: {expected_backend} (set "
+                           f"KERAS_BACKEND={expected_backend} before importing keras). Received: {actual}")
+    return keras
+
+
+def _dtype_policy(config) -> str | None:
+    """The Keras dtype policy for the case's input/param dtypes, or None if none fits."""
+    if config.input_dtype == config.param_dtype and config.input_dtype in ("float32", "float64"):
+        return config.input_dtype
+    if config.input_dtype in _HALF and config.param_dtype == "float32":
+        return f"mixed_{config.input_dtype}"
+    return None
+
+
+def _step_reason(case: Case) -> str | None:
+    for step in case.steps:
+        if step.is_training and not step.update_running_stats:
+            return ("Keras 3 BatchNormalization cannot normalize with batch statistics without updating "
+                    "the moving statistics (training=True always assigns them; trainable=False forces "
+                    "inference with the moving statistics)")
+        if not step.is_training and step.update_running_stats:
+            return "Keras 3 BatchNormalization never updates the moving statistics in inference mode"
+    return None
+
+
+def _config_reason(case: Case) -> str | None:
+    config, rs = case.config, case.config.running_stats
+    if config.epsilon_mode != "add_inside_sqrt":
+        return (f"Keras 3 BatchNormalization adds epsilon inside the sqrt only (rsqrt(variance + epsilon)); "
+                f"no {config.epsilon_mode} option")
+    if rs.rule == "cumulative":
+        return "Keras 3 BatchNormalization has no cumulative-average option (momentum is a fixed EMA decay)"
+    if rs.zero_debias:
+        return "Keras 3 BatchNormalization has no zero-debias option (plain EMA from the current moving statistics)"
+    if rs.num_updates_schedule:
+        return "Keras 3 BatchNormalization has no num_updates decay schedule (momentum is constant; no step counter)"
+    if _dtype_policy(config) is None:
+        return (f"no Keras dtype policy runs {config.input_dtype} inputs with {config.param_dtype} variables "
+                f"(float32, float64, mixed_float16, mixed_bfloat16 only)")
+    return None
+
+
+def _bessel_changes_running_var(case: Case) -> bool:
+    """A Bessel case whose running variance would differ if the biased variance were used."""
+    rs = case.config.running_stats
+    if rs.variance != "bessel" or rs.rule != "ema" or rs.decay == 1.0:
+        return False
+    counts = case.reduce_counts()
+    return any(s.is_training and s.update_running_stats and n >= 2 for s, n in zip(case.steps, counts))
+
+
+BIASED_RUNNING_VARIANCE = Deviation(
+    name="keras3-biased-running-variance",
+    applies_to="EMA cases asking for a Bessel-corrected running variance with a training update of N >= 2",
+    applies=lambda case, device: _bessel_changes_running_var(case),
+    behaviour=MatchesVariant("running_var matches the BIASED-variance variant",
+                             lambda c: variant(c, running_stats={"variance": "biased"})),
+    explanation=("Keras 3 moves moving_variance toward the biased batch variance from ops.moments "
+                 "(no N/(N-1) factor), e.g. off by a factor (N-1)/N per update versus torch"),
+    link=KERAS_BN_SOURCE,
+)
+
+
+class _Keras3Adapter(Adapter):
+    """Shared machinery; subclasses pick the backend."""
+
+    backend: ClassVar[str] = ""
+    framework = "keras"
+    device_kinds = ("cpu", "cuda")
+    deviations = (BIASED_RUNNING_VARIANCE,)
+
+    def __init__(self):
+        self._layers: dict = {}
+
+    def keras(self):
+        return _keras(self.backend)
+
+    def unavailable_reason(self) -> str | None:
+        reason = super().unavailable_reason()
+        if reason:
+            return reason
+        try:
+            self.keras()
+        except RuntimeError as exc:
+            return str(exc)
+        return None
+
+    def framework_version(self) -> str:
+        backend_dist = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[self.backend]
+        try:
+            version = importlib.metadata.version(backend_dist)
+        except importlib.metadata.PackageNotFoundError:
+            version = "not installed"
+        return f"{super().framework_version()} ({self.backend} {version})"
+
+    def supports(self, case: Case, device: str) -> str | None:
+        return _config_reason(case) or _step_reason(case)
+
+    def _device_name(self, device: str) -> str:
+        return "gpu:0" if device == "cuda" else "cpu:0"
+
+    def _layer(self, case: Case, device: str):
+        """A built layer for this shape/dtype/knobs/device, built once and reused."""
+        config = case.config
+        key = (device, case.rank, case.channels, config.channel_axis, config.input_dtype,
+               config.param_dtype, config.running_stats.decay, config.effective_epsilon,
+               config.scale, config.center)
+        if key not in self._layers:
+            keras = self.keras()
+            with keras.device(self._device_name(device)):
+                layer = keras.layers.BatchNormalization(
+                    axis=config.channel_axis, momentum=config.running_stats.decay,
+                    epsilon=config.effective_epsilon, center=config.center, scale=config.scale,
+                    dtype=_dtype_policy(config))
+                layer.build(case.steps[0].x.shape)
+            self._layers[key] = layer
+        return self._layers[key]
+
+    def _assign_state(self, layer, case: Case) -> None:
+        """Copy the case's gamma/beta/moving statistics into the layer's variables."""
+        state = case.initial_state
+        if case.config.scale:
+            layer.gamma.assign(state.gamma)
+        if case.config.center:
+            layer.beta.assign(state.beta)
+        layer.moving_mean.assign(state.running_mean)
+        layer.moving_variance.assign(state.running_var)
+
+    def _input(self, x: np.ndarray):
+        """The step's input as a backend tensor of the same dtype."""
+        return self.keras().ops.convert_to_tensor(x)
+
+    def run(self, case: Case, device: str) -> list[dict[str, np.ndarray]]:
+        reason = self.supports(case, device)
+        if reason:
+            raise Unsupported(reason)
+        keras = self.keras()
+        layer = self._layer(case, device)
+        with keras.device(self._device_name(device)):
+            self._assign_state(layer, case)
+            return [self._run_step(layer, step) for step in case.steps]
+
+    def _run_step(self, layer, step) -> dict[str, np.ndarray]:
+        to_numpy = self.keras().ops.convert_to_numpy
+        y = layer(self._input(step.x), training=step.is_training)
+        return {"y": to_numpy(y), "running_mean": to_numpy(layer.moving_mean.value),
+                "running_var": to_numpy(layer.moving_variance.value)}
+
+
+class Keras3TensorflowAdapter(_Keras3Adapter):
+    """keras.layers.BatchNormalization with KERAS_BACKEND=tensorflow, eager layer call."""
+
+    name = "keras3.tensorflow"
+    backend = "tensorflow"
+    extra = "tensorflow"
+    requires = ("tensorflow", "keras")
+    environment = {"KERAS_BACKEND": "tensorflow"}
+    notes = "Keras 3 layer on the TensorFlow backend, eager call; any channel axis natively"
+
+    def devices(self) -> list[str]:
+        import tensorflow as tf
+
+        return ["cpu"] + (["cuda"] if tf.config.list_physical_devices("GPU") else [])
+
+
+class Keras3JaxAdapter(_Keras3Adapter):
+    """keras.layers.BatchNormalization with KERAS_BACKEND=jax, via a jitted layer.stateless_call."""
+
+    name = "keras3.jax"
+    backend = "jax"
+    extra = "jax"
+    requires = ("jax", "keras")
+    environment = {"KERAS_BACKEND": "jax"}
+    notes = "Keras 3 layer on the JAX backend through jax.jit(layer.stateless_call); any channel axis natively"
+
+    def __init__(self):
+        super().__init__()
+        self._jitted: dict = {}
+
+    def devices(self) -> list[str]:
+        import jax
+
+        try:
+            has_gpu = bool(jax.devices("gpu"))
+        except RuntimeError:  # no GPU backend in this jaxlib
+            has_gpu = False
+        return ["cpu"] + (["cuda"] if has_gpu else [])
+
+    def _call(self, layer, training: bool):
+        """jax.jit of the layer's stateless call, one per built layer and mode."""
+        key = (id(layer), training)
+        if key not in self._jitted:
+            import jax
+
+            def call(trainable, non_trainable, x):
+                return layer.stateless_call(trainable, non_trainable, x, training=training)
+
+            self._jitted[key] = jax.jit(call)
+        return self._jitted[key]
+
+    def run(self, case: Case, device: str) -> list[dict[str, np.ndarray]]:
+        reason = self.supports(case, device)
+        if reason:
+            raise Unsupported(reason)
+        keras = self.keras()
+        layer = self._layer(case, device)
+        with keras.device(self._device_name(device)):
+            self._assign_state(layer, case)
+            trainable = [v.value for v in layer.trainable_variables]
+            state = [v.value for v in layer.non_trainable_variables]
+            results = []
+            for step in case.steps:
+                y, state = self._call(layer, step.is_training)(trainable, state, self._input(step.x))
+                results.append(self._outputs(layer, y, state))
+            return results
+
+    @staticmethod
+    def _outputs(layer, y, state) -> dict[str, np.ndarray]:
+        """y plus the moving statistics found in the returned non-trainable state."""
+        paths = [v.path for v in layer.non_trainable_variables]
+        values = dict(zip(paths, state))
+        mean = next(values[p] for p in paths if p.endswith("moving_mean"))
+        var = next(values[p] for p in paths if p.endswith("moving_variance"))
+        return {"y": np.asarray(y), "running_mean": np.asarray(mean), "running_var": np.asarray(var)}
+
+
+class Keras3TorchAdapter(_Keras3Adapter):
+    """keras.layers.BatchNormalization with KERAS_BACKEND=torch, eager layer call."""
+
+    name = "keras3.torch"
+    backend = "torch"
+    extra = "torch"
+    requires = ("torch", "keras")
+    environment = {"KERAS_BACKEND": "torch"}
+    notes = "Keras 3 layer on the PyTorch backend, eager call; any channel axis natively"
+
+    def devices(self) -> list[str]:
+        import torch
+
+        return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])

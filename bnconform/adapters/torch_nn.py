@@ -1,0 +1,135 @@
+"""torch.nn.BatchNorm1d / 2d / 3d modules, driven through train() and eval().
+
+Translation (canonical knob -> torch module argument):
+
+==========================  ==========================================================
+channel_axis                must be 1; any other axis is moved to 1 and back (movedim)
+rank 2 / 3 / 4 / 5          BatchNorm1d / BatchNorm1d / BatchNorm2d / BatchNorm3d
+epsilon (+ epsilon_floor)   eps = max(epsilon, epsilon_floor) (torch adds it inside sqrt)
+scale and center            affine=True (weight = gamma, bias = beta)
+scale off and center off    affine=False
+rule ema, decay d           momentum = 1 - d (torch weights the NEW batch statistic)
+rule cumulative             momentum=None (1 / num_batches_tracked), counter from num_updates
+param_dtype                 the module's dtype (running stats and weight/bias)
+input_dtype                 the input tensor's dtype (half inputs with float32 params)
+normalize_with batch        module.train() - always updates the running stats
+normalize_with running      module.eval() - never updates them
+==========================  ==========================================================
+
+Unsupported (no module argument): scale != center (one ``affine`` flag covers weight and bias),
+a training step without an update (train() always updates while track_running_stats=True, and
+track_running_stats=False would drop the running stats that the eval steps need), an eval step
+with an update, epsilon placement other than inside the square root, zero-debias, num_updates
+schedule, ranks outside 2..5.
+"""
+
+from __future__ import annotations
+
+from .. import model
+from ._torch_common import (
+    DEVICE_KINDS, common_unsupported, device_context, from_channels_first, needs_running_only_update,
+    shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_devices, torch_dtype,
+)
+from .base import Adapter, Deviation, Mismatches
+
+_MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
+_SOURCE_FORWARD = "https://github.com/pytorch/pytorch/issues/12013"
+
+
+def _has_empty_update_before_cumulative_step(case: model.Case, device: str) -> bool:
+    """An N == 0 training step followed by another update under the cumulative rule."""
+    if case.config.running_stats.rule != "cumulative":
+        return False
+    counts = case.reduce_counts()
+    empty = [i for i, (s, n) in enumerate(zip(case.steps, counts)) if s.is_training and n == 0]
+    return any(s.is_training and n > 0 and i > empty[0] for i, (s, n) in enumerate(zip(case.steps, counts))) if empty else False
+
+
+def momentum_for(config: model.Config) -> float | None:
+    """torch's momentum: the weight on the NEW statistic (1 - decay), or None for cumulative."""
+    rs = config.running_stats
+    return None if rs.rule == "cumulative" else 1.0 - rs.decay
+
+
+class TorchModuleAdapter(Adapter):
+    """Runs each case through a cached nn.BatchNorm{1,2,3}d, reset to the case's initial state."""
+
+    name = "torch.nn"
+    framework = "torch"
+    extra = "torch"
+    requires = ("torch",)
+    device_kinds = DEVICE_KINDS
+    notes = ("nn.BatchNorm1d/2d/3d with train()/eval(); channels-last and other channel axes run by "
+             "moving the axis to 1 and back; 'cuda-nocudnn' = cuda with torch.backends.cudnn disabled")
+    deviations = shared_deviations("nn.BatchNorm") + (
+        Deviation(
+            name="empty-batch-counts-as-update",
+            applies_to="cumulative rule with an N == 0 training step followed by another update",
+            applies=_has_empty_update_before_cumulative_step,
+            behaviour=Mismatches(("running_mean", "running_var"),
+                                 "running stats after the empty batch average with too small a weight"),
+            explanation="forward() increments num_batches_tracked even for an empty batch (the stats stay put), "
+                        "so the next cumulative factor is 1/(n+2) instead of 1/(n+1)",
+            link=_SOURCE_FORWARD,
+        ),
+    )
+
+    def __init__(self):
+        self._modules = {}
+
+    def devices(self) -> list[str]:
+        return torch_devices()
+
+    def framework_version(self) -> str:
+        try:
+            return torch().__version__
+        except ImportError:
+            return super().framework_version()
+
+    def supports(self, case: model.Case, device: str) -> str | None:
+        config = case.config
+        if config.scale != config.center:
+            return "torch BatchNorm has one affine flag for weight and bias together (scale != center)"
+        if any(s.is_training and not s.update_running_stats for s in case.steps):
+            return ("nn.BatchNorm in train() mode always updates running stats when track_running_stats=True; "
+                    "batch stats without an update need track_running_stats=False, which drops the running stats")
+        if needs_running_only_update(case):
+            return "nn.BatchNorm in eval() mode never updates running stats (an eval step with an update)"
+        return common_unsupported(case)
+
+    def run(self, case: model.Case, device: str) -> list[dict]:
+        with device_context(device):
+            module = self._module(case, device)
+            self._reset(module, case, device)
+            return [self._step(module, case, step, device) for step in case.steps]
+
+    def _module(self, case: model.Case, device: str):
+        """A cached module for (class, C, param dtype, affine, eps, momentum, device)."""
+        config = case.config
+        key = (_MODULE_BY_RANK[case.rank], case.channels, config.param_dtype, config.scale,
+               config.effective_epsilon, momentum_for(config), device)
+        if key not in self._modules:
+            cls = getattr(torch().nn, key[0])
+            self._modules[key] = cls(case.channels, eps=config.effective_epsilon, momentum=momentum_for(config),
+                                     affine=config.scale, track_running_stats=True,
+                                     device=torch_device(device), dtype=torch_dtype(config.param_dtype))
+        return self._modules[key]
+
+    def _reset(self, module, case: model.Case, device: str) -> None:
+        """Load gamma, beta, running stats and num_batches_tracked from the case's initial state."""
+        state, dtype = case.initial_state, case.config.param_dtype
+        if module.affine:
+            module.weight.copy_(to_tensor(state.gamma, dtype, device))
+            module.bias.copy_(to_tensor(state.beta, dtype, device))
+        module.running_mean.copy_(to_tensor(state.running_mean, dtype, device))
+        module.running_var.copy_(to_tensor(state.running_var, dtype, device))
+        module.num_batches_tracked.fill_(state.num_updates)
+
+    def _step(self, module, case: model.Case, step: model.Step, device: str) -> dict:
+        axis = case.config.channel_axis
+        module.train(step.is_training)
+        x = to_channels_first(to_tensor(step.x, case.config.input_dtype, device), axis)
+        y = from_channels_first(module(x), axis)
+        return {"y": to_numpy(y), "running_mean": to_numpy(module.running_mean),
+                "running_var": to_numpy(module.running_var),
+                "num_updates": int(module.num_batches_tracked.item())}

@@ -1,0 +1,59 @@
+"""Planning the conformance matrix: which (case, adapter, device) cells a run contains."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .adapters.registry import known, resolve
+from .validation import load_case
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of the matrix; ``cell_id`` reads like ``momentum/decay_0.9[torch.nn-cpu]``."""
+
+    case_path: str
+    case_id: str
+    family: str
+    adapter: str
+    device: str
+
+    @property
+    def cell_id(self) -> str:
+        return f"{self.case_id}[{self.adapter}-{self.device}]"
+
+
+def discover_cases(root: Path, families=None) -> list:
+    """Every case under ``root`` (validated; raises CaseError on the first bad file)."""
+    paths = sorted(p for p in Path(root).glob("*/*.json") if not families or p.parent.name in families)
+    return [load_case(p) for p in paths]
+
+
+def select_adapters(backends=None, adhoc=()) -> list[str]:
+    """Registered names (all by default), checked, plus ad hoc module:Class paths."""
+    names = list(backends) if backends else list(known())
+    for name in [*names, *adhoc]:
+        resolve(name)  # raises RegistryError with the list of known names
+    return names + [a for a in adhoc if a not in names]
+
+
+def plan(cases, adapters, devices=None) -> list[Cell]:
+    """Cells for every case x adapter x device kind of that adapter (filtered by ``devices``)."""
+    cells = []
+    for name in adapters:
+        kinds = [d for d in resolve(name).device_kinds if not devices or d in devices]
+        for device in kinds:
+            cells += [Cell(c.path, c.id, c.family, name, device) for c in cases]
+    return cells
+
+
+def adapter_metadata(name: str) -> dict:
+    """What the report says about an adapter, from its class (no framework import)."""
+    cls = resolve(name)
+    return {
+        "framework": cls.framework, "extra": cls.extra, "notes": cls.notes,
+        "device_kinds": list(cls.device_kinds), "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        "deviations": [{"name": d.name, "applies_to": d.applies_to, "behaviour": d.behaviour.describe(),
+                        "explanation": d.explanation, "link": d.link} for d in cls.deviations],
+    }
