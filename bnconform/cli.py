@@ -73,12 +73,10 @@ def _parser() -> argparse.ArgumentParser:
     val = sub.add_parser("validate", help="check case files against the schema and their meaning")
     val.add_argument("paths", nargs="*", help="case files or directories (default: cases)")
     val.set_defaults(func=_cmd_validate)
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    from .commands import register
+
+    register(sub)
     return parser
-
-
-_EXTRA_COMMANDS: list = []
 
 
 

@@ -53,6 +53,8 @@ def _parse(text, where: str, index: int) -> float:
         raise EncodingError(f"{where}/hex/{index}: Expected: a hex float string. Received: {text!r}")
     try:
         return float.fromhex(text)
+    except OverflowError:  # e.g. "0x1p+2000": beyond float64, so no dtype can hold it
+        raise EncodingError(f"{where}/hex/{index}: Expected: a value within float64 range. Received: {text!r}") from None
     except ValueError:
         raise EncodingError(
             f"{where}/hex/{index}: Expected: a hex float like '0x1.8p+0', 'nan', 'inf'. "
@@ -77,7 +79,8 @@ def decode_array(obj, where: str = "") -> np.ndarray:
             f"{where}/hex: Expected: {math.prod(shape)} values for shape {shape}. Received: {len(values)}"
         )
     wide = np.array(values, dtype=np.float64).reshape(shape)
-    narrow = wide.astype(dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, not warned
+        narrow = wide.astype(dtype)
     exact = np.isnan(wide) | (narrow.astype(np.float64) == wide)
     if not exact.all():
         bad = int(np.flatnonzero(~exact.reshape(-1))[0])

@@ -9,7 +9,7 @@ import json
 from functools import lru_cache
 from pathlib import Path
 
-from .casefile import case_from_json, read_json
+from .casefile import case_from_json
 from .encoding import EncodingError
 from .model import OUTPUT_KEYS, Case, count_per_channel
 
@@ -42,8 +42,19 @@ def _schema_error(obj) -> str | None:
     # Descend into oneOf/anyOf to name the innermost failing field.
     while error.context:
         error = jsonschema.exceptions.best_match(error.context)
-    expected = error.validator_value if error.validator in ("enum", "const", "type", "required") else error.validator
-    return f"{_pointer(error.absolute_path)}: Expected: {error.validator} {expected!r}. Received: {error.message}"
+    return f"{_pointer(error.absolute_path)}: Expected: {_expectation(error)}. Received: {_received(error)}"
+
+
+def _expectation(error) -> str:
+    """What the schema asks for, e.g. "maximum 1" or "only the properties ['a', 'b']"."""
+    if error.validator == "additionalProperties" and error.validator_value is False:
+        return f"only the properties {sorted(error.schema.get('properties', {}))}"
+    return f"{error.validator} {error.validator_value!r}"
+
+
+def _received(error) -> str:
+    # jsonschema's const message ("1 was expected") names the wanted value, not the found one.
+    return f"{error.instance!r:.80}" if error.validator == "const" else error.message
 
 
 def _check(condition: bool, where: str, expected: str, received) -> None:
@@ -52,6 +63,8 @@ def _check(condition: bool, where: str, expected: str, received) -> None:
 
 
 def _check_state(case: Case) -> None:
+    gamma = case.initial_state.gamma  # its length defines C, so check its rank before using it
+    _check(gamma.ndim == 1, "/initial_state/gamma/shape", "[C] (one value per channel)", list(gamma.shape))
     cfg, state, c = case.config, case.initial_state, case.channels
     for name in ("gamma", "beta", "running_mean", "running_var"):
         array = getattr(state, name)
@@ -104,16 +117,40 @@ def check_meaning(case: Case) -> None:
         _check_step(case, i)
 
 
+def _reject_constant(name: str):
+    raise CaseError(f"Expected: valid JSON (write non-finite values as hex strings \"nan\", \"inf\"). "
+                    f"Received: the non-JSON literal {name}")
+
+
+def _read_strict_json(path: Path):
+    """Like casefile.read_json, but NaN / Infinity literals (Python-only JSON) are errors."""
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle, parse_constant=_reject_constant)
+
+
+def _integer_error(obj) -> str | None:
+    """JSON Schema counts 1.0 as an integer; an axis or a counter must be written as 1."""
+    fields = [("/config/channel_axis", obj["config"]["channel_axis"]),
+              ("/initial_state/num_updates", obj["initial_state"]["num_updates"])]
+    fields += [(f"/steps/{i}/expected/num_updates", s["expected"]["num_updates"]) for i, s in enumerate(obj["steps"])]
+    for where, value in fields:
+        if not isinstance(value, int):
+            return f"{where}: Expected: an integer written without a fraction. Received: {value!r}"
+    return None
+
+
 def load_case(path) -> Case:
     """Read, schema-check, decode and meaning-check one case file; raises CaseError."""
     path = Path(path)
     try:
-        obj = read_json(path)
+        obj = _read_strict_json(path)
     except json.JSONDecodeError as exc:
         raise CaseError(f"{path}: line {exc.lineno} column {exc.colno}: Expected: valid JSON. Received: {exc.msg}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"{path}: Expected: a readable UTF-8 file. Received: {exc}") from None
-    problem = _schema_error(obj)
+    except CaseError as exc:
+        raise CaseError(f"{path}: {exc}") from None
+    problem = _schema_error(obj) or _integer_error(obj)
     if problem:
         raise CaseError(f"{path}: {problem}")
     try:

@@ -22,13 +22,15 @@ import functools
 
 import numpy as np
 
-from .base import Deviation, MatchesVariant, Raises, has_training_step, variant
+from .base import Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
 
 DOCS_BATCHNORM = "https://docs.pytorch.org/docs/stable/generated/torch.nn.modules.batchnorm.BatchNorm1d.html"
 ISSUE_SINGLE_VALUE = "https://github.com/pytorch/pytorch/issues/1381"
 PR_POSITIVE_EPS = "https://github.com/pytorch/pytorch/pull/166756"
+PR_FLOAT32_OVERFLOW = "https://github.com/pytorch/pytorch/pull/178123"
+_FLOAT32_SQRT_MAX = float(np.sqrt(np.finfo(np.float32).max))  # |x| beyond this squares to inf
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,6 +128,14 @@ def _updates_in_training(case) -> bool:
     return any(s.is_training and s.update_running_stats and n > 1 for s, n in zip(case.steps, case.reduce_counts()))
 
 
+def squares_overflow_float32(case, device) -> bool:
+    """Statistics accumulate in float32 (no float64 input) and a training input's square overflows it."""
+    if case.config.input_dtype == "float64":
+        return False
+    return any(s.is_training and s.x.size and float(np.nanmax(np.abs(s.x.astype(np.float64)))) > _FLOAT32_SQRT_MAX
+               for s in case.steps)
+
+
 def shared_deviations(api: str) -> tuple[Deviation, ...]:
     """Deviations that come from F.batch_norm itself, so both adapters show them; ``api`` names the caller."""
     return (
@@ -156,5 +166,15 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
             explanation=f"{api} normalizes with the biased batch variance but folds the unbiased one "
                         "(torch.var(correction=1)) into running_var",
             link=DOCS_BATCHNORM,
+        ),
+        Deviation(
+            name="float32-variance-overflow",
+            applies_to="float32 (or half) training inputs with |x| > 1.8e19, whose squares overflow float32",
+            applies=squares_overflow_float32,
+            behaviour=Mismatches(("y", "running_var"), "y and running_var differ: the float32 variance overflows"),
+            explanation=f"{api} accumulates float32 input moments in float32 (Welford M2 = sum (x - mean)^2): "
+                        "for |x| ~ 1e37 the variance is inf, so y collapses to beta (CPU; NaN on CUDA) and running_var "
+                        "is inf where the exact value is ~2e73",
+            link=PR_FLOAT32_OVERFLOW,
         ),
     )

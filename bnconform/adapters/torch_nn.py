@@ -33,16 +33,20 @@ from ._torch_common import (
 from .base import Adapter, Deviation, Mismatches
 
 _MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
-_SOURCE_FORWARD = "https://github.com/pytorch/pytorch/issues/12013"
+_SOURCE_FORWARD = "https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/batchnorm.py"
 
 
-def _has_empty_update_before_cumulative_step(case: model.Case, device: str) -> bool:
-    """An N == 0 training step followed by another update under the cumulative rule."""
+def _empty_batch_before_cumulative_update(case: model.Case, device: str) -> bool:
+    """Cumulative rule, and an N == 0 training step is followed by a real update."""
     if case.config.running_stats.rule != "cumulative":
         return False
-    counts = case.reduce_counts()
-    empty = [i for i, (s, n) in enumerate(zip(case.steps, counts)) if s.is_training and n == 0]
-    return any(s.is_training and n > 0 and i > empty[0] for i, (s, n) in enumerate(zip(case.steps, counts))) if empty else False
+    seen_empty = False
+    for step, n in zip(case.steps, case.reduce_counts()):
+        if step.is_training and step.update_running_stats:
+            if n > 0 and seen_empty:
+                return True
+            seen_empty = seen_empty or n == 0
+    return False
 
 
 def momentum_for(config: model.Config) -> float | None:
@@ -65,9 +69,9 @@ class TorchModuleAdapter(Adapter):
         Deviation(
             name="empty-batch-counts-as-update",
             applies_to="cumulative rule with an N == 0 training step followed by another update",
-            applies=_has_empty_update_before_cumulative_step,
-            behaviour=Mismatches(("running_mean", "running_var"),
-                                 "running stats after the empty batch average with too small a weight"),
+            applies=_empty_batch_before_cumulative_update,
+            behaviour=Mismatches(("running_mean", "running_var", "y"),
+                                 "running stats (and eval outputs using them) after the empty batch"),
             explanation="forward() increments num_batches_tracked even for an empty batch (the stats stay put), "
                         "so the next cumulative factor is 1/(n+2) instead of 1/(n+1)",
             link=_SOURCE_FORWARD,
