@@ -64,3 +64,21 @@ def to_numpy(tensor) -> np.ndarray:
     if value.dtype.name == "bfloat16":
         value = value.astype(np.float32)
     return value
+
+
+# --- Helpers shared by the tf.nn-family adapters (tf.nn, tf.nn+ema, fused, global normalization).
+
+
+def channel_shape(rank: int, channel_axis: int, channels: int) -> list[int]:
+    """Shape ``[1, .., C, .., 1]`` that broadcasts a per-channel vector along ``channel_axis``."""
+    shape = [1] * rank
+    shape[channel_axis] = channels
+    return shape
+
+
+def epsilon_mode_reason(config, api: str) -> str | None:
+    """Reason a case is unsupported by an API that adds epsilon inside the sqrt, else None."""
+    if config.epsilon_mode != "add_inside_sqrt":
+        return (f"{api} adds epsilon inside the square root (rsqrt(var + eps)); "
+                f"it has no {config.epsilon_mode} option")
+    return None
