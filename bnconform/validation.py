@@ -117,15 +117,27 @@ def check_meaning(case: Case) -> None:
         _check_step(case, i)
 
 
-def _reject_constant(name: str):
-    raise CaseError(f"Expected: valid JSON (write non-finite values as hex strings \"nan\", \"inf\"). "
-                    f"Received: the non-JSON literal {name}")
+class _NonJsonConstant(str):
+    """Stands in for NaN / Infinity literals, which Python's json accepts but JSON does not."""
 
 
 def _read_strict_json(path: Path):
-    """Like casefile.read_json, but NaN / Infinity literals (Python-only JSON) are errors."""
+    """Like casefile.read_json, but NaN / Infinity literals are kept as markers to report."""
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle, parse_constant=_reject_constant)
+        return json.load(handle, parse_constant=_NonJsonConstant)
+
+
+def _constant_error(obj, where=()) -> str | None:
+    """The JSON location of the first NaN / Infinity literal, as an error line."""
+    if isinstance(obj, _NonJsonConstant):
+        return (f"{_pointer(where)}: Expected: a JSON number (non-finite values belong in hex strings "
+                f"\"nan\", \"inf\"). Received: the non-JSON literal {obj}")
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in items:
+        problem = _constant_error(value, (*where, key))
+        if problem:
+            return problem
+    return None
 
 
 def _integer_error(obj) -> str | None:
@@ -148,9 +160,7 @@ def load_case(path) -> Case:
         raise CaseError(f"{path}: line {exc.lineno} column {exc.colno}: Expected: valid JSON. Received: {exc.msg}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"{path}: Expected: a readable UTF-8 file. Received: {exc}") from None
-    except CaseError as exc:
-        raise CaseError(f"{path}: {exc}") from None
-    problem = _schema_error(obj) or _integer_error(obj)
+    problem = _constant_error(obj) or _schema_error(obj) or _integer_error(obj)
     if problem:
         raise CaseError(f"{path}: {problem}")
     try:
