@@ -1,0 +1,89 @@
+"""tf.nn.moments + tf.nn.batch_normalization: TensorFlow's stateless BN primitives (eager).
+
+Translation table (canonical knob -> framework argument):
+
+==========================  =====================================================================
+channel_axis                ``tf.nn.moments(x, axes=<every other axis>, keepdims=True)``; gamma,
+                            beta and running stats reshaped to ``[1,..,C,..,1]`` (the documented
+                            "same number of dimensions as x" form), so any rank and axis work
+epsilon (+ epsilon_floor)   ``variance_epsilon=config.effective_epsilon`` (added inside rsqrt)
+scale / center              ``scale=gamma`` / ``offset=beta``, or ``None`` when switched off
+normalize_with="batch"      normalize with the ``tf.nn.moments`` outputs
+normalize_with="running"    normalize with the case's running statistics as given
+input / param dtype         x in the input dtype; params in the param dtype; the moments are
+                            cast (``tf.cast``) to the param dtype for half inputs so that
+                            batch_normalization sees one param dtype
+==========================  =====================================================================
+
+Unsupported: steps that update running statistics (this API keeps none: see ``tf.nn+ema``),
+epsilon outside the square root or as a max (``rsqrt(variance + variance_epsilon)`` only).
+"""
+
+from __future__ import annotations
+
+from ..oracle import reduction_axes
+from ._tf_common import (channel_shape, epsilon_mode_reason, tf, tf_device_scope, tf_devices, to_numpy,
+                         to_tensor)
+from .base import Adapter
+
+NO_RUNNING_STATS = "tf.nn.batch_normalization keeps no running statistics (see tf.nn+ema)"
+
+
+class TfNnAdapter(Adapter):
+    """Runs each step through ``tf.nn.moments`` and ``tf.nn.batch_normalization`` in eager mode."""
+
+    name = "tf.nn"
+    framework = "tensorflow"
+    extra = "tensorflow"
+    requires = ("tensorflow",)
+    device_kinds = ("cpu", "cuda")
+    notes = ("stateless: training steps use tf.nn.moments, eval steps the case's initial running stats; "
+             "half-input moments cast to float32 params")
+
+    def devices(self):
+        return tf_devices()
+
+    def supports(self, case, device):
+        if any(step.update_running_stats for step in case.steps):
+            return NO_RUNNING_STATS
+        return epsilon_mode_reason(case.config, "tf.nn.batch_normalization")
+
+    def run(self, case, device):
+        with tf_device_scope(device):
+            params = _Params(case)
+            return [self._step(case, params, step) for step in case.steps]
+
+    def _step(self, case, params, step):
+        x = to_tensor(step.x, case.config.input_dtype)
+        if not step.is_training:
+            return {"y": to_numpy(params.normalize(x, params.running_mean, params.running_var))}
+        mean, var = tf().nn.moments(x, axes=list(params.axes), keepdims=True)
+        y = params.normalize(x, params.as_param(mean), params.as_param(var))
+        return {"y": to_numpy(y), "batch_mean": to_numpy(tf().reshape(mean, [-1])),
+                "batch_var": to_numpy(tf().reshape(var, [-1]))}
+
+
+class _Params:
+    """gamma, beta and running statistics of a case as broadcastable tensors in the param dtype."""
+
+    def __init__(self, case):
+        config, state = case.config, case.initial_state
+        self.axes = reduction_axes(case.rank, config.channel_axis)
+        self.shape = channel_shape(case.rank, config.channel_axis, case.channels)
+        self.dtype = config.param_dtype
+        self.epsilon = config.effective_epsilon
+        self.scale = self._vector(state.gamma) if config.scale else None
+        self.offset = self._vector(state.beta) if config.center else None
+        self.running_mean = self._vector(state.running_mean)
+        self.running_var = self._vector(state.running_var)
+
+    def _vector(self, values):
+        return tf().reshape(to_tensor(values, self.dtype), self.shape)
+
+    def as_param(self, moment):
+        """tf.nn.moments returns the input dtype; batch_normalization needs params of one dtype."""
+        return tf().cast(moment, self.running_mean.dtype)
+
+    def normalize(self, x, mean, var):
+        return tf().nn.batch_normalization(x, mean, var, offset=self.offset, scale=self.scale,
+                                           variance_epsilon=self.epsilon)
