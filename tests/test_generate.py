@@ -1,0 +1,85 @@
+"""cases/ is exactly what the specs generate, generation is deterministic, and coverage holds."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from bnconform.casefile import dumps_case
+from bnconform.specs import FAMILIES, all_specs, build
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "cases"
+MINIMUM_PER_FAMILY = {"formulas": 40, "epsilon": 15, "momentum": 25, "degenerate": 20}
+
+
+def bnconform(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bnconform", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+
+
+def case_files() -> list[Path]:
+    return sorted(p for p in CASES.rglob("*.json") if p.name != "schema.json")
+
+
+def test_check_passes_on_the_repository_cases():
+    result = bnconform("generate", "--check", "--cases", str(CASES))
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_names_every_edited_deleted_and_stale_file(tmp_path):
+    copy = tmp_path / "cases"
+    shutil.copytree(CASES, copy)
+    edited = copy / "formulas" / "rank2_nc_train.json"
+    edited.write_text(edited.read_text(encoding="utf-8").replace('"epsilon": 1e-05', '"epsilon": 1e-03'),
+                      encoding="utf-8")
+    deleted = copy / "momentum" / "decay_0.9_bessel_3steps.json"
+    deleted.unlink()
+    stale = copy / "degenerate" / "no_longer_a_spec.json"
+    stale.write_text("{}", encoding="utf-8")
+
+    result = bnconform("generate", "--check", "--cases", str(copy))
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    for path, word in ((edited, "differs"), (deleted, "missing"), (stale, "stale")):
+        assert any(str(path) in line and word in line for line in lines), (path, result.stderr)
+    assert len(lines) == 4 and "3 file(s) differ" in lines[-1]
+    assert stale.exists() and not deleted.exists() and "1e-03" in edited.read_text(encoding="utf-8"), \
+        "--check must write nothing"
+
+
+def test_building_a_spec_twice_gives_identical_text():
+    specs = all_specs()
+    np.random.seed(1)  # a global seed must make no difference: each spec seeds its own generator
+    first = [dumps_case(build(spec)) for spec in specs]
+    np.random.seed(2)
+    second = [dumps_case(build(spec)) for spec in specs]
+    assert first == second
+
+
+def test_family_counts_meet_the_minimums():
+    counts = Counter(spec.family for spec in all_specs())
+    for family, minimum in MINIMUM_PER_FAMILY.items():
+        assert counts[family] >= minimum, f"{family}: Expected: >= {minimum} cases. Received: {counts[family]}"
+    assert set(counts) == set(FAMILIES)
+    on_disk = Counter(p.parent.name for p in case_files())
+    assert on_disk == counts
+
+
+def test_case_ids_are_unique_and_match_their_paths():
+    ids = []
+    for path in case_files():
+        obj = json.loads(path.read_text(encoding="utf-8"))
+        rel = path.relative_to(CASES).with_suffix("")
+        assert obj["id"] == rel.as_posix(), f"{path}: Expected: id {rel.as_posix()!r}. Received: {obj['id']!r}"
+        assert obj["family"] == rel.parent.as_posix()
+        ids.append(obj["id"])
+    assert len(ids) == len(set(ids)) > 0
+    assert len({spec.id for spec in all_specs()}) == len(all_specs())
