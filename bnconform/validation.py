@@ -62,14 +62,20 @@ def _check(condition: bool, where: str, expected: str, received) -> None:
         raise CaseError(f"{where}: Expected: {expected}. Received: {received}")
 
 
+def _channels_of_x(case: Case) -> int:
+    """C as the first input defines it (rank and channel axis checked first, so it exists)."""
+    x, axis = case.steps[0].x, case.config.channel_axis
+    _check(2 <= x.ndim <= 5, "/steps/0/x/shape", "rank 2 to 5", list(x.shape))
+    _check(axis < x.ndim, "/config/channel_axis", f"an axis below the input rank {x.ndim}", axis)
+    return int(x.shape[axis])
+
+
 def _check_state(case: Case) -> None:
-    gamma = case.initial_state.gamma  # its length defines C, so check its rank before using it
-    _check(gamma.ndim == 1, "/initial_state/gamma/shape", "[C] (one value per channel)", list(gamma.shape))
-    cfg, state, c = case.config, case.initial_state, case.channels
+    cfg, state, c = case.config, case.initial_state, _channels_of_x(case)
     for name in ("gamma", "beta", "running_mean", "running_var"):
         array = getattr(state, name)
         _check(array.ndim == 1 and array.shape[0] == c, f"/initial_state/{name}/shape",
-               f"[{c}] (one value per channel)", list(array.shape))
+               f"[{c}] (one value per channel of x)", list(array.shape))
         _check(array.dtype.name == cfg.param_dtype, f"/initial_state/{name}/dtype",
                f"{cfg.param_dtype} (config.param_dtype)", array.dtype.name)
 
