@@ -9,15 +9,16 @@ import json
 from pathlib import Path
 
 from .encoding import decode_array, encode_array
-from .model import OUTPUT_KEYS, Case, Config, RunningStats, State, Step
+from .model import OUTPUT_KEYS, RENORM_STATE_KEYS, Case, Config, Renorm, RunningStats, State, Step
 
 FORMAT_VERSION = 1
 _STATE_ARRAYS = ("gamma", "beta", "running_mean", "running_var")
 
 
 def config_to_json(config: Config) -> dict:
+    """The config object; extension knobs appear only when set, so older files stay unchanged."""
     rs = config.running_stats
-    return {
+    obj = {
         "channel_axis": config.channel_axis,
         "epsilon": config.epsilon,
         "epsilon_mode": config.epsilon_mode,
@@ -30,11 +31,20 @@ def config_to_json(config: Config) -> dict:
                           "zero_debias": rs.zero_debias,
                           "num_updates_schedule": rs.num_updates_schedule},
     }
+    if config.renorm is not None:
+        rn = config.renorm
+        obj["renorm"] = {"rmin": rn.rmin, "rmax": rn.rmax, "dmax": rn.dmax, "decay": rn.decay}
+    if config.virtual_batch_size is not None:
+        obj["virtual_batch_size"] = config.virtual_batch_size
+        obj["ghost_split"] = config.ghost_split
+    return obj
 
 
 def config_from_json(obj: dict) -> Config:
     fields = dict(obj)
     fields["running_stats"] = RunningStats(**obj["running_stats"])
+    if fields.get("renorm") is not None:
+        fields["renorm"] = Renorm(**obj["renorm"])
     return Config(**fields)
 
 
@@ -43,13 +53,28 @@ def _expected_to_json(expected: dict) -> dict:
     for key in OUTPUT_KEYS:
         value = expected.get(key)
         out[key] = None if value is None else encode_array(value, "float64")
+    for key in RENORM_STATE_KEYS:  # renorm cases only
+        if expected.get(key) is not None:
+            out[key] = encode_array(expected[key], "float64")
     out["num_updates"] = int(expected["num_updates"])
     return out
+
+
+def _step_to_json(step: Step, cfg: Config) -> dict:
+    obj = {"normalize_with": step.normalize_with, "update_running_stats": step.update_running_stats,
+           "x": encode_array(step.x, cfg.input_dtype)}
+    if step.sample_weights is not None:
+        obj["sample_weights"] = encode_array(step.sample_weights, cfg.input_dtype)
+    obj["expected"] = _expected_to_json(step.expected)
+    obj["tolerance"] = step.tolerance
+    return obj
 
 
 def case_to_json(case: Case) -> dict:
     """The JSON object of a case (arrays bit-exact, expected values in float64)."""
     cfg, state = case.config, case.initial_state
+    renorm_state = {k: encode_array(getattr(state, k), cfg.param_dtype)
+                    for k in RENORM_STATE_KEYS if getattr(state, k) is not None}
     return {
         "format_version": FORMAT_VERSION,
         "id": case.id,
@@ -59,13 +84,9 @@ def case_to_json(case: Case) -> dict:
         "initial_state": {
             **{k: encode_array(getattr(state, k), cfg.param_dtype) for k in _STATE_ARRAYS},
             "num_updates": state.num_updates,
+            **renorm_state,
         },
-        "steps": [
-            {"normalize_with": s.normalize_with, "update_running_stats": s.update_running_stats,
-             "x": encode_array(s.x, cfg.input_dtype), "expected": _expected_to_json(s.expected),
-             "tolerance": s.tolerance}
-            for s in case.steps
-        ],
+        "steps": [_step_to_json(s, cfg) for s in case.steps],
     }
 
 
@@ -92,15 +113,20 @@ def _decode_optional(value, where):
 def case_from_json(obj: dict, path: str | None = None) -> Case:
     """Build a Case from an object that passed validation (see :mod:`bnconform.validation`)."""
     state_obj = obj["initial_state"]
+    renorm_state = {k: decode_array(state_obj[k], f"/initial_state/{k}") for k in RENORM_STATE_KEYS if k in state_obj}
     state = State(**{k: decode_array(state_obj[k], f"/initial_state/{k}") for k in _STATE_ARRAYS},
-                  num_updates=state_obj["num_updates"])
+                  num_updates=state_obj["num_updates"], **renorm_state)
     steps = []
     for i, s in enumerate(obj["steps"]):
         where = f"/steps/{i}"
         expected = {k: _decode_optional(s["expected"].get(k), f"{where}/expected/{k}") for k in OUTPUT_KEYS}
+        expected.update({k: _decode_optional(s["expected"][k], f"{where}/expected/{k}")
+                         for k in RENORM_STATE_KEYS if k in s["expected"]})
         expected["num_updates"] = s["expected"]["num_updates"]
+        weights = s.get("sample_weights")
         steps.append(Step(s["normalize_with"], s["update_running_stats"],
-                          decode_array(s["x"], f"{where}/x"), expected, s.get("tolerance", {})))
+                          decode_array(s["x"], f"{where}/x"), expected, s.get("tolerance", {}),
+                          None if weights is None else decode_array(weights, f"{where}/sample_weights")))
     return Case(obj["id"], obj["family"], obj["description"], config_from_json(obj["config"]),
                 state, steps, path)
 

@@ -22,6 +22,29 @@ Running statistics (when ``Step.update_running_stats``; v is the batch variance,
     cumulative:     r <- r + (b - r) / (n + 1)                          (torch momentum=None)
 
 A batch with N == 0 carries no information: y is empty and the running state is unchanged.
+
+Three optional extensions (absent = off; at most one per case; see EXTENSIONS):
+
+* ``Config.renorm`` (Batch Renormalization, Ioffe 2017). With sigma_B = sqrt(v_B + eps_eff) and
+  the renorm statistics (m_R, s_R) from BEFORE the step, s = max(s_R, sqrt(eps_eff))::
+
+      r = clip(sigma_B / s, rmin, rmax),  d = clip((mu_B - m_R) / s, -dmax, dmax)
+      y = gamma * ((x - mu_B) / sigma_B * r + d) + beta        (r, d are constants)
+
+  An update then does m_R <- e m_R + (1-e) mu_B, s_R <- e s_R + (1-e) sigma_B (e = renorm.decay),
+  running_mean <- EMA(decay) of mu_B, running_stddev S <- d S + (1-d) sqrt(v + eps_eff) (v biased
+  or Bessel as RunningStats.variance says) and running_var <- max(S^2 - eps_eff, 0). Inference
+  uses running_mean / running_var, with no correction.
+* ``Config.virtual_batch_size`` (ghost batches, Hoffer et al. 2017): in a batch-normalized step
+  the samples (axis 0) are split into G = B / virtual_batch_size ghost batches -- "contiguous":
+  samples [g*V, (g+1)*V); "interleaved" (tf_keras' reshape to [V, G, ...]): samples g, g+G, ...
+  -- and each ghost batch is normalized with its own biased moments. One update per step folds
+  in the mean of the G ghost means and of the G ghost variances (Bessel factor M / (M - 1) with
+  M = elements per channel in ONE ghost batch). batch_mean / batch_var are undefined (None).
+* ``Step.sample_weights`` (tf.nn.weighted_moments): w_i >= 0 per sample, broadcast over every
+  non-channel axis: mu = sum(w x) / sum(w), v = sum(w (x - mu)^2) / sum(w) (biased; the Bessel
+  variance is undefined for weights), used both to normalize and to update.
+
 See docs/semantics.md for the reasoning behind each choice.
 """
 
@@ -36,6 +59,9 @@ RUNNING_RULES = ("ema", "cumulative")
 VARIANCE_KINDS = ("biased", "bessel")
 NORMALIZE_WITH = ("batch", "running")
 OUTPUT_KEYS = ("y", "batch_mean", "batch_var", "running_mean", "running_var")
+EXTENSIONS = ("renorm", "virtual_batch_size", "sample_weights")
+GHOST_SPLITS = ("contiguous", "interleaved")
+RENORM_STATE_KEYS = ("renorm_mean", "renorm_stddev", "running_stddev")  # state and outputs
 
 
 @dataclass(frozen=True)
@@ -47,6 +73,19 @@ class RunningStats:
     variance: str = "bessel"
     zero_debias: bool = False
     num_updates_schedule: bool = False
+
+
+@dataclass(frozen=True)
+class Renorm:
+    """Batch Renormalization knobs: clipping bounds (None = unclipped) and the renorm decay.
+
+    ``decay`` is the weight on the OLD renorm statistic (tf_keras renorm_momentum 0.99 == 0.99).
+    """
+
+    rmin: float | None = None
+    rmax: float | None = None
+    dmax: float | None = None
+    decay: float = 0.99
 
 
 @dataclass(frozen=True)
@@ -62,6 +101,9 @@ class Config:
     input_dtype: str = "float32"
     param_dtype: str = "float32"
     running_stats: RunningStats = field(default_factory=RunningStats)
+    renorm: Renorm | None = None
+    virtual_batch_size: int | None = None
+    ghost_split: str = "contiguous"
 
     @property
     def effective_epsilon(self) -> float:
@@ -86,10 +128,16 @@ class State:
     running_mean: np.ndarray
     running_var: np.ndarray
     num_updates: int = 0
+    # Batch Renormalization only (None otherwise): the statistics r and d are computed from,
+    # and the running standard deviation that running_var is derived from (model docstring).
+    renorm_mean: np.ndarray | None = None
+    renorm_stddev: np.ndarray | None = None
+    running_stddev: np.ndarray | None = None
 
     def copy(self) -> "State":
+        extra = {k: None if getattr(self, k) is None else getattr(self, k).copy() for k in RENORM_STATE_KEYS}
         return State(self.gamma.copy(), self.beta.copy(), self.running_mean.copy(),
-                     self.running_var.copy(), self.num_updates)
+                     self.running_var.copy(), self.num_updates, **extra)
 
 
 @dataclass
@@ -98,7 +146,9 @@ class Step:
 
     ``expected`` maps output names (see OUTPUT_KEYS, plus ``num_updates``) to float64 arrays
     (None where undefined, e.g. batch moments of an empty batch or of an eval step);
-    ``tolerance`` maps the same names to ``{"rtol": r, "atol": a}``.
+    ``tolerance`` maps the same names to ``{"rtol": r, "atol": a}``. Renorm cases add the
+    RENORM_STATE_KEYS after the step to both. ``sample_weights`` (one weight per sample along
+    axis 0, in the input dtype) makes the batch moments weighted; None means unweighted.
     """
 
     normalize_with: str
@@ -106,6 +156,7 @@ class Step:
     x: np.ndarray
     expected: dict = field(default_factory=dict)
     tolerance: dict = field(default_factory=dict)
+    sample_weights: np.ndarray | None = None
 
     @property
     def is_training(self) -> bool:
@@ -136,6 +187,14 @@ class Case:
     @property
     def channels_last(self) -> bool:
         return self.config.channel_axis == self.rank - 1 and self.rank > 2
+
+    @property
+    def extensions(self) -> tuple[str, ...]:
+        """The EXTENSIONS this case uses (an adapter must opt in to each; see adapters.base)."""
+        used = {"renorm": self.config.renorm is not None,
+                "virtual_batch_size": self.config.virtual_batch_size is not None,
+                "sample_weights": any(s.sample_weights is not None for s in self.steps)}
+        return tuple(name for name in EXTENSIONS if used[name])
 
     def reduce_counts(self) -> list[int]:
         """N (elements per channel) of each step."""

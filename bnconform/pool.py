@@ -41,7 +41,9 @@ class AdapterProcess:
     def __init__(self, name: str, cell_timeout: float = CELL_TIMEOUT):
         self.name = name
         self.cell_timeout = cell_timeout
-        self.environment = dict(resolve(name).environment)
+        adapter_class = resolve(name)
+        self.environment = dict(adapter_class.environment)
+        self.adapter_name = adapter_class.name or name  # what verdicts call it
         self.proc = None
         self._lines: queue.Queue = queue.Queue()
         self._info = None
@@ -102,7 +104,8 @@ class AdapterProcess:
         if reply is not None and "verdict" in reply:
             return Verdict.from_json(reply["verdict"])
         detail = reply["invalid"] if reply else problem
-        return Verdict(case=case_id, family=family, adapter=self.name, device=device, status="error", detail=detail)
+        return Verdict(case=case_id, family=family, adapter=self.adapter_name, device=device, status="error",
+                       detail=detail)
 
     def close(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

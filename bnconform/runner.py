@@ -70,6 +70,7 @@ def run_cells(cells, jobs: int = 2, timeout: float = 120.0, progress: Progress |
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as executor:
         futures = {name: executor.submit(_run_backend, name, group, timeout, progress) for name, group in groups.items()}
         outcomes = {name: future.result() for name, future in futures.items()}
-    by_cell = {(v.case, v.adapter, v.device): v for vs, _ in outcomes.values() for v in vs}
+    # Keyed by the selected name: an ad hoc "module:Class" adapter reports its own .name.
+    by_cell = {(v.case, name, v.device): v for name, (vs, _) in outcomes.items() for v in vs}
     verdicts = [by_cell[(c.case_id, c.adapter, c.device)] for c in cells]
     return verdicts, {name: info for name, (_, info) in outcomes.items()}

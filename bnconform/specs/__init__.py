@@ -4,6 +4,9 @@ A :class:`Spec` names a case, says what it pins down, and builds its inputs from
 seeded by the case id (SHA-256), so each case is reproducible on its own and no global seed is
 ever touched. :func:`build` quantizes inputs and parameters to their dtypes, asks the oracle
 for the expected results and attaches the tolerance policy.
+
+Extension cases (renorm, ghost, weighted) draw their extra values after the ones every case
+draws, so adding them never changed an existing case.
 """
 
 from __future__ import annotations
@@ -17,9 +20,10 @@ import numpy as np
 from .. import oracle
 from ..dtypes import quantize
 from ..model import Case, Config, State, Step, count_per_channel
+from ..model import RENORM_STATE_KEYS
 from ..tolerance import step_tolerance
 
-FAMILIES = ("formulas", "epsilon", "momentum", "degenerate")
+FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "renorm", "ghost", "weighted")
 
 # Step kinds: (normalize_with, update_running_stats).
 TRAIN = ("batch", True)
@@ -44,7 +48,13 @@ def _make_input(make: Callable, rng, shape, index: int):
 
 @dataclass
 class Spec:
-    """How to build one case. ``make_x(rng, shape)`` gives float64 inputs per step."""
+    """How to build one case. ``make_x(rng, shape)`` gives float64 inputs per step.
+
+    ``description`` may be a callable ``(case) -> str`` run on the built case, so that it can
+    quote what a wrong implementation would get. ``make_weights(rng, batch, step_index)`` gives
+    a step's sample weights (None for none); ``renorm_mean`` / ``renorm_stddev`` make the
+    renorm statistics of renorm cases.
+    """
 
     family: str
     name: str
@@ -58,6 +68,9 @@ class Spec:
     running_mean: Callable | None = None
     running_var: Callable | None = None
     num_updates: int = 0
+    make_weights: Callable | None = None
+    renorm_mean: Callable | None = None
+    renorm_stddev: Callable | None = None
 
     @property
     def id(self) -> str:
@@ -77,7 +90,38 @@ def _default_state(spec: Spec, rng, channels: int) -> State:
         "running_var": spec.running_var or (lambda r, c: r.uniform(0.5, 2.0, c)),
     }
     arrays = {k: quantize(make(rng, channels), spec.config.param_dtype) for k, make in makers.items()}
+    if spec.config.renorm is not None:
+        arrays.update(_renorm_state(spec, rng, channels, arrays["running_var"]))
     return State(**arrays, num_updates=spec.num_updates)
+
+
+def _renorm_state(spec: Spec, rng, channels: int, running_var) -> dict:
+    """renorm mean ~ N(0, 1), renorm stddev ~ U(0.5, 1.5), running stddev = sqrt(var + eps)."""
+    dtype, eps = spec.config.param_dtype, spec.config.effective_epsilon
+    mean = (spec.renorm_mean or (lambda r, c: r.normal(0.0, 1.0, c)))(rng, channels)
+    stddev = (spec.renorm_stddev or (lambda r, c: r.uniform(0.5, 1.5, c)))(rng, channels)
+    values = (mean, stddev, np.sqrt(running_var.astype(np.float64) + eps))
+    return {k: quantize(v, dtype) for k, v in zip(RENORM_STATE_KEYS, values)}
+
+
+def _make_steps(spec: Spec, rng, shapes) -> list[Step]:
+    steps = []
+    for i, (kind, shape) in enumerate(zip(spec.steps, shapes)):
+        x = quantize(_make_input(spec.make_x, rng, shape, i), spec.config.input_dtype)
+        weights = spec.make_weights(rng, shape[0], i) if spec.make_weights else None
+        weights = None if weights is None else quantize(weights, spec.config.input_dtype)
+        steps.append(Step(kind[0], kind[1], x, sample_weights=weights))
+    return steps
+
+
+def _attach_traced(case: Case) -> None:
+    """Expected values and tolerances of an extension case, from the oracle's trace."""
+    results, traces = oracle.run_steps_traced(case.config, case.initial_state, case.steps)
+    for step, expected, trace in zip(case.steps, results, traces):
+        step.expected = expected
+        gamma = case.initial_state.gamma * (1.0 if trace is None else trace[2])
+        stats = None if trace is None else trace[:2]
+        step.tolerance = step_tolerance(case.config, expected, stats, gamma)
 
 
 def build(spec: Spec) -> Case:
@@ -86,9 +130,13 @@ def build(spec: Spec) -> Case:
     shapes = list(spec.shapes) if len(spec.shapes) == len(spec.steps) else [spec.shapes[0]] * len(spec.steps)
     channels = shapes[0][spec.config.channel_axis]
     state = _default_state(spec, rng, channels)
-    steps = [Step(kind[0], kind[1], quantize(_make_input(spec.make_x, rng, shape, i), spec.config.input_dtype))
-             for i, (kind, shape) in enumerate(zip(spec.steps, shapes))]
-    case = Case(spec.id, spec.family, spec.description, spec.config, state, steps)
+    steps = _make_steps(spec, rng, shapes)
+    case = Case(spec.id, spec.family, "", spec.config, state, steps)
+    if case.extensions:
+        _attach_traced(case)
+        case.description = spec.description(case) if callable(spec.description) else spec.description
+        return case
+    case.description = spec.description
     running = (state.running_mean, state.running_var)
     for step, expected in zip(steps, oracle.run_case(case)):
         step.expected = expected
@@ -99,9 +147,20 @@ def build(spec: Spec) -> Case:
     return case
 
 
+def gap(case: Case, output: str = "y", config: Config | None = None, steps: Sequence[Step] | None = None) -> float:
+    """Largest |difference| in ``output`` over all steps between the case and the oracle run on
+    another config or other steps: how far an implementation making that mistake lands."""
+    ours = [s.expected for s in case.steps]
+    theirs = oracle.run_steps(config or case.config, case.initial_state, list(steps or case.steps))
+    gaps = [np.abs(a[output] - b[output]).max() for a, b in zip(ours, theirs)
+            if a.get(output) is not None and b.get(output) is not None and a[output].size]
+    return float(max(gaps)) if gaps else 0.0
+
+
 def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
     """Every spec of the named families, in a stable order."""
-    from . import degenerate, epsilon, formulas, momentum
+    from . import degenerate, epsilon, formulas, ghost, momentum, renorm, weighted
 
-    modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate}
+    modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate,
+               "renorm": renorm, "ghost": ghost, "weighted": weighted}
     return [spec for family in families for spec in modules[family].specs()]

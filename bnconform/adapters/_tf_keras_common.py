@@ -1,0 +1,141 @@
+"""Shared pieces of the tf_keras (Keras 2) adapters: lazy import, reasons, path predicates, deviations.
+
+Nothing here imports TensorFlow at import time. The predicates mirror, in pure Python, the
+rule tf_keras uses to pick its fused path, so that deviations can be selected per cell; the
+layer adapters check at run time that the built layer took the predicted path.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from .base import Deviation, MatchesVariant, Mismatches, has_training_step, variant
+from ._tf_common import tf
+
+# tf-keras source (same code as the installed tf_keras/src/layers/normalization/batch_normalization.py):
+# non-fused updates use tf.nn.moments (biased) and _assign_moving_average; the fused path keeps
+# the FusedBatchNormV3 running variance (Bessel-corrected); zero-size batches are guarded only
+# under a distribution strategy (_support_zero_size_input, TODO b/129279393).
+BN_SOURCE = ("https://github.com/keras-team/tf-keras/blob/6add81a967a830418b1507ac99ddba2d4e43a62b/"
+             "tf_keras/layers/normalization/batch_normalization.py")
+FUSED_VS_NONFUSED_ISSUE = "https://github.com/tensorflow/tensorflow/issues/55545"
+KERAS_UNBIASED_PR = "https://github.com/keras-team/keras/pull/9028"
+LAYER = "tf_keras BatchNormalization"
+
+
+@functools.lru_cache(maxsize=None)
+def tf_keras():
+    """The ``tf_keras`` module, imported on first use (after TensorFlow, quietly)."""
+    tf()
+    import tf_keras as module
+
+    return module
+
+
+# --- Reasons a case cannot be expressed ---------------------------------------------------------
+
+
+def running_rule_reason(config, api: str = LAYER) -> str | None:
+    """Why the running-statistics knobs cannot be expressed by the Keras 2 EMA, else None."""
+    rs = config.running_stats
+    if rs.rule == "cumulative":
+        return f"{api} has no cumulative-average option (momentum is a fixed EMA decay)"
+    if rs.zero_debias:
+        return (f"{api} updates moving statistics with a plain EMA "
+                f"(moving -= (1 - momentum) * (moving - batch)); it has no zero-debias option")
+    if rs.num_updates_schedule:
+        return (f"{api} keeps no update counter and a constant momentum; "
+                f"it has no min(decay, (1+n)/(10+n)) schedule")
+    return None
+
+
+def batch_without_update_reason(case, api: str = LAYER) -> str | None:
+    """Keras 2 (TF2 behaviour) cannot normalize with batch statistics without updating."""
+    if any(s.is_training and not s.update_running_stats for s in case.steps):
+        return (f"{api} always updates the moving statistics when called with training=True; "
+                f"trainable=False instead forces inference (moving statistics), so a step with "
+                f"batch statistics but no update cannot be requested")
+    return None
+
+
+def param_dtype_reason(config, api: str = LAYER) -> str | None:
+    """Keras keeps float32 variables for half inputs and the input dtype otherwise."""
+    expected = "float32" if config.input_dtype in ("float16", "bfloat16") else config.input_dtype
+    if config.param_dtype != expected:
+        return (f"{api} with dtype={config.input_dtype} keeps its variables in {expected}; "
+                f"it cannot hold {config.param_dtype} parameters")
+    return None
+
+
+# --- Which path runs, and when a difference in the running variance is observable --------------
+
+
+def auto_uses_fused(case) -> bool:
+    """fused=None picks the fused kernel for 4-D/5-D input with the channel axis at 1 or last,
+    unless the compute dtype is float64 (BatchNormalizationBase.__init__ and build)."""
+    rank, axis = case.rank, case.config.channel_axis
+    return rank in (4, 5) and axis in (1, rank - 1) and case.config.input_dtype != "float64"
+
+
+def variance_kind_observable(case) -> bool:
+    """Some update folds a batch of N >= 2 with a decay < 1, so biased and Bessel differ."""
+    decay = case.config.running_stats.decay
+    if decay is None or decay >= 1.0:
+        return False
+    for step, n in zip(case.steps, case.reduce_counts()):
+        if step.is_training and step.update_running_stats and n >= 2:
+            return True
+    return False
+
+
+def has_empty_update(case) -> bool:
+    """Some updating training step sees an empty batch (N == 0)."""
+    return any(s.is_training and s.update_running_stats and n == 0
+               for s, n in zip(case.steps, case.reduce_counts()))
+
+
+# --- Deviations --------------------------------------------------------------------------------
+
+
+def empty_batch_deviation(api: str) -> Deviation:
+    return Deviation(
+        name="empty-batch-poisons-moving-stats",
+        applies_to="training steps with an empty batch (N = 0) that should leave the running statistics alone",
+        applies=lambda c, d: has_empty_update(c),
+        behaviour=Mismatches(("running_mean", "running_var"), "moving_mean and moving_variance become NaN"),
+        explanation=(f"{api} folds the NaN moments of an empty batch into the moving statistics; the "
+                     "zero-size guard (_support_zero_size_input) only exists under a tf.distribute strategy"),
+        link=BN_SOURCE,
+    )
+
+
+def nonfused_biased_deviation(api: str, on_path) -> Deviation:
+    return Deviation(
+        name="nonfused-running-variance-biased",
+        applies_to="non-fused path, cases asking for a Bessel-corrected running variance (N >= 2, decay < 1)",
+        applies=lambda c, d: (on_path(c) and c.config.running_stats.variance == "bessel"
+                              and variance_kind_observable(c) and not has_empty_update(c)),
+        behaviour=MatchesVariant("running variance uses the biased batch variance",
+                                 lambda c: variant(c, running_stats={"variance": "biased"})),
+        explanation=(f"{api} non-fused path folds tf.nn.moments' biased variance (divide by N) into "
+                     "moving_variance, while its fused path uses N/(N-1); see tensorflow/tensorflow#55545"),
+        link=FUSED_VS_NONFUSED_ISSUE,
+    )
+
+
+def fused_bessel_deviation(api: str, on_path) -> Deviation:
+    return Deviation(
+        name="fused-running-variance-bessel",
+        applies_to="fused path, cases asking for a biased running variance (N >= 2, decay < 1)",
+        applies=lambda c, d: (on_path(c) and c.config.running_stats.variance == "biased"
+                              and variance_kind_observable(c) and not has_empty_update(c)),
+        behaviour=MatchesVariant("running variance uses the Bessel-corrected batch variance",
+                                 lambda c: variant(c, running_stats={"variance": "bessel"})),
+        explanation=(f"{api} fused path (FusedBatchNormV3) folds the unbiased variance N/(N-1) into "
+                     "moving_variance, unlike its non-fused path; see tensorflow/tensorflow#55545"),
+        link=FUSED_VS_NONFUSED_ISSUE,
+    )
+
+
+def has_updating_step(case) -> bool:
+    return has_training_step(case) and any(s.update_running_stats for s in case.steps)

@@ -1,0 +1,292 @@
+"""Keras 2 (tf_keras) Batch Normalization: the layer on its three paths, and the backend functions.
+
+Layer adapters (``tf_keras.layers.BatchNormalization``, run eagerly, ``layer(x, training=...)``):
+
+=========================  ==================================================================
+canonical knob             tf_keras argument
+=========================  ==================================================================
+channel_axis               ``axis``
+decay (weight on old)      ``momentum`` (same convention: moving = momentum*moving + (1-momentum)*batch)
+epsilon / epsilon_floor    ``epsilon=max(epsilon, epsilon_floor)`` (added inside the sqrt)
+scale / center             ``scale`` / ``center``
+input_dtype                ``dtype`` (the layer policy); half inputs keep float32 variables
+gamma, beta, running_*     ``gamma``, ``beta``, ``moving_mean``, ``moving_variance`` (assigned)
+normalize_with batch       ``training=True`` (always updates the moving statistics)
+normalize_with running     ``training=False``
+=========================  ==================================================================
+
+``tf_keras.auto`` passes ``fused=None`` (the layer picks the fused kernel for 4-D/5-D input with
+the channel axis at 1 or last and a float16/bfloat16/float32 compute dtype), ``tf_keras.fused``
+passes ``fused=True`` (cases the layer refuses are unsupported with its own message) and
+``tf_keras.nonfused`` passes ``fused=False``. The running variance is biased on the non-fused path
+and Bessel-corrected on the fused path (tensorflow/tensorflow#55545): declared per path.
+
+Unsupported on the layers: epsilon outside the sqrt or as a max; the cumulative rule; zero-debias;
+the num_updates schedule; a step with batch statistics but no update (TF2 behaviour: training=True
+always updates); parameter dtypes other than the layer's variable dtype. No num_updates, batch_mean
+or batch_var is returned: the layer exposes none of them.
+
+``trainable=False``: in TF2 the layer then ignores ``training=True`` and runs in inference mode
+(moving statistics, no update; ``_get_training_value``), so it is the same as ``training=False``
+and cannot stand in for "batch statistics without an update". The adapters leave it True.
+
+Backend adapter (``tf_keras.backend``), functions without running statistics:
+
+* a batch-statistics step is ``normalize_batch_in_training(x, gamma, beta, reduction_axes,
+  epsilon)`` -> (y, batch_mean, batch_var); whether the case asks for an update does not matter.
+* a running-statistics step is ``batch_normalization(x, running_mean, running_var, beta, gamma,
+  axis, epsilon)`` with the case's initial running statistics, reshaped to broadcast along the
+  channel axis (1-D for 4-D input, which goes to fused_batch_norm).
+* unsupported: an eval step after an update of a non-empty batch (the caller would have to keep the
+  moving statistics); epsilon placements other than inside the sqrt (the batch_normalization
+  docstring writes ``(sqrt(var) + epsilon)``, but the code calls tf.nn.batch_normalization or
+  fused_batch_norm, which add it inside); 4-D eval input with the channel axis at 2; half inputs
+  with float32 parameters on the non-fused training route (dtype error). Running statistics are
+  never returned.
+"""
+
+from __future__ import annotations
+
+from .base import Adapter, Deviation, Mismatches, Unsupported, has_training_step
+from ._tf_common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from ._tf_keras_common import (LAYER, auto_uses_fused, batch_without_update_reason, empty_batch_deviation,
+                               fused_bessel_deviation, nonfused_biased_deviation, param_dtype_reason,
+                               running_rule_reason, tf_keras)
+
+HALF = ("float16", "bfloat16")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class _TfKerasLayerAdapter(Adapter):
+    """Shared machinery of the three BatchNormalization adapters; ``fused`` is the layer argument."""
+
+    framework = "tf_keras"
+    extra = "tensorflow"
+    requires = ("tensorflow", "tf_keras")
+    device_kinds = ("cpu", "cuda")
+    fused: bool | None = None
+
+    def __init__(self):
+        self._layers = {}  # (device, dtype, rank, shape of params, knobs) -> layer or ValueError
+
+    def devices(self):
+        return tf_devices()
+
+    def uses_fused(self, case) -> bool:
+        """Whether the layer built for this case takes the fused kernel (checked in run)."""
+        return auto_uses_fused(case) if self.fused is None else bool(self.fused)
+
+    def supports(self, case, device):
+        reason = (_expression_reason(case) or running_rule_reason(case.config)
+                  or batch_without_update_reason(case) or param_dtype_reason(case.config))
+        if reason:
+            return reason
+        built = self._layer(case, device)
+        if isinstance(built, ValueError):
+            return f"{LAYER}(fused={self.fused}) refuses this case: {_first_line(built)}"
+        if self.fused and not built.fused:
+            return (f"{LAYER}(fused=True) silently falls back to the non-fused path for "
+                    f"{case.rank}-D input with axis={case.config.channel_axis}")
+        return None
+
+    def run(self, case, device):
+        layer = self._layer(case, device)
+        if isinstance(layer, ValueError):
+            raise Unsupported(_first_line(layer))
+        if bool(layer.fused) != self.uses_fused(case):
+            raise RuntimeError(f"Expected: fused={self.uses_fused(case)} for this case. Received: {layer.fused}")
+        with tf_device_scope(device):
+            _assign_state(layer, case)
+            return [self._step(layer, case, step) for step in case.steps]
+
+    def _step(self, layer, case, step) -> dict:
+        y = layer(to_tensor(step.x, case.config.input_dtype), training=step.is_training)
+        return {"y": to_numpy(y), "running_mean": to_numpy(layer.moving_mean),
+                "running_var": to_numpy(layer.moving_variance)}
+
+    def _layer(self, case, device):
+        """A built layer for the case's structural knobs (cached), or the ValueError it raised."""
+        cfg = case.config
+        key = (device, cfg.input_dtype, case.rank, cfg.channel_axis, case.channels,
+               cfg.running_stats.decay, cfg.effective_epsilon, cfg.center, cfg.scale)
+        if key not in self._layers:
+            self._layers[key] = self._build(case, device)
+        return self._layers[key]
+
+    def _build(self, case, device):
+        cfg = case.config
+        try:
+            with tf_device_scope(device):
+                layer = tf_keras().layers.BatchNormalization(
+                    axis=cfg.channel_axis, momentum=cfg.running_stats.decay, epsilon=cfg.effective_epsilon,
+                    center=cfg.center, scale=cfg.scale, fused=self.fused, dtype=cfg.input_dtype)
+                layer.build(case.steps[0].x.shape)
+        except ValueError as refused:  # the layer's own "fused=True is only supported ..." messages
+            return refused
+        return layer
+
+
+def _expression_reason(case) -> str | None:
+    if case.config.epsilon_mode != "add_inside_sqrt":
+        return (f"{LAYER} adds epsilon inside the square root (rsqrt(var + epsilon)); "
+                f"it has no {case.config.epsilon_mode} option")
+    return None
+
+
+def _assign_state(layer, case) -> None:
+    """Load the case's initial parameters and moving statistics into the (reused) layer."""
+    state = case.initial_state
+    if layer.gamma is not None:
+        layer.gamma.assign(state.gamma)
+    if layer.beta is not None:
+        layer.beta.assign(state.beta)
+    layer.moving_mean.assign(state.running_mean)
+    layer.moving_variance.assign(state.running_var)
+
+
+class TfKerasAutoAdapter(_TfKerasLayerAdapter):
+    """``tf_keras.layers.BatchNormalization(fused=None)``: the layer picks fused or non-fused itself."""
+
+    name = "tf_keras.auto"
+    fused = None
+    notes = "fused=None: fused kernel for 4-D/5-D float16/bfloat16/float32 input with axis 1 or last"
+    deviations = (
+        empty_batch_deviation(LAYER),
+        nonfused_biased_deviation(f"{LAYER}(fused=None)", lambda c: not auto_uses_fused(c)),
+        fused_bessel_deviation(f"{LAYER}(fused=None)", auto_uses_fused),
+    )
+
+
+class TfKerasFusedAdapter(_TfKerasLayerAdapter):
+    """``tf_keras.layers.BatchNormalization(fused=True)``: FusedBatchNormV3 or the layer's refusal."""
+
+    name = "tf_keras.fused"
+    fused = True
+    notes = "fused=True: only 4-D/5-D float16/bfloat16/float32 input with axis 1 or last"
+    deviations = (
+        empty_batch_deviation(f"{LAYER}(fused=True)"),
+        fused_bessel_deviation(f"{LAYER}(fused=True)", lambda c: True),
+    )
+
+
+class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
+    """``tf_keras.layers.BatchNormalization(fused=False)``: tf.nn.moments + tf.nn.batch_normalization."""
+
+    name = "tf_keras.nonfused"
+    fused = False
+    notes = "fused=False: tf.nn.moments + tf.nn.batch_normalization, any rank and axis"
+    deviations = (
+        empty_batch_deviation(f"{LAYER}(fused=False)"),
+        nonfused_biased_deviation(f"{LAYER}(fused=False)", lambda c: True),
+    )
+
+
+# --- tf_keras.backend ---------------------------------------------------------------------------
+
+BACKEND = "tf_keras.backend"
+BACKEND_SOURCE = ("https://github.com/keras-team/tf-keras/blob/6add81a967a830418b1507ac99ddba2d4e43a62b/"
+                  "tf_keras/backend.py")
+
+
+def backend_fused_route(case, device) -> bool:
+    """normalize_batch_in_training hands 4-D input reduced over (0,1,2) to fused_batch_norm, and
+    over (0,2,3) too where NCHW is supported (a GPU outside an explicit CPU scope)."""
+    axis = case.config.channel_axis
+    return case.rank == 4 and (axis == 3 or (axis == 1 and device == "cuda"))
+
+
+class TfKerasBackendAdapter(Adapter):
+    """``tf_keras.backend.normalize_batch_in_training`` (batch steps) and ``batch_normalization``
+    (running-statistics steps): functions that keep no running statistics."""
+
+    name = "tf_keras.backend"
+    framework = "tf_keras"
+    extra = "tensorflow"
+    requires = ("tensorflow", "tf_keras")
+    device_kinds = ("cpu", "cuda")
+    notes = ("functional: no running statistics (eval steps use the case's initial ones); "
+             "per-channel vectors reshaped to broadcast along the channel axis")
+    deviations = (
+        Deviation(
+            name="backend-fused-route-unbiased-batch-var",
+            applies_to="normalize_batch_in_training on 4-D input routed to fused_batch_norm, N >= 2",
+            applies=lambda c, d: backend_fused_route(c, d) and has_training_step(c, min_count=2),
+            behaviour=Mismatches(("batch_var",), "the returned batch variance is Bessel-corrected"),
+            explanation=("normalize_batch_in_training returns fused_batch_norm's variance, which is "
+                         "unbiased (N/(N-1)); its other routes return tf.nn.moments' biased variance"),
+            link=BACKEND_SOURCE,
+        ),
+    )
+
+    def devices(self):
+        return tf_devices()
+
+    def supports(self, case, device):
+        cfg = case.config
+        if cfg.epsilon_mode != "add_inside_sqrt":
+            return (f"{BACKEND} adds epsilon inside the sqrt (tf.nn.batch_normalization / fused_batch_norm; "
+                    f"the batch_normalization docstring's (sqrt(var) + epsilon) is not what runs); "
+                    f"it has no {cfg.epsilon_mode} option")
+        return _backend_steps_reason(case, device) or _backend_dtype_reason(case, device)
+
+    def run(self, case, device):
+        with tf_device_scope(device):
+            params = _BackendParams(case)
+            return [params.step(step) for step in case.steps]
+
+
+def _backend_steps_reason(case, device) -> str | None:
+    updated = False
+    for step, n in zip(case.steps, case.reduce_counts()):
+        if not step.is_training and updated:
+            return (f"{BACKEND} functions keep no running statistics: an eval step after an update "
+                    f"needs moving statistics that the caller would have to maintain")
+        updated = updated or (step.is_training and step.update_running_stats and n > 0)
+    if case.rank == 4 and case.config.channel_axis not in (1, 3) and not all(s.is_training for s in case.steps):
+        return (f"{BACKEND}.batch_normalization sends 4-D input to fused_batch_norm, which takes the "
+                f"channel axis only at 1 or 3 (axis={case.config.channel_axis} fails)")
+    return None
+
+
+def _backend_dtype_reason(case, device) -> str | None:
+    cfg = case.config
+    if cfg.input_dtype in HALF:
+        if cfg.param_dtype != "float32":
+            return f"{BACKEND} is exercised with float32 parameters for half inputs; got {cfg.param_dtype}"
+        if has_training_step(case) and not backend_fused_route(case, device):
+            return (f"{BACKEND}.normalize_batch_in_training off the fused route cannot take float32 gamma/beta "
+                    f"with {cfg.input_dtype} input (InvalidArgumentError: expected a half tensor)")
+    elif cfg.param_dtype != cfg.input_dtype:
+        return f"{BACKEND} takes parameters in the input dtype; got {cfg.param_dtype} for {cfg.input_dtype}"
+    return None
+
+
+class _BackendParams:
+    """The case's tensors, shaped for the two backend functions, and one call per step."""
+
+    def __init__(self, case):
+        cfg, state = case.config, case.initial_state
+        self.case, self.axis = case, cfg.channel_axis
+        self.reduction_axes = [i for i in range(case.rank) if i != cfg.channel_axis]
+        # 4-D eval input goes to fused_batch_norm, which wants 1-D vectors; other ranks broadcast.
+        shape = [-1] if case.rank == 4 else channel_shape(case.rank, cfg.channel_axis, case.channels)
+        vector = lambda values: to_tensor(values, cfg.param_dtype)
+        shaped = lambda values: tf().reshape(vector(values), shape)
+        self.gamma = vector(state.gamma) if cfg.scale else None
+        self.beta = vector(state.beta) if cfg.center else None
+        self.eval_args = [shaped(state.running_mean), shaped(state.running_var),
+                          shaped(state.beta) if cfg.center else None, shaped(state.gamma) if cfg.scale else None]
+
+    def step(self, step) -> dict:
+        backend, cfg = tf_keras().backend, self.case.config
+        x = to_tensor(step.x, cfg.input_dtype)
+        if step.is_training:
+            y, mean, var = backend.normalize_batch_in_training(
+                x, self.gamma, self.beta, self.reduction_axes, epsilon=cfg.effective_epsilon)
+            return {"y": to_numpy(y), "batch_mean": to_numpy(mean), "batch_var": to_numpy(var)}
+        y = backend.batch_normalization(x, *self.eval_args, axis=self.axis, epsilon=cfg.effective_epsilon)
+        return {"y": to_numpy(y)}

@@ -1,0 +1,90 @@
+"""torch.nn.functional.batch_norm, called once per step with the case's own tensors.
+
+Translation (canonical knob -> F.batch_norm argument):
+
+==========================  ==========================================================
+channel_axis                must be 1; any other axis is moved to 1 and back (movedim)
+epsilon (+ epsilon_floor)   eps = max(epsilon, epsilon_floor) (torch adds it inside sqrt)
+scale on / off              weight = gamma / weight=None
+center on / off             bias = beta / bias=None
+rule ema, decay d           momentum = 1 - d (torch weights the NEW batch statistic)
+param_dtype                 dtype of weight, bias, running_mean, running_var
+input_dtype                 the input tensor's dtype (half inputs with float32 params)
+batch stats + update        training=True with running_mean/running_var (updated in place)
+batch stats, no update      training=True, running_mean=None, running_var=None
+running stats               training=False with running_mean/running_var
+==========================  ==========================================================
+
+Unsupported (no F.batch_norm argument): the cumulative rule (momentum must be a float:
+momentum=None raises TypeError; the 1/num_batches_tracked average lives in nn.BatchNorm's
+forward(), not in the functional API), an eval step with an update, epsilon placement other than
+inside the square root, zero-debias, num_updates schedule, ranks outside 2..5.
+F.batch_norm keeps no update counter, so no num_updates is returned.
+"""
+
+from __future__ import annotations
+
+from .. import model
+from ._torch_common import (
+    DEVICE_KINDS, common_unsupported, device_context, from_channels_first, needs_running_only_update,
+    shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_devices,
+)
+from .base import Adapter
+
+
+class TorchFunctionalAdapter(Adapter):
+    """Calls F.batch_norm per step; running statistics are tensors it updates in place."""
+
+    name = "torch.functional"
+    framework = "torch"
+    extra = "torch"
+    requires = ("torch",)
+    device_kinds = DEVICE_KINDS
+    notes = ("F.batch_norm; batch stats without update via running_mean=None; channels-last and other "
+             "channel axes by moving the axis to 1 and back; 'cuda-nocudnn' = cuda with cuDNN disabled")
+    deviations = shared_deviations("F.batch_norm")
+
+    def devices(self) -> list[str]:
+        return torch_devices()
+
+    def framework_version(self) -> str:
+        try:
+            return torch().__version__
+        except ImportError:
+            return super().framework_version()
+
+    def supports(self, case: model.Case, device: str) -> str | None:
+        if case.config.running_stats.rule == "cumulative":
+            return ("F.batch_norm takes a float momentum only (None raises TypeError); the cumulative average "
+                    "1/num_batches_tracked is computed by nn.BatchNorm.forward, not by the functional API")
+        if needs_running_only_update(case):
+            return "F.batch_norm never updates running stats when training=False (an eval step with an update)"
+        return common_unsupported(case)
+
+    def run(self, case: model.Case, device: str) -> list[dict]:
+        with device_context(device):
+            params = _Params(case, device)
+            return [self._step(case, params, step, device) for step in case.steps]
+
+    def _step(self, case: model.Case, params: "_Params", step: model.Step, device: str) -> dict:
+        """One F.batch_norm call; running stats are passed only where the step uses or updates them."""
+        config = case.config
+        track = step.update_running_stats or not step.is_training
+        x = to_channels_first(to_tensor(step.x, config.input_dtype, device), config.channel_axis)
+        y = torch().nn.functional.batch_norm(
+            x, params.running_mean if track else None, params.running_var if track else None,
+            params.weight, params.bias, training=step.is_training,
+            momentum=1.0 - config.running_stats.decay, eps=config.effective_epsilon)
+        return {"y": to_numpy(from_channels_first(y, config.channel_axis)),
+                "running_mean": to_numpy(params.running_mean), "running_var": to_numpy(params.running_var)}
+
+
+class _Params:
+    """The case's initial weight/bias (None where scale/center is off) and running-stat tensors."""
+
+    def __init__(self, case: model.Case, device: str):
+        config, state, dtype = case.config, case.initial_state, case.config.param_dtype
+        self.weight = to_tensor(state.gamma, dtype, device) if config.scale else None
+        self.bias = to_tensor(state.beta, dtype, device) if config.center else None
+        self.running_mean = to_tensor(state.running_mean, dtype, device)
+        self.running_var = to_tensor(state.running_var, dtype, device)

@@ -1,0 +1,117 @@
+"""renorm: Batch Renormalization (Ioffe 2017) as tf_keras / tf.compat.v1 layers implement it.
+
+y = gamma * ((x - mu_B) / sigma_B * r + d) + beta with r = clip(sigma_B / s_R, rmin, rmax) and
+d = clip((mu_B - m_R) / s_R, -dmax, dmax) from the renorm statistics BEFORE the step's update.
+The renorm statistics follow the renorm decay; inference uses running_mean and running_var,
+where running_var = S^2 - eps and the running stddev S is an EMA of sqrt(v + eps). Each
+description quotes how far a specific mistake lands (computed by the oracle on that mistake).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
+from ..model import Config, Renorm, RunningStats
+
+FAMILY = "renorm"
+THREE_TRAIN_EVAL = (TRAIN, TRAIN, TRAIN, EVAL)
+
+
+def _shifting(rng, shape):
+    """Each call draws a batch with a new per-call mean and spread."""
+    return rng.normal(rng.uniform(-2, 2), rng.uniform(0.5, 3.0), size=shape)
+
+
+def _config(rmin=None, rmax=None, dmax=None, renorm_decay=0.9, decay=0.9, variance="biased", axis=1,
+            **extra) -> Config:
+    return Config(channel_axis=axis, epsilon=1e-3, running_stats=RunningStats(decay=decay, variance=variance),
+                  renorm=Renorm(rmin, rmax, dmax, renorm_decay), **extra)
+
+
+def _without_renorm(case) -> Config:
+    return replace(case.config, renorm=None)
+
+
+def _with_bounds(case, **bounds) -> Config:
+    return replace(case.config, renorm=replace(case.config.renorm, **bounds))
+
+
+def _clipping():
+    yield Spec(FAMILY, "unclipped_3steps",
+               lambda c: "Renorm without clipping: r = sigma_B / s_R and d = (mu_B - m_R) / s_R turn y into "
+                         "gamma * (x - m_R) / s_R + beta, i.e. normalization by the renorm statistics from before "
+                         f"each update; plain batch norm (renorm ignored) gives y off by up to {gap(c, config=_without_renorm(c)):.3g}.",
+               _config(), [(6, 3)], THREE_TRAIN_EVAL, _shifting)
+    yield Spec(FAMILY, "clipped_r_and_d",
+               lambda c: "Renorm with rmin 2/3, rmax 1.5, dmax 0.5 and batches 3x wider than s_R: r and d sit at "
+                         "their bounds; skipping the clipping moves y by up to "
+                         f"{gap(c, config=_with_bounds(c, rmin=None, rmax=None, dmax=None)):.3g}.",
+               _config(rmin=2 / 3, rmax=1.5, dmax=0.5), [(6, 3)], THREE_TRAIN_EVAL, _wide_offset)
+    yield Spec(FAMILY, "identity_clip_running_stddev",
+               lambda c: "rmin = rmax = 1 and dmax = 0 make the forward pass plain batch norm, but running_var is "
+                         "S^2 - eps with S an EMA of sqrt(v_B + eps) (tf_keras moving_stddev); an EMA of the variance "
+                         f"itself gives running_var off by up to {gap(c, 'running_var', config=_without_renorm(c)):.3g}.",
+               _config(rmin=1.0, rmax=1.0, dmax=0.0), [(6, 3)], THREE_TRAIN_EVAL, _shifting)
+    yield Spec(FAMILY, "rmin_clip_narrow_batch",
+               lambda c: "Batches 3x narrower than s_R push r below rmin 0.8 (rmax 3, dmax 1): r is clipped from "
+                         "below; ignoring rmin (clipping to [1/rmax, rmax] or [0, rmax]) moves y by up to "
+                         f"{gap(c, config=_with_bounds(c, rmin=None)):.3g}.",
+               _config(rmin=0.8, rmax=3.0, dmax=1.0), [(6, 3)], THREE_TRAIN_EVAL,
+               lambda rng, shape: rng.normal(0.0, 0.3, size=shape))
+
+
+def _wide_offset(rng, shape):
+    return rng.normal(2.0, 3.0, size=shape)
+
+
+def _statistics():
+    yield Spec(FAMILY, "renorm_decay_0.5_decay_0.99",
+               lambda c: "Renorm statistics follow renorm decay 0.5 while the inference statistics follow decay 0.99; "
+                         "updating the renorm statistics with 0.99 changes r, d and y of later steps by up to "
+                         f"{gap(c, config=_with_bounds(c, decay=0.99)):.3g}.",
+               _config(renorm_decay=0.5, decay=0.99), [(6, 3)], (TRAIN,) * 4 + (EVAL,), _shifting)
+    yield Spec(FAMILY, "train_without_update",
+               lambda c: "Batch-normalized steps without update use r, d from the current renorm statistics and "
+                         "change no statistic; updating anyway moves later y by up to "
+                         f"{gap(c, steps=[replace(s, update_running_stats=True) if s.is_training else s for s in c.steps]):.3g}.",
+               _config(rmax=2.0, dmax=1.0), [(6, 3)], (TRAIN_NO_UPDATE, TRAIN, TRAIN_NO_UPDATE, EVAL), _shifting)
+    yield Spec(FAMILY, "renorm_stddev_below_sqrt_eps",
+               "Initial renorm stddev 1e-3 < sqrt(eps) = 0.0316: r and d divide by max(s_R, sqrt(eps)) "
+               "(tf_keras' guard), so r is about 30 in step 0; dividing by s_R itself gives r near 1000, clipped "
+               "to rmax 100 (d likewise, dmax 100).",
+               _config(rmax=100.0, dmax=100.0), [(6, 3)], (TRAIN, TRAIN, EVAL), _shifting,
+               renorm_stddev=lambda rng, c: np.full(c, 1e-3))
+    yield Spec(FAMILY, "bessel_running_stddev",
+               lambda c: "Running variance kind 'bessel' (N = 4): the running stddev tracks sqrt(v_B * 4/3 + eps) "
+                         "while s_R tracks sigma_B = sqrt(v_B + eps); the biased kind (tf_keras' only one) gives "
+                         f"running_var off by up to {gap(c, 'running_var', config=c.config.with_running(variance='biased')):.3g}.",
+               _config(variance="bessel", rmax=3.0, dmax=2.0), [(4, 3)], THREE_TRAIN_EVAL, _shifting)
+
+
+def _layouts():
+    clip = dict(rmin=0.5, rmax=2.0, dmax=1.0)
+    for name, axis, shape in (("rank4_nchw", 1, (2, 3, 2, 2)), ("rank4_nhwc", 3, (2, 2, 3, 3))):
+        yield Spec(FAMILY, name,
+                   lambda c, n=name: f"Renorm on a {n[-4:].upper()} input (rmin 0.5, rmax 2, dmax 1): moments, r and d "
+                                     f"per channel over batch x H x W; plain batch norm gives y off by up to "
+                                     f"{gap(c, config=_without_renorm(c)):.3g}.",
+                   _config(axis=axis, **clip), [shape], THREE_TRAIN_EVAL, _shifting)
+    yield Spec(FAMILY, "float64",
+               lambda c: "Renorm in float64 (rmax 2, dmax 1): float64 frameworks must agree to ~1e-13; plain batch "
+                         f"norm is off by up to {gap(c, config=_without_renorm(c)):.3g}.",
+               _config(rmax=2.0, dmax=1.0, input_dtype="float64", param_dtype="float64"), [(6, 3)],
+               THREE_TRAIN_EVAL, _shifting)
+    yield Spec(FAMILY, "scale_center_off",
+               lambda c: "Renorm with scale and center off: y = xhat * r + d exactly (gamma, beta stored but unused); "
+                         "applying the stored gamma and beta moves y by up to "
+                         f"{gap(c, config=replace(c.config, scale=True, center=True)):.3g}.",
+               _config(rmax=2.0, dmax=1.0, scale=False, center=False), [(6, 3)], THREE_TRAIN_EVAL, _shifting)
+
+
+def specs():
+    yield from _clipping()
+    yield from _statistics()
+    yield from _layouts()

@@ -1,0 +1,128 @@
+"""Adapters that misbehave on purpose, for the isolation and sensitivity tests.
+
+Each wrong adapter implements BN with exactly one classic bug, using the oracle's building
+blocks for everything else, so a case family that misses the bug is visible at once.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+import numpy as np
+
+from bnconform import oracle
+from bnconform.adapters.base import Adapter, Deviation, Raises, has_training_step, variant
+
+
+class CrashingAdapter(Adapter):
+    """Aborts the whole interpreter on the formulas family (like a segfaulting kernel)."""
+
+    name, framework = "test.crashing", "numpy"
+
+    def run(self, case, device):
+        if case.family == "formulas":
+            os.abort()
+        return oracle.run_case(case)
+
+
+class HangingAdapter(Adapter):
+    """Never returns on one case; must cost only that cell (timeout)."""
+
+    name, framework = "test.hanging", "numpy"
+
+    def run(self, case, device):
+        if case.id == "degenerate/c1_rank2":
+            time.sleep(3600)
+        return oracle.run_case(case)
+
+
+class RaisingAdapter(Adapter):
+    """Raises an unexpected exception on every case: error verdicts, not a crash."""
+
+    name, framework = "test.raising", "numpy"
+
+    def run(self, case, device):
+        raise RuntimeError("kernel exploded\nsecond line never shown")
+
+
+class StaleDeviationAdapter(Adapter):
+    """Declares that N=1 training raises, but computes correctly: the declaration is stale."""
+
+    name, framework = "test.stale", "numpy"
+    deviations = (Deviation("n1-raises", "training steps with N = 1",
+                            lambda case, device: has_training_step(case, max_count=1),
+                            Raises("ValueError", "Expected more than 1 value"),
+                            "pretends to be torch", "https://example.invalid/stale"),)
+
+    def run(self, case, device):
+        return oracle.run_case(case)
+
+
+class _Wrong(Adapter):
+    """Run the oracle on a modified case (the bug), report it as if it were the real one."""
+
+    framework = "numpy"
+
+    def wrong_case(self, case):
+        raise NotImplementedError
+
+    def run(self, case, device):
+        return oracle.run_case(self.wrong_case(case))
+
+
+class EpsOutsideSqrt(_Wrong):
+    name = "wrong.eps_outside_sqrt"
+
+    def wrong_case(self, case):
+        return variant(case, epsilon_mode="add_outside_sqrt")
+
+
+class MomentumFlipped(_Wrong):
+    """Reads decay as the weight on the new batch (torch momentum mistaken for Keras momentum)."""
+
+    name = "wrong.momentum_flipped"
+
+    def wrong_case(self, case):
+        rs = case.config.running_stats
+        return variant(case, running_stats={"decay": 1 - rs.decay}) if rs.decay is not None else case
+
+
+class VarianceKindSwapped(_Wrong):
+    name = "wrong.variance_swapped"
+
+    def wrong_case(self, case):
+        other = "biased" if case.config.running_stats.variance == "bessel" else "bessel"
+        return variant(case, running_stats={"variance": other})
+
+
+class UpdatesInEval(_Wrong):
+    name = "wrong.updates_in_eval"
+
+    def wrong_case(self, case):
+        steps = [replace(s, update_running_stats=True) if not s.is_training else s for s in case.steps]
+        return replace(case, steps=steps)
+
+
+class IgnoresBeta(_Wrong):
+    name = "wrong.ignores_beta"
+
+    def wrong_case(self, case):
+        return variant(case, center=False)
+
+
+class WrongReductionAxes(Adapter):
+    """Reduces over the batch axis only (per-position statistics), as a 2-D-only BN would."""
+
+    name, framework = "wrong.reduction_axes", "numpy"
+
+    def run(self, case, device):
+        results = oracle.run_case(case)
+        for step, result in zip(case.steps, results):
+            x = step.x.astype(np.float64)
+            if step.is_training and x.shape[0] > 0:
+                with np.errstate(all="ignore"):
+                    mean, var = x.mean(axis=0, keepdims=True), x.var(axis=0, keepdims=True)
+                    result["y"] = (x - mean) / np.sqrt(var + case.config.effective_epsilon)
+        return results
