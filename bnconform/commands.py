@@ -72,7 +72,9 @@ def cmd_check(args) -> int:
 
     try:
         cases = [load_case(p) for p in case_paths(args.paths)]
-        adapters = select_adapters(args.backend, args.adapter)
+        adapters = select_adapters(args.backend, args.adapter, all_by_default=False)
+        if not adapters:
+            raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
     except (CaseError, RegistryError) as exc:
         raise UsageError(str(exc)) from None
     verdicts, _ = run_cells(plan(cases, adapters, args.device), jobs=1, timeout=args.timeout)

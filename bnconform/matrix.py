@@ -30,9 +30,9 @@ def discover_cases(root: Path, families=None) -> list:
     return [load_case(p) for p in paths]
 
 
-def select_adapters(backends=None, adhoc=()) -> list[str]:
+def select_adapters(backends=None, adhoc=(), all_by_default: bool = True) -> list[str]:
     """Registered names (all by default), checked, plus ad hoc module:Class paths."""
-    names = list(backends) if backends else list(known())
+    names = list(backends) if backends else (list(known()) if all_by_default else [])
     for name in [*names, *adhoc]:
         resolve(name)  # raises RegistryError with the list of known names
     return names + [a for a in adhoc if a not in names]

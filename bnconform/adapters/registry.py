@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
+import sys
 
 from .base import Adapter
 
@@ -64,6 +66,8 @@ def load_class(target: str) -> type[Adapter]:
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name:
         raise RegistryError(f"--adapter: Expected: package.module:ClassName. Received: {target!r}")
+    if os.getcwd() not in sys.path:  # ad hoc adapters live beside the user, as with `python -m`
+        sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
