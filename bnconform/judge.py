@@ -14,7 +14,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from . import oracle
-from .adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
+from .adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported, uses_extensions
 from .compare import Mismatch, compare_case
 from .model import Case
 
@@ -102,7 +102,7 @@ def applicable_deviation(adapter: Adapter, case: Case, device: str) -> Deviation
 def judge(adapter: Adapter, case: Case, device: str) -> Verdict:
     """Run one cell and classify it. Never raises for framework behaviour."""
     base = dict(case=case.id, family=case.family, adapter=adapter.name, device=device)
-    reason = adapter.supports(case, device)
+    reason = uses_extensions(case, adapter.handles_extensions) or adapter.supports(case, device)
     if reason:
         return Verdict(**base, status="unsupported", detail=reason)
     deviation = applicable_deviation(adapter, case, device)

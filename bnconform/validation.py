@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .casefile import case_from_json
 from .encoding import EncodingError
-from .model import OUTPUT_KEYS, Case, count_per_channel
+from .model import OUTPUT_KEYS, RENORM_STATE_KEYS, Case, count_per_channel
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 
@@ -107,20 +107,83 @@ def _check_step(case: Case, i: int) -> None:
     for key in ("batch_mean", "batch_var", "running_mean", "running_var"):
         if expected[key] is not None:
             _check(expected[key].shape == (c,), f"{where}/expected/{key}/shape", f"[{c}]", list(expected[key].shape))
-    has_batch = step.is_training and count_per_channel(step.x.shape, cfg.channel_axis) > 0
+    has_batch = step.is_training and count_per_channel(step.x.shape, cfg.channel_axis) > 0 \
+        and cfg.virtual_batch_size is None  # ghost batches have no single batch moment
     _check((expected["batch_mean"] is not None) == has_batch, f"{where}/expected/batch_mean",
-           "an array exactly when the step normalizes a non-empty batch", "null" if has_batch else "an array")
+           "an array exactly when the step normalizes a non-empty batch without ghost batches",
+           "null" if has_batch else "an array")
     for key in OUTPUT_KEYS:
         if expected[key] is not None:
             _check(key in step.tolerance, f"{where}/tolerance", f"an entry for {key!r}", sorted(step.tolerance))
+
+
+def _check_extension_knobs(case: Case) -> None:
+    """renorm / virtual_batch_size / sample_weights: one per case, with the knobs they need."""
+    cfg, rs, state = case.config, case.config.running_stats, case.initial_state
+    _check(len(case.extensions) <= 1, "/config", "at most one of renorm, virtual_batch_size, sample_weights "
+           "(their combinations are not defined)", list(case.extensions))
+    for key in RENORM_STATE_KEYS:
+        array = getattr(state, key)
+        _check((array is not None) == (cfg.renorm is not None), f"/initial_state/{key}",
+               "present exactly when config.renorm is set", "absent" if array is None else "present")
+        if array is not None:
+            _check(array.shape == (case.channels,) and array.dtype.name == cfg.param_dtype, f"/initial_state/{key}",
+                   f"[{case.channels}] values of {cfg.param_dtype}", f"{list(array.shape)} {array.dtype.name}")
+    if cfg.renorm is not None:
+        _check(cfg.epsilon_mode == "add_inside_sqrt", "/config/epsilon_mode", "'add_inside_sqrt' with renorm "
+               "(sigma_B = sqrt(var + eps))", cfg.epsilon_mode)
+        _check(rs.rule == "ema" and not (rs.zero_debias or rs.num_updates_schedule), "/config/running_stats",
+               "a plain EMA with renorm (no cumulative rule, zero_debias or schedule)", rs)
+        low, high = cfg.renorm.rmin, cfg.renorm.rmax
+        _check(low is None or high is None or low <= high, "/config/renorm/rmin", f"<= rmax {high}", low)
+    if cfg.virtual_batch_size is not None or "sample_weights" in case.extensions:
+        _check(cfg.channel_axis != 0, "/config/channel_axis", "not 0 with ghost batches or sample weights "
+               "(axis 0 holds the samples)", cfg.channel_axis)
+    if "sample_weights" in case.extensions:
+        _check(rs.variance == "biased", "/config/running_stats/variance", "'biased' with sample weights (a "
+               "Bessel correction is undefined for weighted moments)", rs.variance)
+
+
+def _check_step_extensions(case: Case, i: int) -> None:
+    step, cfg, where = case.steps[i], case.config, f"/steps/{i}"
+    takes_moments = step.is_training or step.update_running_stats
+    if case.extensions and takes_moments:
+        _check(count_per_channel(step.x.shape, cfg.channel_axis) > 0, f"{where}/x/shape",
+               f"a non-empty batch when {case.extensions[0]} is set", list(step.x.shape))
+    size = cfg.virtual_batch_size
+    if size is not None and takes_moments:
+        _check(step.x.shape[0] % size == 0, f"{where}/x/shape", f"a batch size divisible by virtual_batch_size "
+               f"{size}", list(step.x.shape))
+    for key in RENORM_STATE_KEYS:
+        value = step.expected.get(key)
+        _check((value is not None) == (cfg.renorm is not None), f"{where}/expected/{key}",
+               "present exactly when config.renorm is set", "absent" if value is None else "present")
+        if value is not None:
+            _check(value.shape == (case.channels,), f"{where}/expected/{key}/shape", f"[{case.channels}]", list(value.shape))
+            _check(key in step.tolerance, f"{where}/tolerance", f"an entry for {key!r}", sorted(step.tolerance))
+    if step.sample_weights is not None:
+        _check_weights(step, cfg, where, takes_moments)
+
+
+def _check_weights(step, cfg, where: str, takes_moments: bool) -> None:
+    weights = step.sample_weights
+    _check(takes_moments, f"{where}/sample_weights", "only on a step that computes batch moments", "an eval step")
+    _check(weights.shape == step.x.shape[:1], f"{where}/sample_weights/shape", f"[{step.x.shape[0]}] (one per "
+           "sample)", list(weights.shape))
+    _check(weights.dtype.name == cfg.input_dtype, f"{where}/sample_weights/dtype", cfg.input_dtype, weights.dtype.name)
+    wide = weights.astype("float64")
+    _check(bool((wide >= 0).all() and wide.sum() > 0 and (wide < float("inf")).all()), f"{where}/sample_weights",
+           "finite weights >= 0 with a positive sum", wide.tolist()[:8])
 
 
 def check_meaning(case: Case) -> None:
     """Raise CaseError naming the first field whose meaning is inconsistent."""
     _check_state(case)
     _check_knobs(case)
+    _check_extension_knobs(case)
     for i in range(len(case.steps)):
         _check_step(case, i)
+        _check_step_extensions(case, i)
 
 
 class _NonJsonConstant(str):

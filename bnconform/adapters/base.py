@@ -90,6 +90,9 @@ class Adapter:
     environment: ClassVar[dict[str, str]] = {}  # process environment it needs (own process)
     deviations: ClassVar[tuple[Deviation, ...]] = ()
     notes: ClassVar[str] = ""  # one line for the report (e.g. "channels-last by transposition")
+    # Model extensions (model.EXTENSIONS) this adapter translates; a case using any other one is
+    # judged 'unsupported' before run(), so that an adapter cannot silently ignore the knob.
+    handles_extensions: ClassVar[frozenset[str]] = frozenset()
 
     def unavailable_reason(self) -> str | None:
         """None if the framework imports here, else why not and what to install."""
@@ -123,6 +126,14 @@ class Adapter:
         dtype; compared in float64). Raise :class:`Unsupported` for knobs discovered late.
         """
         raise NotImplementedError
+
+
+def uses_extensions(case: Case, handled: frozenset[str] = frozenset()) -> str | None:
+    """The reason a case is unsupported because it uses an extension not in ``handled``, else None."""
+    for name in case.extensions:
+        if name not in handled:
+            return f"case uses {name} (not expressed by this adapter)"
+    return None
 
 
 def variant(case: Case, running_stats: dict | None = None, **config_changes) -> Case:

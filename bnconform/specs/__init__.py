@@ -108,7 +108,8 @@ def _make_steps(spec: Spec, rng, shapes) -> list[Step]:
     steps = []
     for i, (kind, shape) in enumerate(zip(spec.steps, shapes)):
         x = quantize(_make_input(spec.make_x, rng, shape, i), spec.config.input_dtype)
-        weights = spec.make_weights(rng, shape[0], i) if spec.make_weights else None
+        computes_moments = kind[0] == "batch" or kind[1]  # weights only where moments are taken
+        weights = spec.make_weights(rng, shape[0], i) if spec.make_weights and computes_moments else None
         weights = None if weights is None else quantize(weights, spec.config.input_dtype)
         steps.append(Step(kind[0], kind[1], x, sample_weights=weights))
     return steps

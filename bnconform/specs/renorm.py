@@ -31,6 +31,29 @@ def _config(rmin=None, rmax=None, dmax=None, renorm_decay=0.9, decay=0.9, varian
                   renorm=Renorm(rmin, rmax, dmax, renorm_decay), **extra)
 
 
+def _raw_corrections(case) -> tuple[np.ndarray, np.ndarray]:
+    """Unclipped r and d of every batch-normalized step (rows), from the case's own expected values."""
+    eps, state = case.config.effective_epsilon, case.initial_state
+    mean, stddev = state.renorm_mean.astype(np.float64), state.renorm_stddev.astype(np.float64)
+    rs, ds = [], []
+    for step in case.steps:
+        if step.is_training:
+            reference = np.maximum(stddev, np.sqrt(eps))
+            rs.append(np.sqrt(step.expected["batch_var"] + eps) / reference)
+            ds.append((step.expected["batch_mean"] - mean) / reference)
+        mean, stddev = step.expected["renorm_mean"], step.expected["renorm_stddev"]
+    return np.array(rs), np.array(ds)
+
+
+def _clip_counts(case) -> str:
+    r, d = _raw_corrections(case)
+    knobs = case.config.renorm
+    low = (r < knobs.rmin).sum() if knobs.rmin is not None else 0
+    high = (r > knobs.rmax).sum() if knobs.rmax is not None else 0
+    far = (np.abs(d) > knobs.dmax).sum() if knobs.dmax is not None else 0
+    return f"of {r.size} (step, channel) pairs, r is clipped below in {low}, above in {high}, d in {far}"
+
+
 def _without_renorm(case) -> Config:
     return replace(case.config, renorm=None)
 
@@ -46,8 +69,8 @@ def _clipping():
                          f"each update; plain batch norm (renorm ignored) gives y off by up to {gap(c, config=_without_renorm(c)):.3g}.",
                _config(), [(6, 3)], THREE_TRAIN_EVAL, _shifting)
     yield Spec(FAMILY, "clipped_r_and_d",
-               lambda c: "Renorm with rmin 2/3, rmax 1.5, dmax 0.5 and batches 3x wider than s_R: r and d sit at "
-                         "their bounds; skipping the clipping moves y by up to "
+               lambda c: "Renorm with rmin 2/3, rmax 1.5, dmax 0.5 and batches about 3x wider than s_R "
+                         f"({_clip_counts(c)}); skipping the clipping moves y by up to "
                          f"{gap(c, config=_with_bounds(c, rmin=None, rmax=None, dmax=None)):.3g}.",
                _config(rmin=2 / 3, rmax=1.5, dmax=0.5), [(6, 3)], THREE_TRAIN_EVAL, _wide_offset)
     yield Spec(FAMILY, "identity_clip_running_stddev",
@@ -56,8 +79,8 @@ def _clipping():
                          f"itself gives running_var off by up to {gap(c, 'running_var', config=_without_renorm(c)):.3g}.",
                _config(rmin=1.0, rmax=1.0, dmax=0.0), [(6, 3)], THREE_TRAIN_EVAL, _shifting)
     yield Spec(FAMILY, "rmin_clip_narrow_batch",
-               lambda c: "Batches 3x narrower than s_R push r below rmin 0.8 (rmax 3, dmax 1): r is clipped from "
-                         "below; ignoring rmin (clipping to [1/rmax, rmax] or [0, rmax]) moves y by up to "
+               lambda c: "Batches narrower than s_R push r below rmin 0.8 (rmax 3, dmax 1; "
+                         f"{_clip_counts(c)}); ignoring rmin (or clipping at the paper's 1/rmax = 1/3) moves y by up to "
                          f"{gap(c, config=_with_bounds(c, rmin=None)):.3g}.",
                _config(rmin=0.8, rmax=3.0, dmax=1.0), [(6, 3)], THREE_TRAIN_EVAL,
                lambda rng, shape: rng.normal(0.0, 0.3, size=shape))
@@ -79,9 +102,10 @@ def _statistics():
                          f"{gap(c, steps=[replace(s, update_running_stats=True) if s.is_training else s for s in c.steps]):.3g}.",
                _config(rmax=2.0, dmax=1.0), [(6, 3)], (TRAIN_NO_UPDATE, TRAIN, TRAIN_NO_UPDATE, EVAL), _shifting)
     yield Spec(FAMILY, "renorm_stddev_below_sqrt_eps",
-               "Initial renorm stddev 1e-3 < sqrt(eps) = 0.0316: r and d divide by max(s_R, sqrt(eps)) "
-               "(tf_keras' guard), so r is about 30 in step 0; dividing by s_R itself gives r near 1000, clipped "
-               "to rmax 100 (d likewise, dmax 100).",
+               lambda c: "Initial renorm stddev 1e-3 < sqrt(eps) = 0.0316: r and d divide by max(s_R, sqrt(eps)) "
+                         f"(tf_keras' guard), so step 0 has r in [{_raw_corrections(c)[0][0].min():.3g}, "
+                         f"{_raw_corrections(c)[0][0].max():.3g}] and no bound is hit ({_clip_counts(c)}); dividing "
+                         "by s_R itself makes step-0 r and d 31.6x larger, past rmax 100 and dmax 100.",
                _config(rmax=100.0, dmax=100.0), [(6, 3)], (TRAIN, TRAIN, EVAL), _shifting,
                renorm_stddev=lambda rng, c: np.full(c, 1e-3))
     yield Spec(FAMILY, "bessel_running_stddev",
