@@ -28,12 +28,15 @@ layer's own.
 
 from __future__ import annotations
 
-from .base import Adapter, Deviation, MatchesVariant, has_training_step, variant
+from . import _tf_graph as g
+from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 
 _API = "tf.compat.v1.layers.batch_normalization"
-_DOCS = "https://github.com/tensorflow/tensorflow/issues/55545"
-_SOURCE = ("https://github.com/keras-team/tf-keras/blob/master/tf_keras/src/layers/normalization/"
-           "batch_normalization.py")
+# tf-keras source of the layer (fused path, _assign_moving_average, zero-size TODO).
+_SOURCE = ("https://github.com/keras-team/tf-keras/blob/cdf256d4ac7e25bb64e736af6d12d4d73ea77978/"
+           "tf_keras/layers/normalization/batch_normalization.py")
+_FUSED_ISSUE = "https://github.com/tensorflow/tensorflow/issues/55545"
+_MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 
 
 def takes_fused_path(case) -> bool:
@@ -42,41 +45,87 @@ def takes_fused_path(case) -> bool:
     return rank in (4, 5) and axis in (1, rank - 1) and case.config.input_dtype != "float64"
 
 
-def _updates_visibly(case) -> bool:
-    """Some step updates the moving statistics from N >= 2 values with decay < 1."""
-    decay = case.config.running_stats.decay
-    counts = case.reduce_counts()
-    return decay is not None and decay < 1 and any(
-        s.is_training and s.update_running_stats and n >= 2 for s, n in zip(case.steps, counts))
-
-
 def _variance_kind(case) -> str:
     return case.config.running_stats.variance
 
+
+def _decay_rounds(case) -> bool:
+    decay = case.config.running_stats.decay
+    return g.float32_rounded_decay(decay) != decay
+
+
+def _float64_update_differs(case) -> bool:
+    """float64: the rounded decay shows, or the biased variance does."""
+    if case.config.input_dtype != "float64" or not g.updates_visibly(case, min_count=1):
+        return False
+    return _decay_rounds(case) or (_variance_kind(case) == "bessel" and g.updates_visibly(case))
+
+
+def _float64_variant(case):
+    decay = g.float32_rounded_decay(case.config.running_stats.decay)
+    return variant(case, running_stats={"variance": "biased", "decay": decay})
+
+
+EMPTY_BATCH_NAN = Deviation(
+    name="tf.v1.layers: an empty batch makes the moving statistics NaN",
+    applies_to="cases with a training step that updates from N == 0 values",
+    applies=lambda c, d: g.updates_empty_batch(c),
+    behaviour=Mismatches(("running_mean", "running_var"),
+                         "moving_mean and moving_variance become NaN (the oracle leaves them unchanged)"),
+    explanation="tf.nn.moments of an empty batch is 0/0 = NaN and the update folds it in; the layer "
+                "only guards zero-size batches under a distribution strategy (TODO b/129279393)",
+    link=_SOURCE,
+)
+
+FLOAT32_VARIANCE_OVERFLOW = Deviation(
+    name="tf.v1.layers: float32 batch variance overflows to inf",
+    applies_to="half/float32 inputs whose true batch variance exceeds the float32 maximum (~3.4e38)",
+    applies=lambda c, d: g.batch_variance_overflows(c),
+    behaviour=Mismatches(("y", "running_var"),
+                         "the batch variance (~1e74) is inf in float32: y collapses to beta, moving_variance is inf"),
+    explanation="moments are computed in float32 (the float32 compute dtype), where a variance above "
+                "3.4e38 is not representable; the float64 oracle keeps it finite",
+    link=_MOMENTS_DOCS,
+)
+
+FLOAT64_DECAY_ROUNDED = Deviation(
+    name="tf.v1.layers float64: 1 - momentum rounded to float32, biased moving variance",
+    applies_to="float64 inputs (always the non-fused path) with an update where the float32 rounding of "
+               "1 - decay or the biased variance shows",
+    applies=lambda c, d: _float64_update_differs(c),
+    behaviour=MatchesVariant("decay' = 1 - float32(1 - decay) (0.9 -> 1 - 0.1000000015) and a biased running variance",
+                             _float64_variant),
+    explanation="_assign_moving_average builds tf.convert_to_tensor(1.0 - momentum), a float32 constant, "
+                "then casts it to float64: float64 moving statistics drift ~1.5e-8 relative per update",
+    link=_SOURCE,
+)
 
 FUSED_BESSEL = Deviation(
     name="tf.v1.layers fused path: Bessel-corrected moving variance",
     applies_to="4-D/5-D inputs with channel axis 1 or last in half/float32 (fused kernel), "
                "cases asking for a biased running variance, with an update from N >= 2",
-    applies=lambda c, d: takes_fused_path(c) and _variance_kind(c) == "biased" and _updates_visibly(c),
+    applies=lambda c, d: takes_fused_path(c) and _variance_kind(c) == "biased" and g.updates_visibly(c),
     behaviour=MatchesVariant("running variance is Bessel-corrected (N/(N-1))",
                              lambda c: variant(c, running_stats={"variance": "bessel"})),
     explanation="the fused kernel's batch variance is Bessel-corrected and _fused_batch_norm folds it into "
                 "moving_variance as is (_bessels_correction_test_only=True), while y uses the biased one",
-    link=_DOCS,
+    link=_FUSED_ISSUE,
 )
 
 NONFUSED_BIASED = Deviation(
     name="tf.v1.layers non-fused path: biased moving variance",
-    applies_to="inputs that do not take the fused kernel (rank 2/3, other axes, float64), cases asking "
+    applies_to="inputs that do not take the fused kernel (rank 2/3, other axes), cases asking "
                "for a Bessel running variance, with an update from N >= 2",
-    applies=lambda c, d: not takes_fused_path(c) and _variance_kind(c) == "bessel" and _updates_visibly(c),
+    applies=lambda c, d: not takes_fused_path(c) and _variance_kind(c) == "bessel" and g.updates_visibly(c),
     behaviour=MatchesVariant("running variance is the biased batch variance",
                              lambda c: variant(c, running_stats={"variance": "biased"})),
     explanation="the non-fused path folds the biased variance of tf.nn.moments into moving_variance "
                 "(no N/(N-1)); the fused path of the same layer is Bessel-corrected",
     link=_SOURCE,
 )
+
+# Order matters: the first deviation that applies to a case is the one judged.
+DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED, FUSED_BESSEL, NONFUSED_BIASED)
 
 
 def unsupported_running_reason(config, api: str) -> str | None:
@@ -115,7 +164,7 @@ class TfV1LayersAdapter(Adapter):
     requires = ("tensorflow", "tf_keras")
     device_kinds = ("cpu", "cuda")
     environment = {"TF_USE_LEGACY_KERAS": "1"}
-    deviations = (FUSED_BESSEL, NONFUSED_BIASED)
+    deviations = DEVIATIONS
     notes = "TF1 graph mode (TF_USE_LEGACY_KERAS=1, tf_keras); update ops run explicitly per step"
 
     def __init__(self):
