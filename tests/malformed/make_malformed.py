@@ -78,7 +78,7 @@ def _not_an_object(obj) -> str:
 
 
 BREAKAGES = [
-    Breakage("invalid_json", "line 9 column 20", _double_comma),
+    Breakage("invalid_json", "line 11 column 19", _double_comma),
     Breakage("not_an_object", "/", _not_an_object),
     Breakage("wrong_format_version", "/format_version", _set("format_version", 2)),
     Breakage("unknown_field", "/config", _set("config/momentum", 0.1)),
