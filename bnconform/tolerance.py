@@ -14,6 +14,10 @@ exactly (infinities must match by sign). For each output of each step the genera
   tolerance follows the output's own magnitude (inputs span 1e-3 ... 1e3).
 * The y term covers the one rounding no implementation can avoid: the batch mean rounded to
   the compute dtype, amplified by ``|mu| / sigma`` (large offset, small spread).
+* Extensions (see :func:`bnconform.oracle.run_steps_traced`): with ghost batches mu / sigma
+  runs over every ghost batch and channel; with sample weights (mu, sigma) are the weighted
+  moments; with renorm gamma is scaled by ``max_c(r_c + sigma_B,c / max(s_R,c, sqrt(eps)))``,
+  because a rounded mean moves ``xhat * r`` by r / sigma_B and ``d`` by 1 / s_R.
 
 Nothing here depends on any framework; the runner never widens what the case file says.
 """
