@@ -8,8 +8,11 @@ layer adapters check at run time that the built layer took the predicted path.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
-from .base import Deviation, MatchesVariant, Mismatches, has_training_step, variant
+import numpy as np
+
+from .base import Deviation, MatchesVariant, Mismatches, Raises, variant
 from ._tf_common import tf
 
 # tf-keras source (same code as the installed tf_keras/src/layers/normalization/batch_normalization.py):
@@ -19,7 +22,7 @@ from ._tf_common import tf
 BN_SOURCE = ("https://github.com/keras-team/tf-keras/blob/6add81a967a830418b1507ac99ddba2d4e43a62b/"
              "tf_keras/layers/normalization/batch_normalization.py")
 FUSED_VS_NONFUSED_ISSUE = "https://github.com/tensorflow/tensorflow/issues/55545"
-KERAS_UNBIASED_PR = "https://github.com/keras-team/keras/pull/9028"
+MOMENTS_DOC = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 LAYER = "tf_keras BatchNormalization"
 
 
@@ -58,6 +61,18 @@ def batch_without_update_reason(case, api: str = LAYER) -> str | None:
     return None
 
 
+def ghost_split_reason(case, api: str = LAYER) -> str | None:
+    """tf_keras forms ghost batches by reshaping to [V, B / V, ...]: interleaved, not contiguous
+    (the two agree when V is 1 or the whole batch)."""
+    size = case.config.virtual_batch_size
+    if size is None or case.config.ghost_split == "interleaved":
+        return None
+    if any(s.is_training and size not in (1, s.x.shape[0]) for s in case.steps):
+        return (f"{api}(virtual_batch_size=V) reshapes the batch to [V, B/V, ...], so ghost batch g holds "
+                f"samples g, g+B/V, ... (interleaved); it has no contiguous split")
+    return None
+
+
 def param_dtype_reason(config, api: str = LAYER) -> str | None:
     """Keras keeps float32 variables for half inputs and the input dtype otherwise."""
     expected = "float32" if config.input_dtype in ("float16", "bfloat16") else config.input_dtype
@@ -72,20 +87,29 @@ def param_dtype_reason(config, api: str = LAYER) -> str | None:
 
 def auto_uses_fused(case) -> bool:
     """fused=None picks the fused kernel for 4-D/5-D input with the channel axis at 1 or last,
-    unless the compute dtype is float64 (BatchNormalizationBase.__init__ and build)."""
-    rank, axis = case.rank, case.config.channel_axis
-    return rank in (4, 5) and axis in (1, rank - 1) and case.config.input_dtype != "float64"
+    unless the compute dtype is float64 or renorm / virtual_batch_size is set
+    (BatchNormalizationBase._raise_if_fused_cannot_be_used and build)."""
+    cfg, rank = case.config, case.rank
+    return (rank in (4, 5) and cfg.channel_axis in (1, rank - 1) and cfg.input_dtype != "float64"
+            and cfg.renorm is None and cfg.virtual_batch_size is None)
+
+
+def update_counts(case) -> list[tuple]:
+    """(step, elements per channel of one (ghost) batch) for every updating training step."""
+    size = case.config.virtual_batch_size
+    found = []
+    for step, n in zip(case.steps, case.reduce_counts()):
+        if step.is_training and step.update_running_stats:
+            found.append((step, n * size // step.x.shape[0] if size and n else n))
+    return found
 
 
 def variance_kind_observable(case) -> bool:
-    """Some update folds a batch of N >= 2 with a decay < 1, so biased and Bessel differ."""
+    """Some update folds a (ghost) batch of N >= 2 with a decay < 1, so biased and Bessel differ."""
     decay = case.config.running_stats.decay
     if decay is None or decay >= 1.0:
         return False
-    for step, n in zip(case.steps, case.reduce_counts()):
-        if step.is_training and step.update_running_stats and n >= 2:
-            return True
-    return False
+    return any(m >= 2 for _, m in update_counts(case))
 
 
 def has_empty_update(case) -> bool:
@@ -137,5 +161,74 @@ def fused_bessel_deviation(api: str, on_path) -> Deviation:
     )
 
 
-def has_updating_step(case) -> bool:
-    return has_training_step(case) and any(s.update_running_stats for s in case.steps)
+def squares_overflow_float32(case) -> bool:
+    """Statistics computed in float32 from a training input beyond sqrt(float32 max) ~ 1.8e19,
+    where the squared deviations of tf.nn.moments overflow to inf."""
+    if case.config.input_dtype not in ("float32", "bfloat16"):
+        return False
+    limit = float(np.sqrt(np.finfo(np.float32).max))
+    for step in case.steps:
+        x = np.asarray(step.x, dtype=np.float64)
+        if step.is_training and np.any(np.abs(x[np.isfinite(x)]) > limit):
+            return True
+    return False
+
+
+def overflow_deviation(api: str, outputs: tuple[str, ...]) -> Deviation:
+    return Deviation(
+        name="float32-variance-overflow",
+        applies_to="float32 statistics of inputs beyond ~1.8e19, whose squares overflow float32",
+        applies=lambda c, d: squares_overflow_float32(c),
+        behaviour=Mismatches(outputs, f"{', '.join(outputs)} overflow (variance inf, y collapses to beta)"),
+        explanation=(f"{api} computes the batch variance with tf.nn.moments in float32 (squared "
+                     "differences overflow to inf), where the float64 oracle stays finite"),
+        link=MOMENTS_DOC,
+    )
+
+
+def float32_rounded_decay(decay: float) -> float:
+    """The decay implied by the update when 1 - momentum is first made a float32 tensor."""
+    return 1.0 - float(np.float32(1.0 - decay))
+
+
+def decay_rounding_observable(case) -> bool:
+    """float64 variables updated with a decay whose 1 - decay is not a float32 number."""
+    decay = case.config.running_stats.decay
+    if case.config.param_dtype != "float64" or decay is None or float32_rounded_decay(decay) == decay:
+        return False
+    return any(m >= 1 for _, m in update_counts(case))
+
+
+def _rounded_decay_variant(case):
+    """Biased running variance, and every EMA decay (renorm's too) as float32(1 - decay) implies."""
+    changes = {}
+    if case.config.renorm is not None:
+        changes["renorm"] = replace(case.config.renorm, decay=float32_rounded_decay(case.config.renorm.decay))
+    return variant(case, running_stats={"variance": "biased",
+                                        "decay": float32_rounded_decay(case.config.running_stats.decay)}, **changes)
+
+
+def float64_decay_deviation(api: str, on_path) -> Deviation:
+    return Deviation(
+        name="float64-momentum-rounded-to-float32",
+        applies_to="non-fused path with float64 variables and a decay such as 0.9 whose 1 - decay is inexact in float32",
+        applies=lambda c, d: on_path(c) and decay_rounding_observable(c) and not has_empty_update(c),
+        behaviour=MatchesVariant(
+            "running statistics use float32(1 - momentum) as the weight on the batch (and the biased variance)",
+            _rounded_decay_variant),
+        explanation=(f"{api} _assign_moving_average builds tf.convert_to_tensor(1.0 - momentum), a float32 "
+                     "tensor, then casts it to the float64 variable: 0.1 becomes 0.10000000149 (rel. 1.5e-8)"),
+        link=BN_SOURCE,
+    )
+
+
+def renorm_float64_deviation(api: str) -> Deviation:
+    return Deviation(
+        name="renorm-float64-raises",
+        applies_to="renorm=True with float64 variables (any training step)",
+        applies=lambda c, d: c.config.renorm is not None and c.config.param_dtype == "float64",
+        behaviour=Raises("InvalidArgumentError", "Maximum"),
+        explanation=(f"{api} _renorm_correction_and_moments computes tf.maximum(renorm_stddev, "
+                     "tf.sqrt(epsilon)); tf.sqrt of the Python float is a float32 tensor, so a float64 layer raises"),
+        link=BN_SOURCE,
+    )

@@ -50,8 +50,9 @@ from __future__ import annotations
 from .base import Adapter, Deviation, Mismatches, Unsupported, has_training_step
 from ._tf_common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from ._tf_keras_common import (LAYER, auto_uses_fused, batch_without_update_reason, empty_batch_deviation,
-                               fused_bessel_deviation, nonfused_biased_deviation, param_dtype_reason,
-                               running_rule_reason, tf_keras)
+                               float64_decay_deviation, fused_bessel_deviation, ghost_split_reason,
+                               nonfused_biased_deviation, overflow_deviation, param_dtype_reason,
+                               renorm_float64_deviation, running_rule_reason, tf_keras)
 
 HALF = ("float16", "bfloat16")
 
@@ -68,6 +69,7 @@ class _TfKerasLayerAdapter(Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "tf_keras")
     device_kinds = ("cpu", "cuda")
+    handles_extensions = frozenset({"renorm", "virtual_batch_size"})
     fused: bool | None = None
 
     def __init__(self):
@@ -81,8 +83,8 @@ class _TfKerasLayerAdapter(Adapter):
         return auto_uses_fused(case) if self.fused is None else bool(self.fused)
 
     def supports(self, case, device):
-        reason = (_expression_reason(case) or running_rule_reason(case.config)
-                  or batch_without_update_reason(case) or param_dtype_reason(case.config))
+        reason = (_expression_reason(case) or running_rule_reason(case.config) or batch_without_update_reason(case)
+                  or ghost_split_reason(case) or param_dtype_reason(case.config))
         if reason:
             return reason
         built = self._layer(case, device)
@@ -105,14 +107,18 @@ class _TfKerasLayerAdapter(Adapter):
 
     def _step(self, layer, case, step) -> dict:
         y = layer(to_tensor(step.x, case.config.input_dtype), training=step.is_training)
-        return {"y": to_numpy(y), "running_mean": to_numpy(layer.moving_mean),
-                "running_var": to_numpy(layer.moving_variance)}
+        flat = lambda variable: to_numpy(variable).reshape(-1)  # ghost batching adds unit axes
+        out = {"y": to_numpy(y), "running_mean": flat(layer.moving_mean), "running_var": flat(layer.moving_variance)}
+        if layer.renorm:
+            out.update(renorm_mean=flat(layer.renorm_mean), renorm_stddev=flat(layer.renorm_stddev),
+                       running_stddev=flat(layer.moving_stddev))
+        return out
 
     def _layer(self, case, device):
         """A built layer for the case's structural knobs (cached), or the ValueError it raised."""
         cfg = case.config
-        key = (device, cfg.input_dtype, case.rank, cfg.channel_axis, case.channels,
-               cfg.running_stats.decay, cfg.effective_epsilon, cfg.center, cfg.scale)
+        key = (device, cfg.input_dtype, case.rank, cfg.channel_axis, case.channels, cfg.running_stats.decay,
+               cfg.effective_epsilon, cfg.center, cfg.scale, cfg.renorm, cfg.virtual_batch_size)
         if key not in self._layers:
             self._layers[key] = self._build(case, device)
         return self._layers[key]
@@ -123,7 +129,8 @@ class _TfKerasLayerAdapter(Adapter):
             with tf_device_scope(device):
                 layer = tf_keras().layers.BatchNormalization(
                     axis=cfg.channel_axis, momentum=cfg.running_stats.decay, epsilon=cfg.effective_epsilon,
-                    center=cfg.center, scale=cfg.scale, fused=self.fused, dtype=cfg.input_dtype)
+                    center=cfg.center, scale=cfg.scale, fused=self.fused, dtype=cfg.input_dtype,
+                    virtual_batch_size=cfg.virtual_batch_size, **_renorm_arguments(cfg.renorm))
                 layer.build(case.steps[0].x.shape)
         except ValueError as refused:  # the layer's own "fused=True is only supported ..." messages
             return refused
@@ -137,15 +144,26 @@ def _expression_reason(case) -> str | None:
     return None
 
 
+def _renorm_arguments(renorm) -> dict:
+    """renorm=True with the clipping bounds the case sets (tf_keras treats a missing key as no bound)."""
+    if renorm is None:
+        return {}
+    bounds = {"rmin": renorm.rmin, "rmax": renorm.rmax, "dmax": renorm.dmax}
+    return {"renorm": True, "renorm_momentum": renorm.decay,
+            "renorm_clipping": {k: v for k, v in bounds.items() if v is not None}}
+
+
 def _assign_state(layer, case) -> None:
     """Load the case's initial parameters and moving statistics into the (reused) layer."""
     state = case.initial_state
-    if layer.gamma is not None:
-        layer.gamma.assign(state.gamma)
-    if layer.beta is not None:
-        layer.beta.assign(state.beta)
-    layer.moving_mean.assign(state.running_mean)
-    layer.moving_variance.assign(state.running_var)
+    pairs = [(layer.gamma, state.gamma), (layer.beta, state.beta), (layer.moving_mean, state.running_mean),
+             (layer.moving_variance, state.running_var)]
+    if layer.renorm:
+        pairs += [(layer.renorm_mean, state.renorm_mean), (layer.renorm_stddev, state.renorm_stddev),
+                  (layer.moving_stddev, state.running_stddev)]
+    for variable, values in pairs:
+        if variable is not None:  # gamma / beta are None with scale / center off
+            variable.assign(values.reshape(variable.shape))  # (C,) or (1, .., C, ..) with ghost batches
 
 
 class TfKerasAutoAdapter(_TfKerasLayerAdapter):
@@ -156,6 +174,9 @@ class TfKerasAutoAdapter(_TfKerasLayerAdapter):
     notes = "fused=None: fused kernel for 4-D/5-D float16/bfloat16/float32 input with axis 1 or last"
     deviations = (
         empty_batch_deviation(LAYER),
+        renorm_float64_deviation(LAYER),
+        overflow_deviation(f"{LAYER}(fused=None)", ("y", "running_var")),
+        float64_decay_deviation(f"{LAYER}(fused=None)", lambda c: not auto_uses_fused(c)),
         nonfused_biased_deviation(f"{LAYER}(fused=None)", lambda c: not auto_uses_fused(c)),
         fused_bessel_deviation(f"{LAYER}(fused=None)", auto_uses_fused),
     )
@@ -181,6 +202,9 @@ class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
     notes = "fused=False: tf.nn.moments + tf.nn.batch_normalization, any rank and axis"
     deviations = (
         empty_batch_deviation(f"{LAYER}(fused=False)"),
+        renorm_float64_deviation(f"{LAYER}(fused=False)"),
+        overflow_deviation(f"{LAYER}(fused=False)", ("y", "running_var")),
+        float64_decay_deviation(f"{LAYER}(fused=False)", lambda c: True),
         nonfused_biased_deviation(f"{LAYER}(fused=False)", lambda c: True),
     )
 
