@@ -159,7 +159,8 @@ def _check_step_extensions(case: Case, i: int) -> None:
         _check((value is not None) == (cfg.renorm is not None), f"{where}/expected/{key}",
                "present exactly when config.renorm is set", "absent" if value is None else "present")
         if value is not None:
-            _check(value.shape == (case.channels,), f"{where}/expected/{key}/shape", f"[{case.channels}]", list(value.shape))
+            _check(value.shape == (case.channels,), f"{where}/expected/{key}/shape", f"[{case.channels}]",
+                   list(value.shape))
             _check(key in step.tolerance, f"{where}/tolerance", f"an entry for {key!r}", sorted(step.tolerance))
     if step.sample_weights is not None:
         _check_weights(step, cfg, where, takes_moments)

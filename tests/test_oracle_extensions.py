@@ -224,4 +224,5 @@ def test_validation_rejects_inconsistent_extension_knobs():
     _broken(weighted, lambda c: setattr(c, "config", replace(c.config, virtual_batch_size=2)))  # two extensions
     _broken("ghost/contiguous_vbs2_b8.json", lambda c: setattr(c, "config", replace(c.config, virtual_batch_size=3)))
     _broken("renorm/unclipped_3steps.json", lambda c: setattr(c.initial_state, "renorm_stddev", None))
-    _broken("renorm/unclipped_3steps.json", lambda c: setattr(c, "config", replace(c.config, epsilon_mode="add_outside_sqrt")))
+    outside = lambda c: setattr(c, "config", replace(c.config, epsilon_mode="add_outside_sqrt"))  # noqa: E731
+    _broken("renorm/unclipped_3steps.json", outside)

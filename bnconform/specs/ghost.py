@@ -40,8 +40,13 @@ def _plain(case) -> Config:
 
 
 def _split_text(case) -> str:
-    return (f"the {_other_split(case).ghost_split} split gives y off by up to {gap(case, config=_other_split(case)):.3g}, "
+    other = _other_split(case)
+    return (f"the {other.ghost_split} split gives y off by up to {gap(case, config=other):.3g}, "
             f"whole-batch statistics by up to {gap(case, config=_plain(case)):.3g}")
+
+
+def _first_step_updating(case) -> list:
+    return [replace(case.steps[0], update_running_stats=True), *case.steps[1:]]
 
 
 def _splits():
@@ -78,7 +83,8 @@ def _sizes():
     yield Spec(FAMILY, "running_update_within_ghost_variance",
                lambda c: "Two contiguous ghost batches of 4 whose means differ by about 2.4: the running variance "
                          "folds in the MEAN of the ghost variances (within-group spread only), not the whole-batch "
-                         f"variance, which is off by up to {gap(c, 'running_var', config=_plain(c)):.3g} in running_var.",
+                         "variance, which is off by up to "
+                         f"{gap(c, 'running_var', config=_plain(c)):.3g} in running_var.",
                _config(4), [(8, 3)], (TRAIN, TRAIN, TRAIN, EVAL), _drifting)
 
 
@@ -86,7 +92,7 @@ def _steps():
     yield Spec(FAMILY, "train_without_update",
                lambda c: "A ghost-normalized step without update, then eval: running stats stay the initial ones; "
                          "updating anyway moves them by up to "
-                         f"{gap(c, 'running_mean', steps=[replace(s, update_running_stats=True) for s in c.steps[:1]] + c.steps[1:]):.3g}.",
+                         f"{gap(c, 'running_mean', steps=_first_step_updating(c)):.3g}.",
                _config(2), [(8, 3)], (TRAIN_NO_UPDATE, EVAL), _drifting)
     yield Spec(FAMILY, "eval_batch_not_divisible",
                "Ghost batches of 2 in training, then an eval batch of 5 samples: inference uses the running "

@@ -58,6 +58,15 @@ def _without_renorm(case) -> Config:
     return replace(case.config, renorm=None)
 
 
+def _plain_gap(case, output: str = "y") -> float:
+    """How far plain batch norm (renorm ignored) lands from the case in ``output``."""
+    return gap(case, output, config=_without_renorm(case))
+
+
+def _always_updating(case) -> list:
+    return [replace(s, update_running_stats=True) if s.is_training else s for s in case.steps]
+
+
 def _with_bounds(case, **bounds) -> Config:
     return replace(case.config, renorm=replace(case.config.renorm, **bounds))
 
@@ -66,7 +75,7 @@ def _clipping():
     yield Spec(FAMILY, "unclipped_3steps",
                lambda c: "Renorm without clipping: r = sigma_B / s_R and d = (mu_B - m_R) / s_R turn y into "
                          "gamma * (x - m_R) / s_R + beta, i.e. normalization by the renorm statistics from before "
-                         f"each update; plain batch norm (renorm ignored) gives y off by up to {gap(c, config=_without_renorm(c)):.3g}.",
+                         f"each update; plain batch norm (renorm ignored) gives y off by up to {_plain_gap(c):.3g}.",
                _config(), [(6, 3)], THREE_TRAIN_EVAL, _shifting)
     yield Spec(FAMILY, "clipped_r_and_d",
                lambda c: "Renorm with rmin 2/3, rmax 1.5, dmax 0.5 and batches about 3x wider than s_R "
@@ -76,11 +85,12 @@ def _clipping():
     yield Spec(FAMILY, "identity_clip_running_stddev",
                lambda c: "rmin = rmax = 1 and dmax = 0 make the forward pass plain batch norm, but running_var is "
                          "S^2 - eps with S an EMA of sqrt(v_B + eps) (tf_keras moving_stddev); an EMA of the variance "
-                         f"itself gives running_var off by up to {gap(c, 'running_var', config=_without_renorm(c)):.3g}.",
+                         f"itself gives running_var off by up to {_plain_gap(c, 'running_var'):.3g}.",
                _config(rmin=1.0, rmax=1.0, dmax=0.0), [(6, 3)], THREE_TRAIN_EVAL, _shifting)
     yield Spec(FAMILY, "rmin_clip_narrow_batch",
                lambda c: "Batches narrower than s_R push r below rmin 0.8 (rmax 3, dmax 1; "
-                         f"{_clip_counts(c)}); ignoring rmin (or clipping at the paper's 1/rmax = 1/3) moves y by up to "
+                         f"{_clip_counts(c)}); ignoring rmin (or clipping at the paper's 1/rmax = 1/3) "
+                         "moves y by up to "
                          f"{gap(c, config=_with_bounds(c, rmin=None)):.3g}.",
                _config(rmin=0.8, rmax=3.0, dmax=1.0), [(6, 3)], THREE_TRAIN_EVAL,
                lambda rng, shape: rng.normal(0.0, 0.3, size=shape))
@@ -99,7 +109,7 @@ def _statistics():
     yield Spec(FAMILY, "train_without_update",
                lambda c: "Batch-normalized steps without update use r, d from the current renorm statistics and "
                          "change no statistic; updating anyway moves later y by up to "
-                         f"{gap(c, steps=[replace(s, update_running_stats=True) if s.is_training else s for s in c.steps]):.3g}.",
+                         f"{gap(c, steps=_always_updating(c)):.3g}.",
                _config(rmax=2.0, dmax=1.0), [(6, 3)], (TRAIN_NO_UPDATE, TRAIN, TRAIN_NO_UPDATE, EVAL), _shifting)
     yield Spec(FAMILY, "renorm_stddev_below_sqrt_eps",
                lambda c: "Initial renorm stddev 1e-3 < sqrt(eps) = 0.0316: r and d divide by max(s_R, sqrt(eps)) "
@@ -111,7 +121,8 @@ def _statistics():
     yield Spec(FAMILY, "bessel_running_stddev",
                lambda c: "Running variance kind 'bessel' (N = 4): the running stddev tracks sqrt(v_B * 4/3 + eps) "
                          "while s_R tracks sigma_B = sqrt(v_B + eps); the biased kind (tf_keras' only one) gives "
-                         f"running_var off by up to {gap(c, 'running_var', config=c.config.with_running(variance='biased')):.3g}.",
+                         "running_var off by up to "
+                         f"{gap(c, 'running_var', config=c.config.with_running(variance='biased')):.3g}.",
                _config(variance="bessel", rmax=3.0, dmax=2.0), [(4, 3)], THREE_TRAIN_EVAL, _shifting)
 
 
@@ -121,11 +132,11 @@ def _layouts():
         yield Spec(FAMILY, name,
                    lambda c, n=name: f"Renorm on a {n[-4:].upper()} input (rmin 0.5, rmax 2, dmax 1): moments, r and d "
                                      f"per channel over batch x H x W; plain batch norm gives y off by up to "
-                                     f"{gap(c, config=_without_renorm(c)):.3g}.",
+                                     f"{_plain_gap(c):.3g}.",
                    _config(axis=axis, **clip), [shape], THREE_TRAIN_EVAL, _shifting)
     yield Spec(FAMILY, "float64",
                lambda c: "Renorm in float64 (rmax 2, dmax 1): float64 frameworks must agree to ~1e-13; plain batch "
-                         f"norm is off by up to {gap(c, config=_without_renorm(c)):.3g}.",
+                         f"norm is off by up to {_plain_gap(c):.3g}.",
                _config(rmax=2.0, dmax=1.0, input_dtype="float64", param_dtype="float64"), [(6, 3)],
                THREE_TRAIN_EVAL, _shifting)
     yield Spec(FAMILY, "scale_center_off",
