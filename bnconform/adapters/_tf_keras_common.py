@@ -232,3 +232,63 @@ def renorm_float64_deviation(api: str) -> Deviation:
                      "tf.sqrt(epsilon)); tf.sqrt of the Python float is a float32 tensor, so a float64 layer raises"),
         link=BN_SOURCE,
     )
+
+
+# --- tf_keras.backend -------------------------------------------------------------------------
+
+
+def _bessel_observable(case, on_route, device) -> bool:
+    """A batch step on the fused route where the factor N/(N-1) on the expected batch variance
+    exceeds that output's tolerance (a bfloat16 tolerance can absorb it)."""
+    for step, n in zip(case.steps, case.reduce_counts()):
+        tol, expected = step.tolerance.get("batch_var"), step.expected.get("batch_var")
+        if not step.is_training or n < 2 or tol is None or expected is None:
+            continue
+        size = np.nanmax(np.abs(expected)) if np.isfinite(expected).any() else 0.0
+        if (n / (n - 1) - 1) * size > tol["atol"] + tol["rtol"] * size:
+            return on_route(case, device)
+    return False
+
+
+def _float64_reaches_fused_kernel(case, on_route, device) -> bool:
+    """4-D float64 input that the backend hands to fused_batch_norm (eval always, training on its route)."""
+    if case.config.input_dtype != "float64" or case.rank != 4:
+        return False
+    return any(not s.is_training or on_route(case, device) for s in case.steps)
+
+
+def _nchw_eval_without_affine(case, device) -> bool:
+    cfg = case.config
+    return (device == "cpu" and case.rank == 4 and cfg.channel_axis == 1 and not (cfg.scale and cfg.center)
+            and any(not s.is_training for s in case.steps))
+
+
+def backend_deviations(api: str, link: str, on_route) -> tuple[Deviation, ...]:
+    """What tf_keras.backend.normalize_batch_in_training / batch_normalization do differently."""
+    return (
+        Deviation(
+            name="backend-float64-4d-raises",
+            applies_to="4-D float64 input on the fused_batch_norm route (every eval step; NHWC training)",
+            applies=lambda c, d: _float64_reaches_fused_kernel(c, on_route, d),
+            behaviour=Raises("InvalidArgumentError", "not in the list of allowed values"),
+            explanation=(f"{api} sends 4-D input to fused_batch_norm without checking the dtype, and "
+                         "FusedBatchNormV3 has no float64 kernel (the layer falls back to non-fused instead)"),
+            link=link),
+        Deviation(
+            name="backend-nchw-eval-none-gamma-beta-raises",
+            applies_to="batch_normalization on 4-D NCHW input on CPU with scale or center off (gamma/beta None)",
+            applies=lambda c, d: _nchw_eval_without_affine(c, d),
+            behaviour=Raises("ValueError", r"Attempt to convert a value \(None\)"),
+            explanation=(f"{api}.batch_normalization replaces a None gamma/beta by ones/zeros only for NHWC, or "
+                         "NCHW where NCHW is supported (GPU); on CPU it passes None to fused_batch_norm"),
+            link=link),
+        overflow_deviation(f"{api}.normalize_batch_in_training", ("y", "batch_var")),
+        Deviation(
+            name="backend-fused-route-unbiased-batch-var",
+            applies_to="normalize_batch_in_training on 4-D input routed to fused_batch_norm, N/(N-1) beyond tolerance",
+            applies=lambda c, d: _bessel_observable(c, on_route, d),
+            behaviour=Mismatches(("batch_var",), "the returned batch variance is Bessel-corrected"),
+            explanation=("normalize_batch_in_training returns fused_batch_norm's variance, which is unbiased "
+                         "(N/(N-1)); its other routes return tf.nn.moments' biased variance"),
+            link=link),
+    )

@@ -47,9 +47,10 @@ Backend adapter (``tf_keras.backend``), functions without running statistics:
 
 from __future__ import annotations
 
-from .base import Adapter, Deviation, Mismatches, Unsupported, has_training_step
+from .base import Adapter, Unsupported, has_training_step
 from ._tf_common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
-from ._tf_keras_common import (LAYER, auto_uses_fused, batch_without_update_reason, empty_batch_deviation,
+from ._tf_keras_common import (LAYER, auto_uses_fused, backend_deviations, batch_without_update_reason,
+                               empty_batch_deviation,
                                float64_decay_deviation, fused_bessel_deviation, ghost_split_reason,
                                nonfused_biased_deviation, overflow_deviation, param_dtype_reason,
                                renorm_float64_deviation, running_rule_reason, tf_keras)
@@ -234,17 +235,7 @@ class TfKerasBackendAdapter(Adapter):
     device_kinds = ("cpu", "cuda")
     notes = ("functional: no running statistics (eval steps use the case's initial ones); "
              "per-channel vectors reshaped to broadcast along the channel axis")
-    deviations = (
-        Deviation(
-            name="backend-fused-route-unbiased-batch-var",
-            applies_to="normalize_batch_in_training on 4-D input routed to fused_batch_norm, N >= 2",
-            applies=lambda c, d: backend_fused_route(c, d) and has_training_step(c, min_count=2),
-            behaviour=Mismatches(("batch_var",), "the returned batch variance is Bessel-corrected"),
-            explanation=("normalize_batch_in_training returns fused_batch_norm's variance, which is "
-                         "unbiased (N/(N-1)); its other routes return tf.nn.moments' biased variance"),
-            link=BACKEND_SOURCE,
-        ),
-    )
+    deviations = backend_deviations(BACKEND, BACKEND_SOURCE, backend_fused_route)
 
     def devices(self):
         return tf_devices()
