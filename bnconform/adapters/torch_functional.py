@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from .. import model
 from ._torch_common import (
-    DEVICE_KINDS, common_unsupported, device_context, from_channels_first, needs_running_only_update,
+    DEVICE_KINDS, ENVIRONMENT, common_unsupported, device_context, from_channels_first, has_eval_step_with_update,
     shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_devices,
 )
 from .base import Adapter
@@ -40,6 +40,7 @@ class TorchFunctionalAdapter(Adapter):
     extra = "torch"
     requires = ("torch",)
     device_kinds = DEVICE_KINDS
+    environment = ENVIRONMENT
     notes = ("F.batch_norm; batch stats without update via running_mean=None; channels-last and other "
              "channel axes by moving the axis to 1 and back; 'cuda-nocudnn' = cuda with cuDNN disabled")
     deviations = shared_deviations("F.batch_norm")
@@ -57,7 +58,7 @@ class TorchFunctionalAdapter(Adapter):
         if case.config.running_stats.rule == "cumulative":
             return ("F.batch_norm takes a float momentum only (None raises TypeError); the cumulative average "
                     "1/num_batches_tracked is computed by nn.BatchNorm.forward, not by the functional API")
-        if needs_running_only_update(case):
+        if has_eval_step_with_update(case):
             return "F.batch_norm never updates running stats when training=False (an eval step with an update)"
         return common_unsupported(case)
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from .. import model
 from ._torch_common import (
-    DEVICE_KINDS, common_unsupported, device_context, from_channels_first, needs_running_only_update,
+    DEVICE_KINDS, ENVIRONMENT, common_unsupported, device_context, from_channels_first, has_eval_step_with_update,
     shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_devices, torch_dtype,
 )
 from .base import Adapter, Deviation, Mismatches
@@ -63,6 +63,7 @@ class TorchModuleAdapter(Adapter):
     extra = "torch"
     requires = ("torch",)
     device_kinds = DEVICE_KINDS
+    environment = ENVIRONMENT
     notes = ("nn.BatchNorm1d/2d/3d with train()/eval(); channels-last and other channel axes run by "
              "moving the axis to 1 and back; 'cuda-nocudnn' = cuda with torch.backends.cudnn disabled")
     deviations = shared_deviations("nn.BatchNorm") + (
@@ -97,7 +98,7 @@ class TorchModuleAdapter(Adapter):
         if any(s.is_training and not s.update_running_stats for s in case.steps):
             return ("nn.BatchNorm in train() mode always updates running stats when track_running_stats=True; "
                     "batch stats without an update need track_running_stats=False, which drops the running stats")
-        if needs_running_only_update(case):
+        if has_eval_step_with_update(case):
             return "nn.BatchNorm in eval() mode never updates running stats (an eval step with an update)"
         return common_unsupported(case)
 
