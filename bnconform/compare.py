@@ -11,7 +11,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .dtypes import numpy_dtype
-from .model import OUTPUT_KEYS, Case
+from .model import OUTPUT_KEYS, RENORM_STATE_KEYS, Case
+
+COMPARED_KEYS = OUTPUT_KEYS + RENORM_STATE_KEYS
 
 
 @dataclass
@@ -82,7 +84,7 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
     for i, (step, expected, got) in enumerate(zip(case.steps, expected_steps, results)):
         if "y" not in got:
             raise ValueError(f"step {i}: Expected: an output 'y'. Received: {sorted(got)}")
-        for key in OUTPUT_KEYS:
+        for key in COMPARED_KEYS:
             if expected.get(key) is None or got.get(key) is None:
                 continue
             dtype = case.config.input_dtype if key in ("y", "batch_mean", "batch_var") else case.config.param_dtype
@@ -93,4 +95,4 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
             found = compare_output(i, key, expected[key], got[key], tol, dtype)
             if found:
                 mismatches.append(found)
-    return mismatches, sorted(compared, key=OUTPUT_KEYS.index)
+    return mismatches, sorted(compared, key=COMPARED_KEYS.index)
