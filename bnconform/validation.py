@@ -91,6 +91,8 @@ def _check_knobs(case: Case) -> None:
     if rs.zero_debias:
         _check(case.initial_state.num_updates == 0, "/initial_state/num_updates",
                "0 when zero_debias is set (the debias accumulators start empty)", case.initial_state.num_updates)
+        _check(rs.decay is not None and rs.decay < 1, "/config/running_stats/decay",
+               "a decay below 1 when zero_debias is set (1 - decay^t would be 0)", rs.decay)
 
 
 def _check_step(case: Case, i: int) -> None:
