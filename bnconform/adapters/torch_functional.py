@@ -48,12 +48,6 @@ class TorchFunctionalAdapter(Adapter):
     def devices(self) -> list[str]:
         return torch_devices()
 
-    def framework_version(self) -> str:
-        try:
-            return torch().__version__
-        except ImportError:
-            return super().framework_version()
-
     def supports(self, case: model.Case, device: str) -> str | None:
         if case.config.running_stats.rule == "cumulative":
             return ("F.batch_norm takes a float momentum only (None raises TypeError); the cumulative average "

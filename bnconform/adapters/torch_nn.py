@@ -85,12 +85,6 @@ class TorchModuleAdapter(Adapter):
     def devices(self) -> list[str]:
         return torch_devices()
 
-    def framework_version(self) -> str:
-        try:
-            return torch().__version__
-        except ImportError:
-            return super().framework_version()
-
     def supports(self, case: model.Case, device: str) -> str | None:
         config = case.config
         if config.scale != config.center:
