@@ -82,3 +82,11 @@ def epsilon_mode_reason(config, api: str) -> str | None:
         return (f"{api} adds epsilon inside the square root (rsqrt(var + eps)); "
                 f"it has no {config.epsilon_mode} option")
     return None
+
+
+def extensions_reason(case, api: str) -> str | None:
+    """Reason a case using a model extension (renorm, ghost batches, sample weights) is unsupported."""
+    used = getattr(case, "extensions", ())
+    if used:
+        return f"{api} has no {' / '.join(used)} option"
+    return None

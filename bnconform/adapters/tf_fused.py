@@ -27,7 +27,8 @@ zero_debias and the num_updates schedule (exponential_avg_factor is one fixed nu
 
 from __future__ import annotations
 
-from ._tf_common import epsilon_mode_reason, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from ._tf_common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
+                         to_tensor)
 from .base import Adapter, Deviation, MatchesVariant, Mismatches, has_training_step, variant
 
 API = "tf.compat.v1.nn.fused_batch_norm"
@@ -80,6 +81,9 @@ class TfFusedBatchNormAdapter(Adapter):
         return tf_devices()
 
     def supports(self, case, device):
+        reason = extensions_reason(case, API)
+        if reason:
+            return reason
         config, running = case.config, case.config.running_stats
         checks = (
             (case.rank not in (4, 5), f"{API} accepts only 4-D and 5-D inputs; received rank {case.rank}"),

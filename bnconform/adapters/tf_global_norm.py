@@ -23,7 +23,8 @@ sqrt or as a max.
 
 from __future__ import annotations
 
-from ._tf_common import epsilon_mode_reason, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from ._tf_common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
+                         to_tensor)
 from .base import Adapter
 
 API = "tf.compat.v1.nn.batch_norm_with_global_normalization"
@@ -43,6 +44,9 @@ class TfGlobalNormalizationAdapter(Adapter):
         return tf_devices()
 
     def supports(self, case, device):
+        reason = extensions_reason(case, API)
+        if reason:
+            return reason
         if any(step.is_training for step in case.steps):
             return (f"{API} is inference-only: it normalizes with the mean/variance passed in and "
                     "computes no batch statistics")

@@ -22,8 +22,8 @@ epsilon outside the square root or as a max (``rsqrt(variance + variance_epsilon
 from __future__ import annotations
 
 from ..oracle import reduction_axes
-from ._tf_common import (channel_shape, epsilon_mode_reason, tf, tf_device_scope, tf_devices, to_numpy,
-                         to_tensor)
+from ._tf_common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
+                         to_numpy, to_tensor)
 from .base import Adapter
 
 NO_RUNNING_STATS = "tf.nn.batch_normalization keeps no running statistics (see tf.nn+ema)"
@@ -44,6 +44,9 @@ class TfNnAdapter(Adapter):
         return tf_devices()
 
     def supports(self, case, device):
+        reason = extensions_reason(case, "tf.nn.batch_normalization")
+        if reason:
+            return reason
         if any(step.update_running_stats for step in case.steps):
             return NO_RUNNING_STATS
         return epsilon_mode_reason(case.config, "tf.nn.batch_normalization")

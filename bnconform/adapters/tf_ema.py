@@ -1,0 +1,285 @@
+"""tf.nn.moments + tf.nn.batch_normalization + tf.train.ExponentialMovingAverage (hand-rolled BN).
+
+The tutorial-era TensorFlow BN: batch moments from ``tf.nn.moments``, running statistics kept by
+``ExponentialMovingAverage.apply([batch_mean, batch_var])`` and read back with ``ema.average``.
+It runs as a TF1 graph (``tf.compat.v1.Graph`` + ``Session``) because ``apply()`` accepts the
+moment *tensors* only in graph mode, and ``zero_debias`` only acts on averages of tensors: in eager
+mode apply() takes Variables, whose shadows start from the variable and are never debiased.
+One graph per (shape signature, dtypes, switches, device) is built once and reused; per case the
+variables are re-initialized and the shadows set to the case's initial running statistics.
+
+Translation table (canonical knob -> framework argument):
+
+==========================  =====================================================================
+channel_axis                ``tf.nn.moments(x, axes=<every other axis>)``; params reshaped to
+                            ``[1,..,C,..,1]`` for ``tf.nn.batch_normalization``
+epsilon (+ epsilon_floor)   ``variance_epsilon=config.effective_epsilon`` (added inside rsqrt)
+scale / center              ``scale=gamma`` / ``offset=beta``, or ``None`` when switched off
+decay (weight on old)       ``ExponentialMovingAverage(decay=decay)`` (TF's decay is old-weight)
+zero_debias                 ``ExponentialMovingAverage(zero_debias=True)`` (tensor averages)
+num_updates_schedule        ``num_updates=<int64 step variable>``, starting at state.num_updates
+                            and incremented after each apply() (as a global step would be)
+initial running stats       the EMA shadow variables (``ema.average(t)``) are assigned them
+batch step, update          y from the moments; then ``apply()`` (run as a control dependency)
+batch step, no update       y from the moments; ``apply()`` not run
+running step                y normalized with ``ema.average(mean)``, ``ema.average(var)``
+half inputs                 the EMA averages the moments as tf.nn.moments returns them (half
+                            dtype, so the shadows are half too: the API has no dtype argument);
+                            they are cast (``tf.cast``) to the float32 params only to normalize
+==========================  =====================================================================
+
+The running variance is the EMA of what ``tf.nn.moments`` returns: the biased variance.
+
+Unsupported: the cumulative rule (decay is a fixed EMA weight), epsilon outside the sqrt / max,
+the model extensions (renorm, ghost batches, sample weights).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..oracle import reduction_axes
+from ._tf_common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
+                         to_numpy, to_tf_dtype)
+from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+
+EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
+NN_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
+
+
+def _updates(case):
+    """(step, N) of every step that updates the running statistics from batch statistics."""
+    return [(s, n) for s, n in zip(case.steps, case.reduce_counts()) if s.is_training and s.update_running_stats]
+
+
+def _variance_kind_shows(case) -> bool:
+    """Bessel vs biased changes the running variance: some update has N >= 2 and decay < 1."""
+    running = case.config.running_stats
+    moves = running.num_updates_schedule or (running.decay is not None and running.decay < 1)
+    return moves and any(n >= 2 for _, n in _updates(case))
+
+
+def _empty_update(case, device) -> bool:
+    return any(n == 0 for _, n in _updates(case))
+
+
+def _float64_decay(case, device) -> bool:
+    return case.config.param_dtype == "float64" and _variance_kind_shows(case)
+
+
+def _bessel_case(case, device) -> bool:
+    return case.config.running_stats.variance == "bessel" and _variance_kind_shows(case)
+
+
+def _squares_overflow(case, device) -> bool:
+    """Some batch holds |x| above sqrt(max) of the dtype tf.nn.moments returns its variance in."""
+    limit = float(np.sqrt(np.finfo(np.float16 if case.config.input_dtype == "float16" else np.float32).max))
+    return case.config.input_dtype != "float64" and any(
+        s.is_training and np.any(np.abs(s.x[np.isfinite(s.x)].astype(np.float64)) > limit) for s in case.steps)
+
+
+def _half_updates(case, device) -> bool:
+    return case.config.input_dtype in ("float16", "bfloat16") and _variance_kind_shows(case)
+
+
+def _float32_decay_biased(case):
+    decay = float(np.float32(case.config.running_stats.decay))
+    return variant(case, running_stats={"variance": "biased", "decay": decay})
+
+
+class TfEmaAdapter(Adapter):
+    """tf.nn.moments + tf.nn.batch_normalization with ExponentialMovingAverage running statistics."""
+
+    name = "tf.nn+ema"
+    framework = "tensorflow"
+    extra = "tensorflow"
+    requires = ("tensorflow",)
+    device_kinds = ("cpu", "cuda")
+    notes = ("TF1 graph + Session (apply() on moment tensors); shadows start at the case's running stats; "
+             "half-input moments (and so the shadows) stay half, cast to float32 only to normalize")
+    deviations = (
+        Deviation(
+            name="tf-ema-variance-overflow",
+            applies_to="training steps on float32 inputs with |x| > 1.8e19, float16 inputs with |x| > 256",
+            applies=_squares_overflow,
+            behaviour=Mismatches(("y", "batch_var", "running_mean", "running_var"),
+                                 "the batch variance overflows to Inf, so y collapses to beta"),
+            explanation="tf.nn.moments squares deviations in float32 (float16 inputs: computed in float32, "
+                        "then cast back to float16, max 65504), so the variance is Inf where float64 is finite",
+            link=NN_SOURCE),
+        Deviation(
+            name="tf-ema-empty-batch-nan",
+            applies_to="cases with a training update step on an empty batch (N == 0)",
+            applies=_empty_update,
+            behaviour=Mismatches(("running_mean", "running_var", "y"),
+                                 "running mean/variance (and y normalized with them) become NaN"),
+            explanation="tf.nn.moments of an empty batch is reduce_mean over 0 elements = NaN, and "
+                        "ExponentialMovingAverage.apply() folds it into the shadow variables",
+            link=NN_SOURCE),
+        Deviation(
+            name="tf-ema-float32-decay",
+            applies_to="float64 cases whose running statistics change",
+            applies=_float64_decay,
+            behaviour=MatchesVariant("decay rounded to float32, biased running variance", _float32_decay_biased),
+            explanation="ExponentialMovingAverage.apply() converts decay to a float32 tensor "
+                        "(1 - 0.9 = 0.100000024) before casting it to the float64 variable dtype",
+            link=EMA_SOURCE),
+        Deviation(
+            name="tf-ema-half-precision-running-stats",
+            applies_to="float16/bfloat16 inputs whose running statistics change",
+            applies=_half_updates,
+            behaviour=Mismatches(("running_mean", "running_var"),
+                                 "running statistics carry half-precision rounding (~1e-3 relative)"),
+            explanation="tf.nn.moments returns float16/bfloat16 moments for half inputs and "
+                        "ExponentialMovingAverage keeps its shadows (and does its arithmetic) in the dtype of "
+                        "the tensors it averages, while the case expects float32 running statistics",
+            link=EMA_SOURCE),
+        Deviation(
+            name="tf-ema-biased-running-variance",
+            applies_to="cases asking for a Bessel-corrected running variance that changes",
+            applies=_bessel_case,
+            behaviour=MatchesVariant("running variance is biased",
+                                     lambda c: variant(c, running_stats={"variance": "biased"})),
+            explanation="the EMA averages the variance tf.nn.moments returns, which is the biased "
+                        "(divide by N) variance; nothing applies N/(N-1)",
+            link=NN_SOURCE),
+    )
+
+    def __init__(self):
+        self._graphs = {}
+
+    def devices(self):
+        return tf_devices()
+
+    def supports(self, case, device):
+        reason = extensions_reason(case, "tf.nn.batch_normalization + ExponentialMovingAverage")
+        if reason:
+            return reason
+        if case.config.running_stats.rule == "cumulative":
+            return ("tf.train.ExponentialMovingAverage has no cumulative-average option (decay is a fixed "
+                    "EMA weight, optionally capped by num_updates)")
+        return epsilon_mode_reason(case.config, "tf.nn.batch_normalization")
+
+    def run(self, case, device):
+        key = _graph_key(case, device)
+        if key not in self._graphs:
+            self._graphs[key] = _EmaGraph(case, device)
+        graph = self._graphs[key]
+        graph.reset(case)
+        return [graph.step(case, step) for step in case.steps]
+
+
+def _graph_key(case, device) -> tuple:
+    config, running = case.config, case.config.running_stats
+    return (device, case.rank, config.channel_axis, case.channels, config.input_dtype, config.param_dtype,
+            config.scale, config.center, running.zero_debias, running.num_updates_schedule)
+
+
+class _EmaGraph:
+    """One TF1 graph and session; x, decay, epsilon, gamma and beta are fed per call."""
+
+    def __init__(self, case, device):
+        v1 = tf().compat.v1
+        self.graph = tf().Graph()
+        with self.graph.as_default(), tf_device_scope(device):
+            self._inputs(case)
+            self._model(case)
+            self._reset_ops(case)
+        config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+        config.graph_options.rewrite_options.disable_meta_optimizer = True  # tiny graphs: skip grappler
+        self.session = v1.Session(graph=self.graph, config=config)
+        self._callables()
+        self._warm_up(case)
+
+    def _inputs(self, case):
+        v1, param = tf().compat.v1, to_tf_dtype(case.config.param_dtype)
+        # The channel size must be static: the shadow (and debias) variables take the moments' shape.
+        shape = [None] * case.rank
+        shape[case.config.channel_axis] = case.channels
+        self.x = v1.placeholder(to_tf_dtype(case.config.input_dtype), shape, name="x")
+        self.decay = v1.placeholder(tf().float32, [], name="decay")
+        self.epsilon = v1.placeholder(param, [], name="epsilon")
+        self.gamma = v1.placeholder(param, [case.channels], name="gamma")
+        self.beta = v1.placeholder(param, [case.channels], name="beta")
+        self.num_updates = v1.Variable(0, dtype=tf().int64, trainable=False, name="num_updates")
+
+    def _model(self, case):
+        running = case.config.running_stats
+        self.mean, self.var = tf().nn.moments(self.x, axes=list(reduction_axes(case.rank, case.config.channel_axis)))
+        ema = tf().compat.v1.train.ExponentialMovingAverage(
+            self.decay, zero_debias=running.zero_debias,
+            num_updates=self.num_updates if running.num_updates_schedule else None)
+        update = ema.apply([self.mean, self.var])
+        self.avg_mean, self.avg_var = ema.average(self.mean), ema.average(self.var)
+        with tf().control_dependencies([update]):
+            self.updated = (self.num_updates.assign_add(1), tf().identity(self.avg_mean),
+                            tf().identity(self.avg_var))
+        shape = channel_shape(case.rank, case.config.channel_axis, case.channels)
+        self.y_batch = self._normalize(case, self.mean, self.var, shape)
+        self.y_running = self._normalize(case, self.avg_mean, self.avg_var, shape)
+
+    def _normalize(self, case, mean, var, shape):
+        """batch_normalization needs one param dtype: half moments are cast to the params' float32."""
+        param, reshape = self.gamma.dtype, tf().reshape
+        mean, var = tf().cast(mean, param), tf().cast(var, param)
+        return tf().nn.batch_normalization(
+            self.x, reshape(mean, shape), reshape(var, shape),
+            offset=reshape(self.beta, shape) if case.config.center else None,
+            scale=reshape(self.gamma, shape) if case.config.scale else None, variance_epsilon=self.epsilon)
+
+    def _reset_ops(self, case):
+        """Re-initialize every variable, then set the shadows and the step counter from the state."""
+        v1, param = tf().compat.v1, to_tf_dtype(case.config.param_dtype)
+        self.initial_mean = v1.placeholder(param, [case.channels])
+        self.initial_var = v1.placeholder(param, [case.channels])
+        self.initial_count = v1.placeholder(tf().int64, [])
+        shadow = self.avg_mean.dtype.base_dtype  # the moments' dtype: half for half inputs
+        with tf().control_dependencies([v1.global_variables_initializer()]):
+            self.reset_op = tf().group(self.avg_mean.assign(tf().cast(self.initial_mean, shadow)),
+                                       self.avg_var.assign(tf().cast(self.initial_var, shadow)),
+                                       self.num_updates.assign(self.initial_count))
+
+    def _callables(self):
+        """Session callables made once per graph: the first run of a fetch set costs milliseconds."""
+        inputs = [self.x, self.decay, self.epsilon, self.gamma, self.beta]
+        make = self.session.make_callable
+        self._reset = make(self.reset_op, [self.initial_mean, self.initial_var, self.initial_count])
+        self._eval = make(self.y_running, inputs)
+        self._train = make((self.y_batch, self.mean, self.var), inputs)
+        self._update = make((self.y_batch, self.mean, self.var) + self.updated, inputs)
+
+    def _warm_up(self, case):
+        """Run every callable once on a dummy batch: executors are created on first run, not by
+        make_callable. reset() runs before each case, so the dummy update leaves no trace."""
+        shape = [1] * case.rank
+        shape[case.config.channel_axis] = case.channels
+        ones = np.ones(case.channels)
+        self._reset(*_as_fed([self.initial_mean, self.initial_var, self.initial_count], [ones, ones, 0]))
+        args = _as_fed([self.x, self.decay, self.epsilon, self.gamma, self.beta],
+                       [np.ones(shape), 0.5, 1.0, ones, ones])
+        for run in (self._eval, self._train, self._update):
+            run(*args)
+
+    def reset(self, case):
+        state = case.initial_state
+        self._reset(*_as_fed([self.initial_mean, self.initial_var, self.initial_count],
+                             [state.running_mean, state.running_var, state.num_updates]))
+
+    def step(self, case, step):
+        config, state = case.config, case.initial_state
+        args = _as_fed([self.x, self.decay, self.epsilon, self.gamma, self.beta],
+                       [step.x, config.running_stats.decay, config.effective_epsilon, state.gamma, state.beta])
+        if not step.is_training:
+            return {"y": to_numpy(self._eval(*args))}
+        if not step.update_running_stats:
+            y, mean, var = self._train(*args)
+            return {"y": to_numpy(y), "batch_mean": to_numpy(mean), "batch_var": to_numpy(var)}
+        y, mean, var, count, running_mean, running_var = self._update(*args)
+        return {"y": to_numpy(y), "batch_mean": to_numpy(mean), "batch_var": to_numpy(var),
+                "running_mean": to_numpy(running_mean), "running_var": to_numpy(running_var),
+                "num_updates": int(count)}
+
+
+def _as_fed(placeholders, values) -> list:
+    """Values as NumPy arrays of each placeholder's dtype (callables do not convert)."""
+    return [np.asarray(v, dtype=p.dtype.as_numpy_dtype) for p, v in zip(placeholders, values)]
