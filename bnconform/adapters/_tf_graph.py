@@ -37,7 +37,8 @@ class BuiltLayer:
     y_eval: object
     update_ops: list
     variables: dict = field(default_factory=dict)  # role (VARIABLE_ROLES) -> tf.Variable
-    fused: bool | None = None  # which path the layer took, when the builder can tell
+    fused: bool | None = None  # which path the layer took (set from the built graph)
+    weights: object = None  # placeholder for per-sample weights (tf_slim batch_weights), if any
 
 
 def variables_by_role(variables) -> dict:
@@ -99,7 +100,10 @@ class GraphLayer:
             value = v1.placeholder(variable.dtype.base_dtype, variable.shape, name=f"load_{role}")
             self.load_feeds[role] = value
             assigns.append(variable.assign(value))
-        self.load_op = tf().group(*assigns)
+        # State the layer keeps beside its variables (zero-debias "biased"/"local_step"): fresh per case.
+        roles = set(map(id, self.built.variables.values()))
+        extra = [v for v in v1.global_variables() if id(v) not in roles]
+        self.load_op = tf().group(*assigns, v1.variables_initializer(extra))
 
     def _make_reads(self):
         stats = [self.built.variables[r] for r in ("moving_mean", "moving_variance")]
@@ -113,11 +117,15 @@ class GraphLayer:
         feeds = {ph: np.asarray(getattr(state, STATE_OF_ROLE[role]), dtype=dtype) for role, ph in self.load_feeds.items()}
         self.session.run(self.load_op, feeds)
 
-    def step(self, x, training: bool, update: bool) -> dict:
+    def step(self, x, training: bool, update: bool, weights=None) -> dict:
         """Run one call; ``update`` runs the UPDATE_OPS in the same session.run."""
         y = self.built.y_train if training else self.built.y_eval
         reads = self.reads_after_update if update else self.reads
-        fetched = self.session.run([y] + reads, {self.x: x})
+        feeds = {self.x: x}
+        if self.built.weights is not None:
+            # A weighted layer always takes weights; a step without them weighs every sample 1.
+            feeds[self.built.weights] = np.ones(x.shape[0], x.dtype) if weights is None else weights
+        fetched = self.session.run([y] + reads, feeds)
         return {"y": _plain(fetched[0]), "running_mean": _plain(fetched[1]), "running_var": _plain(fetched[2])}
 
 
@@ -143,7 +151,11 @@ def run_case(layer: GraphLayer, case) -> list[dict]:
     """Load the initial state, then run every step as the case says."""
     layer.load(case.initial_state, case.config.param_dtype)
     dtype = numpy_dtype(case.config.input_dtype)
-    return [layer.step(np.asarray(s.x, dtype=dtype), s.is_training, s.update_running_stats) for s in case.steps]
+    results = []
+    for s in case.steps:
+        weights = None if s.sample_weights is None else np.asarray(s.sample_weights, dtype=dtype)
+        results.append(layer.step(np.asarray(s.x, dtype=dtype), s.is_training, s.update_running_stats, weights))
+    return results
 
 
 def inference_update_reason(case, api: str) -> str | None:

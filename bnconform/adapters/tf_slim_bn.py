@@ -1,0 +1,296 @@
+"""tf_slim.layers.batch_norm (heir of tf.contrib.layers.batch_norm) in TF1 graph mode.
+
+tf-slim 1.1.0 (the last release) does not run on TensorFlow 2.21 as installed: every call fails
+(``tf_slim/layers/utils.py`` uses ``ops.Tensor``, removed from ``tensorflow.python.framework.ops``,
+and 4-D inputs go through ``tensorflow.python.layers.normalization``, which lazily imports
+``tf_keras.legacy_tf_layers`` where tf_keras 2.21 has ``tf_keras.src.legacy_tf_layers``).
+:class:`TfSlimAdapter` therefore probes one real call and reports it unavailable with that
+exact error, so it runs again the day a tf-slim release works. :class:`TfSlimCompatAdapter`
+(ad hoc: ``--adapter bnconform.adapters.tf_slim_bn:TfSlimCompatAdapter``) restores those two
+names as aliases (``ops.Tensor = tensor.Tensor``; the module path) and nothing else, to measure
+tf-slim's own numerics.
+
+Translation table (canonical knob -> argument):
+
+* channel_axis         -> ``data_format``: "NHWC" for the last axis (and rank 2), "NCHW" for axis 1
+* epsilon (+ floor)    -> ``epsilon = config.effective_epsilon`` (inside the rsqrt)
+* scale / center       -> ``scale`` / ``center`` (always passed: ``scale`` is off by default!)
+* decay                -> ``decay`` (weight on the old statistic)
+* zero_debias          -> ``zero_debias_moving_mean=True`` (debiases the MEAN only; declared)
+* normalize_with       -> ``is_training``
+* update_running_stats -> run the UPDATE_OPS (default ``updates_collections``) or not; with
+                          ``updates_collections=None`` updates would be forced in place on every
+                          training call, so "batch stats without update" needs the default
+* sample_weights       -> ``batch_weights`` (tf.nn.weighted_moments; a step without weights in a
+                          weighted case feeds weights of 1)
+* fused                -> None (auto), except float64 inputs: ``fused=False``, since auto sends
+                          every rank-2 input to FusedBatchNormV3, which has no float64 kernel
+
+Paths tf-slim picks (the running variance kind follows): rank 2 (and rank 4 with zero_debias)
+-> slim's own ``_fused_batch_norm`` (Bessel); rank 4/5 otherwise -> the v1 Keras layer, fused
+for half/float32 (Bessel), non-fused for float64 (biased); rank 3, weights, zero_debias at
+rank 3/5 and float64 -> slim's non-fused code (``tf.nn.moments``, biased). Outputs: y,
+running_mean, running_var (no batch moments or counter are exposed).
+
+Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; the num_updates
+schedule; channel axes other than 1 or last (rank 2: other than 1); inference steps that
+update; param dtype other than the layer's (float32 for halves); renorm and ghost batches
+(renorm exists in tf-slim via the v1 Keras layer, not translated here).
+"""
+
+from __future__ import annotations
+
+import sys
+
+from . import _tf_graph as g
+from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from .tf_v1_layers import unsupported_epsilon_reason, unsupported_param_dtype_reason
+
+_API = "tf_slim.layers.batch_norm"
+_SOURCE = "https://github.com/google-research/tf-slim/blob/master/tf_slim/layers/layers.py"
+_ZERO_DEBIAS_ISSUE = "https://github.com/tensorflow/tensorflow/issues/11673"
+_MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
+
+
+def _zero_debias(case) -> bool:
+    return case.config.running_stats.zero_debias
+
+
+def _weighted(case) -> bool:
+    return any(s.sample_weights is not None for s in case.steps)
+
+
+def takes_fused_path(case) -> bool:
+    """tf-slim's routing (fused=None): FusedBatchNormV3 for half/float32 at rank 2 and 4, and at
+    rank 5 through the Keras layer unless zero_debias or weights send it to slim's own code."""
+    if case.config.input_dtype == "float64" or _weighted(case):
+        return False
+    return case.rank in (2, 4) or (case.rank == 5 and not _zero_debias(case))
+
+
+def _variance_kind(case) -> str:
+    return case.config.running_stats.variance
+
+
+def _float64_update_differs(case) -> bool:
+    if case.config.input_dtype != "float64" or not g.updates_visibly(case, min_count=1):
+        return False
+    decay = case.config.running_stats.decay
+    return g.float32_rounded_decay(decay) != decay or (_variance_kind(case) == "bessel" and g.updates_visibly(case))
+
+
+def _float64_variant(case):
+    decay = g.float32_rounded_decay(case.config.running_stats.decay)
+    return variant(case, running_stats={"variance": "biased", "decay": decay})
+
+
+EMPTY_BATCH_NAN = Deviation(
+    name="tf_slim: an empty batch makes the moving statistics NaN",
+    applies_to="cases with a training step that updates from N == 0 values",
+    applies=lambda c, d: g.updates_empty_batch(c),
+    behaviour=Mismatches(("running_mean", "running_var", "y"),
+                         "the moving statistics become NaN (the oracle leaves them unchanged)"),
+    explanation="the moments of an empty batch are 0/0 = NaN and assign_moving_average folds them in",
+    link=_SOURCE,
+)
+
+FLOAT32_VARIANCE_OVERFLOW = Deviation(
+    name="tf_slim: float32 batch variance overflows to inf",
+    applies_to="half/float32 inputs whose true batch variance exceeds the float32 maximum (~3.4e38)",
+    applies=lambda c, d: g.batch_variance_overflows(c),
+    behaviour=Mismatches(("y", "running_var"), "the batch variance (~1e74) is inf in float32: y collapses "
+                                               "to beta, moving_variance is inf"),
+    explanation="moments are computed in float32, where a variance above 3.4e38 is not representable",
+    link=_MOMENTS_DOCS,
+)
+
+ZERO_DEBIAS_MEAN_ONLY = Deviation(
+    name="tf_slim: zero_debias_moving_mean debiases only the mean",
+    applies_to="zero_debias cases with an update (the canonical model debiases mean and variance)",
+    applies=lambda c, d: _zero_debias(c) and g.updates_visibly(c, min_count=1),
+    behaviour=Mismatches(("running_var", "y"), "running_var is a plain EMA from its initial value "
+                                               "(and eval y uses it); running_mean matches"),
+    explanation="batch_norm calls assign_moving_average(moving_variance, ..., zero_debias=False); "
+                "only the mean gets the biased/local_step accumulators",
+    link=_ZERO_DEBIAS_ISSUE,
+)
+
+FLOAT64_DECAY_ROUNDED = Deviation(
+    name="tf_slim float64: 1 - decay rounded to float32, biased moving variance",
+    applies_to="float64 inputs (fused=False, non-fused code) with an update where the float32 rounding "
+               "of 1 - decay or the biased variance shows",
+    applies=lambda c, d: _float64_update_differs(c),
+    behaviour=MatchesVariant("decay' = 1 - float32(1 - decay) and a biased running variance", _float64_variant),
+    explanation="assign_moving_average / _assign_moving_average build convert_to_tensor(1.0 - decay), a "
+                "float32 constant, then cast it: float64 moving statistics drift ~1.5e-8 relative per update",
+    link=_SOURCE,
+)
+
+FUSED_BESSEL = Deviation(
+    name="tf_slim fused path: Bessel-corrected moving variance",
+    applies_to="half/float32 inputs of rank 2 or 4 (and 5 without zero_debias), biased-variance cases, "
+               "with an update from N >= 2",
+    applies=lambda c, d: takes_fused_path(c) and _variance_kind(c) == "biased" and g.updates_visibly(c),
+    behaviour=MatchesVariant("running variance is Bessel-corrected (N/(N-1))",
+                             lambda c: variant(c, running_stats={"variance": "bessel"})),
+    explanation="FusedBatchNormV3 returns the Bessel-corrected batch variance in training and tf-slim "
+                "folds it into moving_variance; y uses the biased one",
+    link=_SOURCE,
+)
+
+NONFUSED_BIASED = Deviation(
+    name="tf_slim non-fused path: biased moving variance",
+    applies_to="rank 3, weighted, or zero_debias rank 5 inputs, Bessel-variance cases, with an update "
+               "from N >= 2",
+    applies=lambda c, d: not takes_fused_path(c) and _variance_kind(c) == "bessel" and g.updates_visibly(c),
+    behaviour=MatchesVariant("running variance is the biased batch variance",
+                             lambda c: variant(c, running_stats={"variance": "biased"})),
+    explanation="the non-fused code folds the biased variance of tf.nn.moments / weighted_moments into "
+                "moving_variance (no N/(N-1))",
+    link=_SOURCE,
+)
+
+# First match wins: the specific findings before the per-path variance kind.
+DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY, FLOAT64_DECAY_ROUNDED,
+              FUSED_BESSEL, NONFUSED_BIASED)
+
+
+def _data_format(case) -> str | None:
+    """NHWC for the last axis (rank 2: axis 1), NCHW for axis 1; None when neither applies."""
+    axis, rank = case.config.channel_axis, case.rank
+    if axis == rank - 1:
+        return "NHWC"
+    return "NCHW" if axis == 1 else None
+
+
+def _running_reason(config) -> str | None:
+    rs = config.running_stats
+    if rs.rule != "ema":
+        return f"{_API} has no cumulative-average option (decay is a fixed EMA weight)"
+    if rs.num_updates_schedule:
+        return f"{_API} has no num_updates decay schedule (decay is fixed)"
+    return None
+
+
+def _probe_error() -> str | None:
+    """Build one rank-2 and one rank-4 batch_norm graph; the first error, or None if both work."""
+    from ._tf_common import tf
+
+    import tf_slim
+
+    v1 = tf().compat.v1
+    for rank in (2, 4):
+        try:
+            with tf().Graph().as_default():
+                x = v1.placeholder(tf().float32, [None] * (rank - 1) + [3])
+                tf_slim.layers.batch_norm(x, is_training=True, scale=True)
+        except Exception as exc:  # whatever the broken install raises is the reason
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            return f"rank-{rank} call: {type(exc).__name__}: {first}"
+    return None
+
+
+class TfSlimAdapter(Adapter):
+    """tf_slim.layers.batch_norm with explicit UPDATE_OPS, one cached graph per configuration."""
+
+    name = "tf_slim"
+    framework = "tf-slim"
+    extra = "tensorflow"
+    requires = ("tensorflow", "tf_keras", "tf_slim")
+    device_kinds = ("cpu", "cuda")
+    environment = {"TF_USE_LEGACY_KERAS": "1"}
+    deviations = DEVIATIONS
+    handles_extensions = frozenset({"sample_weights"})
+    notes = "TF1 graph mode; UPDATE_OPS run per step; fused=None except float64 (fused=False)"
+
+    def __init__(self):
+        self._cache = None
+
+    def unavailable_reason(self):
+        reason = super().unavailable_reason()
+        if reason:
+            return reason
+        self._prepare()
+        error = _probe_error()
+        if error:
+            from ._tf_common import tf
+
+            return (f"tf-slim {self.framework_version()} fails on tensorflow {tf().__version__}: {error} "
+                    f"(no newer tf-slim release)")
+        return None
+
+    def _prepare(self):
+        """Hook for the compat subclass; the plain adapter runs tf-slim exactly as installed."""
+
+    def devices(self):
+        from ._tf_common import tf_devices
+
+        return tf_devices()
+
+    def supports(self, case, device):
+        config = case.config
+        if _data_format(case) is None:
+            return f"{_API} normalizes over the last axis (NHWC) or axis 1 (NCHW) only; channel axis {config.channel_axis}"
+        return (unsupported_epsilon_reason(config, _API) or _running_reason(config)
+                or unsupported_param_dtype_reason(config, _API) or g.inference_update_reason(case, _API))
+
+    def run(self, case, device):
+        self._cache = self._cache or g.GraphCache()
+        layer = self._cache.get(_graph_key(case, device), lambda: _build_graph(case, device))
+        if layer.built.fused != takes_fused_path(case):
+            raise RuntimeError(f"Expected: fused path {takes_fused_path(case)} (adapter's rule). "
+                               f"Received: fused kernel in graph {layer.built.fused}")
+        return g.run_case(layer, case)
+
+
+def _graph_key(case, device):
+    c = case.config
+    return (device, case.rank, c.channel_axis, case.channels, c.input_dtype, c.effective_epsilon,
+            c.scale, c.center, c.running_stats.decay, c.running_stats.zero_debias, _weighted(case))
+
+
+def _build_graph(case, device):
+    from ._tf_common import tf
+
+    import tf_slim
+
+    c = case.config
+    v1 = tf().compat.v1
+    knobs = dict(decay=c.running_stats.decay, center=c.center, scale=c.scale, epsilon=c.effective_epsilon,
+                 data_format=_data_format(case), zero_debias_moving_mean=c.running_stats.zero_debias,
+                 fused=False if c.input_dtype == "float64" else None, scope="bn")
+
+    def build(x):
+        weights = v1.placeholder(x.dtype, [None], name="batch_weights") if _weighted(case) else None
+        y_train = tf_slim.layers.batch_norm(x, is_training=True, batch_weights=weights, **knobs)
+        updates = list(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
+        y_eval = tf_slim.layers.batch_norm(x, is_training=False, batch_weights=weights, reuse=True, **knobs)
+        built = g.BuiltLayer(y_train, y_eval, updates, g.variables_by_role(v1.global_variables()))
+        built.weights = weights
+        return built
+
+    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device)
+
+
+class TfSlimCompatAdapter(TfSlimAdapter):
+    """tf-slim with two removed TensorFlow names restored as aliases, to measure its numerics.
+
+    Not registered: run it ad hoc. The aliases change no arithmetic: ``ops.Tensor`` is the same
+    class as ``tensorflow.python.framework.tensor.Tensor``, and the module alias points the lazy
+    loader at the module tf_keras 2.21 ships.
+    """
+
+    name = "tf_slim+compat"
+    notes = ("tf-slim with compat aliases (ops.Tensor, tf_keras.legacy_tf_layers) restored; "
+             "TF1 graph mode; UPDATE_OPS run per step")
+
+    def _prepare(self):
+        from tensorflow.python.framework import ops, tensor
+
+        import tf_keras.src.legacy_tf_layers as legacy
+        import tf_keras.src.legacy_tf_layers.normalization as legacy_normalization
+
+        if not hasattr(ops, "Tensor"):
+            ops.Tensor = tensor.Tensor
+        sys.modules.setdefault("tf_keras.legacy_tf_layers", legacy)
+        sys.modules.setdefault("tf_keras.legacy_tf_layers.normalization", legacy_normalization)
