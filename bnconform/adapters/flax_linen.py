@@ -1,0 +1,189 @@
+"""flax.linen.BatchNorm, applied functionally with variables built straight from the case.
+
+Translation (canonical knob -> flax.linen.BatchNorm argument):
+
+    channel_axis            -> axis (any axis; no transposition)
+    epsilon (+ floor)       -> epsilon = max(epsilon, epsilon_floor)   (added inside rsqrt)
+    scale / center          -> use_scale / use_bias
+    running_stats.decay     -> momentum (weight on the old statistic, the same convention)
+    gamma, beta             -> variables["params"]["scale" / "bias"]
+    running_mean / var      -> variables["batch_stats"]["mean" / "var"]
+    normalize_with "batch"  -> use_running_average=False, mutable=["batch_stats"]
+    normalize_with "running"-> use_running_average=True
+    update_running_stats    -> keep the returned batch_stats (False: keep the old ones; flax is
+                               functional, so discarding the update is how it is expressed)
+
+FlaxLinenAdapter keeps flax's default ``use_fast_variance=True`` (Var = E[x^2] - E[x]^2, clamped
+at 0); FlaxLinenExactVarianceAdapter sets ``use_fast_variance=False`` (Var = E[(x - E[x])^2]).
+
+Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; the num_updates schedule;
+zero-debiasing; updating running statistics in inference mode. flax keeps no update counter, so
+num_updates is not returned, and the batch moments are not exposed by the layer.
+
+Speed: variables are built from the case (no ``init``); one jitted step function per
+(axis, use_scale, use_bias, use_fast_variance) runs both modes through ``lax.cond`` and takes
+decay and epsilon as traced scalars, so cases of the same input shape share one compiled program.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, common_unsupported, jax_device, jax_devices,
+                          load_jax, put, put_state, to_numpy, updates_outside_training, updates_with)
+from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+
+FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
+
+
+@functools.lru_cache(maxsize=None)
+def load_linen():
+    load_jax()
+    import flax.linen
+
+    return flax.linen
+
+
+def build_step(axis: int, use_scale: bool, use_bias: bool, use_fast_variance: bool):
+    """A pure step: (variables, x, training, momentum, epsilon) -> (y, batch_stats after)."""
+    jax, nn = load_jax(), load_linen()
+
+    def step(variables, x, training, momentum, epsilon):
+        layer = nn.BatchNorm(axis=axis, momentum=momentum, epsilon=epsilon, use_scale=use_scale,
+                             use_bias=use_bias, use_fast_variance=use_fast_variance)
+
+        def train(v):
+            y, updated = layer.apply(v, x, use_running_average=False, mutable=["batch_stats"])
+            return y, updated["batch_stats"]
+
+        def infer(v):
+            return layer.apply(v, x, use_running_average=True), v["batch_stats"]
+
+        return jax.lax.cond(training, train, infer, variables)
+
+    return step
+
+
+def build_variables(case, device) -> dict:
+    """The flax variable tree holding the case's parameters and running statistics."""
+    state = put_state(case, device)
+    params = {}
+    if case.config.scale:
+        params["scale"] = state["gamma"]
+    if case.config.center:
+        params["bias"] = state["beta"]
+    return {"params": params, "batch_stats": {"mean": state["running_mean"], "var": state["running_var"]}}
+
+
+def _empty_batch_update(case, device) -> bool:
+    return any(step.update_running_stats and n == 0 for step, n in zip(case.steps, case.reduce_counts()))
+
+
+BIASED_RUNNING_VARIANCE = Deviation(
+    name="flax-biased-running-variance",
+    applies_to="cases asking for a Bessel-corrected running variance (N >= 2, decay < 1)",
+    applies=lambda case, device: bessel_matters(case) and not _empty_batch_update(case, device),
+    behaviour=MatchesVariant("matches the oracle with a biased running variance",
+                             lambda case: variant(case, running_stats={"variance": "biased"})),
+    explanation="BatchNorm folds the biased batch variance (the one it normalizes with) into "
+                "batch_stats['var']; there is no Bessel option",
+    link=FLAX_NORMALIZATION_SOURCE,
+)
+
+def case_in(*case_ids: str):
+    """A deviation selector for the named cases (numeric findings depend on the data)."""
+    return lambda case, device: case.id in case_ids
+
+
+FAST_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float64_1e8",
+                       "momentum/decay_0.5_bessel_n2_factor2", "momentum/decay_0.9_biased_n2")
+
+FAST_VARIANCE_CANCELS = Deviation(
+    name="flax-fast-variance-cancellation",
+    applies_to="batches whose mean is large against their spread: " + ", ".join(FAST_VARIANCE_CASES),
+    applies=case_in(*FAST_VARIANCE_CASES),
+    behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
+    explanation="use_fast_variance=True (the default) computes max(0, E[x^2] - E[x]^2): for 1e4 + N(0,1) "
+                "in float32 y is off by up to 362 (|y| ~ 1), for 1e8 + N(0,1) in float64 by up to 992, and "
+                "N=2 float32 batches by ~2.4e3 ulp; use_fast_variance=False passes them",
+    link=FLAX_NORMALIZATION_SOURCE,
+)
+
+FLOAT32_VARIANCE_OVERFLOW = Deviation(
+    name="flax-float32-variance-overflow",
+    applies_to="float32 inputs of magnitude ~1e37 (degenerate/huge_mixed_sign_float32)",
+    applies=case_in("degenerate/huge_mixed_sign_float32"),
+    behaviour=Mismatches(("y", "running_var"), "y and running_var are wrong because the float32 variance overflows"),
+    explanation="statistics are reduced in float32 for float32 inputs (force_float32_reductions promotes "
+                "only up to float32); the variance ~1.7e74 overflows: the two-pass variance is inf and y "
+                "collapses to beta, the fast one is inf - inf = NaN",
+    link=FLAX_NORMALIZATION_SOURCE,
+)
+
+EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
+    name="flax-empty-batch-nan-running-stats",
+    applies_to="a training step with N == 0 that updates the running statistics",
+    applies=_empty_batch_update,
+    behaviour=Mismatches(("running_mean", "running_var"),
+                         "running_mean and running_var become NaN after an empty training batch"),
+    explanation="the mean over zero elements is NaN and is folded into batch_stats anyway "
+                "(the model keeps the state unchanged for N == 0)",
+    link=FLAX_NORMALIZATION_SOURCE,
+)
+
+
+class FlaxLinenAdapter(Adapter):
+    """flax.linen.BatchNorm with its defaults (use_fast_variance=True)."""
+
+    name = "flax.linen"
+    framework = "flax"
+    extra = "jax"
+    requires = ("jax", "flax")
+    device_kinds = ("cpu", "cuda")
+    environment = X64_ENVIRONMENT
+    use_fast_variance = True
+    deviations = (FAST_VARIANCE_CANCELS, FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS,
+                  BIASED_RUNNING_VARIANCE)
+    notes = ("variables built from the case, no init; training without update discards the "
+             "returned batch_stats; use_fast_variance=True (flax default)")
+
+    def __init__(self):
+        self._steps = JitCache(build_step)
+
+    def devices(self):
+        return jax_devices()
+
+    def supports(self, case, device):
+        reason = common_unsupported(case, "flax.linen.BatchNorm")
+        if reason:
+            return reason
+        if case.config.running_stats.zero_debias:
+            return "flax.linen.BatchNorm has no zero-debiasing option (a plain EMA of batch_stats)"
+        if updates_outside_training(case):
+            return "flax.linen.BatchNorm updates batch_stats only when normalizing with batch statistics"
+        return None
+
+    def run(self, case, device):
+        config, where = case.config, jax_device(device)
+        step_fn = self._steps.get(config.channel_axis, config.scale, config.center, self.use_fast_variance)
+        variables = build_variables(case, where)
+        decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
+        results = []
+        for step in case.steps:
+            x = put(step.x, config.input_dtype, where)
+            y, batch_stats = step_fn(variables, x, step.is_training, decay, epsilon)
+            if step.update_running_stats:
+                variables = {**variables, "batch_stats": batch_stats}
+            results.append({"y": to_numpy(y), "running_mean": to_numpy(variables["batch_stats"]["mean"]),
+                            "running_var": to_numpy(variables["batch_stats"]["var"])})
+        return results
+
+
+class FlaxLinenExactVarianceAdapter(FlaxLinenAdapter):
+    """flax.linen.BatchNorm with use_fast_variance=False (two-pass variance)."""
+
+    name = "flax.linen.exact_variance"
+    use_fast_variance = False
+    deviations = (FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS, BIASED_RUNNING_VARIANCE)
+    notes = ("variables built from the case, no init; training without update discards the "
+             "returned batch_stats; use_fast_variance=False")
