@@ -1,0 +1,152 @@
+"""flax.nnx.BatchNorm, built inside a jitted step with its Variables set from the case.
+
+Translation (canonical knob -> flax.nnx.BatchNorm argument):
+
+    channel_axis            -> axis (any axis; no transposition)
+    epsilon (+ floor)       -> epsilon = max(epsilon, epsilon_floor)   (added inside rsqrt)
+    scale / center          -> use_scale / use_bias
+    running_stats.decay     -> momentum (weight on the old statistic, the same convention)
+    param_dtype             -> param_dtype
+    gamma, beta             -> the scale / bias Params (set_value)
+    running_mean / var      -> the mean / var BatchStats (set_value)
+    normalize_with "batch"  -> layer(x, use_running_average=False)  (updates mean / var)
+    normalize_with "running"-> layer(x, use_running_average=True)
+    update_running_stats    -> keep the BatchStats read after the call (False: keep the old ones)
+
+Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; the num_updates schedule;
+zero-debiasing; updating running statistics in inference mode. No update counter is kept and the
+batch moments are not exposed, so num_updates / batch_mean / batch_var are not returned.
+
+Speed: the layer is constructed inside one jitted step per (axis, use_scale, use_bias,
+param_dtype) -- its initializers are dead code that XLA drops -- both modes go through
+``lax.cond``, decay and epsilon are traced scalars, so cases of one input shape share a program.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ._jax_common import (X64_ENVIRONMENT, JitCache, common_unsupported, jax_device, jax_devices, load_jax, put,
+                          put_state, to_numpy, updates_outside_training)
+from .base import Adapter, Deviation, Mismatches
+from .flax_linen import BIASED_RUNNING_VARIANCE, EMPTY_BATCH_POISONS_RUNNING_STATS, case_in
+from ..dtypes import numpy_dtype
+
+NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
+
+
+@functools.lru_cache(maxsize=None)
+def load_nnx():
+    load_jax()
+    from flax import nnx
+
+    return nnx
+
+
+def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str):
+    """A pure step: (params, stats, x, training, momentum, epsilon) -> (y, stats after)."""
+    jax, nnx = load_jax(), load_nnx()
+
+    def make_layer(params, stats, momentum, epsilon):
+        layer = nnx.BatchNorm(stats["mean"].shape[0], axis=axis, momentum=momentum, epsilon=epsilon,
+                              use_scale=use_scale, use_bias=use_bias, param_dtype=numpy_dtype(param_dtype),
+                              rngs=nnx.Rngs(0))
+        for name, value in params.items():
+            getattr(layer, name).set_value(value)
+        layer.mean.set_value(stats["mean"])
+        layer.var.set_value(stats["var"])
+        return layer
+
+    def step(params, stats, x, training, momentum, epsilon):
+        def run(use_running_average):
+            def branch(operands):
+                layer = make_layer(*operands, momentum, epsilon)
+                y = layer(x, use_running_average=use_running_average)
+                return y, {"mean": layer.mean.get_value(), "var": layer.var.get_value()}
+            return branch
+
+        return jax.lax.cond(training, run(False), run(True), (params, stats))
+
+    return step
+
+
+def build_params(case, device) -> tuple[dict, dict]:
+    """The scale / bias values (those the config uses) and the running statistics of the case."""
+    state = put_state(case, device)
+    params = {}
+    if case.config.scale:
+        params["scale"] = state["gamma"]
+    if case.config.center:
+        params["bias"] = state["beta"]
+    return params, {"mean": state["running_mean"], "var": state["running_var"]}
+
+
+NNX_FAST_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float64_1e8",
+                           "momentum/decay_0.5_bessel_n2_factor2", "momentum/decay_0.9_biased_n2")
+
+NNX_FAST_VARIANCE_CANCELS = Deviation(
+    name="nnx-fast-variance-cancellation",
+    applies_to="batches whose mean is large against their spread: " + ", ".join(NNX_FAST_VARIANCE_CASES),
+    applies=case_in(*NNX_FAST_VARIANCE_CASES),
+    behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
+    explanation="nnx.BatchNorm defaults to use_fast_variance=True ('faster, but less numerically stable'): "
+                "max(0, E[x^2] - E[x]^2) loses every digit for 1e4 + N(0,1) in float32 and 1e8 + N(0,1) "
+                "in float64, and ~2.4e3 ulp on N=2 float32 batches",
+    link=NNX_NORMALIZATION_DOCS,
+)
+
+NNX_FLOAT32_VARIANCE_OVERFLOW = Deviation(
+    name="nnx-float32-variance-overflow",
+    applies_to="float32 inputs of magnitude ~1e37 (degenerate/huge_mixed_sign_float32)",
+    applies=case_in("degenerate/huge_mixed_sign_float32"),
+    behaviour=Mismatches(("y", "running_var"), "y and running_var are NaN because the float32 variance overflows"),
+    explanation="statistics are reduced in float32 for float32 inputs; E[x^2] and E[x]^2 (~1e74) overflow "
+                "and the fast variance is inf - inf = NaN",
+    link=NNX_NORMALIZATION_DOCS,
+)
+
+
+class FlaxNnxAdapter(Adapter):
+    """flax.nnx.BatchNorm with its defaults (use_fast_variance=True)."""
+
+    name = "flax.nnx"
+    framework = "flax"
+    extra = "jax"
+    requires = ("jax", "flax")
+    device_kinds = ("cpu", "cuda")
+    environment = X64_ENVIRONMENT
+    deviations = (NNX_FAST_VARIANCE_CANCELS, NNX_FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS,
+                  BIASED_RUNNING_VARIANCE)
+    notes = ("layer built in a jitted step with Params/BatchStats set from the case; training without "
+             "update keeps the old BatchStats; use_fast_variance=True (default)")
+
+    def __init__(self):
+        self._steps = JitCache(build_step)
+
+    def devices(self):
+        return jax_devices()
+
+    def supports(self, case, device):
+        reason = common_unsupported(case, "flax.nnx.BatchNorm")
+        if reason:
+            return reason
+        if case.config.running_stats.zero_debias:
+            return "flax.nnx.BatchNorm has no zero-debiasing option (a plain EMA of its BatchStats)"
+        if updates_outside_training(case):
+            return "flax.nnx.BatchNorm updates its BatchStats only when normalizing with batch statistics"
+        return None
+
+    def run(self, case, device):
+        config, where = case.config, jax_device(device)
+        step_fn = self._steps.get(config.channel_axis, config.scale, config.center, config.param_dtype)
+        params, stats = build_params(case, where)
+        decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
+        results = []
+        for step in case.steps:
+            x = put(step.x, config.input_dtype, where)
+            y, stats_after = step_fn(params, stats, x, step.is_training, decay, epsilon)
+            if step.update_running_stats:
+                stats = stats_after
+            results.append({"y": to_numpy(y), "running_mean": to_numpy(stats["mean"]),
+                            "running_var": to_numpy(stats["var"])})
+        return results
