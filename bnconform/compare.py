@@ -95,4 +95,20 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
             found = compare_output(i, key, expected[key], got[key], tol, dtype)
             if found:
                 mismatches.append(found)
-    return mismatches, sorted(compared, key=COMPARED_KEYS.index)
+        counter = _compare_count(i, expected.get("num_updates"), got.get("num_updates"))
+        if counter is not None:
+            compared.add("num_updates")
+            mismatches += [counter] if counter else []
+    return mismatches, sorted(compared, key=(*COMPARED_KEYS, "num_updates").index)
+
+
+def _compare_count(step: int, expected, got):
+    """num_updates is an integer counter: compared exactly. None if either side lacks it,
+    False if equal, else a Mismatch."""
+    if expected is None or got is None:
+        return None
+    got = int(np.asarray(got))
+    if got == int(expected):
+        return False
+    return Mismatch(step, "num_updates", [], float(expected), float(got), abs(got - expected), float("nan"),
+                    float("nan"), "counter differs")

@@ -71,10 +71,20 @@ class TorchModuleAdapter(Adapter):
             name="empty-batch-counts-as-update",
             applies_to="cumulative rule with an N == 0 training step followed by another update",
             applies=_empty_batch_before_cumulative_update,
-            behaviour=Mismatches(("running_mean", "running_var", "y"),
+            behaviour=Mismatches(("num_updates", "running_mean", "running_var", "y"),
                                  "running stats (and eval outputs using them) after the empty batch"),
             explanation="forward() increments num_batches_tracked even for an empty batch (the stats stay put), "
                         "so the next cumulative factor is 1/(n+2) instead of 1/(n+1)",
+            link=_SOURCE_FORWARD,
+        ),
+        Deviation(
+            name="empty-batch-counted",
+            applies_to="any other training step with N == 0 that updates",
+            applies=lambda case, device: any(s.is_training and s.update_running_stats and n == 0
+                                             for s, n in zip(case.steps, case.reduce_counts())),
+            behaviour=Mismatches(("num_updates",), "num_batches_tracked counts the empty batch"),
+            explanation="forward() increments num_batches_tracked before F.batch_norm, which leaves the running "
+                        "stats unchanged for an empty batch; the counter no longer equals the number of updates",
             link=_SOURCE_FORWARD,
         ),
     )
