@@ -54,7 +54,8 @@ def cmd_run(args) -> int:
     cells, adapters = _selection(args)
     print(f"running {len(cells)} cells: {len({c.case_id for c in cells})} cases x {len(adapters)} backends", file=sys.stderr)
     verdicts, infos = run_cells(cells, jobs=args.jobs, timeout=args.timeout)
-    document = results.build(verdicts, infos, {k: getattr(args, k) for k in ("backend", "device", "family") if getattr(args, k)})
+    selection = {k: getattr(args, k) for k in ("backend", "device", "family") if getattr(args, k)}
+    document = results.build(verdicts, infos, selection, Path(args.cases))
     _write_reports(document, Path(args.reports))
     print(_summary(verdicts))
     bad = [v for v in verdicts if v.status in UNEXPECTED]

@@ -140,7 +140,8 @@ def pytest_sessionfinish(session):
 
     verdicts = [Verdict.from_json(v) for v in config.stash[_VERDICTS]]
     out = Path(config.getoption("--bn-reports") or Path(config.rootpath) / "reports")
-    document = results.build(verdicts, {}, {"via": "pytest"})
+    cases = Path(config.getoption("--bn-cases") or Path(config.rootpath) / "cases")
+    document = results.build(verdicts, {}, {"via": "pytest"}, cases)
     results.write(document, out / "results.json")
     (out / "conformance.md").write_text(render(document), encoding="utf-8")
     config.stash[_VERDICTS] = []

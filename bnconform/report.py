@@ -86,6 +86,9 @@ def _disagreements(document: dict, verdicts) -> list[str]:
     for odd, cases in sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0])):
         names = ", ".join(f"`{c}`" for c, _ in cases[:6]) + (f" and {len(cases) - 6} more" if len(cases) > 6 else "")
         lines.append(f"- **{len(cases)} case(s)**: {names} (agreeing backends per case: {cases[0][1]})")
+        about = document.get("cases", {}).get(cases[0][0])
+        if about:
+            lines.append(f"  - *what `{cases[0][0]}` pins down:* {about}")
         lines += [f"  - {row}: {what}" for row, what in odd]
     return lines + [""]
 

@@ -28,7 +28,18 @@ def environment() -> dict:
             "python": sys.version.split()[0], "bnconform": __version__}
 
 
-def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict) -> dict:
+def describe_cases(verdicts, case_root: Path) -> dict[str, str]:
+    """case id -> its one-line description (a case id is its path under the case root)."""
+    descriptions = {}
+    for case_id in sorted({v.case for v in verdicts}):
+        try:
+            descriptions[case_id] = json.loads((case_root / f"{case_id}.json").read_text(encoding="utf-8"))["description"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a custom case outside the root: the report shows its id only
+    return descriptions
+
+
+def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case_root: Path = Path("cases")) -> dict:
     """The results document; ``infos`` maps adapter name -> worker info (version, devices)."""
     adapters = {}
     for name in sorted({v.adapter for v in verdicts} | set(infos)):
@@ -39,7 +50,8 @@ def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict) -> d
         adapters[name] = {**meta, "version": version, "devices": info.get("devices", ran_on),
                           "unavailable": info.get("unavailable") or _unavailable(verdicts, name, ran_on)}
     return {"format": RESULTS_FORMAT, "runs": [{**environment(), "selection": selection}],
-            "adapters": adapters, "verdicts": [v.to_json() for v in verdicts]}
+            "adapters": adapters, "cases": describe_cases(verdicts, Path(case_root)),
+            "verdicts": [v.to_json() for v in verdicts]}
 
 
 def _unavailable(verdicts, name: str, ran_on) -> str | None:
@@ -81,9 +93,10 @@ def read(path: Path) -> dict:
 
 def merge(documents: list[dict]) -> dict:
     """One matrix from several runs; per cell, the later document wins."""
-    cells, adapters, runs = {}, {}, []
+    cells, adapters, runs, cases = {}, {}, [], {}
     for document in documents:
         runs += document["runs"]
+        cases.update(document.get("cases", {}))
         for name, meta in document["adapters"].items():
             merged = adapters.setdefault(name, dict(meta))
             merged["devices"] = sorted(set(merged.get("devices") or []) | set(meta.get("devices") or []))
@@ -91,7 +104,8 @@ def merge(documents: list[dict]) -> dict:
             key = (verdict["case"], verdict["adapter"], verdict["device"])
             if key not in cells or verdict["status"] != "unavailable":
                 cells[key] = verdict
-    return {"format": RESULTS_FORMAT, "runs": runs, "adapters": adapters, "verdicts": list(cells.values())}
+    return {"format": RESULTS_FORMAT, "runs": runs, "adapters": adapters, "cases": cases,
+            "verdicts": list(cells.values())}
 
 
 def verdicts_of(document: dict) -> list[Verdict]:
