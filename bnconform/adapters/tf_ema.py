@@ -274,10 +274,10 @@ class _EmaGraph:
         if not step.update_running_stats:
             y, mean, var = self._train(*args)
             return {"y": to_numpy(y), "batch_mean": to_numpy(mean), "batch_var": to_numpy(var)}
-        y, mean, var, count, running_mean, running_var = self._update(*args)
+        # The step counter is ours (a global step fed to num_updates), so it is not reported.
+        y, mean, var, _count, running_mean, running_var = self._update(*args)
         return {"y": to_numpy(y), "batch_mean": to_numpy(mean), "batch_var": to_numpy(var),
-                "running_mean": to_numpy(running_mean), "running_var": to_numpy(running_var),
-                "num_updates": int(count)}
+                "running_mean": to_numpy(running_mean), "running_var": to_numpy(running_var)}
 
 
 def _as_fed(placeholders, values) -> list:
