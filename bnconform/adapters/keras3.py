@@ -25,29 +25,43 @@ constant, the layer keeps no step counter); a step that normalizes with the batc
 WITHOUT updating the moving statistics (training=True always assigns moving_mean/variance);
 a step that normalizes with the moving statistics while updating them.
 
-Observation on ``trainable=False`` (documented by Keras and re-checked by hand with this code):
+Observation on ``trainable=False`` (documented by Keras; checked by hand with keras 3.15 on the
+tensorflow and torch backends):
 ``call`` takes the batch-statistics branch only when ``training and self.trainable``, so a
 frozen layer called with training=True normalizes with the MOVING statistics and leaves them
 unchanged - it behaves exactly like training=False. It is therefore no way to express "batch
 statistics without update" either, which stays unsupported.
 
-Running variance: Keras uses the BIASED batch variance (ops.moments), declared as a
-MatchesVariant deviation on the Bessel cases so the report re-verifies it on every run.
+Model extensions: renorm, virtual_batch_size and sample_weights are not translated here (Keras 3
+has renorm=..., but no ghost batches and only a boolean mask, not real-valued weights).
+
+Declared deviations (findings; each re-checked on every run):
+
+* biased running variance (all backends): ops.moments is biased, no N/(N-1) factor.
+* empty batch (all backends): 0/0 moments are assigned, moving statistics become NaN.
+* float64 on jax/torch: Keras type promotion maps float64 to float32 except on TensorFlow, so a
+  float64 layer computes in float32.
+* float32 inputs of ~1e37 (tensorflow/jax): squared deviations overflow, variance inf, y = beta;
+  torch: mean(x^2) overflows and inf - inf gives NaN.
+* torch backend: one-pass variance mean(x^2) - mean(x)^2 cancels (NaN or 2.6e-4 relative error).
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 from typing import ClassVar
 
 import numpy as np
 
 from ..model import Case
-from .base import Adapter, Deviation, MatchesVariant, Unsupported, variant
+from .base import Adapter, Deviation, MatchesVariant, Mismatches, Unsupported, variant
 
 KERAS_BN_SOURCE = ("https://github.com/keras-team/keras/blob/master/"
                    "keras/src/layers/normalization/batch_normalization.py")
+
+KERAS_BACKEND_SOURCE = "https://github.com/keras-team/keras/blob/master/keras/src/backend/{backend}/nn.py"
 
 _HALF = ("float16", "bfloat16")
 
@@ -109,6 +123,24 @@ def _bessel_changes_running_var(case: Case) -> bool:
     return any(s.is_training and s.update_running_stats and n >= 2 for s, n in zip(case.steps, counts))
 
 
+def _empty_training_update(case: Case) -> bool:
+    return any(s.is_training and s.update_running_stats and n == 0
+               for s, n in zip(case.steps, case.reduce_counts()))
+
+
+def _float32_squares_overflow(case: Case) -> bool:
+    """A float32 training batch whose squared values exceed the float32 range."""
+    if case.config.input_dtype != "float32":
+        return False
+    limit = np.sqrt(np.finfo(np.float32).max)
+    return any(s.is_training and s.x.size and np.nanmax(np.abs(s.x.astype(np.float64))) > limit
+               for s in case.steps)
+
+
+# Cases where the torch backend's one-pass variance E[x^2] - E[x]^2 (float32) cancels badly:
+# a mean 1e4 times the spread, and a batch of two with a spread close to epsilon.
+_TORCH_CANCELLATION_CASES = frozenset({"degenerate/cancellation_float32_1e4", "momentum/decay_0.9_biased_n2"})
+
 BIASED_RUNNING_VARIANCE = Deviation(
     name="keras3-biased-running-variance",
     applies_to="EMA cases asking for a Bessel-corrected running variance with a training update of N >= 2",
@@ -120,6 +152,53 @@ BIASED_RUNNING_VARIANCE = Deviation(
     link=KERAS_BN_SOURCE,
 )
 
+EMPTY_BATCH_NAN = Deviation(
+    name="keras3-empty-batch-nan-moving-stats",
+    applies_to="a training step (with update) on an empty batch (N = 0)",
+    applies=lambda case, device: _empty_training_update(case),
+    behaviour=Mismatches(("running_mean", "running_var"),
+                         "running_mean and running_var become NaN instead of staying unchanged"),
+    explanation=("the moments of an empty batch are 0/0 = NaN and call() assigns "
+                 "momentum * moving + (1 - momentum) * NaN with no N == 0 guard"),
+    link=KERAS_BN_SOURCE,
+)
+
+
+def _overflow_deviation(backend: str, what_happens: str) -> Deviation:
+    return Deviation(
+        name=f"keras3-{backend}-float32-variance-overflow",
+        applies_to="float32 training batches whose squared values exceed float32 max (|x| > 1.8e19)",
+        applies=lambda case, device: _float32_squares_overflow(case),
+        behaviour=Mismatches(("y", "running_var"), f"y and running_var wrong: {what_happens}"),
+        explanation=("BatchNormalization computes the moments of float32 inputs in float32 "
+                     f"(no wider accumulator), so squares of ~1e37 overflow: {what_happens}"),
+        link=KERAS_BACKEND_SOURCE.format(backend=backend),
+    )
+
+
+FLOAT64_AS_FLOAT32 = Deviation(
+    name="keras3-float64-computed-in-float32",
+    applies_to="float64 inputs and parameters (dtype policy float64) on the jax and torch backends",
+    applies=lambda case, device: case.config.input_dtype == "float64",
+    behaviour=Mismatches(("y", "running_mean", "running_var"),
+                         "y and the moving statistics carry float32 (not float64) precision"),
+    explanation=("call() computes in backend.result_type(inputs.dtype, 'float32'), and Keras maps "
+                 "float64 to float32 on every backend but TensorFlow, so a float64 layer normalizes "
+                 "in float32 (errors ~1e-7 relative; 1e150-scale inputs overflow to NaN)"),
+    link="https://github.com/keras-team/keras/issues/23704",
+)
+
+TORCH_ONE_PASS_VARIANCE = Deviation(
+    name="keras3-torch-one-pass-variance",
+    applies_to="float32 training batches whose mean dwarfs their spread: " + ", ".join(sorted(_TORCH_CANCELLATION_CASES)),
+    applies=lambda case, device: case.id in _TORCH_CANCELLATION_CASES,
+    behaviour=Mismatches(("y", "running_var"), "y (and running_var) lose precision to cancellation, down to NaN"),
+    explanation=("the torch backend's ops.moments computes variance as mean(x^2) - mean(x)^2 in float32, "
+                 "which cancels (negative variance -> NaN y for mean/std ~ 1e4; 2.6e-4 relative y error "
+                 "for N=2 with variance near epsilon) where the two-pass TF/JAX moments do not"),
+    link="https://github.com/keras-team/keras-core/pull/866",
+)
+
 
 class _Keras3Adapter(Adapter):
     """Shared machinery; subclasses pick the backend."""
@@ -127,7 +206,6 @@ class _Keras3Adapter(Adapter):
     backend: ClassVar[str] = ""
     framework = "keras"
     device_kinds = ("cpu", "cuda")
-    deviations = (BIASED_RUNNING_VARIANCE,)
 
     def __init__(self):
         self._layers: dict = {}
@@ -215,6 +293,8 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "keras")
     environment = {"KERAS_BACKEND": "tensorflow"}
+    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta"),
+                  BIASED_RUNNING_VARIANCE)
     notes = "Keras 3 layer on the TensorFlow backend, eager call; any channel axis natively"
 
     def devices(self) -> list[str]:
@@ -224,18 +304,17 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
 
 
 class Keras3JaxAdapter(_Keras3Adapter):
-    """keras.layers.BatchNormalization with KERAS_BACKEND=jax, via a jitted layer.stateless_call."""
+    """keras.layers.BatchNormalization with KERAS_BACKEND=jax, eager layer call."""
 
     name = "keras3.jax"
     backend = "jax"
     extra = "jax"
     requires = ("jax", "keras")
-    environment = {"KERAS_BACKEND": "jax"}
-    notes = "Keras 3 layer on the JAX backend through jax.jit(layer.stateless_call); any channel axis natively"
-
-    def __init__(self):
-        super().__init__()
-        self._jitted: dict = {}
+    # float64 variables need jax_enable_x64 (else JAX stores them as float32 with a warning)
+    environment = {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
+    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"),
+                  BIASED_RUNNING_VARIANCE)
+    notes = "Keras 3 layer on the JAX backend (JAX_ENABLE_X64=1), eager call; any channel axis natively"
 
     def devices(self) -> list[str]:
         import jax
@@ -246,43 +325,6 @@ class Keras3JaxAdapter(_Keras3Adapter):
             has_gpu = False
         return ["cpu"] + (["cuda"] if has_gpu else [])
 
-    def _call(self, layer, training: bool):
-        """jax.jit of the layer's stateless call, one per built layer and mode."""
-        key = (id(layer), training)
-        if key not in self._jitted:
-            import jax
-
-            def call(trainable, non_trainable, x):
-                return layer.stateless_call(trainable, non_trainable, x, training=training)
-
-            self._jitted[key] = jax.jit(call)
-        return self._jitted[key]
-
-    def run(self, case: Case, device: str) -> list[dict[str, np.ndarray]]:
-        reason = self.supports(case, device)
-        if reason:
-            raise Unsupported(reason)
-        keras = self.keras()
-        layer = self._layer(case, device)
-        with keras.device(self._device_name(device)):
-            self._assign_state(layer, case)
-            trainable = [v.value for v in layer.trainable_variables]
-            state = [v.value for v in layer.non_trainable_variables]
-            results = []
-            for step in case.steps:
-                y, state = self._call(layer, step.is_training)(trainable, state, self._input(step.x))
-                results.append(self._outputs(layer, y, state))
-            return results
-
-    @staticmethod
-    def _outputs(layer, y, state) -> dict[str, np.ndarray]:
-        """y plus the moving statistics found in the returned non-trainable state."""
-        paths = [v.path for v in layer.non_trainable_variables]
-        values = dict(zip(paths, state))
-        mean = next(values[p] for p in paths if p.endswith("moving_mean"))
-        var = next(values[p] for p in paths if p.endswith("moving_variance"))
-        return {"y": np.asarray(y), "running_mean": np.asarray(mean), "running_var": np.asarray(var)}
-
 
 class Keras3TorchAdapter(_Keras3Adapter):
     """keras.layers.BatchNormalization with KERAS_BACKEND=torch, eager layer call."""
@@ -292,6 +334,9 @@ class Keras3TorchAdapter(_Keras3Adapter):
     extra = "torch"
     requires = ("torch", "keras")
     environment = {"KERAS_BACKEND": "torch"}
+    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, TORCH_ONE_PASS_VARIANCE,
+                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y NaN"),
+                  BIASED_RUNNING_VARIANCE)
     notes = "Keras 3 layer on the PyTorch backend, eager call; any channel axis natively"
 
     def devices(self) -> list[str]:
