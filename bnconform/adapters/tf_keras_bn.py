@@ -13,6 +13,10 @@ input_dtype                ``dtype`` (the layer policy); half inputs keep float3
 gamma, beta, running_*     ``gamma``, ``beta``, ``moving_mean``, ``moving_variance`` (assigned)
 normalize_with batch       ``training=True`` (always updates the moving statistics)
 normalize_with running     ``training=False``
+renorm (rmin, rmax, dmax)  ``renorm=True``, ``renorm_clipping`` (only the bounds the case sets)
+renorm.decay               ``renorm_momentum``; renorm_mean / renorm_stddev / running_stddev are
+                           ``renorm_mean`` / ``renorm_stddev`` / ``moving_stddev``
+virtual_batch_size         ``virtual_batch_size`` (ghost batches; the layer splits them interleaved)
 =========================  ==================================================================
 
 ``tf_keras.auto`` passes ``fused=None`` (the layer picks the fused kernel for 4-D/5-D input with
@@ -23,8 +27,15 @@ and Bessel-corrected on the fused path (tensorflow/tensorflow#55545): declared p
 
 Unsupported on the layers: epsilon outside the sqrt or as a max; the cumulative rule; zero-debias;
 the num_updates schedule; a step with batch statistics but no update (TF2 behaviour: training=True
-always updates); parameter dtypes other than the layer's variable dtype. No num_updates, batch_mean
-or batch_var is returned: the layer exposes none of them.
+always updates); contiguous ghost batches (except virtual_batch_size 1 or the whole batch, where
+both splits agree); sample weights (the layer's ``mask`` is binary, and the fused path ignores it);
+parameter dtypes other than the layer's variable dtype. No num_updates, batch_mean or batch_var is
+returned: the layer exposes none of them.
+
+Declared deviations (``_tf_keras_common``): biased running variance on the non-fused path and
+Bessel on the fused path; an empty batch turns the moving statistics NaN; float64 variables see
+momentum through float32(1 - momentum); float32 statistics overflow for |x| > ~1.8e19; renorm with
+float64 variables raises.
 
 ``trainable=False``: in TF2 the layer then ignores ``training=True`` and runs in inference mode
 (moving statistics, no update; ``_get_training_value``), so it is the same as ``training=False``
@@ -50,10 +61,9 @@ from __future__ import annotations
 from .base import Adapter, Unsupported, has_training_step
 from ._tf_common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from ._tf_keras_common import (LAYER, auto_uses_fused, backend_deviations, batch_without_update_reason,
-                               empty_batch_deviation,
-                               float64_decay_deviation, fused_bessel_deviation, ghost_split_reason,
-                               nonfused_biased_deviation, overflow_deviation, param_dtype_reason,
-                               renorm_float64_deviation, running_rule_reason, tf_keras)
+                               empty_batch_deviation, float64_decay_deviation, fused_bessel_deviation,
+                               ghost_split_reason, nonfused_biased_deviation, overflow_deviation,
+                               param_dtype_reason, renorm_float64_deviation, running_rule_reason, tf_keras)
 
 HALF = ("float16", "bfloat16")
 
@@ -213,7 +223,7 @@ class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
 # --- tf_keras.backend ---------------------------------------------------------------------------
 
 BACKEND = "tf_keras.backend"
-BACKEND_SOURCE = ("https://github.com/keras-team/tf-keras/blob/6add81a967a830418b1507ac99ddba2d4e43a62b/"
+BACKEND_SOURCE = ("https://github.com/keras-team/tf-keras/blob/6f449910f216ff7455a90eb2a68e54a4d2956696/"
                   "tf_keras/backend.py")
 
 
