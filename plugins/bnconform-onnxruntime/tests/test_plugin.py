@@ -1,0 +1,57 @@
+"""Fast checks of the plug-in: registration through the entry point, and real verdicts.
+
+Cases are generated in memory with bnconform's own spec builder (seeded inputs, oracle expected
+values, the suite's tolerances), so these tests need no case files from the bnconform checkout.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from bnconform.adapters import registry  # noqa: E402
+from bnconform.judge import judge  # noqa: E402
+from bnconform.model import Config, RunningStats  # noqa: E402
+from bnconform.specs import EVAL, TRAIN, Spec, build  # noqa: E402
+from bnconform_onnxruntime.adapter import OnnxRuntimeAdapter  # noqa: E402
+
+
+def _case(name, shape, channel_axis, steps, variance="biased"):
+    config = Config(channel_axis=channel_axis, running_stats=RunningStats(decay=0.9, variance=variance))
+    return build(Spec("plugin", name, "plug-in test case", config, [shape], steps))
+
+
+def test_entry_point_resolves_to_the_adapter_class():
+    found = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=registry.ENTRY_POINT_GROUP)}
+    assert found.get("onnxruntime") == "bnconform_onnxruntime.adapter:OnnxRuntimeAdapter"
+    assert "onnxruntime" not in registry.BUILTIN  # registered by the plug-in only
+    assert registry.resolve("onnxruntime") is OnnxRuntimeAdapter
+
+
+def test_eval_case_passes():
+    case = _case("nchw_eval", (3, 4, 2, 2), 1, (EVAL,))
+    verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
+    assert verdict.status == "pass", verdict.detail
+    assert verdict.compared == ["y", "running_mean", "running_var"]
+
+
+def test_channels_last_training_updates_pass():
+    case = _case("nhwc_train", (2, 3, 2, 4), 3, (TRAIN, TRAIN, EVAL))
+    verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
+    assert verdict.status == "pass", verdict.detail
+
+
+def test_bessel_case_is_the_declared_population_variance():
+    case = _case("bessel_train", (4, 3), 1, (TRAIN, TRAIN), variance="bessel")
+    verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
+    assert (verdict.status, verdict.deviation) == ("deviation", "onnx-population-running-variance"), verdict.detail
+
+
+def test_sessions_are_cached_per_mode_and_knobs():
+    adapter, case = OnnxRuntimeAdapter(), _case("cache", (4, 3), 1, (TRAIN, EVAL, TRAIN))
+    adapter.run(case, "cpu")
+    adapter.run(case, "cpu")
+    assert len(adapter._sessions) == 2  # one training-mode and one inference-mode session
