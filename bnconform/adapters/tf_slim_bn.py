@@ -47,7 +47,8 @@ from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from .tf_v1_layers import unsupported_epsilon_reason, unsupported_param_dtype_reason
 
 _API = "tf_slim.layers.batch_norm"
-_SOURCE = "https://github.com/google-research/tf-slim/blob/master/tf_slim/layers/layers.py"
+_SOURCE = ("https://github.com/google-research/tf-slim/blob/33b354461522ad9ffc425695553afaa2f27b93bd/"
+           "tf_slim/layers/layers.py")
 _ZERO_DEBIAS_ISSUE = "https://github.com/tensorflow/tensorflow/issues/11673"
 _MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 
