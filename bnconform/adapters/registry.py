@@ -38,6 +38,7 @@ BUILTIN = {
     "tf_keras.fused": "bnconform.adapters.tf_keras_bn:TfKerasFusedAdapter",
     "tf_keras.nonfused": "bnconform.adapters.tf_keras_bn:TfKerasNonFusedAdapter",
     "tf_slim": "bnconform.adapters.tf_slim_bn:TfSlimAdapter",
+    "tf_slim+compat": "bnconform.adapters.tf_slim_bn:TfSlimCompatAdapter",
     "tflearn": "bnconform.adapters.tf_legacy_wrappers:TflearnAdapter",
     "torch.functional": "bnconform.adapters.torch_functional:TorchFunctionalAdapter",
     "torch.nn": "bnconform.adapters.torch_nn:TorchModuleAdapter",

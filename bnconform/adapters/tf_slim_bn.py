@@ -276,7 +276,7 @@ def _build_graph(case, device):
 class TfSlimCompatAdapter(TfSlimAdapter):
     """tf-slim with two removed TensorFlow names restored as aliases, to measure its numerics.
 
-    Not registered: run it ad hoc. The aliases change no arithmetic: ``ops.Tensor`` is the same
+    Registered as its own row beside the plain, unavailable ``tf_slim``. The aliases change no arithmetic: ``ops.Tensor`` is the same
     class as ``tensorflow.python.framework.tensor.Tensor``, and the module alias points the lazy
     loader at the module tf_keras 2.21 ships.
     """
