@@ -32,6 +32,11 @@ frozen layer called with training=True normalizes with the MOVING statistics and
 unchanged - it behaves exactly like training=False. It is therefore no way to express "batch
 statistics without update" either, which stays unsupported.
 
+Speed: layers are built once per (device, rank, C, axis, dtypes, decay, epsilon, scale, center)
+and only their variables are re-assigned per case. Every backend uses the eager layer call:
+jax.jit(layer.stateless_call) was tried and compiles once per input shape, which cost ~370 ms
+per case against ~25 ms eager, since the suite runs most shapes once.
+
 Model extensions: renorm, virtual_batch_size and sample_weights are not translated here (Keras 3
 has renorm=..., but no ghost batches and only a boolean mask, not real-valued weights).
 
