@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .adapters.registry import known, resolve
+from .adapters.registry import RegistryError, known, resolve
 from .validation import load_case
 
 
@@ -34,15 +34,27 @@ def select_adapters(backends=None, adhoc=(), all_by_default: bool = True) -> lis
     """Registered names (all by default), checked, plus ad hoc module:Class paths."""
     names = list(backends) if backends else (list(known()) if all_by_default else [])
     for name in [*names, *adhoc]:
-        resolve(name)  # raises RegistryError with the list of known names
+        if name not in known():
+            resolve(name)  # raises RegistryError with the list of known names
     return names + [a for a in adhoc if a not in names]
+
+
+def _device_kinds(name: str) -> tuple[str, ...]:
+    """The adapter's device kinds; ("cpu",) for a registered adapter whose module is broken, so
+    its worker reports the import failure as error cells instead of stopping the whole run."""
+    try:
+        return resolve(name).device_kinds
+    except RegistryError:
+        if name in known():
+            return ("cpu",)
+        raise
 
 
 def plan(cases, adapters, devices=None) -> list[Cell]:
     """Cells for every case x adapter x device kind of that adapter (filtered by ``devices``)."""
     cells = []
     for name in adapters:
-        kinds = [d for d in resolve(name).device_kinds if not devices or d in devices]
+        kinds = [d for d in _device_kinds(name) if not devices or d in devices]
         for device in kinds:
             cells += [Cell(c.path, c.id, c.family, name, device) for c in cases]
     return cells

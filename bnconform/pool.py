@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 
-from .adapters.registry import resolve, target_of
+from .adapters.registry import RegistryError, resolve, target_of
 from .judge import Verdict
 
 STARTUP_TIMEOUT = 600.0  # framework import under load (TensorFlow on 2 busy cores)
@@ -41,9 +41,12 @@ class AdapterProcess:
     def __init__(self, name: str, cell_timeout: float = CELL_TIMEOUT):
         self.name = name
         self.cell_timeout = cell_timeout
-        adapter_class = resolve(name)
-        self.environment = dict(adapter_class.environment)
-        self.adapter_name = adapter_class.name or name  # what verdicts call it
+        try:
+            adapter_class = resolve(name)
+        except RegistryError:  # a broken registered module: the worker will report why
+            adapter_class = None
+        self.environment = dict(adapter_class.environment) if adapter_class else {}
+        self.adapter_name = (adapter_class.name if adapter_class else "") or name  # what verdicts call it
         self.proc = None
         self._lines: queue.Queue = queue.Queue()
         self._info = None

@@ -38,6 +38,8 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     config.stash[_VERDICTS] = []
     config.pluginmanager.register(_VerdictCollector(config.stash[_VERDICTS]), "bnconform-verdicts")
+    if not hasattr(config, "workerinput") and _wants_matrix(config):
+        _cells(config)  # a bad --bn-* option fails here, once, before any xdist worker starts
     # One xdist worker per backend group imports each framework once.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
