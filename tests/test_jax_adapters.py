@@ -1,0 +1,88 @@
+"""Fast checks of the JAX-family adapters' translation and caching (skipped without jax / flax)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("jax")
+pytest.importorskip("flax")
+
+from bnconform.adapters._jax_common import jax_device  # noqa: E402
+from bnconform.adapters.flax_linen import FlaxLinenAdapter, build_variables  # noqa: E402
+from bnconform.judge import judge  # noqa: E402
+from bnconform.validation import load_case  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "cases"
+
+
+def _case(name: str):
+    return load_case(CASES / f"{name}.json")
+
+
+def test_importing_the_adapter_modules_does_not_import_jax():
+    code = ("import sys, bnconform.adapters.flax_linen, bnconform.adapters.flax_nnx, "
+            "bnconform.adapters.haiku_bn, bnconform.adapters.equinox_bn; "
+            "print(sorted(m for m in ('jax', 'flax', 'haiku', 'equinox') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_flax_variables_hold_the_case_parameters_and_statistics():
+    case = _case("formulas/scale_on_center_off_train")
+    variables = build_variables(case, jax_device("cpu"))
+    np.testing.assert_array_equal(np.asarray(variables["params"]["scale"]), case.initial_state.gamma)
+    assert "bias" not in variables["params"]  # center=False: flax must not see a bias at all
+    np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["var"]), case.initial_state.running_var)
+
+
+def test_float64_case_runs_in_float64():
+    results = FlaxLinenAdapter().run(_case("formulas/float64_nc_eval"), "cpu")
+    assert results[0]["y"].dtype == np.float64
+
+
+def test_one_compiled_program_serves_cases_of_the_same_shape():
+    adapter = FlaxLinenAdapter()
+    first, second = _case("momentum/decay_0.9_bessel_3steps"), _case("momentum/decay_0.5_bessel_3steps")
+    assert first.steps[0].x.shape == second.steps[0].x.shape  # different decay, same input shape
+    adapter.run(first, "cpu")
+    adapter.run(second, "cpu")
+    assert len(adapter._steps) == 1 and adapter._steps.hits >= 1
+    step_fn = adapter._steps.get(1, True, True, True)
+    assert step_fn._cache_size() == 1  # decay and epsilon are traced, train/eval share the program
+
+
+def test_flax_bessel_case_is_a_declared_biased_variance():
+    verdict = judge(FlaxLinenAdapter(), _case("momentum/decay_0.9_bessel_3steps"), "cpu")
+    assert verdict.status == "deviation" and verdict.deviation == "flax-biased-running-variance"
+
+
+def test_flax_has_no_cumulative_rule():
+    reason = FlaxLinenAdapter().supports(_case("momentum/cumulative_bessel_5steps"), "cpu")
+    assert reason and "cumulative" in reason
+
+
+def test_haiku_state_is_the_canonical_zero_debias_state():
+    pytest.importorskip("haiku")
+    from bnconform.adapters.haiku_bn import EMA_NAMES, build_params_and_state
+
+    case = _case("formulas/rank4_nchw_eval")
+    params, state = build_params_and_state(case, jax_device("cpu"))
+    assert params["batch_norm"]["scale"].shape == (1, case.channels, 1, 1)
+    mean_ema = state[EMA_NAMES[0]]
+    np.testing.assert_array_equal(np.asarray(mean_ema["average"]).reshape(-1), case.initial_state.running_mean)
+    assert not np.asarray(mean_ema["hidden"]).any() and int(mean_ema["counter"]) == 0
+
+
+def test_equinox_moves_a_channels_last_axis_and_back():
+    pytest.importorskip("equinox")
+    from bnconform.adapters.equinox_bn import EquinoxBatchModeAdapter
+
+    case = _case("formulas/rank4_nhwc_eval")
+    verdict = judge(EquinoxBatchModeAdapter(), case, "cpu")
+    assert verdict.status == "pass", verdict.detail
