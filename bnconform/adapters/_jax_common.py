@@ -123,3 +123,13 @@ def bessel_matters(case: Case) -> bool:
 def updates_outside_training(case: Case) -> bool:
     """Some step updates the running statistics while normalizing with them (eval + update)."""
     return any(step.update_running_stats and not step.is_training for step in case.steps)
+
+
+def empty_batch_update(case: Case, device: str = "") -> bool:
+    """Some step updates the running statistics from an empty batch (N == 0)."""
+    return any(step.update_running_stats and n == 0 for step, n in zip(case.steps, case.reduce_counts()))
+
+
+def case_in(*case_ids: str) -> Callable[[Case, str], bool]:
+    """A deviation selector for the named cases (numeric findings that depend on the data)."""
+    return lambda case, device: case.id in case_ids

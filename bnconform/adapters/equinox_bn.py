@@ -33,8 +33,9 @@ from __future__ import annotations
 import functools
 import warnings
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, common_unsupported, jax_device, jax_devices,
-                          load_jax, put, put_state, to_numpy, updates_outside_training, updates_with)
+from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
+                          jax_device, jax_devices, load_jax, put, put_state, to_numpy, updates_outside_training,
+                          updates_with)
 from .base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
 from ..dtypes import numpy_dtype
 
@@ -100,10 +101,6 @@ def build_step(mode: str, channel_axis: int, affine: bool, dtype: str, training:
     return step
 
 
-def _empty_batch_update(case, device) -> bool:
-    return any(step.update_running_stats and n == 0 for step, n in zip(case.steps, case.reduce_counts()))
-
-
 def _half_with_update(case, device) -> bool:
     return case.config.input_dtype in ("float16", "bfloat16") and updates_with(case)
 
@@ -116,10 +113,6 @@ def _eval_after_update(case) -> bool:
             return True
         updated = updated or (step.update_running_stats and n > 0)
     return False
-
-
-def _named(case_id):
-    return lambda case, device: case.id == case_id
 
 
 BIASED_RUNNING_VARIANCE = Deviation(
@@ -135,7 +128,7 @@ BIASED_RUNNING_VARIANCE = Deviation(
 HALF_SQUARES_OVERFLOW = Deviation(
     name="equinox-float16-squares-overflow",
     applies_to="float16 inputs near 1.5e4 (degenerate/float16_near_overflow)",
-    applies=_named("degenerate/float16_near_overflow"),
+    applies=case_in("degenerate/float16_near_overflow"),
     behaviour=Mismatches(("y", "running_mean", "running_var"), "y and running_var are NaN / inf"),
     explanation="batch moments are computed in the input dtype: (x - mean)^2 summed over the batch "
                 "overflows float16 (max 65504)",
@@ -237,7 +230,7 @@ EMA_HALF_INPUT_RAISES = Deviation(
 EMA_EMPTY_BATCH = Deviation(
     name="equinox-ema-empty-batch-nan",
     applies_to="mode 'ema', a training step with N == 0 that updates the running statistics",
-    applies=_empty_batch_update,
+    applies=empty_batch_update,
     behaviour=Mismatches(("running_mean", "running_var"), "running statistics become NaN"),
     explanation="the moments of an empty batch are NaN (0/0) and, first time, are copied into the state "
                 "(the model keeps the state unchanged for N == 0)",
@@ -247,7 +240,7 @@ EMA_EMPTY_BATCH = Deviation(
 EMA_FLOAT32_OVERFLOW = Deviation(
     name="equinox-ema-float32-variance-overflow",
     applies_to="float32 inputs of magnitude ~1e37 (degenerate/huge_mixed_sign_float32)",
-    applies=_named("degenerate/huge_mixed_sign_float32"),
+    applies=case_in("degenerate/huge_mixed_sign_float32"),
     behaviour=Mismatches(("y", "running_mean", "running_var"), "y collapses to beta, running stats differ"),
     explanation="the float32 variance (~1.7e74) overflows to inf so y = beta; the running statistics also "
                 "show the first-time copy declared for mode 'ema'",
@@ -290,7 +283,7 @@ class EquinoxEmaAdapter(_EquinoxAdapter):
 BATCH_EMPTY_BATCH = Deviation(
     name="equinox-batch-empty-batch-nan",
     applies_to="mode 'batch', a training step with N == 0 that updates the running statistics",
-    applies=_empty_batch_update,
+    applies=empty_batch_update,
     behaviour=Mismatches(("y", "running_mean", "running_var", "num_updates"),
                          "running statistics become NaN and the counter advances"),
     explanation="the moments of an empty batch are NaN (0/0), are folded into the hidden EMA and the "
@@ -301,7 +294,7 @@ BATCH_EMPTY_BATCH = Deviation(
 BATCH_FLOAT32_OVERFLOW = Deviation(
     name="equinox-batch-float32-variance-overflow",
     applies_to="float32 inputs of magnitude ~1e37 (degenerate/huge_mixed_sign_float32)",
-    applies=_named("degenerate/huge_mixed_sign_float32"),
+    applies=case_in("degenerate/huge_mixed_sign_float32"),
     behaviour=Mismatches(("y", "running_var"), "y collapses to beta and running_var is inf"),
     explanation="moments of float32 inputs are computed in float32: the variance ~1.7e74 overflows to inf",
     link=EQUINOX_BATCHNORM_SOURCE,

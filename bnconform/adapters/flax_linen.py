@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, common_unsupported, jax_device, jax_devices,
-                          load_jax, put, put_state, to_numpy, updates_outside_training, updates_with)
+from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
+                          jax_device, jax_devices, load_jax, put, put_state, to_numpy, updates_outside_training)
 from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
@@ -75,25 +75,16 @@ def build_variables(case, device) -> dict:
     return {"params": params, "batch_stats": {"mean": state["running_mean"], "var": state["running_var"]}}
 
 
-def _empty_batch_update(case, device) -> bool:
-    return any(step.update_running_stats and n == 0 for step, n in zip(case.steps, case.reduce_counts()))
-
-
 BIASED_RUNNING_VARIANCE = Deviation(
     name="flax-biased-running-variance",
     applies_to="cases asking for a Bessel-corrected running variance (N >= 2, decay < 1)",
-    applies=lambda case, device: bessel_matters(case) and not _empty_batch_update(case, device),
+    applies=lambda case, device: bessel_matters(case) and not empty_batch_update(case, device),
     behaviour=MatchesVariant("matches the oracle with a biased running variance",
                              lambda case: variant(case, running_stats={"variance": "biased"})),
     explanation="BatchNorm folds the biased batch variance (the one it normalizes with) into "
                 "batch_stats['var']; there is no Bessel option",
     link=FLAX_NORMALIZATION_SOURCE,
 )
-
-def case_in(*case_ids: str):
-    """A deviation selector for the named cases (numeric findings depend on the data)."""
-    return lambda case, device: case.id in case_ids
-
 
 FAST_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float64_1e8",
                        "momentum/decay_0.5_bessel_n2_factor2", "momentum/decay_0.9_biased_n2")
@@ -123,7 +114,7 @@ FLOAT32_VARIANCE_OVERFLOW = Deviation(
 EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
     name="flax-empty-batch-nan-running-stats",
     applies_to="a training step with N == 0 that updates the running statistics",
-    applies=_empty_batch_update,
+    applies=empty_batch_update,
     behaviour=Mismatches(("running_mean", "running_var"),
                          "running_mean and running_var become NaN after an empty training batch"),
     explanation="the mean over zero elements is NaN and is folded into batch_stats anyway "

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, common_unsupported, jax_device, jax_devices, load_jax, put,
-                          put_state, to_numpy, updates_outside_training)
+from ._jax_common import (X64_ENVIRONMENT, JitCache, case_in, common_unsupported, jax_device, jax_devices, load_jax,
+                          put, put_state, to_numpy, updates_outside_training)
 from .base import Adapter, Deviation, Mismatches
-from .flax_linen import BIASED_RUNNING_VARIANCE, EMPTY_BATCH_POISONS_RUNNING_STATS, case_in
+from .flax_linen import BIASED_RUNNING_VARIANCE, EMPTY_BATCH_POISONS_RUNNING_STATS
 from ..dtypes import numpy_dtype
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"

@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, common_unsupported, jax_device, jax_devices,
-                          load_jax, put, put_state, to_numpy, updates_outside_training, updates_with)
+from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
+                          jax_device, jax_devices, load_jax, put, put_state, to_numpy, updates_outside_training,
+                          updates_with)
 from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
-from .flax_linen import case_in
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
 HAIKU_BATCHNORM_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py"
@@ -98,14 +98,10 @@ def _as_haiku_computes(case):
     return variant(case, running_stats={"zero_debias": True, "variance": "biased"})
 
 
-def _empty_batch_update(case, device) -> bool:
-    return any(step.update_running_stats and n == 0 for step, n in zip(case.steps, case.reduce_counts()))
-
-
 EMPTY_BATCH_POISONS_EMA = Deviation(
     name="haiku-empty-batch-nan-ema",
     applies_to="a training step with N == 0 that updates the running statistics",
-    applies=_empty_batch_update,
+    applies=empty_batch_update,
     behaviour=Mismatches(("y", "running_mean", "running_var", "num_updates"),
                          "running statistics become NaN, the counter advances, later eval y is NaN"),
     explanation="the moments of an empty batch are NaN (0/0) and are folded into both EMAs, whose counter "
