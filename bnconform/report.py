@@ -41,17 +41,34 @@ def _header(document: dict) -> list[str]:
     return lines + ["", _LEGEND, ""]
 
 
+def _intro(document: dict) -> list[str]:
+    """The first paragraph: what was compared, and the bottom line."""
+    verdicts = document["verdicts"]
+    counts = collections.Counter(v["status"] for v in verdicts)
+    ran = {v["adapter"] for v in verdicts if v["status"] not in ("unavailable",)}
+    return [f"This report runs **{len({v['case'] for v in verdicts})} golden cases** through **{len(ran)} Batch "
+            f"Normalization implementations** and compares every output with a NumPy float64 oracle "
+            f"(docs/semantics.md). Of {len(verdicts)} cells: {counts['pass']} agree, {counts['deviation']} differ "
+            f"in a documented, re-verified way, {counts['fail']} differ unexpectedly, {counts['error']} errored, "
+            f"{counts['unsupported']} cannot be expressed by the API, {counts['unavailable']} could not run here "
+            f"(framework or device absent). Start with **Where frameworks disagree**.", ""]
+
+
 def _matrix(verdicts) -> list[str]:
     families = sorted({v["family"] for v in verdicts})
     rows = collections.defaultdict(lambda: collections.defaultdict(list))
     for v in verdicts:
         rows[_row_key(v)][v["family"]].append(v)
+    absent = sorted(r for r in rows if all(v["status"] == "unavailable" for f in rows[r] for v in rows[r][f]))
+    rows = {r: rows[r] for r in rows if r not in absent}
     lines = ["## Matrix", "", "| backend | " + " | ".join(families) + " | all |",
              "|---|" + "---|" * (len(families) + 1)]
     for row in sorted(rows):
         cells = [_counts(rows[row][f]) for f in families]
         everything = [v for f in families for v in rows[row][f]]
         lines.append(f"| {row} | " + " | ".join(cells) + f" | {_counts(everything)} |")
+    if absent:
+        lines += ["", "Not run here (every cell unavailable; reasons under Per backend): " + ", ".join(absent) + "."]
     return lines + [""]
 
 
@@ -122,5 +139,5 @@ def _declared(meta: dict, vs) -> list[str]:
 def render(document: dict) -> str:
     """The whole markdown report."""
     verdicts = document["verdicts"]
-    parts = _header(document) + _matrix(verdicts) + _disagreements(document, verdicts) + _per_backend(document, verdicts)
+    parts = _header(document)[:2] + _intro(document) + _header(document)[2:] + _matrix(verdicts) + _disagreements(document, verdicts) + _per_backend(document, verdicts)
     return "\n".join(parts).rstrip() + "\n"
