@@ -125,6 +125,21 @@ def updates_outside_training(case: Case) -> bool:
     return any(step.update_running_stats and not step.is_training for step in case.steps)
 
 
+def flax_unsupported(case: Case, api: str, stats_name: str) -> str | None:
+    """Why a flax BatchNorm (linen or nnx) cannot express the case, or None.
+
+    Both keep a plain EMA of their batch statistics, updated only in training mode.
+    """
+    reason = common_unsupported(case, api)
+    if reason:
+        return reason
+    if case.config.running_stats.zero_debias:
+        return f"{api} has no zero-debiasing option (a plain EMA of {stats_name})"
+    if updates_outside_training(case):
+        return f"{api} updates {stats_name} only when normalizing with batch statistics"
+    return None
+
+
 def empty_batch_update(case: Case, device: str = "") -> bool:
     """Some step updates the running statistics from an empty batch (N == 0)."""
     return any(step.update_running_stats and n == 0 for step, n in zip(case.steps, case.reduce_counts()))

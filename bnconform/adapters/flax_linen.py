@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
-                          jax_device, jax_devices, load_jax, put, put_state, to_numpy, updates_outside_training)
+from ._jax_common import (X64_ENVIRONMENT, JitCache, flax_unsupported, bessel_matters, case_in, empty_batch_update,
+                          jax_device, jax_devices, load_jax, put, put_state, to_numpy)
 from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
@@ -145,14 +145,7 @@ class FlaxLinenAdapter(Adapter):
         return jax_devices()
 
     def supports(self, case, device):
-        reason = common_unsupported(case, "flax.linen.BatchNorm")
-        if reason:
-            return reason
-        if case.config.running_stats.zero_debias:
-            return "flax.linen.BatchNorm has no zero-debiasing option (a plain EMA of batch_stats)"
-        if updates_outside_training(case):
-            return "flax.linen.BatchNorm updates batch_stats only when normalizing with batch statistics"
-        return None
+        return flax_unsupported(case, "flax.linen.BatchNorm", "batch_stats")
 
     def run(self, case, device):
         config, where = case.config, jax_device(device)

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, case_in, common_unsupported, jax_device, jax_devices, load_jax,
-                          put, put_state, to_numpy, updates_outside_training)
+from ._jax_common import (X64_ENVIRONMENT, JitCache, flax_unsupported, case_in, jax_device, jax_devices, load_jax,
+                          put, put_state, to_numpy)
 from .base import Adapter, Deviation, Mismatches
 from .flax_linen import BIASED_RUNNING_VARIANCE, EMPTY_BATCH_POISONS_RUNNING_STATS
 from ..dtypes import numpy_dtype
@@ -127,14 +127,7 @@ class FlaxNnxAdapter(Adapter):
         return jax_devices()
 
     def supports(self, case, device):
-        reason = common_unsupported(case, "flax.nnx.BatchNorm")
-        if reason:
-            return reason
-        if case.config.running_stats.zero_debias:
-            return "flax.nnx.BatchNorm has no zero-debiasing option (a plain EMA of its BatchStats)"
-        if updates_outside_training(case):
-            return "flax.nnx.BatchNorm updates its BatchStats only when normalizing with batch statistics"
-        return None
+        return flax_unsupported(case, "flax.nnx.BatchNorm", "its BatchStats")
 
     def run(self, case, device):
         config, where = case.config, jax_device(device)
