@@ -22,8 +22,20 @@ import numpy as np
 
 from ..dtypes import numpy_dtype
 from ..model import Case
+from .base import Adapter
 
 X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1"}
+
+
+class JaxAdapter(Adapter):
+    """What every JAX-library adapter shares: the jax extra, 64-bit mode, CPU plus any GPU."""
+
+    extra = "jax"
+    device_kinds = ("cpu", "cuda")
+    environment = X64_ENVIRONMENT
+
+    def devices(self):
+        return jax_devices()
 
 
 @functools.lru_cache(maxsize=None)

@@ -33,10 +33,10 @@ from __future__ import annotations
 import functools
 import warnings
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
-                          jax_device, jax_devices, load_jax, put, put_state, to_numpy, updates_outside_training,
+from ._jax_common import (JaxAdapter, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
+                          jax_device, load_jax, put, put_state, to_numpy, updates_outside_training,
                           updates_with)
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
+from .base import Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
 from ..dtypes import numpy_dtype
 
 EQUINOX_BATCHNORM_SOURCE = "https://github.com/patrick-kidger/equinox/blob/main/equinox/nn/_batch_norm.py"
@@ -148,22 +148,16 @@ HALF_PRECISION_MOMENTS = Deviation(
 )
 
 
-class _EquinoxAdapter(Adapter):
+class _EquinoxAdapter(JaxAdapter):
     """Shared machinery of the two equinox modes; subclasses set ``mode``."""
 
     framework = "equinox"
-    extra = "jax"
     requires = ("jax", "equinox")
-    device_kinds = ("cpu", "cuda")
-    environment = X64_ENVIRONMENT
     mode = ""
 
     def __init__(self):
         self._steps = JitCache(build_step)
         self._split_modes: set[tuple] = set()  # (structural key, input dtype) failing to trace both modes
-
-    def devices(self):
-        return jax_devices()
 
     def supports(self, case, device):
         config = case.config

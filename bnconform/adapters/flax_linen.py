@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, flax_unsupported, bessel_matters, case_in, empty_batch_update,
-                          jax_device, jax_devices, load_jax, put, put_state, to_numpy)
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from ._jax_common import (JaxAdapter, JitCache, flax_unsupported, bessel_matters, case_in, empty_batch_update,
+                          jax_device, load_jax, put, put_state, to_numpy)
+from .base import Deviation, MatchesVariant, Mismatches, variant
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
 
@@ -123,15 +123,12 @@ EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
 )
 
 
-class FlaxLinenAdapter(Adapter):
+class FlaxLinenAdapter(JaxAdapter):
     """flax.linen.BatchNorm with its defaults (use_fast_variance=True)."""
 
     name = "flax.linen"
     framework = "flax"
-    extra = "jax"
     requires = ("jax", "flax")
-    device_kinds = ("cpu", "cuda")
-    environment = X64_ENVIRONMENT
     use_fast_variance = True
     deviations = (FAST_VARIANCE_CANCELS, FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS,
                   BIASED_RUNNING_VARIANCE)
@@ -140,9 +137,6 @@ class FlaxLinenAdapter(Adapter):
 
     def __init__(self):
         self._steps = JitCache(build_step)
-
-    def devices(self):
-        return jax_devices()
 
     def supports(self, case, device):
         return flax_unsupported(case, "flax.linen.BatchNorm", "batch_stats")

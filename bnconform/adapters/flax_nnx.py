@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, flax_unsupported, case_in, jax_device, jax_devices, load_jax,
+from ._jax_common import (JaxAdapter, JitCache, flax_unsupported, case_in, jax_device, load_jax,
                           put, put_state, to_numpy)
-from .base import Adapter, Deviation, Mismatches
+from .base import Deviation, Mismatches
 from .flax_linen import BIASED_RUNNING_VARIANCE, EMPTY_BATCH_POISONS_RUNNING_STATS
 from ..dtypes import numpy_dtype
 
@@ -106,15 +106,12 @@ NNX_FLOAT32_VARIANCE_OVERFLOW = Deviation(
 )
 
 
-class FlaxNnxAdapter(Adapter):
+class FlaxNnxAdapter(JaxAdapter):
     """flax.nnx.BatchNorm with its defaults (use_fast_variance=True)."""
 
     name = "flax.nnx"
     framework = "flax"
-    extra = "jax"
     requires = ("jax", "flax")
-    device_kinds = ("cpu", "cuda")
-    environment = X64_ENVIRONMENT
     deviations = (NNX_FAST_VARIANCE_CANCELS, NNX_FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS,
                   BIASED_RUNNING_VARIANCE)
     notes = ("layer built in a jitted step with Params/BatchStats set from the case; training without "
@@ -122,9 +119,6 @@ class FlaxNnxAdapter(Adapter):
 
     def __init__(self):
         self._steps = JitCache(build_step)
-
-    def devices(self):
-        return jax_devices()
 
     def supports(self, case, device):
         return flax_unsupported(case, "flax.nnx.BatchNorm", "its BatchStats")

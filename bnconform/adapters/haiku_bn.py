@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (X64_ENVIRONMENT, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
-                          jax_device, jax_devices, load_jax, put, put_state, to_numpy, updates_outside_training,
+from ._jax_common import (JaxAdapter, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
+                          jax_device, load_jax, put, put_state, to_numpy, updates_outside_training,
                           updates_with)
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from .base import Deviation, MatchesVariant, Mismatches, variant
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
 HAIKU_BATCHNORM_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py"
@@ -173,15 +173,12 @@ BIASED_RUNNING_VARIANCE = Deviation(
 )
 
 
-class HaikuAdapter(Adapter):
+class HaikuAdapter(JaxAdapter):
     """haiku.BatchNorm (dm-haiku) applied through hk.transform_with_state."""
 
     name = "haiku"
     framework = "dm-haiku"
-    extra = "jax"
     requires = ("jax", "haiku")
-    device_kinds = ("cpu", "cuda")
-    environment = X64_ENVIRONMENT
     deviations = (EMPTY_BATCH_POISONS_EMA, UNCLAMPED_FAST_VARIANCE, HALF_SQUARES_OVERFLOW, HALF_PRECISION_MOMENTS,
                   ALWAYS_ZERO_DEBIASED, BIASED_RUNNING_VARIANCE)
     notes = ("params/state built from the case (EMA hidden = counter = 0, average = running stats); "
@@ -189,9 +186,6 @@ class HaikuAdapter(Adapter):
 
     def __init__(self):
         self._steps = JitCache(build_step)
-
-    def devices(self):
-        return jax_devices()
 
     def supports(self, case, device):
         reason = common_unsupported(case, "hk.BatchNorm")
