@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("flax")
 
-from bnconform.adapters._jax_common import jax_device  # noqa: E402
-from bnconform.adapters.flax_linen import FlaxLinenAdapter, build_variables  # noqa: E402
+from bnconform.adapters.jax.common import jax_device  # noqa: E402
+from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter, build_variables  # noqa: E402
 from bnconform.judge import judge  # noqa: E402
 from bnconform.validation import load_case  # noqa: E402
 
@@ -26,8 +26,8 @@ def _case(name: str):
 
 
 def test_importing_the_adapter_modules_does_not_import_jax():
-    code = ("import sys, bnconform.adapters.flax_linen, bnconform.adapters.flax_nnx, "
-            "bnconform.adapters.haiku_bn, bnconform.adapters.equinox_bn; "
+    code = ("import sys, bnconform.adapters.jax.flax_linen, bnconform.adapters.jax.flax_nnx, "
+            "bnconform.adapters.jax.haiku, bnconform.adapters.jax.equinox; "
             "print(sorted(m for m in ('jax', 'flax', 'haiku', 'equinox') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "[]"
@@ -69,7 +69,7 @@ def test_flax_has_no_cumulative_rule():
 
 def test_haiku_state_is_the_canonical_zero_debias_state():
     pytest.importorskip("haiku")
-    from bnconform.adapters.haiku_bn import EMA_NAMES, build_params_and_state
+    from bnconform.adapters.jax.haiku import EMA_NAMES, build_params_and_state
 
     case = _case("formulas/rank4_nchw_eval")
     params, state = build_params_and_state(case, jax_device("cpu"))
@@ -81,7 +81,7 @@ def test_haiku_state_is_the_canonical_zero_debias_state():
 
 def test_equinox_moves_a_channels_last_axis_and_back():
     pytest.importorskip("equinox")
-    from bnconform.adapters.equinox_bn import EquinoxBatchModeAdapter
+    from bnconform.adapters.jax.equinox import EquinoxBatchModeAdapter
 
     case = _case("formulas/rank4_nhwc_eval")
     verdict = judge(EquinoxBatchModeAdapter(), case, "cpu")

@@ -12,9 +12,9 @@ import pytest
 
 pytest.importorskip("torch")
 
-from bnconform.adapters._torch_common import from_channels_first, to_channels_first, to_tensor  # noqa: E402
-from bnconform.adapters.torch_functional import TorchFunctionalAdapter  # noqa: E402
-from bnconform.adapters.torch_nn import TorchModuleAdapter, momentum_for  # noqa: E402
+from bnconform.adapters.torch.common import from_channels_first, to_channels_first, to_tensor  # noqa: E402
+from bnconform.adapters.torch.functional import TorchFunctionalAdapter  # noqa: E402
+from bnconform.adapters.torch.nn import TorchModuleAdapter, momentum_for  # noqa: E402
 from bnconform.judge import judge  # noqa: E402
 from bnconform.validation import load_case  # noqa: E402
 
@@ -95,6 +95,6 @@ def test_biased_running_variance_is_declared_not_hidden():
 
 
 def test_adapter_modules_do_not_import_torch():
-    code = ("import sys, bnconform.adapters.torch_nn, bnconform.adapters.torch_functional; "
+    code = ("import sys, bnconform.adapters.torch.nn, bnconform.adapters.torch.functional; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0

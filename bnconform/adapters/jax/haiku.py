@@ -31,10 +31,10 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (JaxAdapter, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
+from .common import (JaxAdapter, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
                           jax_device, load_jax, put, put_state, to_numpy, updates_outside_training,
                           updates_with)
-from .base import Deviation, MatchesVariant, Mismatches, variant
+from ..base import Deviation, MatchesVariant, Mismatches, variant
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
 HAIKU_BATCHNORM_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py"

@@ -6,7 +6,7 @@ and 4-D inputs go through ``tensorflow.python.layers.normalization``, which lazi
 ``tf_keras.legacy_tf_layers`` where tf_keras 2.21 has ``tf_keras.src.legacy_tf_layers``).
 :class:`TfSlimAdapter` therefore probes one real call and reports it unavailable with that
 exact error, so it runs again the day a tf-slim release works. :class:`TfSlimCompatAdapter`
-(ad hoc: ``--adapter bnconform.adapters.tf_slim_bn:TfSlimCompatAdapter``) restores those two
+(ad hoc: ``--adapter bnconform.adapters.tensorflow.slim:TfSlimCompatAdapter``) restores those two
 names as aliases (``ops.Tensor = tensor.Tensor``; the module path) and nothing else, to measure
 tf-slim's own numerics.
 
@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import sys
 
-from . import _tf_graph as g
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
-from .tf_v1_layers import unsupported_epsilon_reason, unsupported_param_dtype_reason
+from . import graph as g
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from .v1_layers import unsupported_epsilon_reason, unsupported_param_dtype_reason
 
 _API = "tf_slim.layers.batch_norm"
 _SOURCE = ("https://github.com/google-research/tf-slim/blob/33b354461522ad9ffc425695553afaa2f27b93bd/"
@@ -175,7 +175,7 @@ def _running_reason(config) -> str | None:
 
 def _probe_error() -> str | None:
     """Build one rank-2 and one rank-4 batch_norm graph; the first error, or None if both work."""
-    from ._tf_common import tf
+    from .common import tf
 
     import tf_slim
 
@@ -214,7 +214,7 @@ class TfSlimAdapter(Adapter):
         self._prepare()
         error = _probe_error()
         if error:
-            from ._tf_common import tf
+            from .common import tf
 
             return (f"tf-slim {self.framework_version()} fails on tensorflow {tf().__version__}: {error} "
                     f"(no newer tf-slim release)")
@@ -224,7 +224,7 @@ class TfSlimAdapter(Adapter):
         """Hook for the compat subclass; the plain adapter runs tf-slim exactly as installed."""
 
     def devices(self):
-        from ._tf_common import tf_devices
+        from .common import tf_devices
 
         return tf_devices()
 
@@ -251,7 +251,7 @@ def _graph_key(case, device):
 
 
 def _build_graph(case, device):
-    from ._tf_common import tf
+    from .common import tf
 
     import tf_slim
 

@@ -22,7 +22,7 @@ import functools
 
 import numpy as np
 
-from .base import Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
+from ..base import Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
 # Cases hold at most a few hundred values, below torch's parallel grain size, so the intra-op

@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..dtypes import numpy_dtype
-from ._tf_common import tf, tf_device_scope, to_tf_dtype
+from ...dtypes import numpy_dtype
+from .common import tf, tf_device_scope, to_tf_dtype
 
 # Canonical state names -> the names the layers give their variables.
 VARIABLE_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")

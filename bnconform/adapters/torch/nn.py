@@ -25,12 +25,12 @@ schedule, ranks outside 2..5.
 
 from __future__ import annotations
 
-from .. import model
-from ._torch_common import (
+from ... import model
+from .common import (
     DEVICE_KINDS, ENVIRONMENT, common_unsupported, device_context, from_channels_first, has_eval_step_with_update,
     shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_devices, torch_dtype,
 )
-from .base import Adapter, Deviation, Mismatches
+from ..base import Adapter, Deviation, Mismatches
 
 _MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 _SOURCE_FORWARD = "https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/batchnorm.py"

@@ -27,9 +27,9 @@ zero_debias and the num_updates schedule (exponential_avg_factor is one fixed nu
 
 from __future__ import annotations
 
-from ._tf_common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
+from .common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
                          to_tensor)
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, has_training_step, variant
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches, has_training_step, variant
 
 API = "tf.compat.v1.nn.fused_batch_norm"
 KERNEL = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/core/kernels/fused_batch_norm_op.cc"

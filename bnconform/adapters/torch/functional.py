@@ -24,12 +24,12 @@ F.batch_norm keeps no update counter, so no num_updates is returned.
 
 from __future__ import annotations
 
-from .. import model
-from ._torch_common import (
+from ... import model
+from .common import (
     DEVICE_KINDS, ENVIRONMENT, common_unsupported, device_context, from_channels_first, has_eval_step_with_update,
     shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_devices,
 )
-from .base import Adapter
+from ..base import Adapter
 
 
 class TorchFunctionalAdapter(Adapter):

@@ -32,7 +32,7 @@ both splits agree); sample weights (the layer's ``mask`` is binary, and the fuse
 parameter dtypes other than the layer's variable dtype. No num_updates, batch_mean or batch_var is
 returned: the layer exposes none of them.
 
-Declared deviations (``_tf_keras_common``): biased running variance on the non-fused path and
+Declared deviations (``keras_common``): biased running variance on the non-fused path and
 Bessel on the fused path; an empty batch turns the moving statistics NaN; float64 variables see
 momentum through float32(1 - momentum); float32 statistics overflow for |x| > ~1.8e19; renorm with
 float64 variables raises.
@@ -58,9 +58,9 @@ Backend adapter (``tf_keras.backend``), functions without running statistics:
 
 from __future__ import annotations
 
-from .base import Adapter, Unsupported, has_training_step
-from ._tf_common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
-from ._tf_keras_common import (LAYER, auto_uses_fused, backend_deviations, batch_without_update_reason,
+from ..base import Adapter, Unsupported, has_training_step
+from .common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .keras_common import (LAYER, auto_uses_fused, backend_deviations, batch_without_update_reason,
                                empty_batch_deviation, float64_decay_deviation, fused_bessel_deviation,
                                ghost_split_reason, nonfused_biased_deviation, overflow_deviation,
                                param_dtype_reason, renorm_float64_deviation, running_rule_reason, tf_keras)

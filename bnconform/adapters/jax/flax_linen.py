@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (JaxAdapter, JitCache, flax_unsupported, bessel_matters, case_in, empty_batch_update,
+from .common import (JaxAdapter, JitCache, flax_unsupported, bessel_matters, case_in, empty_batch_update,
                           jax_device, load_jax, put, put_state, to_numpy)
-from .base import Deviation, MatchesVariant, Mismatches, variant
+from ..base import Deviation, MatchesVariant, Mismatches, variant
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
 

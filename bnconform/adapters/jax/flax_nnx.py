@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import functools
 
-from ._jax_common import (JaxAdapter, JitCache, flax_unsupported, case_in, jax_device, load_jax,
+from .common import (JaxAdapter, JitCache, flax_unsupported, case_in, jax_device, load_jax,
                           put, put_state, to_numpy)
-from .base import Deviation, Mismatches
+from ..base import Deviation, Mismatches
 from .flax_linen import BIASED_RUNNING_VARIANCE, EMPTY_BATCH_POISONS_RUNNING_STATS
-from ..dtypes import numpy_dtype
+from ...dtypes import numpy_dtype
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
 

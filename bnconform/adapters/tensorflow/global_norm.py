@@ -23,9 +23,9 @@ sqrt or as a max.
 
 from __future__ import annotations
 
-from ._tf_common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
+from .common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
                          to_tensor)
-from .base import Adapter
+from ..base import Adapter
 
 API = "tf.compat.v1.nn.batch_norm_with_global_normalization"
 

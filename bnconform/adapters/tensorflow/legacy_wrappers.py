@@ -34,9 +34,9 @@ import importlib
 
 import numpy as np
 
-from . import _tf_graph as g
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, variant
-from .tf_v1_layers import unsupported_epsilon_reason, unsupported_running_reason
+from . import graph as g
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, variant
+from .v1_layers import unsupported_epsilon_reason, unsupported_running_reason
 
 _MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 _TL_SOURCE = ("https://github.com/tensorlayer/TensorLayer/blob/36c17f3d21910d0e124a9e9210c5e0c3a8af8627/"
@@ -116,7 +116,7 @@ class TensorLayerAdapter(Adapter):
                              "scikit-image, scikit-learn, opencv-python-headless and matplotlib besides TensorFlow")
 
     def devices(self):
-        from ._tf_common import tf_devices
+        from .common import tf_devices
 
         return tf_devices()
 
@@ -130,7 +130,7 @@ class TensorLayerAdapter(Adapter):
                 or _step_kind_reason(case, self._API))
 
     def run(self, case, device):
-        from ._tf_common import tf, tf_device_scope
+        from .common import tf, tf_device_scope
 
         with tf_device_scope(device):
             model, layer = self._model(case, device)
@@ -193,7 +193,7 @@ class TflearnAdapter(Adapter):
                              "ImportError: cannot import name 'is_sequence' from 'tensorflow.python.util.nest'")
 
     def devices(self):
-        from ._tf_common import tf_devices
+        from .common import tf_devices
 
         return tf_devices()
 
@@ -230,7 +230,7 @@ class _TflearnGraph:
     def __init__(self, case, device):
         import tflearn
 
-        from ._tf_common import tf, tf_device_scope, to_tf_dtype
+        from .common import tf, tf_device_scope, to_tf_dtype
 
         v1, c = tf().compat.v1, case.config
         self.graph = tf().Graph()

@@ -12,8 +12,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from .base import Deviation, MatchesVariant, Mismatches, Raises, variant
-from ._tf_common import tf
+from ..base import Deviation, MatchesVariant, Mismatches, Raises, variant
+from .common import tf
 
 # tf-keras source (same code as the installed tf_keras/src/layers/normalization/batch_normalization.py):
 # non-fused updates use tf.nn.moments (biased) and _assign_moving_average; the fused path keeps

@@ -33,11 +33,11 @@ from __future__ import annotations
 import functools
 import warnings
 
-from ._jax_common import (JaxAdapter, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
+from .common import (JaxAdapter, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
                           jax_device, load_jax, put, put_state, to_numpy, updates_outside_training,
                           updates_with)
-from .base import Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
-from ..dtypes import numpy_dtype
+from ..base import Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
+from ...dtypes import numpy_dtype
 
 EQUINOX_BATCHNORM_SOURCE = "https://github.com/patrick-kidger/equinox/blob/main/equinox/nn/_batch_norm.py"
 EQUINOX_EMA_WARMUP_ISSUE = "https://github.com/patrick-kidger/equinox/issues/659"

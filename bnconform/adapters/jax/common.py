@@ -20,9 +20,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..dtypes import numpy_dtype
-from ..model import Case
-from .base import Adapter
+from ...dtypes import numpy_dtype
+from ...model import Case
+from ..base import Adapter
 
 X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1"}
 

@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..oracle import reduction_axes
-from ._tf_common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
+from ...oracle import reduction_axes
+from .common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
                          to_numpy, to_tf_dtype)
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
 NN_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"

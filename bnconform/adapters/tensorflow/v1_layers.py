@@ -28,8 +28,8 @@ layer's own.
 
 from __future__ import annotations
 
-from . import _tf_graph as g
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from . import graph as g
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 
 _API = "tf.compat.v1.layers.batch_normalization"
 # tf-keras source of the layer (fused path, _assign_moving_average, zero-size TODO).
@@ -171,19 +171,19 @@ class TfV1LayersAdapter(Adapter):
         self._cache = None
 
     def devices(self):
-        from ._tf_common import tf_devices
+        from .common import tf_devices
 
         return tf_devices()
 
     def supports(self, case, device):
-        from ._tf_graph import inference_update_reason
+        from .graph import inference_update_reason
 
         config = case.config
         return (unsupported_epsilon_reason(config, _API) or unsupported_running_reason(config, _API)
                 or unsupported_param_dtype_reason(config, _API) or inference_update_reason(case, _API))
 
     def run(self, case, device):
-        from ._tf_graph import GraphCache, run_case
+        from .graph import GraphCache, run_case
 
         self._cache = self._cache or GraphCache()
         layer = self._cache.get(_graph_key(case, device), lambda: _build_graph(case, device))
@@ -200,8 +200,8 @@ def _graph_key(case, device):
 
 
 def _build_graph(case, device):
-    from ._tf_common import tf
-    from ._tf_graph import BuiltLayer, GraphLayer, variables_by_role
+    from .common import tf
+    from .graph import BuiltLayer, GraphLayer, variables_by_role
 
     c = case.config
     v1 = tf().compat.v1

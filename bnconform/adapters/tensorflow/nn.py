@@ -21,10 +21,10 @@ epsilon outside the square root or as a max (``rsqrt(variance + variance_epsilon
 
 from __future__ import annotations
 
-from ..oracle import reduction_axes
-from ._tf_common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
+from ...oracle import reduction_axes
+from .common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
                          to_numpy, to_tensor)
-from .base import Adapter
+from ..base import Adapter
 
 NO_RUNNING_STATS = "tf.nn.batch_normalization keeps no running statistics (see tf.nn+ema)"
 

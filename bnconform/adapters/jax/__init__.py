@@ -1,0 +1,1 @@
+"""JAX-family adapters: flax (linen, nnx), haiku, equinox, sharing helpers in common."""

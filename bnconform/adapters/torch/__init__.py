@@ -1,0 +1,1 @@
+"""PyTorch adapters: nn.BatchNorm modules and F.batch_norm, sharing helpers in common."""
