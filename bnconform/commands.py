@@ -28,7 +28,7 @@ def _selection(args):
 
 
 def _summary(verdicts) -> str:
-    from .judge import STATUSES
+    from .verdict import STATUSES
 
     rows = collections.defaultdict(collections.Counter)
     for v in verdicts:

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from .adapters.registry import resolve
-from .judge import Verdict, judge
+from .judge import judge
+from .verdict import Verdict
 from .validation import load_case
 
 

@@ -1,52 +1,28 @@
-"""Judging one cell (case x adapter x device) into exactly one verdict.
+"""Judging one cell (case x adapter x device) into exactly one :class:`~.verdict.Verdict`.
 
-Verdicts: pass; fail (with the numbers); deviation (declared by the adapter and observed);
-unsupported (the adapter cannot express the case, with the reason); unavailable (framework or
-device absent here); error (an unexpected exception, one line). A declared deviation that is
-not observed is a fail, so declarations cannot go stale.
+Order: the adapter's declared capabilities (and its residual ``supports``) may make the cell
+*unsupported*; otherwise the adapter runs and its results are compared with the oracle's.
+
+Every declared deviation whose selector matches the cell is verified, not just the first:
+
+* a raised exception must match one declared ``Raises`` (else fail; error when none is declared);
+* otherwise the results must agree with the oracle run on the case with every applicable
+  ``MatchesVariant`` applied, except in outputs named by an applicable ``Mismatches``;
+* and each applicable deviation must be needed: a variant whose removal still explains the
+  results, or a ``Mismatches`` none of whose outputs differ, is stale, and the cell fails.
 """
 
 from __future__ import annotations
 
-import re
 import time
 import traceback
-from dataclasses import dataclass, field
 
 from . import oracle
-from .adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported, uses_extensions
-from .compare import Mismatch, compare_case
+from .adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
+from .capabilities import unsupported_reason
+from .compare import compare_case
 from .model import Case
-
-STATUSES = ("pass", "fail", "deviation", "unsupported", "unavailable", "error")
-
-
-@dataclass
-class Verdict:
-    """The outcome of one cell, as stored in reports/results.json."""
-
-    case: str
-    family: str
-    adapter: str
-    device: str
-    status: str
-    detail: str = ""
-    deviation: str | None = None
-    mismatches: list[dict] = field(default_factory=list)
-    compared: list[str] = field(default_factory=list)
-    seconds: float = 0.0
-    version: str = ""
-
-    @property
-    def cell_id(self) -> str:
-        return f"{self.case}[{self.adapter}-{self.device}]"
-
-    def to_json(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_json(cls, obj: dict) -> "Verdict":
-        return cls(**obj)
+from .verdict import DEVIATION_KINDS, STATUSES, Verdict  # noqa: F401  (STATUSES re-exported)
 
 
 def _exception_line(exc: BaseException) -> str:
@@ -54,39 +30,82 @@ def _exception_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip()
 
 
-def _observe(deviation: Deviation, case: Case, results, exc) -> str | None:
-    """None if the declared behaviour is observed, else what was seen instead."""
-    behaviour = deviation.behaviour
-    if isinstance(behaviour, Raises):
-        if exc is None:
-            return "no exception was raised"
-        if type(exc).__name__ != behaviour.exception or not re.search(behaviour.match, str(exc)):
-            return f"raised {_exception_line(exc)}"
+def _names(deviations) -> str:
+    return ", ".join(d.name for d in deviations)
+
+
+def _expected_under(case: Case, variants: list[Deviation]):
+    """The oracle's results for the case with each variant applied in turn (None: the case file's)."""
+    if not variants:
         return None
-    if exc is not None:
-        return f"raised {_exception_line(exc)}"
-    canonical, _ = compare_case(case, results)
-    if isinstance(behaviour, Mismatches):
-        outputs = {m.output for m in canonical}
-        if outputs and outputs <= set(behaviour.outputs):
-            return None
-        return "results match the oracle" if not outputs else f"mismatching outputs: {sorted(outputs)}"
-    if not canonical:
-        return "results match the oracle"
-    variant = behaviour.variant(case)
-    against_variant, _ = compare_case(case, results, oracle.run_case(variant))
-    return against_variant[0].line() + " (against the declared variant)" if against_variant else None
+    changed = case
+    for deviation in variants:
+        changed = deviation.behaviour.variant(changed)
+    return oracle.run_case(changed)
 
 
-def _verdict_from_results(case, adapter, device, deviation, results, exc) -> tuple[str, str, list, list]:
-    if deviation is not None:
-        problem = _observe(deviation, case, results, exc)
-        if problem is None:
-            return "deviation", f"{deviation.behaviour.describe()}: {deviation.explanation}", [], []
-        return "fail", f"declared deviation not observed ({deviation.name}: expected it "\
-                       f"{deviation.behaviour.describe()}); {problem}", [], []
+def _unexplained(case, results, variants, allowed: set[str]):
+    """Mismatches left after applying ``variants`` and ignoring the ``allowed`` outputs."""
+    mismatches, _ = compare_case(case, results, _expected_under(case, variants))
+    return [m for m in mismatches if m.output not in allowed]
+
+
+def _stale(case, results, applicable: list[Deviation]) -> tuple[Deviation, str] | None:
+    """The first applicable deviation that is not needed to explain the results, with why."""
+    variants = [d for d in applicable if isinstance(d.behaviour, MatchesVariant)]
+    masks = [d for d in applicable if isinstance(d.behaviour, Mismatches)]
+    allowed = {o for d in masks for o in d.behaviour.outputs}
+    for deviation in variants:
+        others = [d for d in variants if d is not deviation]
+        if not _unexplained(case, results, others, allowed):
+            return deviation, "the results are explained without it"
+    against, _ = compare_case(case, results, _expected_under(case, variants))
+    differing = {m.output for m in against}
+    for deviation in masks:
+        if not differing & set(deviation.behaviour.outputs):
+            return deviation, ("results match the oracle" if not differing
+                               else f"none of {list(deviation.behaviour.outputs)} differ (differing: {sorted(differing)})")
+    return None
+
+
+def _not_observed(deviations, problem: str) -> tuple[str, str]:
+    expected = "; ".join(f"{d.name}: {d.behaviour.describe()}" for d in deviations)
+    return "fail", f"declared deviation not observed ({expected}); {problem}"
+
+
+def verify(case: Case, applicable: list[Deviation], results, exc) -> tuple[str, str, list[Deviation]]:
+    """(status, detail, observed deviations) for the cell's outcome against its declarations."""
+    raises = [d for d in applicable if isinstance(d.behaviour, Raises)]
     if exc is not None:
-        return "error", _exception_line(exc), [], []
+        matching = [d for d in raises if d.behaviour.matches(exc)]
+        if matching:
+            return "deviation", _detail(matching), matching
+        if applicable:
+            return (*_not_observed(raises or applicable, f"raised {_exception_line(exc)}"), [])
+        return "error", _exception_line(exc), []
+    if raises:
+        return (*_not_observed(raises, "no exception was raised"), [])
+    others = [d for d in applicable if not isinstance(d.behaviour, Raises)]
+    variants = [d for d in others if isinstance(d.behaviour, MatchesVariant)]
+    allowed = {o for d in others if isinstance(d.behaviour, Mismatches) for o in d.behaviour.outputs}
+    left = _unexplained(case, results, variants, allowed)
+    if left:
+        for deviation in variants:  # one variant too many: name it rather than the whole set
+            if not _unexplained(case, results, [d for d in variants if d is not deviation], allowed):
+                return (*_not_observed([deviation], "the results are explained without it"), [])
+        suffix = f" (against the declared {_names(others)})"
+        return (*_not_observed(others, left[0].line() + suffix), [])
+    stale = _stale(case, results, others)
+    if stale:
+        return (*_not_observed([stale[0]], stale[1]), [])
+    return "deviation", _detail(others), others
+
+
+def _detail(observed: list[Deviation]) -> str:
+    return " | ".join(f"{d.behaviour.describe()}: {d.explanation}" for d in observed)
+
+
+def _plain(case: Case, results) -> tuple[str, str, list, list]:
     mismatches, compared = compare_case(case, results)
     if not mismatches:
         return "pass", "", [], compared
@@ -94,30 +113,50 @@ def _verdict_from_results(case, adapter, device, deviation, results, exc) -> tup
     return "fail", detail, [m.to_json() for m in mismatches[:8]], compared
 
 
-def applicable_deviation(adapter: Adapter, case: Case, device: str) -> Deviation | None:
-    """The first declared deviation whose selector matches this cell."""
-    return next((d for d in adapter.deviations if d.applies(case, device)), None)
+def applicable_deviations(adapter: Adapter, case: Case, device: str) -> list[Deviation]:
+    """Every declared deviation whose selector matches this cell."""
+    return [d for d in adapter.deviations if d.applies(case, device)]
+
+
+def cannot_express(adapter: Adapter, case: Case, device: str) -> str | None:
+    """The unsupported reason from the declared capabilities, then the adapter's own limits."""
+    return unsupported_reason(adapter.capabilities, case, device, adapter.name) or adapter.supports(case, device)
+
+
+def _run(adapter: Adapter, case: Case, device: str):
+    """(results, exception, seconds); Unsupported propagates."""
+    start, results, exc = time.perf_counter(), None, None
+    try:
+        results = adapter.run(case, device)
+    except Unsupported:
+        raise
+    except Exception as caught:  # the framework's own exception is data, not a crash
+        exc = caught
+        exc.__bnconform_trace__ = traceback.format_exc(limit=3)
+    return results, exc, time.perf_counter() - start
 
 
 def judge(adapter: Adapter, case: Case, device: str) -> Verdict:
     """Run one cell and classify it. Never raises for framework behaviour."""
     base = dict(case=case.id, family=case.family, adapter=adapter.name, device=device)
-    reason = uses_extensions(case, adapter.handles_extensions) or adapter.supports(case, device)
+    reason = cannot_express(adapter, case, device)
     if reason:
         return Verdict(**base, status="unsupported", detail=reason)
-    deviation = applicable_deviation(adapter, case, device)
-    start, results, exc = time.perf_counter(), None, None
+    applicable = applicable_deviations(adapter, case, device)
     try:
-        results = adapter.run(case, device)
+        results, exc, seconds = _run(adapter, case, device)
     except Unsupported as unsupported:
         return Verdict(**base, status="unsupported", detail=str(unsupported))
-    except Exception as caught:  # the framework's own exception is data, not a crash
-        exc = caught
-        exc.__bnconform_trace__ = traceback.format_exc(limit=3)
-    seconds = time.perf_counter() - start
+    mismatches, compared, observed = [], [], []
     try:
-        status, detail, mismatches, compared = _verdict_from_results(case, adapter, device, deviation, results, exc)
+        if applicable:
+            status, detail, observed = verify(case, applicable, results, exc)
+        elif exc is not None:
+            status, detail = "error", _exception_line(exc)
+        else:
+            status, detail, mismatches, compared = _plain(case, results)
     except ValueError as bad_results:  # wrong number of steps, missing y: the adapter's bug
-        status, detail, mismatches, compared = "error", f"adapter returned bad results: {bad_results}", [], []
-    return Verdict(**base, status=status, detail=detail, deviation=deviation.name if deviation and status == "deviation" else None,
+        status, detail = "error", f"adapter returned bad results: {bad_results}"
+    kinds = sorted({d.kind for d in observed}, key=DEVIATION_KINDS.index)
+    return Verdict(**base, status=status, detail=detail, deviations=[d.name for d in observed], kinds=kinds,
                    mismatches=mismatches, compared=compared, seconds=seconds)

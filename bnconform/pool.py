@@ -18,7 +18,7 @@ import tempfile
 import threading
 
 from .adapters.registry import RegistryError, resolve, target_of
-from .judge import Verdict
+from .verdict import Verdict
 
 STARTUP_TIMEOUT = 600.0  # framework import under load (TensorFlow on 2 busy cores)
 CELL_TIMEOUT = 120.0  # first call may compile (XLA, tf.function)

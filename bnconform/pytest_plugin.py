@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .judge import Verdict
+from .verdict import Verdict
 
 _VERDICTS = pytest.StashKey[list]()
 _POOL = pytest.StashKey[object]()
@@ -73,7 +73,7 @@ class CellItem(pytest.Item):
         self.user_properties.append((_PROPERTY, json.dumps(verdict.to_json())))
         tag = f"[{self.cell.adapter} {self.cell.device}: {self.cell.case_id}]"
         if verdict.status == "deviation":
-            pytest.xfail(f"declared deviation {verdict.deviation}: {verdict.detail}")
+            pytest.xfail(f"declared deviation {', '.join(verdict.deviations)} ({', '.join(verdict.kinds)}): {verdict.detail}")
         if verdict.status in ("unsupported", "unavailable"):
             pytest.skip(f"{verdict.status}: {verdict.detail}")
         if verdict.status in ("fail", "error"):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import collections
 
-from .judge import STATUSES
+from .verdict import STATUSES
 
 _SYMBOL = {"pass": "✓", "fail": "✗", "deviation": "D", "unsupported": "U", "unavailable": "–", "error": "E"}
 _LEGEND = ("✓ pass: agrees with the float64 oracle within the case tolerance · ✗ fail: disagrees (numbers below) · "

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-from .judge import Verdict
+from .verdict import Verdict
 from .matrix import adapter_metadata
 
 RESULTS_FORMAT = 1

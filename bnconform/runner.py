@@ -12,7 +12,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .judge import Verdict
+from .verdict import Verdict
 from .pool import AdapterProcess
 
 

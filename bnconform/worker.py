@@ -15,7 +15,8 @@ import sys
 import time
 
 from .adapters.registry import load_class
-from .judge import Verdict, judge
+from .judge import judge
+from .verdict import Verdict
 from .validation import CaseError, load_case
 
 

@@ -13,7 +13,8 @@ from dataclasses import replace
 import numpy as np
 
 from bnconform import oracle
-from bnconform.adapters.base import Adapter, Deviation, Raises, has_training_step, variant
+from bnconform.adapters.base import Adapter, Deviation, Raises, variant
+from bnconform.selectors import training_step
 
 
 class CrashingAdapter(Adapter):
@@ -51,8 +52,7 @@ class StaleDeviationAdapter(Adapter):
     """Declares that N=1 training raises, but computes correctly: the declaration is stale."""
 
     name, framework = "test.stale", "numpy"
-    deviations = (Deviation("n1-raises", "training steps with N = 1",
-                            lambda case, device: has_training_step(case, max_count=1),
+    deviations = (Deviation("n1-raises", "edge", training_step(1, 1),
                             Raises("ValueError", "Expected more than 1 value"),
                             "pretends to be torch", "https://example.invalid/stale"),)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bnconform import oracle
 from bnconform.adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported, variant
+from bnconform.capabilities import Capabilities
 from bnconform.compare import compare_output
 from bnconform.judge import judge
+from bnconform.selectors import ANY
 from bnconform.validation import load_case
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
@@ -20,11 +23,15 @@ def _case(case_id):
     return load_case(CASES / f"{case_id}.json")
 
 
-def _adapter(run, deviations=(), supports=None):
+def _adapter(run, deviations=(), supports=None, capabilities=Capabilities()):
     cls = type("Probe", (Adapter,), {"name": "probe", "framework": "numpy", "run": lambda self, c, d: run(c),
-                                     "deviations": deviations,
+                                     "deviations": deviations, "capabilities": capabilities,
                                      "supports": lambda self, c, d: supports})
     return cls()
+
+
+def _bessel(c):
+    return variant(c, running_stats={"variance": "bessel"})
 
 
 def test_nan_positions_must_match():
@@ -48,7 +55,7 @@ def test_fail_reports_numbers_in_plain_words():
 
 def test_matches_variant_deviation_is_verified():
     case = _case("momentum/decay_0.9_biased_3steps")
-    declared = Deviation("bessel", "biased cases", lambda c, d: True,
+    declared = Deviation("bessel", "defect", ANY,
                          MatchesVariant("running variance is Bessel-corrected",
                                         lambda c: variant(c, running_stats={"variance": "bessel"})),
                          "why", "https://example.invalid")
@@ -56,15 +63,15 @@ def test_matches_variant_deviation_is_verified():
     assert judge(bessel, case, "cpu").status == "deviation"
     honest = _adapter(oracle.run_case, (declared,))
     verdict = judge(honest, case, "cpu")
-    assert verdict.status == "fail" and "results match the oracle" in verdict.detail
+    assert verdict.status == "fail" and "not observed" in verdict.detail
 
 
 def test_mismatches_deviation_rejects_other_outputs():
     case = _case("formulas/scale_on_center_on_train")
-    declared = Deviation("y-only", "all", lambda c, d: True, Mismatches(("running_mean",)), "why", "https://example.invalid")
+    declared = Deviation("y-only", "defect", ANY, Mismatches(("running_mean",)), "why", "https://example.invalid")
     wrong_y = _adapter(lambda c: oracle.run_case(variant(c, center=False)), (declared,))
     verdict = judge(wrong_y, case, "cpu")
-    assert verdict.status == "fail" and "mismatching outputs: ['y']" in verdict.detail
+    assert verdict.status == "fail" and "step 0: y[" in verdict.detail and "not observed" in verdict.detail
 
 
 def test_raises_deviation_checks_type_and_message():
@@ -73,9 +80,9 @@ def test_raises_deviation_checks_type_and_message():
     def boom(c):
         raise ValueError("Expected more than 1 value per channel")
 
-    declared = Deviation("n1", "N = 1", lambda c, d: True, Raises("ValueError", "more than 1 value"), "why", "x")
+    declared = Deviation("n1", "edge", ANY, Raises("ValueError", "more than 1 value"), "why", "x")
     assert judge(_adapter(boom, (declared,)), case, "cpu").status == "deviation"
-    other = Deviation("n1", "N = 1", lambda c, d: True, Raises("RuntimeError", ""), "why", "x")
+    other = Deviation("n1", "edge", ANY, Raises("RuntimeError", ""), "why", "x")
     assert "raised ValueError" in judge(_adapter(boom, (other,)), case, "cpu").detail
 
 
@@ -93,3 +100,40 @@ def test_unsupported_from_supports_and_from_run():
 def test_adapter_returning_wrong_step_count_is_an_error():
     verdict = judge(_adapter(lambda c: oracle.run_case(c)[:0]), _case("formulas/rank2_nc_train"), "cpu")
     assert verdict.status == "error" and "Expected: 1 step results" in verdict.detail
+
+
+def test_every_applicable_deviation_is_verified():
+    """Two declarations on one cell: both must be needed; a second one that explains nothing fails."""
+    case = _case("momentum/decay_0.9_biased_3steps")
+    bessel = Deviation("bessel", "defect", ANY, MatchesVariant("Bessel", _bessel), "why", "x")
+    eps = Deviation("eps", "precision", ANY, MatchesVariant("eps 1e-3", lambda c: variant(c, epsilon=1e-3)), "why", "x")
+    both_wrong = _adapter(lambda c: oracle.run_case(variant(_bessel(c), epsilon=1e-3)), (bessel, eps))
+    verdict = judge(both_wrong, case, "cpu")
+    assert (verdict.status, verdict.deviations) == ("deviation", ["bessel", "eps"])
+    assert verdict.kinds == ["defect", "precision"]
+    only_bessel = _adapter(lambda c: oracle.run_case(_bessel(c)), (bessel, eps))
+    stale = judge(only_bessel, case, "cpu")
+    assert stale.status == "fail" and "eps" in stale.detail and "explained without it" in stale.detail
+
+
+def test_deviation_kind_is_a_closed_set():
+    with pytest.raises(ValueError, match="kind Expected: one of"):
+        Deviation("x", "convention", ANY, Raises("E"), "why", "x")
+
+
+def test_convention_makes_dependent_cases_unsupported_and_runs_the_rest():
+    """A Bessel-only API: a biased case whose results depend on the kind is unsupported with the
+    reason; a biased case where the kind cannot matter (N == 1 updates) still runs and passes."""
+    bessel_only = _adapter(lambda c: oracle.run_case(_bessel(c)),
+                           capabilities=Capabilities(running_variance=frozenset({"bessel"})))
+    dependent = judge(bessel_only, _case("momentum/decay_0.9_biased_3steps"), "cpu")
+    assert dependent.status == "unsupported"
+    assert "always uses a Bessel-corrected running variance" in dependent.detail
+    independent = judge(bessel_only, _case("degenerate/n1_rank2_biased_train"), "cpu")
+    assert independent.status == "pass"
+
+
+def test_structural_capability_names_expected_and_received():
+    rank2_only = _adapter(oracle.run_case, capabilities=Capabilities(ranks=frozenset({2})))
+    verdict = judge(rank2_only, _case("momentum/decay_0.9_bessel_rank4_nchw"), "cpu")
+    assert verdict.status == "unsupported" and "Expected: [2]. Received: 4" in verdict.detail

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from bnconform import oracle
-from bnconform.adapters.base import Adapter, uses_extensions
+from bnconform.adapters.base import Adapter
+from bnconform.capabilities import Capabilities
 from bnconform.adapters.numpy_oracle import OracleAdapter
 from bnconform.casefile import case_to_json, dumps_case
 from bnconform.judge import judge
@@ -204,8 +205,13 @@ def test_judge_marks_unhandled_extension_unsupported(family, extension):
 
     verdict = judge(Plain(), case, "cpu")
     assert verdict.status == "unsupported"
-    assert verdict.detail == f"case uses {extension} (not expressed by this adapter)"
-    assert uses_extensions(case, frozenset({extension})) is None
+    assert verdict.detail == f"plain cannot express these model extensions. Expected: []. Received: ['{extension}']"
+
+    class Extended(Plain):
+        capabilities = Capabilities(extensions=frozenset({extension}))
+
+    reached = judge(Extended(), case, "cpu")  # declared, so run() is reached
+    assert reached.status == "error" and "unhandled extension" in reached.detail
     assert judge(OracleAdapter(), case, "cpu").status == "pass"
 
 

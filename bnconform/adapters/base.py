@@ -4,9 +4,11 @@ An adapter translates the canonical config of a case into one framework API's pa
 runs every step on one device and returns what the framework computed. It never decides
 pass or fail: :mod:`bnconform.judge` does, against the oracle's expected values.
 
-Subclasses set the class attributes and implement :meth:`Adapter.run`; ``supports`` and
-``framework_version`` usually need overriding too. Modules must not import their framework at
-import time (import it inside methods), so that listing adapters stays cheap.
+Subclasses set the class attributes -- above all ``capabilities`` (what the API can express,
+as data: :mod:`bnconform.capabilities`) and ``deviations`` (how it departs from every value
+the model allows, each with a kind and a declarative selector) -- and implement
+:meth:`Adapter.run`. ``supports`` is only for limits the capability data cannot state.
+Modules must not import their framework at import time, so that listing adapters stays cheap.
 """
 
 from __future__ import annotations
@@ -18,7 +20,10 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
+from ..capabilities import Capabilities
 from ..model import Case
+from ..selectors import Selector
+from ..verdict import DEVIATION_KINDS
 
 
 class Unsupported(Exception):
@@ -34,6 +39,11 @@ class Raises:
 
     def describe(self) -> str:
         return f"raises {self.exception}" + (f" ({self.match!r})" if self.match else "")
+
+    def matches(self, exc: BaseException) -> bool:
+        import re
+
+        return type(exc).__name__ == self.exception and re.search(self.match, str(exc)) is not None
 
 
 @dataclass(frozen=True)
@@ -64,19 +74,35 @@ class Mismatches:
 
 @dataclass(frozen=True)
 class Deviation:
-    """A known, documented way in which a framework differs from the canonical model.
+    """A known, documented way in which a framework departs from every value the model allows.
 
-    ``applies(case, device)`` selects the cells; ``applies_to`` says the same in words for the
-    report. Each run re-checks ``behaviour``: if it is not observed the cell fails, so a
-    declaration cannot outlive the behaviour it describes.
+    ``kind`` is one of ``DEVIATION_KINDS``: ``defect`` (wrong numbers, NaN/Inf on valid finite
+    input, corrupted state, contradicts the framework's own docs), ``precision`` (right formula,
+    lost digits), ``dtype`` (computes in another precision than the input's or parameters'),
+    ``edge`` (a choice at a point the model leaves undefined or rejects: N = 1, N = 0, eps = 0).
+    A convention (a knob value the model allows) is not a deviation: declare it in
+    ``Adapter.capabilities``. ``applies`` selects the cells; its text is the report's "applies
+    to". Every run re-checks ``behaviour`` in every selected cell: if it is not observed there
+    the cell fails, so a declaration cannot outlive the behaviour it describes.
     """
 
     name: str
-    applies_to: str
-    applies: Callable[[Case, str], bool]
+    kind: str
+    applies: Selector
     behaviour: Raises | MatchesVariant | Mismatches
     explanation: str
     link: str
+
+    def __post_init__(self):
+        if self.kind not in DEVIATION_KINDS:
+            raise ValueError(f"deviation {self.name!r}: kind Expected: one of {DEVIATION_KINDS}. Received: {self.kind!r}")
+        if not isinstance(self.applies, Selector):
+            raise TypeError(f"deviation {self.name!r}: applies Expected: a bnconform.selectors.Selector. "
+                            f"Received: {type(self.applies).__name__}")
+
+    @property
+    def applies_to(self) -> str:
+        return self.applies.describe()
 
 
 class Adapter:
@@ -90,9 +116,9 @@ class Adapter:
     environment: ClassVar[dict[str, str]] = {}  # process environment it needs (own process)
     deviations: ClassVar[tuple[Deviation, ...]] = ()
     notes: ClassVar[str] = ""  # one line for the report (e.g. "channels-last by transposition")
-    # Model extensions (model.EXTENSIONS) this adapter translates; a case using any other one is
-    # judged 'unsupported' before run(), so that an adapter cannot silently ignore the knob.
-    handles_extensions: ClassVar[frozenset[str]] = frozenset()
+    # What the API can express; the judge derives 'unsupported' (and its reason) from it before
+    # run(), so an adapter never silently ignores a knob. Extensions are opt-in.
+    capabilities: ClassVar[Capabilities] = Capabilities()
 
     def unavailable_reason(self) -> str | None:
         """None if the framework imports here, else why not and what to install."""
@@ -115,7 +141,7 @@ class Adapter:
         return ["cpu"]
 
     def supports(self, case: Case, device: str) -> str | None:
-        """None if the case can be expressed, else the reason it cannot."""
+        """Limits ``capabilities`` cannot state (checked after them): None, or why not."""
         return None
 
     def run(self, case: Case, device: str) -> list[dict[str, np.ndarray]]:
@@ -126,14 +152,6 @@ class Adapter:
         dtype; compared in float64). Raise :class:`Unsupported` for knobs discovered late.
         """
         raise NotImplementedError
-
-
-def uses_extensions(case: Case, handled: frozenset[str] = frozenset()) -> str | None:
-    """The reason a case is unsupported because it uses an extension not in ``handled``, else None."""
-    for name in case.extensions:
-        if name not in handled:
-            return f"case uses {name} (not expressed by this adapter)"
-    return None
 
 
 def variant(case: Case, running_stats: dict | None = None, **config_changes) -> Case:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from .. import oracle
+from ..capabilities import Capabilities
+from ..model import EXTENSIONS
 from .base import Adapter
 
 
@@ -13,7 +15,7 @@ class OracleAdapter(Adapter):
     framework = "numpy"
     extra = "test"
     requires = ("numpy",)
-    handles_extensions = frozenset({"renorm", "virtual_batch_size", "sample_weights"})
+    capabilities = Capabilities(extensions=frozenset(EXTENSIONS))  # every knob, every extension
     notes = "the float64 reference itself; a failure here means the case file is stale"
 
     def run(self, case, device):

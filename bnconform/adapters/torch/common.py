@@ -9,7 +9,8 @@
 - ``to_numpy(tensor)``             -> NumPy (bfloat16 widened to float32, which is exact).
 - ``to_channels_first`` / ``from_channels_first`` -> torch keeps channels on axis 1 only, so other
   channel axes are moved there and back (a layout change, no arithmetic).
-- ``common_unsupported(case)``     -> the reason a knob has no torch parameter, or None.
+- ``TORCH_CAPABILITIES``           -> what both APIs express (same F.batch_norm kernel); each
+  adapter narrows it (``dataclasses.replace``).
 - ``shared_deviations(...)``       -> the deviations both adapters show (same F.batch_norm code).
 
 Importing this module does not import torch.
@@ -22,7 +23,9 @@ import functools
 
 import numpy as np
 
-from ..base import Deviation, MatchesVariant, Mismatches, Raises, has_training_step, variant
+from ...capabilities import Capabilities
+from ...selectors import epsilon_zero, squares_overflow, training_step
+from ..base import Deviation, Mismatches, Raises
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
 # Cases hold at most a few hundred values, below torch's parallel grain size, so the intra-op
@@ -33,7 +36,6 @@ DOCS_BATCHNORM = "https://docs.pytorch.org/docs/stable/generated/torch.nn.module
 ISSUE_SINGLE_VALUE = "https://github.com/pytorch/pytorch/issues/1381"
 PR_POSITIVE_EPS = "https://github.com/pytorch/pytorch/pull/166756"
 PR_FLOAT32_OVERFLOW = "https://github.com/pytorch/pytorch/pull/178123"
-_FLOAT32_SQRT_MAX = float(np.sqrt(np.finfo(np.float32).max))  # |x| beyond this squares to inf
 
 
 @functools.lru_cache(maxsize=None)
@@ -107,41 +109,12 @@ def from_channels_first(y, channel_axis: int):
     return y if channel_axis == 1 else y.movedim(1, channel_axis)
 
 
-def common_unsupported(case) -> str | None:
-    """Knobs neither torch API has a parameter for (both call the same batch_norm kernel)."""
-    config, rs = case.config, case.config.running_stats
-    if config.epsilon_mode != "add_inside_sqrt":
-        return (f"torch batch_norm adds eps inside the square root only, y = (x - mean) / sqrt(var + eps); "
-                f"epsilon_mode {config.epsilon_mode!r} has no parameter")
-    if rs.zero_debias:
-        return "torch batch_norm has no zero-debias option (running stats are a plain EMA from their current value)"
-    if rs.num_updates_schedule:
-        return "torch momentum is a fixed constant; there is no num_updates decay schedule"
-    if not 2 <= case.rank <= 5:
-        return f"torch BatchNorm1d/2d/3d take inputs of rank 2 to 5; this case has rank {case.rank}"
-    return None
-
-
-def has_eval_step_with_update(case) -> bool:
-    """Some step normalizes with the running stats but must update them (no torch call does)."""
-    return any(not s.is_training and s.update_running_stats for s in case.steps)
-
-
-def _updates_in_training(case) -> bool:
-    return any(s.is_training and s.update_running_stats and n > 1 for s, n in zip(case.steps, case.reduce_counts()))
-
-
-def _largest_finite(x: np.ndarray) -> float:
-    wide = np.asarray(x, dtype=np.float64)
-    finite = np.abs(wide[np.isfinite(wide)])
-    return float(finite.max()) if finite.size else 0.0
-
-
-def squares_overflow_float32(case, device) -> bool:
-    """Moments accumulate in float32 (input not float64) and a finite training input squares past float32 max."""
-    if case.config.input_dtype == "float64":
-        return False
-    return any(s.is_training and _largest_finite(s.x) > _FLOAT32_SQRT_MAX for s in case.steps)
+# torch's conventions: eps inside the square root, a Bessel-corrected running variance, a plain
+# EMA with a constant momentum (no zero-debias, no num_updates schedule); ranks 2..5 (1d/2d/3d).
+TORCH_CAPABILITIES = Capabilities(
+    epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"bessel"}),
+    zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}),
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
 
 
 def shared_deviations(api: str) -> tuple[Deviation, ...]:
@@ -149,8 +122,8 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
     return (
         Deviation(
             name="single-value-per-channel-raises",
-            applies_to="a training step with exactly one value per channel (N == 1)",
-            applies=lambda case, device: has_training_step(case, min_count=1, max_count=1),
+            kind="edge",
+            applies=training_step(1, 1),
             behaviour=Raises("ValueError", "Expected more than 1 value per channel when training"),
             explanation=f"{api} refuses to normalize one value per channel in training (the Bessel-corrected "
                         "running variance would be 0/0); the canonical model gives y = beta and keeps the biased var 0",
@@ -158,27 +131,17 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
         ),
         Deviation(
             name="eps-zero-rejected-in-training",
-            applies_to="eps == 0 with a training step",
-            applies=lambda case, device: case.config.effective_epsilon <= 0.0 and has_training_step(case),
+            kind="edge",
+            applies=epsilon_zero & training_step(),
             behaviour=Raises("ValueError", "eps must be positive during training"),
             explanation=f"{api}: since torch 2.10 F.batch_norm raises for eps <= 0 in training (eval allows 0); "
                         "the canonical model divides by sqrt(var) and yields inf/NaN for constant channels",
             link=PR_POSITIVE_EPS,
         ),
         Deviation(
-            name="running-variance-bessel",
-            applies_to="running-variance kind 'biased' with an updating training step of N > 1",
-            applies=lambda case, device: case.config.running_stats.variance == "biased" and _updates_in_training(case),
-            behaviour=MatchesVariant("running variance is Bessel-corrected (N/(N-1))",
-                                     lambda case: variant(case, running_stats={"variance": "bessel"})),
-            explanation=f"{api} normalizes with the biased batch variance but folds the unbiased one "
-                        "(torch.var(correction=1)) into running_var",
-            link=DOCS_BATCHNORM,
-        ),
-        Deviation(
             name="float32-variance-overflow",
-            applies_to="float32 (or half) training inputs with |x| > 1.8e19, whose squares overflow float32",
-            applies=squares_overflow_float32,
+            kind="precision",
+            applies=squares_overflow("float32"),
             behaviour=Mismatches(("y", "running_var"), "y and running_var differ: the float32 variance overflows"),
             explanation=f"{api} accumulates float32 input moments in float32 (Welford M2 = sum (x - mean)^2): "
                         "for |x| ~ 1e37 the variance is inf, so y collapses to beta (CPU; NaN on CUDA) and running_var "

@@ -15,19 +15,21 @@ batch stats, no update      training=True, running_mean=None, running_var=None
 running stats               training=False with running_mean/running_var
 ==========================  ==========================================================
 
-Unsupported (no F.batch_norm argument): the cumulative rule (momentum must be a float:
+Capabilities (``TORCH_CAPABILITIES`` narrowed): no cumulative rule (momentum must be a float:
 momentum=None raises TypeError; the 1/num_batches_tracked average lives in nn.BatchNorm's
-forward(), not in the functional API), an eval step with an update, epsilon placement other than
-inside the square root, zero-debias, num_updates schedule, ranks outside 2..5.
+forward(), not in the functional API); no eval step with an update. Conventions: eps inside the
+square root, Bessel running variance, no zero-debias, no num_updates schedule.
 F.batch_norm keeps no update counter, so no num_updates is returned.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ... import model
 from .common import (
-    DEVICE_KINDS, ENVIRONMENT, common_unsupported, device_context, from_channels_first, has_eval_step_with_update,
-    shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_devices,
+    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations,
+    to_channels_first, to_numpy, to_tensor, torch, torch_devices,
 )
 from ..base import Adapter
 
@@ -44,17 +46,10 @@ class TorchFunctionalAdapter(Adapter):
     notes = ("F.batch_norm; batch stats without update via running_mean=None; channels-last and other "
              "channel axes by moving the axis to 1 and back; 'cuda-nocudnn' = cuda with cuDNN disabled")
     deviations = shared_deviations("F.batch_norm")
+    capabilities = replace(TORCH_CAPABILITIES, running_rules=frozenset({"ema"}))
 
     def devices(self) -> list[str]:
         return torch_devices()
-
-    def supports(self, case: model.Case, device: str) -> str | None:
-        if case.config.running_stats.rule == "cumulative":
-            return ("F.batch_norm takes a float momentum only (None raises TypeError); the cumulative average "
-                    "1/num_batches_tracked is computed by nn.BatchNorm.forward, not by the functional API")
-        if has_eval_step_with_update(case):
-            return "F.batch_norm never updates running stats when training=False (an eval step with an update)"
-        return common_unsupported(case)
 
     def run(self, case: model.Case, device: str) -> list[dict]:
         with device_context(device):

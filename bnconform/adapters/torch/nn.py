@@ -16,19 +16,22 @@ normalize_with batch        module.train() - always updates the running stats
 normalize_with running      module.eval() - never updates them
 ==========================  ==========================================================
 
-Unsupported (no module argument): scale != center (one ``affine`` flag covers weight and bias),
-a training step without an update (train() always updates while track_running_stats=True, and
-track_running_stats=False would drop the running stats that the eval steps need), an eval step
-with an update, epsilon placement other than inside the square root, zero-debias, num_updates
-schedule, ranks outside 2..5.
+Capabilities (``TORCH_CAPABILITIES`` narrowed): scale and center switch together (one ``affine``
+flag); no training step without an update (train() always updates while track_running_stats=True,
+and track_running_stats=False would drop the running stats that the eval steps need); no eval
+step with an update. Conventions: eps inside the square root, Bessel running variance, no
+zero-debias, no num_updates schedule.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from ... import model
+from ...selectors import training_step, updates_on_empty_batch, where
 from .common import (
-    DEVICE_KINDS, ENVIRONMENT, common_unsupported, device_context, from_channels_first, has_eval_step_with_update,
-    shared_deviations, to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_devices, torch_dtype,
+    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations,
+    to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_devices, torch_dtype,
 )
 from ..base import Adapter, Deviation, Mismatches
 
@@ -36,7 +39,8 @@ _MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "Bat
 _SOURCE_FORWARD = "https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/batchnorm.py"
 
 
-def _empty_batch_before_cumulative_update(case: model.Case, device: str) -> bool:
+@where("the cumulative rule with an empty training batch (N == 0) followed by another update")
+def _empty_batch_before_cumulative_update(case: model.Case) -> bool:
     """Cumulative rule, and an N == 0 training step is followed by a real update."""
     if case.config.running_stats.rule != "cumulative":
         return False
@@ -69,7 +73,7 @@ class TorchModuleAdapter(Adapter):
     deviations = shared_deviations("nn.BatchNorm") + (
         Deviation(
             name="empty-batch-counts-as-update",
-            applies_to="cumulative rule with an N == 0 training step followed by another update",
+            kind="defect",
             applies=_empty_batch_before_cumulative_update,
             behaviour=Mismatches(("num_updates", "running_mean", "running_var", "y"),
                                  "running stats (and eval outputs using them) after the empty batch"),
@@ -79,32 +83,22 @@ class TorchModuleAdapter(Adapter):
         ),
         Deviation(
             name="empty-batch-counted",
-            applies_to="any other training step with N == 0 that updates",
-            applies=lambda case, device: any(s.is_training and s.update_running_stats and n == 0
-                                             for s, n in zip(case.steps, case.reduce_counts())),
+            kind="defect",
+            applies=updates_on_empty_batch & training_step(0, 0),
             behaviour=Mismatches(("num_updates",), "num_batches_tracked counts the empty batch"),
             explanation="forward() increments num_batches_tracked before F.batch_norm, which leaves the running "
                         "stats unchanged for an empty batch; the counter no longer equals the number of updates",
             link=_SOURCE_FORWARD,
         ),
     )
+    capabilities = replace(TORCH_CAPABILITIES, separate_scale_center=False,
+                           step_kinds=frozenset({("batch", True), ("running", False)}))
 
     def __init__(self):
         self._modules = {}
 
     def devices(self) -> list[str]:
         return torch_devices()
-
-    def supports(self, case: model.Case, device: str) -> str | None:
-        config = case.config
-        if config.scale != config.center:
-            return "torch BatchNorm has one affine flag for weight and bias together (scale != center)"
-        if any(s.is_training and not s.update_running_stats for s in case.steps):
-            return ("nn.BatchNorm in train() mode always updates running stats when track_running_stats=True; "
-                    "batch stats without an update need track_running_stats=False, which drops the running stats")
-        if has_eval_step_with_update(case):
-            return "nn.BatchNorm in eval() mode never updates running stats (an eval step with an update)"
-        return common_unsupported(case)
 
     def run(self, case: model.Case, device: str) -> list[dict]:
         with device_context(device):

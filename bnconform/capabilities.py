@@ -1,0 +1,193 @@
+"""What an adapter's API can express, declared as data; the judge derives "unsupported" from it.
+
+Every adapter declares one :class:`Capabilities`: for each canonical knob, the set of values its
+API can express. Two sorts of knob:
+
+* **structural** (ranks, channel positions, dtypes, step kinds, running rules, separate scale
+  and center, extensions, ghost splits, resuming a counter): a case with a value outside the
+  set is unsupported, with the reason.
+* **conventions** (``epsilon_modes``, ``running_variance``, ``zero_debias``,
+  ``num_updates_schedule``): values of a knob the canonical model leaves open. A framework that
+  fixes one (torch always keeps a Bessel running variance, haiku always zero-debiases) cannot
+  run a case asking for the other value -- *unless the case's expected results do not depend on
+  it*: the case is expressible iff the oracle run with some allowed value reproduces the case's
+  expectations within its tolerances (e.g. a biased case whose only update has N == 1).
+
+``when`` lists conditional overrides, for APIs whose convention depends on the path taken
+(tf_keras' fused kernel keeps a Bessel running variance, its non-fused path a biased one).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from .model import EPSILON_MODES, EXTENSIONS, GHOST_SPLITS, NORMALIZE_WITH, RUNNING_RULES, VARIANCE_KINDS, Case
+from .selectors import Selector
+
+FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
+HALF_DTYPES = ("float16", "bfloat16")
+STEP_KINDS = tuple((n, u) for n in NORMALIZE_WITH for u in (True, False))
+CHANNEL_POSITIONS = ("first", "last", "other")  # axis 1; axis rank-1; any other axis
+
+
+def dtype_pairs(inputs=FLOAT_DTYPES, half_params=("float32",), same=True) -> frozenset:
+    """(input_dtype, param_dtype) pairs: each input with params of the same dtype (``same``),
+    and half inputs with params in ``half_params`` (mixed precision)."""
+    pairs = {(d, d) for d in inputs} if same else set()
+    pairs |= {(h, p) for h in inputs if h in HALF_DTYPES for p in half_params}
+    return frozenset(pairs)
+
+
+ALL_DTYPES = dtype_pairs()
+STEP_NAMES = {("batch", True): "batch statistics with an update (training)",
+              ("running", False): "running statistics without an update (inference)",
+              ("batch", False): "batch statistics without an update",
+              ("running", True): "running statistics with an update"}
+VALUE_WORDS = {
+    "running_variance": {"bessel": "a Bessel-corrected running variance (N/(N-1))",
+                         "biased": "a biased running variance (divide by N)"},
+    "zero_debias": {True: "zero-debiased running statistics", False: "a plain EMA without zero-debiasing"},
+    "num_updates_schedule": {True: "the num_updates decay schedule", False: "a constant decay"},
+    "epsilon_modes": {"add_inside_sqrt": "eps inside the square root", "add_outside_sqrt": "eps outside the "
+                      "square root", "max_inside_sqrt": "max(var, eps) inside the square root"},
+}
+CONVENTIONS = ("epsilon_modes", "running_variance", "zero_debias", "num_updates_schedule")
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """The canonical knob values an API can express (defaults: everything but the extensions)."""
+
+    epsilon_modes: frozenset = frozenset(EPSILON_MODES)
+    running_variance: frozenset = frozenset(VARIANCE_KINDS)
+    zero_debias: frozenset = frozenset({False, True})
+    num_updates_schedule: frozenset = frozenset({False, True})
+    running_rules: frozenset = frozenset(RUNNING_RULES)
+    step_kinds: frozenset = frozenset(STEP_KINDS)
+    separate_scale_center: bool = True
+    ranks: frozenset = frozenset({2, 3, 4, 5})
+    channel_positions: frozenset = frozenset(CHANNEL_POSITIONS)
+    dtypes: frozenset = ALL_DTYPES
+    extensions: frozenset = frozenset()
+    ghost_splits: frozenset = frozenset(GHOST_SPLITS)
+    resumes_counter: bool = True  # can start from num_updates > 0
+    when: tuple = field(default=())  # ((Selector, {knob: values}), ...): conditional overrides
+
+    def for_case(self, case: Case, device: str) -> "Capabilities":
+        """These capabilities with every matching ``when`` override applied."""
+        resolved = self
+        for selector, changes in self.when:
+            if selector(case, device):
+                resolved = replace(resolved, **{k: _frozen(v) for k, v in changes.items()}, when=())
+        return resolved
+
+
+def _frozen(value):
+    return frozenset(value) if isinstance(value, (set, frozenset, list, tuple)) else value
+
+
+def channel_positions_of(case: Case) -> set[str]:
+    """Where the channel axis sits: axis 1 is "first", the last axis "last" (both for rank 2)."""
+    axis, rank = case.config.channel_axis, case.rank
+    found = {"first"} if axis == 1 else set()
+    found |= {"last"} if axis == rank - 1 else set()
+    return found or {"other"}
+
+
+def _structural_reason(caps: Capabilities, case: Case, api: str) -> str | None:
+    cfg = case.config
+    checks = [
+        (set(case.extensions) <= caps.extensions, "model extensions", sorted(caps.extensions), list(case.extensions)),
+        (case.rank in caps.ranks, "input ranks", sorted(caps.ranks), case.rank),
+        (bool(channel_positions_of(case) & caps.channel_positions), "channel axis positions",
+         sorted(caps.channel_positions), f"axis {cfg.channel_axis} of rank {case.rank}"),
+        ((cfg.input_dtype, cfg.param_dtype) in caps.dtypes, "(input, parameter) dtypes", sorted(caps.dtypes),
+         (cfg.input_dtype, cfg.param_dtype)),
+        (cfg.scale == cfg.center or caps.separate_scale_center, "scale/center settings", "scale and center together",
+         f"scale={cfg.scale}, center={cfg.center}"),
+        (cfg.running_stats.rule in caps.running_rules, "running-statistics rules", sorted(caps.running_rules),
+         cfg.running_stats.rule),
+        (case.initial_state.num_updates == 0 or caps.resumes_counter, "initial update counts", "num_updates = 0",
+         case.initial_state.num_updates),
+    ]
+    if cfg.virtual_batch_size is not None:
+        checks.append((cfg.ghost_split in caps.ghost_splits, "ghost batch splits", sorted(caps.ghost_splits), cfg.ghost_split))
+    for step in case.steps:
+        kind = (step.normalize_with, step.update_running_stats)
+        checks.append((kind in caps.step_kinds, "step kinds", [STEP_NAMES[k] for k in STEP_KINDS if k in caps.step_kinds],
+                       STEP_NAMES[kind]))
+    for ok, what, expected, received in checks:
+        if not ok:
+            return f"{api} cannot express these {what}. Expected: {expected}. Received: {received}"
+    return None
+
+
+def _case_value(case: Case, knob: str):
+    cfg, rs = case.config, case.config.running_stats
+    return {"epsilon_modes": cfg.epsilon_mode, "running_variance": rs.variance, "zero_debias": rs.zero_debias,
+            "num_updates_schedule": rs.num_updates_schedule}[knob]
+
+
+def _with_value(case: Case, knob: str, value) -> Case:
+    from .adapters.base import variant
+
+    if knob == "epsilon_modes":
+        return variant(case, epsilon_mode=value)
+    return variant(case, running_stats={{"running_variance": "variance"}.get(knob, knob): value})
+
+
+_REPRODUCES: dict[tuple, bool] = {}  # (case id, case path, knob, value) -> answer; cases are immutable once loaded
+
+
+def _reproduces(case: Case, knob: str, value) -> bool:
+    """The oracle run with ``knob = value`` matches the case's expected results (tolerances)."""
+    from . import oracle
+    from .compare import compare_case
+
+    key = (case.id, case.path, knob, value)
+    if key not in _REPRODUCES:
+        try:
+            mismatches, _ = compare_case(case, oracle.run_case(_with_value(case, knob, value)))
+        except (ValueError, ZeroDivisionError, FloatingPointError):
+            mismatches = [None]
+        _REPRODUCES[key] = not mismatches
+    return _REPRODUCES[key]
+
+
+def _convention_reason(caps: Capabilities, case: Case, api: str) -> str | None:
+    for knob in CONVENTIONS:
+        allowed, asked = getattr(caps, knob), _case_value(case, knob)
+        if asked in allowed:
+            continue
+        if any(_reproduces(case, knob, value) for value in sorted(allowed, key=str)):
+            continue  # the results do not depend on this knob here: run it with the API's value
+        words = VALUE_WORDS[knob]
+        uses = " or ".join(words[v] for v in sorted(allowed, key=str))
+        return f"{api} always uses {uses}; this case asks for {words[asked]} and its results depend on it"
+    return None
+
+
+def unsupported_reason(caps: Capabilities, case: Case, device: str, api: str) -> str | None:
+    """Why ``api`` cannot express ``case`` according to its declaration, or None if it can."""
+    resolved = caps.for_case(case, device)
+    return _structural_reason(resolved, case, api) or _convention_reason(resolved, case, api)
+
+
+def describe(caps: Capabilities) -> dict[str, str]:
+    """One readable value per knob, for the report's capability table."""
+    def values(knob):
+        words = VALUE_WORDS.get(knob, {})
+        return ", ".join(str(words.get(v, v)).split(" (")[0] for v in sorted(getattr(caps, knob), key=str)) or "none"
+
+    table = {knob: values(knob) for knob in CONVENTIONS}
+    table.update({
+        "running_rules": values("running_rules"), "ranks": values("ranks"), "channel_positions": values("channel_positions"),
+        "step_kinds": "; ".join(STEP_NAMES[k] for k in STEP_KINDS if k in caps.step_kinds),
+        "separate_scale_center": "yes" if caps.separate_scale_center else "no (one flag)",
+        "dtypes": ", ".join(f"{i}/{p}" if i != p else i for i, p in sorted(caps.dtypes)),
+        "extensions": values("extensions"), "resumes_counter": "yes" if caps.resumes_counter else "no"})
+    for selector, changes in caps.when:
+        for knob, value in changes.items():
+            shown = ", ".join(str(VALUE_WORDS.get(knob, {}).get(v, v)).split(" (")[0] for v in sorted(_frozen(value), key=str))
+            table[knob] += f"; {shown} when {selector.describe()}"
+    return table

@@ -1,0 +1,173 @@
+"""Declarative cell selectors: named predicates over (case, device) that say what they select.
+
+A :class:`Selector` pairs a test with the words the report prints for it, and selectors combine
+with ``&``, ``|`` and ``~`` (the words combine too), so "applies to" text is derived from the
+selector and cannot drift from it. Adapters build their deviation selectors from the shared
+predicates below; a predicate that only one framework needs (e.g. "the layer takes its fused
+path") is a :class:`Selector` around a named function with a sentence, never a bare lambda.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from .model import Case
+
+
+@dataclass(frozen=True)
+class Selector:
+    """``test(case, device) -> bool`` with ``text``, the phrase the report shows for it."""
+
+    text: str
+    test: Callable[[Case, str], bool]
+
+    def __call__(self, case: Case, device: str) -> bool:
+        return bool(self.test(case, device))
+
+    def describe(self) -> str:
+        return self.text
+
+    def __and__(self, other: "Selector") -> "Selector":
+        return Selector(f"{self.text} and {other.text}", lambda c, d: self(c, d) and other(c, d))
+
+    def __or__(self, other: "Selector") -> "Selector":
+        return Selector(f"({self.text} or {other.text})", lambda c, d: self(c, d) or other(c, d))
+
+    def __invert__(self) -> "Selector":
+        return Selector(f"not ({self.text})", lambda c, d: not self(c, d))
+
+
+def where(text: str) -> Callable[[Callable[[Case], bool]], Selector]:
+    """Decorator: a case predicate ``f(case)`` becomes a Selector described by ``text``."""
+    return lambda predicate: Selector(text, lambda case, device: predicate(case))
+
+
+ANY = Selector("every case", lambda case, device: True)
+
+
+# --- Steps and batch sizes ----------------------------------------------------------------------
+
+def _steps_with_counts(case: Case):
+    return zip(case.steps, case.reduce_counts())
+
+
+def training_step(min_count: int | None = None, max_count: int | None = None) -> Selector:
+    """Some step normalizes with batch statistics and its N lies in [min_count, max_count]."""
+    bounds = {(None, None): "", (1, 1): " of exactly one value per channel (N == 1)",
+              (0, 0): " of an empty batch (N == 0)"}
+    text = "a training step" + bounds.get((min_count, max_count), f" with {min_count or 0} <= N <= {max_count or 'inf'}")
+
+    def test(case, device):
+        return any(s.is_training and (min_count is None or n >= min_count) and (max_count is None or n <= max_count)
+                   for s, n in _steps_with_counts(case))
+    return Selector(text, test)
+
+
+@where("a step that updates the running statistics from an empty batch (N == 0)")
+def updates_on_empty_batch(case: Case) -> bool:
+    return any(s.update_running_stats and n == 0 for s, n in _steps_with_counts(case))
+
+
+@where("a step that updates the running statistics from a non-empty batch")
+def updates_running_stats(case: Case) -> bool:
+    return any(s.update_running_stats and n > 0 for s, n in _steps_with_counts(case))
+
+
+@where("a step that normalizes with the running statistics while updating them")
+def updates_in_inference(case: Case) -> bool:
+    return any(s.update_running_stats and not s.is_training for s in case.steps)
+
+
+@where("a step with batch statistics that must not update the running statistics")
+def training_without_update(case: Case) -> bool:
+    return any(s.is_training and not s.update_running_stats for s in case.steps)
+
+
+@where("a case resuming from num_updates > 0")
+def resumes_from_count(case: Case) -> bool:
+    return case.initial_state.num_updates > 0
+
+
+# --- Knobs and dtypes ---------------------------------------------------------------------------
+
+def input_dtype_in(*dtypes: str) -> Selector:
+    return Selector(f"{' or '.join(dtypes)} input", lambda case, device: case.config.input_dtype in dtypes)
+
+
+def param_dtype_in(*dtypes: str) -> Selector:
+    return Selector(f"{' or '.join(dtypes)} parameters", lambda case, device: case.config.param_dtype in dtypes)
+
+
+def device_in(*devices: str) -> Selector:
+    return Selector(f"on {' or '.join(devices)}", lambda case, device: device in devices)
+
+
+def rank_in(*ranks: int) -> Selector:
+    return Selector(f"rank {' or '.join(map(str, ranks))} input", lambda case, device: case.rank in ranks)
+
+
+def running_variance_is(kind: str) -> Selector:
+    return Selector(f"a {kind} running variance asked for",
+                    lambda case, device: case.config.running_stats.variance == kind)
+
+
+@where("eps == 0 (no epsilon floor)")
+def epsilon_zero(case: Case) -> bool:
+    return case.config.effective_epsilon <= 0.0
+
+
+@where("scale or center off")
+def affine_partly_off(case: Case) -> bool:
+    return not (case.config.scale and case.config.center)
+
+
+def uses_extension(name: str) -> Selector:
+    return Selector(f"the {name} extension", lambda case, device: name in case.extensions)
+
+
+def case_in(*case_ids: str) -> Selector:
+    """For numeric findings that depend on the data of particular cases; the ids are the text."""
+    return Selector("the cases " + ", ".join(case_ids), lambda case, device: case.id in case_ids)
+
+
+# --- Numbers in the inputs ----------------------------------------------------------------------
+
+def _largest_finite_training_input(case: Case) -> float:
+    largest = 0.0
+    for step in case.steps:
+        if step.is_training:
+            wide = np.asarray(step.x, dtype=np.float64)
+            finite = np.abs(wide[np.isfinite(wide)])
+            largest = max(largest, float(finite.max()) if finite.size else 0.0)
+    return largest
+
+
+def squares_overflow(accumulator: str = "float32") -> Selector:
+    """A training input (not float64) whose finite values exceed sqrt(max of ``accumulator``), so
+    squared deviations accumulated in that dtype overflow to inf (float64 inputs are excluded:
+    frameworks accumulate those in float64)."""
+    limit = float(np.sqrt(np.finfo(accumulator).max))
+
+    def test(case, device):
+        return case.config.input_dtype != "float64" and _largest_finite_training_input(case) > limit
+    return Selector(f"training inputs beyond {limit:.2g}, whose squares overflow {accumulator}", test)
+
+
+def mean_far_from_spread(ratio: float) -> Selector:
+    """A training batch whose per-channel |mean| exceeds ``ratio`` x its standard deviation:
+    where E[x^2] - E[x]^2 cancels catastrophically."""
+    def test(case, device):
+        for step, n in _steps_with_counts(case):
+            if not step.is_training or n < 2:
+                continue
+            axes = tuple(i for i in range(step.x.ndim) if i != case.config.channel_axis)
+            x = np.asarray(step.x, dtype=np.float64)
+            with np.errstate(invalid="ignore"):
+                mean, std = np.abs(x.mean(axis=axes)), x.std(axis=axes)
+            if np.any(np.isfinite(mean) & (mean > ratio * std)):
+                return True
+        return False
+    return Selector(f"a training batch whose |mean| exceeds {ratio:g} x its spread", test)
