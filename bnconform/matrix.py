@@ -62,10 +62,13 @@ def plan(cases, adapters, devices=None) -> list[Cell]:
 
 def adapter_metadata(name: str) -> dict:
     """What the report says about an adapter, from its class (no framework import)."""
+    from .capabilities import describe
+
     cls = resolve(name)
     return {
         "framework": cls.framework, "extra": cls.extra, "notes": cls.notes,
         "device_kinds": list(cls.device_kinds), "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
-        "deviations": [{"name": d.name, "applies_to": d.applies_to, "behaviour": d.behaviour.describe(),
+        "capabilities": describe(cls.capabilities), "decay_parameter": cls.decay_parameter,
+        "deviations": [{"name": d.name, "kind": d.kind, "applies_to": d.applies_to, "behaviour": d.behaviour.describe(),
                         "explanation": d.explanation, "link": d.link} for d in cls.deviations],
     }

@@ -48,6 +48,7 @@ def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case
         version = info.get("version") or next((v.version for v in verdicts if v.adapter == name and v.version), "?")
         ran_on = sorted({v.device for v in verdicts if v.adapter == name and v.status != "unavailable"})
         adapters[name] = {**meta, "version": version, "devices": info.get("devices", ran_on),
+                          "defaults": info.get("defaults", {}),
                           "unavailable": info.get("unavailable") or _unavailable(verdicts, name, ran_on)}
     return {"format": RESULTS_FORMAT, "runs": [{**environment(), "selection": selection}],
             "adapters": adapters, "cases": describe_cases(verdicts, Path(case_root)),

@@ -37,12 +37,14 @@ class _Host:
         self.unavailable = self.adapter.unavailable_reason()
         self.devices = [] if self.unavailable else self.adapter.devices()
         self.version = self.adapter.framework_version()
+        self.defaults = {} if self.unavailable else _safe_defaults(self.adapter)
         self.import_seconds = time.perf_counter() - start
         self.cases = {}
 
     def info(self) -> dict:
         return {"name": self.adapter.name, "version": self.version, "devices": self.devices,
-                "unavailable": self.unavailable, "import_seconds": self.import_seconds}
+                "unavailable": self.unavailable, "import_seconds": self.import_seconds,
+                "defaults": self.defaults}
 
     def verdict(self, path: str, device: str) -> Verdict:
         if path not in self.cases:
@@ -55,6 +57,14 @@ class _Host:
             return Verdict(**base, status="unavailable", detail=f"device {device!r} not present here "
                            f"(usable: {', '.join(self.devices)})")
         return judge(self.adapter, case, device)
+
+
+def _safe_defaults(adapter) -> dict:
+    """The framework's own defaults; a failure to read them is reported, not fatal."""
+    try:
+        return adapter.framework_defaults()
+    except Exception as exc:  # an API that moved: say so in the report instead of crashing
+        return {"error": f"{type(exc).__name__}: {exc}"}
 
 
 def serve(target: str) -> None:

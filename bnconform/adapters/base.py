@@ -119,6 +119,9 @@ class Adapter:
     # What the API can express; the judge derives 'unsupported' (and its reason) from it before
     # run(), so an adapter never silently ignores a knob. Extensions are opt-in.
     capabilities: ClassVar[Capabilities] = Capabilities()
+    # How the API spells the EMA knob and which statistic it weighs: ("momentum", "new") means
+    # momentum = 1 - decay (torch); ("momentum", "old") means momentum = decay (Keras); None: no EMA knob.
+    decay_parameter: ClassVar[tuple[str, str] | None] = None
 
     def unavailable_reason(self) -> str | None:
         """None if the framework imports here, else why not and what to install."""
@@ -135,6 +138,11 @@ class Adapter:
             return importlib.metadata.version(self.framework)
         except importlib.metadata.PackageNotFoundError:
             return "not installed"
+
+    def framework_defaults(self) -> dict[str, float | None]:
+        """The installed framework's own defaults, read from it (e.g. the layer signature), never
+        typed by hand: {"decay_parameter": 0.1, "epsilon": 1e-5}; {} when there is nothing to read."""
+        return {}
 
     def devices(self) -> list[str]:
         """The subset of ``device_kinds`` usable on this machine (CPU always)."""

@@ -149,3 +149,11 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
             link=PR_FLOAT32_OVERFLOW,
         ),
     )
+
+
+def signature_defaults(function) -> dict[str, float | None]:
+    """momentum and eps defaults of a torch callable, read from its signature."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters
+    return {"decay_parameter": parameters["momentum"].default, "epsilon": parameters["eps"].default}

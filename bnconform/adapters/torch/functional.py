@@ -28,7 +28,7 @@ from dataclasses import replace
 
 from ... import model
 from .common import (
-    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations,
+    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations, signature_defaults,
     to_channels_first, to_numpy, to_tensor, torch, torch_devices,
 )
 from ..base import Adapter
@@ -43,6 +43,7 @@ class TorchFunctionalAdapter(Adapter):
     requires = ("torch",)
     device_kinds = DEVICE_KINDS
     environment = ENVIRONMENT
+    decay_parameter = ("momentum", "new")
     notes = ("F.batch_norm; batch stats without update via running_mean=None; channels-last and other "
              "channel axes by moving the axis to 1 and back; 'cuda-nocudnn' = cuda with cuDNN disabled")
     deviations = shared_deviations("F.batch_norm")
@@ -50,6 +51,9 @@ class TorchFunctionalAdapter(Adapter):
 
     def devices(self) -> list[str]:
         return torch_devices()
+
+    def framework_defaults(self):
+        return signature_defaults(torch().nn.functional.batch_norm)
 
     def run(self, case: model.Case, device: str) -> list[dict]:
         with device_context(device):

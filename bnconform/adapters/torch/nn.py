@@ -30,7 +30,7 @@ from dataclasses import replace
 from ... import model
 from ...selectors import training_step, updates_on_empty_batch, where
 from .common import (
-    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations,
+    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations, signature_defaults,
     to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_devices, torch_dtype,
 )
 from ..base import Adapter, Deviation, Mismatches
@@ -68,6 +68,7 @@ class TorchModuleAdapter(Adapter):
     requires = ("torch",)
     device_kinds = DEVICE_KINDS
     environment = ENVIRONMENT
+    decay_parameter = ("momentum", "new")
     notes = ("nn.BatchNorm1d/2d/3d with train()/eval(); channels-last and other channel axes run by "
              "moving the axis to 1 and back; 'cuda-nocudnn' = cuda with torch.backends.cudnn disabled")
     deviations = shared_deviations("nn.BatchNorm") + (
@@ -99,6 +100,9 @@ class TorchModuleAdapter(Adapter):
 
     def devices(self) -> list[str]:
         return torch_devices()
+
+    def framework_defaults(self):
+        return signature_defaults(torch().nn.BatchNorm2d.__init__)
 
     def run(self, case: model.Case, device: str) -> list[dict]:
         with device_context(device):
