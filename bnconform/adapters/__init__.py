@@ -6,8 +6,15 @@ see :mod:`bnconform.adapters.registry` for the lazy table.
 """
 
 from ..capabilities import ALL_DTYPES, Capabilities, dtype_pairs
-from ..selectors import Selector, where
+from ..selectors import (ANY, Selector, affine_partly_off, case_in, device_in, epsilon_zero, input_dtype_in,
+                         mean_far_from_spread, param_dtype_in, rank_in, resumes_from_count, running_variance_is,
+                         squares_overflow, training_step, training_without_update, updates_in_inference,
+                         updates_on_empty_batch, updates_running_stats, uses_extension, where)
 from .base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported, variant
 
-__all__ = ["ALL_DTYPES", "Adapter", "Capabilities", "Deviation", "MatchesVariant", "Mismatches", "Raises", "Selector",
-           "Unsupported", "dtype_pairs", "variant", "where"]
+__all__ = ["ALL_DTYPES", "ANY", "Adapter", "Capabilities", "Deviation", "MatchesVariant", "Mismatches", "Raises",
+           "Selector", "Unsupported", "affine_partly_off", "case_in", "device_in", "dtype_pairs", "epsilon_zero",
+           "input_dtype_in", "mean_far_from_spread", "param_dtype_in", "rank_in", "resumes_from_count",
+           "running_variance_is", "squares_overflow", "training_step", "training_without_update",
+           "updates_in_inference", "updates_on_empty_batch", "updates_running_stats", "uses_extension", "variant",
+           "where"]
