@@ -11,12 +11,18 @@ from pathlib import Path
 
 import numpy as np
 
+from bnconform import oracle
+from bnconform.adapters.base import variant
 from bnconform.casefile import dumps_case
+from bnconform.compare import compare_case
 from bnconform.specs import FAMILIES, all_specs, build
+from bnconform.validation import load_case
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"
 MINIMUM_PER_FAMILY = {"formulas": 40, "epsilon": 15, "momentum": 25, "degenerate": 20}
+MIRRORED = ("formulas", "momentum", "degenerate")
+OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
 
 
 def bnconform(*args: str) -> subprocess.CompletedProcess:
@@ -83,3 +89,39 @@ def test_case_ids_are_unique_and_match_their_paths():
         ids.append(obj["id"])
     assert len(ids) == len(set(ids)) > 0
     assert len({spec.id for spec in all_specs()}) == len(all_specs())
+
+
+def _twin_key(case, variance: str) -> tuple:
+    """What a twin in ``variance`` must share: family, every other knob, the step program, each
+    step's N (the Bessel factor's argument) and the initial update count."""
+    steps = tuple((s.normalize_with, s.update_running_stats) for s in case.steps)
+    return (case.family, case.config.with_running(variance=variance), steps, tuple(case.reduce_counts()),
+            case.initial_state.num_updates)
+
+
+def test_every_case_whose_results_depend_on_the_variance_kind_has_an_other_kind_twin():
+    cases = [load_case(p) for p in case_files() if p.parent.name in MIRRORED]
+    present = {_twin_key(c, c.config.running_stats.variance) for c in cases}
+    dependent = []
+    for case in cases:
+        other = OTHER_KIND[case.config.running_stats.variance]
+        mismatches, _ = compare_case(case, oracle.run_case(variant(case, running_stats={"variance": other})))
+        if mismatches:  # a framework fixed to the other kind cannot run this case
+            dependent.append(case.id)
+            assert _twin_key(case, other) in present, \
+                f"{case.id}: Expected: a twin case with a {other} running variance. Received: none"
+    assert len(dependent) > len(cases) // 2, dependent  # train steps update running_var in most cases
+
+
+def test_generated_twins_share_their_originals_inputs_and_differ_only_in_the_kind():
+    by_id = {spec.id: spec for spec in all_specs(MIRRORED)}
+    twins = [spec for spec in by_id.values() if spec.seed_id]
+    assert twins
+    for spec in twins:
+        twin, original = build(spec), build(by_id[spec.seed_id])
+        kind = original.config.running_stats.variance
+        assert twin.config == original.config.with_running(variance=OTHER_KIND[kind]), spec.id
+        for a, b in zip(twin.steps, original.steps):
+            assert a.x.tobytes() == b.x.tobytes() and a.x.shape == b.x.shape, spec.id
+        assert twin.initial_state.running_var.tobytes() == original.initial_state.running_var.tobytes()
+        assert f"twin of {original.id}" in twin.description and "off by up to" in twin.description

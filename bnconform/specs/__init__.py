@@ -71,13 +71,14 @@ class Spec:
     make_weights: Callable | None = None
     renorm_mean: Callable | None = None
     renorm_stddev: Callable | None = None
+    seed_id: str | None = None  # draw from another case's seed (a mirror shares its original's inputs)
 
     @property
     def id(self) -> str:
         return f"{self.family}/{self.name}"
 
     def rng(self) -> np.random.Generator:
-        digest = hashlib.sha256(self.id.encode()).digest()
+        digest = hashlib.sha256((self.seed_id or self.id).encode()).digest()
         return np.random.default_rng(int.from_bytes(digest[:8], "little"))
 
 
@@ -137,7 +138,6 @@ def build(spec: Spec) -> Case:
         _attach_traced(case)
         case.description = spec.description(case) if callable(spec.description) else spec.description
         return case
-    case.description = spec.description
     running = (state.running_mean, state.running_var)
     for step, expected in zip(steps, oracle.run_case(case)):
         step.expected = expected
@@ -145,6 +145,7 @@ def build(spec: Spec) -> Case:
         stats = (expected["batch_mean"], expected["batch_var"]) if step.is_training else running
         step.tolerance = step_tolerance(spec.config, expected, stats if n else None, state.gamma)
         running = (expected["running_mean"], expected["running_var"])
+    case.description = spec.description(case) if callable(spec.description) else spec.description
     return case
 
 
@@ -159,9 +160,15 @@ def gap(case: Case, output: str = "y", config: Config | None = None, steps: Sequ
 
 
 def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
-    """Every spec of the named families, in a stable order."""
+    """Every spec of the named families, in a stable order; each family of MIRRORED_FAMILIES is
+    followed by its running-variance mirrors (see :mod:`bnconform.specs.mirrors`)."""
     from . import degenerate, epsilon, formulas, ghost, momentum, renorm, weighted
+    from .mirrors import MIRRORED_FAMILIES, variance_mirrors
 
     modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate,
                "renorm": renorm, "ghost": ghost, "weighted": weighted}
-    return [spec for family in families for spec in modules[family].specs()]
+    found = []
+    for family in families:
+        specs = list(modules[family].specs())
+        found += specs + (variance_mirrors(specs) if family in MIRRORED_FAMILIES else [])
+    return found

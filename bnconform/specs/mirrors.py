@@ -1,0 +1,75 @@
+"""Running-variance mirrors: the other-kind twin of every case whose results depend on the kind.
+
+Frameworks fix the running-variance convention (torch keeps a Bessel-corrected one, ONNX
+BatchNormalization a biased one). A framework can only run a case in its own kind, or one whose
+expected results do not depend on the kind (bnconform.capabilities). So every formulas,
+momentum and degenerate case whose expectations change when ``running_stats.variance`` is
+flipped gets a twin with the other kind: the same inputs and state (drawn from the original's
+seed), the same steps, only the variance kind flipped.
+
+"Depends on the kind" is the capabilities criterion: the twin's expected results and the
+original's differ beyond the tolerances (checked with either case's tolerances). A twin whose
+name already exists (e.g. momentum/decay_0.9_biased_3steps) is not generated again.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+MIRRORED_FAMILIES = ("formulas", "momentum", "degenerate")
+OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
+KIND_WORDS = {"bessel": "a Bessel-corrected running variance (N/(N-1))",
+              "biased": "a biased running variance (divide by N)"}
+
+
+def mirror_name(name: str, kind: str) -> str:
+    """The twin's name: "bessel" <-> "biased" swapped where the name says the kind, else
+    ``_<other kind>`` appended (``kind`` is the original's)."""
+    if re.search("bessel|biased", name):
+        return re.sub("bessel|biased", lambda m: OTHER_KIND[m.group(0)], name)
+    return f"{name}_{OTHER_KIND[kind]}"
+
+
+def mirror_spec(spec):
+    """The spec of ``spec``'s other-kind twin: same seed, inputs and steps, variance flipped."""
+    kind = spec.config.running_stats.variance
+    config = spec.config.with_running(variance=OTHER_KIND[kind])
+    return replace(spec, name=mirror_name(spec.name, kind), config=config, seed_id=spec.id,
+                   description=_describer(spec, kind))
+
+
+def _describer(original, kind: str):
+    """Description of the twin, quoting how far the original's kind lands on it."""
+    def describe(case) -> str:
+        from . import gap
+
+        wrong = original.config
+        text = (f"Other-kind twin of {original.id}: the same inputs, state and steps with "
+                f"{KIND_WORDS[OTHER_KIND[kind]]} instead of {KIND_WORDS[kind]}. Keeping {KIND_WORDS[kind]} "
+                f"puts running_var off by up to {gap(case, 'running_var', config=wrong):.3g}")
+        y_gap = gap(case, "y", config=wrong)
+        return text + (f" and y by up to {y_gap:.3g}." if y_gap else ".")
+    return describe
+
+
+def depends_on_kind(original_case, twin_case) -> bool:
+    """The two cases' expected results differ beyond either case's tolerances."""
+    from ..compare import compare_case
+
+    ours = [s.expected for s in original_case.steps]
+    theirs = [s.expected for s in twin_case.steps]
+    return bool(compare_case(original_case, theirs)[0] or compare_case(twin_case, ours)[0])
+
+
+def variance_mirrors(specs) -> list:
+    """The twins of ``specs`` (one family) whose results depend on the kind, in spec order."""
+    from . import build
+
+    names, twins = {s.name for s in specs}, []
+    for spec in specs:
+        twin = mirror_spec(spec)
+        if twin.name not in names and depends_on_kind(build(spec), build(twin)):
+            twins.append(twin)
+            names.add(twin.name)
+    return twins
