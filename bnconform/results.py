@@ -1,7 +1,9 @@
 """reports/results.json: building, reading, merging and diffing machine-readable results.
 
 The document holds the environment (platform, Python, framework versions, devices), the
-adapters' declared deviations, and one verdict per cell. Merging documents from several
+adapters' capabilities and declared deviations (each with its kind and effect), per case its
+description and ``case_meta`` (the properties the semantics profile selects evidence by, so
+``bnconform report`` re-renders from the document alone), and one verdict per cell. Merging documents from several
 machines (a CPU CI run and a GPU run) keeps every cell; for a cell present in both, the later
 document wins.
 """
@@ -18,7 +20,7 @@ from . import __version__
 from .verdict import Verdict
 from .matrix import adapter_metadata
 
-RESULTS_FORMAT = 1
+RESULTS_FORMAT = 2  # 2: verdicts carry deviations/kinds; adapters carry capabilities, defaults; case_meta
 
 
 def environment() -> dict:
@@ -39,11 +41,88 @@ def describe_cases(verdicts, case_root: Path) -> dict[str, str]:
     return descriptions
 
 
+def case_metadata(case) -> dict:
+    """What the profile needs to know about one case, read from the case itself (never its name).
+
+    ``training_n`` / ``update_n``: N per channel of the training / updating steps;
+    ``depends_on``: the convention knobs whose value changes the case's expected results (the
+    oracle rerun with another value misses the tolerances); ``mean_to_spread``: the largest
+    |mean| / std of a channel in a training batch with N >= 2 (cancellation when >= 1e3).
+    """
+    cfg, rs = case.config, case.config.running_stats
+    counts = case.reduce_counts()
+    return {"input_dtype": cfg.input_dtype, "param_dtype": cfg.param_dtype, "rank": case.rank,
+            "epsilon": cfg.effective_epsilon, "epsilon_mode": cfg.epsilon_mode, "rule": rs.rule, "decay": rs.decay,
+            "variance": rs.variance, "zero_debias": rs.zero_debias, "schedule": rs.num_updates_schedule,
+            "extensions": list(case.extensions),
+            "training_n": sorted({n for s, n in zip(case.steps, counts) if s.is_training}),
+            "update_n": sorted({n for s, n in zip(case.steps, counts) if s.update_running_stats}),
+            "step_kinds": sorted({f"{s.normalize_with}+{'update' if s.update_running_stats else 'no-update'}"
+                                  for s in case.steps}),
+            "depends_on": _depends_on(case), "mean_to_spread": _mean_to_spread(case)}
+
+
+def _depends_on(case) -> list[str]:
+    """Convention knobs for which some other value fails to reproduce the case's expectations."""
+    from .capabilities import _reproduces
+    from .model import EPSILON_MODES, VARIANCE_KINDS
+
+    cfg, rs = case.config, case.config.running_stats
+    others = {"epsilon_modes": [m for m in EPSILON_MODES if m != cfg.epsilon_mode],
+              "running_variance": [k for k in VARIANCE_KINDS if k != rs.variance],
+              "zero_debias": [not rs.zero_debias] if rs.rule == "ema" and not case.extensions else []}
+    return [knob for knob, values in others.items() if any(not _reproduces(case, knob, v) for v in values)]
+
+
+def _mean_to_spread(case) -> float:
+    import numpy as np
+
+    worst = 0.0
+    for step, n in zip(case.steps, case.reduce_counts()):
+        if step.is_training and n >= 2:
+            axes = tuple(i for i in range(step.x.ndim) if i != case.config.channel_axis)
+            x = np.asarray(step.x, dtype=np.float64)
+            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+                ratio = np.abs(x.mean(axis=axes)) / x.std(axis=axes)
+            finite = ratio[np.isfinite(ratio)]
+            worst = max(worst, float(finite.max()) if finite.size else 0.0)
+    return worst
+
+
+def describe_case_meta(verdicts, case_root: Path) -> dict[str, dict]:
+    """case id -> :func:`case_metadata` for every case under the root (custom cases: none)."""
+    from .validation import CaseError, load_case
+
+    meta = {}
+    for case_id in sorted({v.case for v in verdicts}):
+        try:
+            meta[case_id] = case_metadata(load_case(Path(case_root) / f"{case_id}.json"))
+        except (CaseError, OSError, ValueError):
+            continue
+    return meta
+
+
+def _effects(name: str) -> dict[str, dict]:
+    """deviation name -> what it declares: {"raises": class} or {"outputs": [...]} or {"variant": text}."""
+    from .adapters.base import Mismatches, Raises
+    from .adapters.registry import resolve
+
+    effects = {}
+    for d in resolve(name).deviations:
+        b = d.behaviour
+        effects[d.name] = ({"raises": b.exception} if isinstance(b, Raises) else
+                           {"outputs": list(b.outputs)} if isinstance(b, Mismatches) else {"variant": b.describe()})
+    return effects
+
+
 def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case_root: Path = Path("cases")) -> dict:
     """The results document; ``infos`` maps adapter name -> worker info (version, devices)."""
     adapters = {}
     for name in sorted({v.adapter for v in verdicts} | set(infos)):
         meta = adapter_metadata(name) if _resolvable(name) else {}
+        effects = _effects(name) if meta else {}
+        for deviation in meta.get("deviations", []):
+            deviation["effect"] = effects.get(deviation["name"], {})
         info = infos.get(name, {})
         version = info.get("version") or next((v.version for v in verdicts if v.adapter == name and v.version), "?")
         ran_on = sorted({v.device for v in verdicts if v.adapter == name and v.status != "unavailable"})
@@ -52,7 +131,7 @@ def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case
                           "unavailable": info.get("unavailable") or _unavailable(verdicts, name, ran_on)}
     return {"format": RESULTS_FORMAT, "runs": [{**environment(), "selection": selection}],
             "adapters": adapters, "cases": describe_cases(verdicts, Path(case_root)),
-            "verdicts": [v.to_json() for v in verdicts]}
+            "case_meta": describe_case_meta(verdicts, Path(case_root)), "verdicts": [v.to_json() for v in verdicts]}
 
 
 def _unavailable(verdicts, name: str, ran_on) -> str | None:
@@ -87,17 +166,19 @@ def read(path: Path) -> dict:
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path}: Expected: a bnconform results.json. Received: {exc}") from None
     if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT or "verdicts" not in document:
-        raise ResultsError(f"{path}: Expected: a results document with format {RESULTS_FORMAT}. "
-                           f"Received: format {document.get('format') if isinstance(document, dict) else None!r}")
+        found = document.get("format") if isinstance(document, dict) else None
+        raise ResultsError(f"{path}: Expected: format {RESULTS_FORMAT} (a bnconform results document). Received: "
+                           f"format {found!r}; re-run `bnconform run` to regenerate it")
     return document
 
 
 def merge(documents: list[dict]) -> dict:
     """One matrix from several runs; per cell, the later document wins."""
-    cells, adapters, runs, cases = {}, {}, [], {}
+    cells, adapters, runs, cases, case_meta = {}, {}, [], {}, {}
     for document in documents:
         runs += document["runs"]
         cases.update(document.get("cases", {}))
+        case_meta.update(document.get("case_meta", {}))
         for name, meta in document["adapters"].items():
             merged = adapters.setdefault(name, dict(meta))
             merged["devices"] = sorted(set(merged.get("devices") or []) | set(meta.get("devices") or []))
@@ -106,7 +187,7 @@ def merge(documents: list[dict]) -> dict:
             if key not in cells or verdict["status"] != "unavailable":
                 cells[key] = verdict
     return {"format": RESULTS_FORMAT, "runs": runs, "adapters": adapters, "cases": cases,
-            "verdicts": list(cells.values())}
+            "case_meta": case_meta, "verdicts": list(cells.values())}
 
 
 def verdicts_of(document: dict) -> list[Verdict]:
