@@ -76,6 +76,9 @@ def _parser() -> argparse.ArgumentParser:
     from .commands import register
 
     register(sub)
+    from .port import register_port  # bnconform port FROM TO
+
+    register_port(sub)
     return parser
 
 
