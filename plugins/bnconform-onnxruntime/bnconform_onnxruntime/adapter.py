@@ -22,9 +22,12 @@ Translation (canonical knob -> ONNX):
 
 Outputs: y, and running_mean / running_var after each step. Opset 15 outputs no batch moments.
 
-Unsupported (no attribute for it): epsilon outside the sqrt or max(var, eps); the cumulative
-rule; zero-debias; a num_updates schedule; an inference step that updates the statistics;
-rank < 2; Config extensions (renorm, ghost batches, sample weights).
+Capabilities (``CAPABILITIES``): the spec's conventions are epsilon inside the sqrt, a plain EMA
+with a constant momentum (no cumulative rule, zero-debias or num_updates schedule) and a BIASED
+running variance -- in training mode running_var is updated with "the population variance"
+ReduceVar(X) = sum((x_i - mean)^2) / N, no N/(N-1) factor. Running statistics are output only in
+training mode, so no inference step can update them. Ranks 2..5 (X is N x C x D1 ... Dn), any
+channel axis (transposed to 1), every dtype pair the spec's T / T1 / T2 allow; no extensions.
 """
 
 from __future__ import annotations
@@ -34,7 +37,8 @@ import importlib.metadata
 
 import numpy as np
 
-from bnconform.adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported, variant
+from bnconform.adapters import (Adapter, Capabilities, Deviation, MatchesVariant, Mismatches, Raises, device_in,
+                                input_dtype_in, squares_overflow, updates_on_empty_batch, variant)
 from bnconform.model import Case
 
 ONNX_SPEC = "https://onnx.ai/onnx/operators/onnx__BatchNormalization.html"
@@ -80,52 +84,20 @@ def build_model(rank: int, channels: int, input_dtype: str, param_dtype: str, tr
     return model
 
 
-def _bessel_changes_running_var(case: Case) -> bool:
-    """A Bessel case whose running variance would differ if the biased variance were used."""
-    rs = case.config.running_stats
-    if rs.variance != "bessel" or rs.rule != "ema" or rs.decay == 1.0:
-        return False
-    return any(s.is_training and s.update_running_stats and n >= 2
-               for s, n in zip(case.steps, case.reduce_counts()))
-
-
-def _empty_training_update(case: Case) -> bool:
-    return any(s.is_training and s.update_running_stats and n == 0
-               for s, n in zip(case.steps, case.reduce_counts()))
-
-
-def _float32_squares_overflow(case: Case) -> bool:
-    """A float32 training batch whose squared values exceed the float32 range."""
-    if case.config.input_dtype != "float32":
-        return False
-    limit = np.sqrt(np.finfo(np.float32).max)  # infinities are another case: they are not overflow
-    return any(s.is_training and np.any(np.abs(s.x[np.isfinite(s.x)].astype(np.float64)) > limit)
-               for s in case.steps)
-
-
 def _float32_attributes(case: Case) -> Case:
-    """The case as ONNX stores it: epsilon and momentum rounded to float32, population variance."""
+    """The case as ONNX stores it: epsilon and momentum rounded to float32. The variance kind is set
+    to the spec's biased one: a Bessel case runs here only where its results do not depend on the
+    kind, and the variant must describe what the runtime computes."""
     config = case.config
     return variant(case, epsilon=float(np.float32(config.epsilon)),
                    epsilon_floor=float(np.float32(config.epsilon_floor)),
                    running_stats={"decay": float(np.float32(config.running_stats.decay)), "variance": "biased"})
 
 
-POPULATION_RUNNING_VARIANCE = Deviation(
-    name="onnx-population-running-variance",
-    applies_to="EMA cases asking for a Bessel-corrected running variance with a training update of N >= 2",
-    applies=lambda case, device: _bessel_changes_running_var(case),
-    behaviour=MatchesVariant("running_var matches the BIASED-variance variant",
-                             lambda c: variant(c, running_stats={"variance": "biased"})),
-    explanation=("the spec updates running_var with ReduceVar, 'the population variance ... "
-                 "sum(sqrd(x_i - x_avg)) / N' (no N/(N-1) factor, unlike torch.nn.BatchNorm)"),
-    link=ONNX_SPEC,
-)
-
 BFLOAT16_NOT_IMPLEMENTED = Deviation(
     name="onnxruntime-no-bfloat16-batchnorm-cpu",
-    applies_to="bfloat16 inputs on the CPU execution provider",
-    applies=lambda case, device: case.config.input_dtype == "bfloat16" and device == "cpu",
+    kind="defect",  # the spec the runtime implements allows the dtype; the session cannot be built
+    applies=input_dtype_in("bfloat16") & device_in("cpu"),
     behaviour=Raises("NotImplemented", "Could not find an implementation for BatchNormalization"),
     explanation=("the spec allows tensor(bfloat16) for X, but ONNX Runtime's CPU provider registers "
                  "no BatchNormalization(15) kernel for it, so creating the session fails"),
@@ -135,10 +107,10 @@ BFLOAT16_NOT_IMPLEMENTED = Deviation(
 
 FLOAT32_ATTRIBUTES = Deviation(
     name="onnx-float32-epsilon-momentum",
-    applies_to="float64 cases (inputs and parameters in double)",
-    applies=lambda case, device: case.config.input_dtype == "float64",
-    behaviour=MatchesVariant("results match the variant with epsilon and decay rounded to float32 "
-                             "(and the population running variance)", _float32_attributes),
+    kind="dtype",  # float32-rounded epsilon and momentum on float64 tensors
+    applies=input_dtype_in("float64"),
+    behaviour=MatchesVariant("results match the variant with epsilon and decay rounded to float32",
+                             _float32_attributes),
     explanation=("epsilon and momentum are FLOAT attributes, i.e. 32-bit in AttributeProto, so a double "
                  "model computes with float32(1e-5) = 9.99999975e-06 and float32(0.9): ~1e-7 relative "
                  "error in the running statistics, up to 2e-7 in y, far above float64 tolerances"),
@@ -147,10 +119,13 @@ FLOAT32_ATTRIBUTES = Deviation(
 
 EMPTY_BATCH_NAN = Deviation(
     name="onnx-empty-batch-nan-running-stats",
-    applies_to="a training step (with update) on an empty batch (N = 0)",
-    applies=lambda case, device: _empty_training_update(case),
-    behaviour=Mismatches(("running_mean", "running_var"),
-                         "running_mean and running_var outputs are NaN instead of the inputs"),
+    kind="edge",  # N == 0: the model keeps the state, the spec's formula has no rule for it
+    applies=updates_on_empty_batch,
+    # y is named too: a later eval step normalizes with the NaN statistics (a consequence, not a
+    # second finding); the suite's own empty-batch cases keep later batches empty as well.
+    behaviour=Mismatches(("running_mean", "running_var", "y"),
+                         "running_mean and running_var outputs are NaN instead of the inputs (and so is y of "
+                         "a later step that normalizes with them)"),
     explanation=("the spec's update input * momentum + ReduceMean/ReduceVar(X) * (1 - momentum) has "
                  "no N == 0 rule and the runtime returns 0/0 = NaN statistics"),
     link=ONNX_SPEC,
@@ -158,13 +133,35 @@ EMPTY_BATCH_NAN = Deviation(
 
 FLOAT32_VARIANCE_OVERFLOW = Deviation(
     name="onnxruntime-float32-variance-overflow",
-    applies_to="float32 training batches whose finite squared values exceed float32 max (|x| > 1.8e19)",
-    applies=lambda case, device: _float32_squares_overflow(case),
+    kind="precision",  # right formula, an intermediate overflows
+    applies=squares_overflow("float32"),
     behaviour=Mismatches(("y", "running_var"), "y = B and running_var = inf"),
     explanation=("the float32 kernel accumulates squared deviations in float32, so inputs of ~1e37 "
                  "give an infinite variance, 1/sqrt(inf) = 0 and y collapses to the bias B"),
     link=ONNX_SPEC,
 )
+
+
+# The spec's conventions (module docstring): eps inside the sqrt, a biased running variance, a
+# plain EMA with a constant momentum; running statistics are outputs of training mode only.
+CAPABILITIES = Capabilities(
+    epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"biased"}),
+    zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
+
+
+def schema_defaults() -> dict[str, float]:
+    """momentum and epsilon defaults of the opset-15 BatchNormalization schema, as onnx states them.
+
+    The attributes are 32-bit floats (0.9 is stored as 0.89999998); the shortest decimal that
+    rounds to the stored float32 is what the schema's author wrote and what users read.
+    """
+    onnx, _ = _onnx()
+    attributes = onnx.defs.get_schema("BatchNormalization", OPSET).attributes
+
+    def read(name):
+        return float(str(np.float32(onnx.helper.get_attribute_value(attributes[name].default_value))))
+    return {"decay_parameter": read("momentum"), "epsilon": read("epsilon")}
 
 
 class OnnxRuntimeAdapter(Adapter):
@@ -175,8 +172,9 @@ class OnnxRuntimeAdapter(Adapter):
     extra = "onnx"
     requires = ("onnx", "onnxruntime")
     device_kinds = ("cpu", "cuda")
-    deviations = (BFLOAT16_NOT_IMPLEMENTED, FLOAT32_ATTRIBUTES, EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW,
-                  POPULATION_RUNNING_VARIANCE)
+    deviations = (BFLOAT16_NOT_IMPLEMENTED, FLOAT32_ATTRIBUTES, EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW)
+    capabilities = CAPABILITIES
+    decay_parameter = ("momentum", "old")  # spec: running = input * momentum + current * (1 - momentum)
     notes = ("opset 15 one-node model; channel axis other than 1 by np.transpose; scale/center off "
              "as ones/zeros inputs; state carried between steps by the adapter (stateless op)")
 
@@ -190,25 +188,12 @@ class OnnxRuntimeAdapter(Adapter):
         except importlib.metadata.PackageNotFoundError:
             return version
 
+    def framework_defaults(self) -> dict[str, float]:
+        return schema_defaults()
+
     def devices(self) -> list[str]:
         _, ort = _onnx()
         return ["cpu"] + (["cuda"] if "CUDAExecutionProvider" in ort.get_available_providers() else [])
-
-    def supports(self, case: Case, device: str) -> str | None:
-        config, rs = case.config, case.config.running_stats
-        if config.epsilon_mode != "add_inside_sqrt":
-            return f"ONNX BatchNormalization adds epsilon inside the sqrt only; no {config.epsilon_mode} option"
-        if rs.rule == "cumulative":
-            return "ONNX BatchNormalization has no cumulative-average option (momentum is a fixed EMA weight)"
-        if rs.zero_debias:
-            return "ONNX BatchNormalization has no zero-debias option (plain EMA of the input statistics)"
-        if rs.num_updates_schedule:
-            return "ONNX BatchNormalization has no num_updates decay schedule (momentum is a constant attribute)"
-        if case.rank < 2:
-            return "ONNX BatchNormalization needs X of rank >= 2 (N x C x D1 ... Dn)"
-        if any(not s.is_training and s.update_running_stats for s in case.steps):
-            return "ONNX BatchNormalization outputs running statistics only in training mode (training_mode=1)"
-        return None
 
     def _session(self, case: Case, training: bool, device: str):
         """An InferenceSession per (rank, C, dtypes, mode, knobs, device), built once."""
@@ -224,9 +209,6 @@ class OnnxRuntimeAdapter(Adapter):
         return self._sessions[key]
 
     def run(self, case: Case, device: str) -> list[dict[str, np.ndarray]]:
-        reason = self.supports(case, device)
-        if reason:
-            raise Unsupported(reason)
         state = self._initial_feeds(case)
         results = []
         for step in case.steps:

@@ -19,8 +19,9 @@ from bnconform.specs import EVAL, TRAIN, Spec, build  # noqa: E402
 from bnconform_onnxruntime.adapter import OnnxRuntimeAdapter  # noqa: E402
 
 
-def _case(name, shape, channel_axis, steps, variance="biased"):
-    config = Config(channel_axis=channel_axis, running_stats=RunningStats(decay=0.9, variance=variance))
+def _case(name, shape, channel_axis, steps, variance="biased", dtype="float32"):
+    config = Config(channel_axis=channel_axis, running_stats=RunningStats(decay=0.9, variance=variance),
+                    input_dtype=dtype, param_dtype=dtype)
     return build(Spec("plugin", name, "plug-in test case", config, [shape], steps))
 
 
@@ -44,10 +45,38 @@ def test_channels_last_training_updates_pass():
     assert verdict.status == "pass", verdict.detail
 
 
-def test_bessel_case_is_the_declared_population_variance():
+def test_a_bessel_case_that_depends_on_the_kind_is_unsupported_by_the_biased_convention():
     case = _case("bessel_train", (4, 3), 1, (TRAIN, TRAIN), variance="bessel")
     verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
-    assert (verdict.status, verdict.deviation) == ("deviation", "onnx-population-running-variance"), verdict.detail
+    assert verdict.status == "unsupported", verdict.detail
+    assert "biased running variance" in verdict.detail and "Bessel" in verdict.detail
+
+
+def test_a_bessel_case_whose_results_do_not_depend_on_the_kind_runs_and_passes():
+    case = _case("bessel_eval", (4, 3), 1, (EVAL,), variance="bessel")  # no update: the kind never matters
+    verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
+    assert verdict.status == "pass", verdict.detail
+
+
+def test_float64_case_is_the_declared_float32_attribute_deviation():
+    case = _case("float64_train", (6, 3), 1, (TRAIN, TRAIN, EVAL), dtype="float64")
+    verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
+    assert (verdict.status, verdict.deviations, verdict.kinds) == \
+        ("deviation", ["onnx-float32-epsilon-momentum"], ["dtype"]), verdict.detail
+
+
+def test_empty_batch_update_is_the_declared_edge_deviation():
+    case = build(Spec("plugin", "empty", "plug-in test case", Config(channel_axis=1, running_stats=RunningStats(
+        variance="biased")), [(0, 3), (4, 3)], (TRAIN, EVAL)))
+    verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
+    assert (verdict.status, verdict.deviations, verdict.kinds) == \
+        ("deviation", ["onnx-empty-batch-nan-running-stats"], ["edge"]), verdict.detail
+
+
+def test_defaults_are_read_from_the_onnx_operator_schema():
+    # The BatchNormalization-15 spec documents momentum 0.9 and epsilon 1e-5 (float32 attributes).
+    assert OnnxRuntimeAdapter().framework_defaults() == {"decay_parameter": 0.9, "epsilon": 1e-5}
+    assert OnnxRuntimeAdapter.decay_parameter == ("momentum", "old")
 
 
 def test_sessions_are_cached_per_mode_and_knobs():
