@@ -21,21 +21,22 @@ virtual_batch_size         ``virtual_batch_size`` (ghost batches; the layer spli
 
 ``tf_keras.auto`` passes ``fused=None`` (the layer picks the fused kernel for 4-D/5-D input with
 the channel axis at 1 or last and a float16/bfloat16/float32 compute dtype), ``tf_keras.fused``
-passes ``fused=True`` (cases the layer refuses are unsupported with its own message) and
-``tf_keras.nonfused`` passes ``fused=False``. The running variance is biased on the non-fused path
-and Bessel-corrected on the fused path (tensorflow/tensorflow#55545): declared per path.
+passes ``fused=True`` and ``tf_keras.nonfused`` passes ``fused=False``.
 
-Unsupported on the layers: epsilon outside the sqrt or as a max; the cumulative rule; zero-debias;
-the num_updates schedule; a step with batch statistics but no update (TF2 behaviour: training=True
-always updates); contiguous ghost batches (except virtual_batch_size 1 or the whole batch, where
-both splits agree); sample weights (the layer's ``mask`` is binary, and the fused path ignores it);
-parameter dtypes other than the layer's variable dtype. No num_updates, batch_mean or batch_var is
-returned: the layer exposes none of them.
+Capabilities (``keras_common.layer_capabilities``): eps inside the sqrt; a plain EMA with a
+constant momentum (no cumulative rule, zero-debias or num_updates schedule); training=True always
+updates the moving statistics (no batch step without an update); ghost batches are interleaved
+(contiguous only where both splits agree: virtual_batch_size 1 or the whole batch); variables in
+the input dtype, float32 for half inputs; renorm and ghost batches, no sample weights (``mask`` is
+binary). Running-variance convention: biased on the non-fused path (tf.nn.moments), Bessel on the
+fused kernel (FusedBatchNormV3; tensorflow/tensorflow#55545) -- fused=None switches per case.
+fused=True has only the fused kernel's ranks (4, 5), axes (1, last) and dtypes (no float64); a
+case it still refuses raises Unsupported with the layer's own message. No num_updates, batch_mean
+or batch_var is returned: the layer exposes none of them.
 
-Declared deviations (``keras_common``): biased running variance on the non-fused path and
-Bessel on the fused path; an empty batch turns the moving statistics NaN; float64 variables see
-momentum through float32(1 - momentum); float32 statistics overflow for |x| > ~1.8e19; renorm with
-float64 variables raises.
+Declared deviations (``keras_common``): an empty batch turns the moving statistics NaN (defect);
+float64 variables see momentum through float32(1 - momentum) (dtype); float32 statistics overflow
+for |x| > ~1.8e19 (precision); renorm with float64 variables raises (defect).
 
 ``trainable=False``: in TF2 the layer then ignores ``training=True`` and runs in inference mode
 (moving statistics, no update; ``_get_training_value``), so it is the same as ``training=False``
@@ -58,14 +59,14 @@ Backend adapter (``tf_keras.backend``), functions without running statistics:
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from ...capabilities import HALF_DTYPES, Capabilities
+from ...selectors import ANY
 from ..base import Adapter, Unsupported, has_training_step
 from .common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
-from .keras_common import (LAYER, auto_uses_fused, backend_deviations, batch_without_update_reason,
-                               empty_batch_deviation, float64_decay_deviation, fused_bessel_deviation,
-                               ghost_split_reason, nonfused_biased_deviation, overflow_deviation,
-                               param_dtype_reason, renorm_float64_deviation, running_rule_reason, tf_keras)
-
-HALF = ("float16", "bfloat16")
+from .keras_common import (KERAS_DTYPES, LAYER, backend_deviations, empty_batch_deviation, float64_decay_deviation, fused_path,
+                           layer_capabilities, layer_defaults, overflow_deviation, renorm_float64_deviation, tf_keras)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -80,8 +81,8 @@ class _TfKerasLayerAdapter(Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "tf_keras")
     device_kinds = ("cpu", "cuda")
-    handles_extensions = frozenset({"renorm", "virtual_batch_size"})
-    fused: bool | None = None
+    decay_parameter = ("momentum", "old")
+    fused: ClassVar[bool | None] = None
 
     def __init__(self):
         self._layers = {}  # (device, dtype, rank, shape of params, knobs) -> layer or ValueError
@@ -89,27 +90,17 @@ class _TfKerasLayerAdapter(Adapter):
     def devices(self):
         return tf_devices()
 
+    def framework_defaults(self):
+        return layer_defaults(tf_keras().layers.BatchNormalization)
+
     def uses_fused(self, case) -> bool:
         """Whether the layer built for this case takes the fused kernel (checked in run)."""
-        return auto_uses_fused(case) if self.fused is None else bool(self.fused)
-
-    def supports(self, case, device):
-        reason = (_expression_reason(case) or running_rule_reason(case.config) or batch_without_update_reason(case)
-                  or ghost_split_reason(case) or param_dtype_reason(case.config))
-        if reason:
-            return reason
-        built = self._layer(case, device)
-        if isinstance(built, ValueError):
-            return f"{LAYER}(fused={self.fused}) refuses this case: {_first_line(built)}"
-        if self.fused and not built.fused:
-            return (f"{LAYER}(fused=True) silently falls back to the non-fused path for "
-                    f"{case.rank}-D input with axis={case.config.channel_axis}")
-        return None
+        return fused_path(case, "cpu") if self.fused is None else bool(self.fused)
 
     def run(self, case, device):
         layer = self._layer(case, device)
-        if isinstance(layer, ValueError):
-            raise Unsupported(_first_line(layer))
+        if isinstance(layer, ValueError):  # the layer's own "fused=True is only supported ..." refusal
+            raise Unsupported(f"{LAYER}(fused={self.fused}) refuses this case: {_first_line(layer)}")
         if bool(layer.fused) != self.uses_fused(case):
             raise RuntimeError(f"Expected: fused={self.uses_fused(case)} for this case. Received: {layer.fused}")
         with tf_device_scope(device):
@@ -148,13 +139,6 @@ class _TfKerasLayerAdapter(Adapter):
         return layer
 
 
-def _expression_reason(case) -> str | None:
-    if case.config.epsilon_mode != "add_inside_sqrt":
-        return (f"{LAYER} adds epsilon inside the square root (rsqrt(var + epsilon)); "
-                f"it has no {case.config.epsilon_mode} option")
-    return None
-
-
 def _renorm_arguments(renorm) -> dict:
     """renorm=True with the clipping bounds the case sets (tf_keras treats a missing key as no bound)."""
     if renorm is None:
@@ -182,14 +166,13 @@ class TfKerasAutoAdapter(_TfKerasLayerAdapter):
 
     name = "tf_keras.auto"
     fused = None
+    capabilities = layer_capabilities(None)
     notes = "fused=None: fused kernel for 4-D/5-D float16/bfloat16/float32 input with axis 1 or last"
     deviations = (
         empty_batch_deviation(LAYER),
         renorm_float64_deviation(LAYER),
         overflow_deviation(f"{LAYER}(fused=None)", ("y", "running_var")),
-        float64_decay_deviation(f"{LAYER}(fused=None)", lambda c: not auto_uses_fused(c)),
-        nonfused_biased_deviation(f"{LAYER}(fused=None)", lambda c: not auto_uses_fused(c)),
-        fused_bessel_deviation(f"{LAYER}(fused=None)", auto_uses_fused),
+        float64_decay_deviation(f"{LAYER}(fused=None)", ~fused_path),
     )
 
 
@@ -198,11 +181,9 @@ class TfKerasFusedAdapter(_TfKerasLayerAdapter):
 
     name = "tf_keras.fused"
     fused = True
+    capabilities = layer_capabilities(True)
     notes = "fused=True: only 4-D/5-D float16/bfloat16/float32 input with axis 1 or last"
-    deviations = (
-        empty_batch_deviation(f"{LAYER}(fused=True)"),
-        fused_bessel_deviation(f"{LAYER}(fused=True)", lambda c: True),
-    )
+    deviations = (empty_batch_deviation(f"{LAYER}(fused=True)"),)
 
 
 class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
@@ -210,13 +191,13 @@ class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
 
     name = "tf_keras.nonfused"
     fused = False
+    capabilities = layer_capabilities(False)
     notes = "fused=False: tf.nn.moments + tf.nn.batch_normalization, any rank and axis"
     deviations = (
         empty_batch_deviation(f"{LAYER}(fused=False)"),
         renorm_float64_deviation(f"{LAYER}(fused=False)"),
         overflow_deviation(f"{LAYER}(fused=False)", ("y", "running_var")),
-        float64_decay_deviation(f"{LAYER}(fused=False)", lambda c: True),
-        nonfused_biased_deviation(f"{LAYER}(fused=False)", lambda c: True),
+        float64_decay_deviation(f"{LAYER}(fused=False)", ANY),
     )
 
 
@@ -246,17 +227,25 @@ class TfKerasBackendAdapter(Adapter):
     notes = ("functional: no running statistics (eval steps use the case's initial ones); "
              "per-channel vectors reshaped to broadcast along the channel axis")
     deviations = backend_deviations(BACKEND, BACKEND_SOURCE, backend_fused_route)
+    # eps inside the sqrt (tf.nn.batch_normalization / fused_batch_norm; the batch_normalization
+    # docstring's (sqrt(var) + epsilon) is not what runs). No running statistics are kept, so the
+    # running-statistics conventions never reach an output (an eval step after an update is
+    # refused in supports()); a running-statistics step cannot update anything.
+    capabilities = Capabilities(
+        epsilon_modes=frozenset({"add_inside_sqrt"}), dtypes=KERAS_DTYPES,
+        step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
 
     def devices(self):
         return tf_devices()
 
+    def framework_defaults(self):
+        import inspect
+
+        parameters = inspect.signature(tf_keras().backend.normalize_batch_in_training).parameters
+        return {"decay_parameter": None, "epsilon": parameters["epsilon"].default}
+
     def supports(self, case, device):
-        cfg = case.config
-        if cfg.epsilon_mode != "add_inside_sqrt":
-            return (f"{BACKEND} adds epsilon inside the sqrt (tf.nn.batch_normalization / fused_batch_norm; "
-                    f"the batch_normalization docstring's (sqrt(var) + epsilon) is not what runs); "
-                    f"it has no {cfg.epsilon_mode} option")
-        return _backend_steps_reason(case, device) or _backend_dtype_reason(case, device)
+        return _backend_steps_reason(case, device) or _backend_half_reason(case, device)
 
     def run(self, case, device):
         with tf_device_scope(device):
@@ -277,16 +266,10 @@ def _backend_steps_reason(case, device) -> str | None:
     return None
 
 
-def _backend_dtype_reason(case, device) -> str | None:
-    cfg = case.config
-    if cfg.input_dtype in HALF:
-        if cfg.param_dtype != "float32":
-            return f"{BACKEND} is exercised with float32 parameters for half inputs; got {cfg.param_dtype}"
-        if has_training_step(case) and not backend_fused_route(case, device):
-            return (f"{BACKEND}.normalize_batch_in_training off the fused route cannot take float32 gamma/beta "
-                    f"with {cfg.input_dtype} input (InvalidArgumentError: expected a half tensor)")
-    elif cfg.param_dtype != cfg.input_dtype:
-        return f"{BACKEND} takes parameters in the input dtype; got {cfg.param_dtype} for {cfg.input_dtype}"
+def _backend_half_reason(case, device) -> str | None:
+    if case.config.input_dtype in HALF_DTYPES and has_training_step(case) and not backend_fused_route(case, device):
+        return (f"{BACKEND}.normalize_batch_in_training off the fused route cannot take float32 gamma/beta "
+                f"with {case.config.input_dtype} input (InvalidArgumentError: expected a half tensor)")
     return None
 
 
