@@ -1,4 +1,5 @@
-"""The ``bnconform`` command line. Every user error is one line on stderr and exit status 2."""
+"""The ``bnconform`` command line. Every user error is one line on stderr and exit status 2;
+Ctrl-C is one line and exit status 130, with no traceback and no reports written."""
 
 from __future__ import annotations
 
@@ -7,12 +8,7 @@ import sys
 from pathlib import Path
 
 from . import __version__
-
-DEFAULT_CASES = Path("cases")
-
-
-class UsageError(Exception):
-    """A bad option or input; the message is the whole line shown to the user."""
+from .usage import DEFAULT_CASES, UsageError, case_paths
 
 
 def _cmd_generate(args) -> int:
@@ -31,20 +27,6 @@ def _cmd_generate(args) -> int:
     count = generate(root)
     print(f"wrote {count} cases under {root}")
     return 0
-
-
-def case_paths(paths) -> list[Path]:
-    """Expand directories to the *.json case files below them (schema.json excluded)."""
-    found = []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*.json") if p.name != "schema.json")
-        elif path.exists():
-            found.append(path)
-        else:
-            raise UsageError(f"{path}: Expected: a case file or directory. Received: no such path")
-    return found
 
 
 def _cmd_validate(args) -> int:
@@ -82,8 +64,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def main(argv=None) -> int:
     parser = _parser()
     try:
@@ -92,8 +72,8 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"bnconform: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("bnconform: interrupted", file=sys.stderr)
+    except KeyboardInterrupt:  # the scheduler has killed its hosts; reports are written only after a run
+        print("bnconform: interrupted; no reports written", file=sys.stderr)
         return 130
 
 

@@ -1,4 +1,9 @@
-"""``bnconform run | check | list | report | diff | bench``: the commands beyond generate/validate."""
+"""``bnconform run | check | list | report | diff | bench``: the commands beyond generate/validate.
+
+Every bad input becomes a :class:`UsageError` (one line, exit 2). Which backends and devices a
+run means is decided by :mod:`bnconform.selection`; where its reports go, by
+:mod:`bnconform.reports_io` (only a whole-matrix run replaces the tracked ``reports/``).
+"""
 
 from __future__ import annotations
 
@@ -7,24 +12,57 @@ import os
 import sys
 from pathlib import Path
 
-from .cli import UsageError, case_paths
+from .usage import DEFAULT_CASES, UsageError, case_paths
 
 UNEXPECTED = ("fail", "error")
+NOT_RUN = ("unsupported", "unavailable")
 
 
-def _selection(args):
+def _planner():
+    """The module that plans cells (execution.plan once it exists, else the older matrix)."""
+    try:
+        from .execution import plan as planner
+    except ImportError:
+        from . import matrix as planner
+    return planner
+
+
+def _run_cells(cells, jobs: int, timeout: float):
+    """(verdicts in cell order, host info per backend), from whichever scheduler is installed."""
+    try:
+        from .execution.scheduler import run_cells
+    except ImportError:
+        from .runner import run_cells
+    return run_cells(cells, jobs=jobs, timeout=timeout)
+
+
+def _backends(args):
+    """(selected names, device kinds to plan), or a UsageError naming the bad word."""
     from .adapters.registry import RegistryError
-    from .matrix import discover_cases, plan, select_adapters
-    from .validation import CaseError
+    from .selection import select_backends, select_devices
 
     try:
-        cases = discover_cases(Path(args.cases), args.family)
-        adapters = select_adapters(args.backend, args.adapter)
-    except (CaseError, RegistryError) as exc:
+        selected = select_backends(args.backend, args.adapter)
+        return selected, select_devices(args.device, selected)
+    except RegistryError as exc:
         raise UsageError(str(exc)) from None
-    if args.family and not cases:
-        raise UsageError(f"--family: Expected: a family under {args.cases}. Received: {', '.join(args.family)}")
-    return plan(cases, adapters, args.device), adapters
+
+
+def _matrix_cases(args) -> tuple[list, list[str]]:
+    """(the cases of the selected families, every family under the case root)."""
+    from .validation import CaseError
+
+    root = Path(args.cases)
+    if not root.is_dir():
+        raise UsageError(f"--cases: Expected: a directory of case families. Received: {root} (no such directory)")
+    families = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.json")))
+    unknown = [f for f in args.family or [] if f not in families]
+    if unknown:
+        raise UsageError(f"--family: Expected: one of {', '.join(families)} under {root}. Received: {', '.join(unknown)}")
+    try:
+        return _planner().discover_cases(root, args.family), families
+    except CaseError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _summary(verdicts) -> str:
@@ -39,75 +77,69 @@ def _summary(verdicts) -> str:
     return "\n".join(lines)
 
 
-def _write_reports(document, out: Path) -> None:
-    from . import results
-    from .report import render
-
-    results.write(document, out / "results.json")
-    (out / "conformance.md").write_text(render(document), encoding="utf-8")
-
-
 def cmd_run(args) -> int:
     from . import results
-    from .runner import run_cells
+    from .reports_io import write_reports
+    from .selection import is_whole_matrix
 
-    cells, adapters = _selection(args)
-    print(f"running {len(cells)} cells: {len({c.case_id for c in cells})} cases x {len(adapters)} backends", file=sys.stderr)
-    verdicts, infos = run_cells(cells, jobs=args.jobs, timeout=args.timeout)
-    selection = {k: getattr(args, k) for k in ("backend", "device", "family") if getattr(args, k)}
+    cases, families = _matrix_cases(args)
+    selected, devices = _backends(args)
+    cells = _planner().plan(cases, selected, devices)
+    print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on {', '.join(devices)}",
+          file=sys.stderr)
+    verdicts, infos = _run_cells(cells, args.jobs, args.timeout)
+    selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family") if getattr(args, k)}
     document = results.build(verdicts, infos, selection, Path(args.cases))
-    _write_reports(document, Path(args.reports))
+    whole = (is_whole_matrix(selected, args.family, args.device, families)
+             and Path(args.cases).resolve() == DEFAULT_CASES.resolve())
+    target = write_reports(document, Path(args.reports), whole, args.out)
     print(_summary(verdicts))
     bad = [v for v in verdicts if v.status in UNEXPECTED]
     for v in bad[:20]:
         print(f"{v.status}: {v.cell_id}: {v.detail}", file=sys.stderr)
-    print(f"reports written to {args.reports}/conformance.md and results.json; {len(bad)} unexpected fail/error")
+    print(f"reports written to {target}/conformance.md and results.json; {len(bad)} unexpected fail/error")
     return 1 if bad else 0
 
 
+def _nothing_ran(verdicts) -> str:
+    """The one line for a check in which every cell was unsupported or unavailable."""
+    reasons = collections.Counter(f"{v.status}: {v.detail}" for v in verdicts)
+    top = "; ".join(f"{reason} ({n} cell(s))" for reason, n in reasons.most_common(2))
+    more = f"; and {len(reasons) - 2} other reason(s)" if len(reasons) > 2 else ""
+    return f"bnconform: nothing could run: all {len(verdicts)} cell(s) were unsupported or unavailable: {top}{more}"
+
+
 def cmd_check(args) -> int:
-    from .adapters.registry import RegistryError
-    from .matrix import plan, select_adapters
-    from .runner import run_cells
+    """Exit 0 when every cell that could run conforms (pass or deviation), 1 when one fails or
+    errors or when nothing could run at all, 2 for invalid input (raised as UsageError)."""
     from .validation import CaseError, load_case
 
     try:
         cases = [load_case(p) for p in case_paths(args.paths)]
-        adapters = select_adapters(args.backend, args.adapter, all_by_default=False)
-        if not adapters:
-            raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
-    except (CaseError, RegistryError) as exc:
+    except CaseError as exc:
         raise UsageError(str(exc)) from None
-    verdicts, _ = run_cells(plan(cases, adapters, args.device), jobs=1, timeout=args.timeout)
+    if not cases:
+        raise UsageError(f"check: Expected: at least one case file. Received: none under {', '.join(args.paths)}")
+    if not args.backend and not args.adapter:
+        raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
+    selected, devices = _backends(args)
+    verdicts, _ = _run_cells(_planner().plan(cases, selected, devices), len(selected), args.timeout)
     for v in verdicts:
         print(f"{v.status:11} {v.cell_id}" + (f": {v.detail}" if v.detail else ""))
-    conform = all(v.status in ("pass", "deviation") for v in verdicts)
-    return 0 if conform else 1
+    ran = [v for v in verdicts if v.status not in NOT_RUN]
+    if not ran:
+        print(_nothing_ran(verdicts), file=sys.stderr)
+        return 1
+    bad = [v for v in ran if v.status in UNEXPECTED]
+    print(f"{len(ran) - len(bad)} conform, {len(bad)} fail/error, {len(verdicts) - len(ran)} not run "
+          "(unsupported/unavailable)")
+    return 1 if bad else 0
 
 
 def cmd_list(args) -> int:
-    from concurrent.futures import ThreadPoolExecutor
+    from .listing import list_metadata, list_probe
 
-    from .adapters.registry import known, resolve
-    from .pool import AdapterProcess
-
-    names = list(known())
-
-    def describe(name):
-        process = AdapterProcess(name)
-        try:
-            return process.info()
-        finally:
-            process.close()
-
-    with ThreadPoolExecutor(max_workers=args.jobs) as executor:
-        infos = dict(zip(names, executor.map(describe, names)))
-    print(f"{'backend':28} {'framework':14} {'version':12} {'devices':16} status")
-    for name in names:
-        info, cls = infos[name], resolve(name)
-        status = f"unavailable: {info['unavailable']}" if info.get("unavailable") else "available"
-        print(f"{name:28} {cls.framework:14} {info.get('version', '?'):12} {','.join(info.get('devices') or []) or '-':16} {status}")
-    return 0
+    return list_probe(args.jobs) if args.probe else list_metadata()
 
 
 def cmd_report(args) -> int:
@@ -115,8 +147,8 @@ def cmd_report(args) -> int:
 
     try:
         document = results.merge([results.read(Path(p)) for p in args.results])
-    except results.ResultsError as exc:
-        raise UsageError(str(exc)) from None
+    except (results.ResultsError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(_bad_results(args.results, exc)) from None
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     from .report import render
@@ -128,14 +160,22 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _bad_results(paths, exc) -> str:
+    """One line for a results file that reads as JSON but not as a results document."""
+    from . import results
+
+    if isinstance(exc, results.ResultsError):
+        return str(exc)
+    return f"{', '.join(map(str, paths))}: Expected: results documents written by bnconform. Received: {type(exc).__name__}: {exc}"
+
+
 def cmd_diff(args) -> int:
     from . import results
 
     try:
-        old, new = results.read(Path(args.old)), results.read(Path(args.new))
-    except results.ResultsError as exc:
-        raise UsageError(str(exc)) from None
-    lines = results.diff(old, new)
+        lines = results.diff(results.read(Path(args.old)), results.read(Path(args.new)))
+    except (results.ResultsError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(_bad_results([args.old, args.new], exc)) from None
     print("\n".join(lines) if lines else "no cell changed its verdict")
     return 1 if lines else 0
 
@@ -146,28 +186,41 @@ def cmd_bench(args) -> int:
     return bench(args)
 
 
-def _common(parser, backends=True) -> None:
-    if backends:
-        parser.add_argument("--backend", action="append", help="backend name (repeatable; default: all)")
+def _common(parser) -> None:
+    parser.add_argument("--backend", action="append",
+                        help="backend name, family (torch = torch.nn + torch.functional) or glob ('keras3.*'); "
+                             "repeatable; default: all registered, or none when --adapter is given")
     parser.add_argument("--adapter", action="append", default=[], help="ad hoc adapter package.module:ClassName")
-    parser.add_argument("--device", action="append", help="device kind, e.g. cpu or cuda (repeatable)")
+    parser.add_argument("--device", action="append",
+                        help="device kind, e.g. cpu or cuda (repeatable; default: the kinds present here; an "
+                             "absent one asked for gives unavailable cells)")
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds per cell before a backend is killed")
+
+
+_CHECK_HELP = ("run your own case files; exit 0 when every cell that could run conforms (pass or declared "
+               "deviation; unsupported/unavailable cells do not fail it), 1 when a cell fails or errors or "
+               "nothing could run, 2 for invalid input")
 
 
 def register(sub) -> None:
     run = sub.add_parser("run", help="run the conformance matrix and write the reports (the main job)")
     _common(run)
     run.add_argument("--family", action="append", help="case family (repeatable; default: all)")
-    run.add_argument("--cases", default="cases", help="case directory (default: cases)")
-    run.add_argument("--reports", default="reports", help="report directory (default: reports)")
+    run.add_argument("--cases", default=str(DEFAULT_CASES), help="case directory (default: cases)")
+    run.add_argument("--reports", default="reports",
+                     help="report directory (default: reports); a run over less than the whole matrix writes "
+                          "under <reports>/partial/<selection>/")
+    run.add_argument("--out", help="write this run's reports into OUT instead")
     run.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="backends run at once")
     run.set_defaults(func=cmd_run)
-    check = sub.add_parser("check", help="run custom case files (exit 0 conform, 1 not, 2 invalid)")
+    check = sub.add_parser("check", help=_CHECK_HELP, description=_CHECK_HELP)
     check.add_argument("paths", nargs="+", help="case files or directories")
     _common(check)
     check.set_defaults(func=cmd_check)
-    lst = sub.add_parser("list", help="every backend, its framework version, devices and availability")
-    lst.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
+    lst = sub.add_parser("list", help="every backend from metadata: version, devices, what to install")
+    lst.add_argument("--probe", action="store_true",
+                     help="import each backend in its own process and report why one is unavailable (slow)")
+    lst.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="backends probed at once")
     lst.set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="re-render (and merge) results.json files into markdown")
     rep.add_argument("results", nargs="+", help="results.json files (later ones win per cell)")

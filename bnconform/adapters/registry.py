@@ -71,8 +71,9 @@ def load_class(target: str) -> type[Adapter]:
         sys.path.append(os.getcwd())
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise RegistryError(f"{target}: Expected: an importable module. Received: {exc}") from None
+    except Exception as exc:  # ImportError, or a module broken mid-edit raising anything at import
+        first = (str(exc).splitlines() or [""])[0]
+        raise RegistryError(f"{target}: Expected: an importable module. Received: {type(exc).__name__}: {first}") from None
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Adapter)):
         raise RegistryError(f"{target}: Expected: a subclass of bnconform.adapters.Adapter. Received: {cls!r}")
