@@ -156,9 +156,10 @@ def squares_overflow(accumulator: str = "float32") -> Selector:
     return Selector(f"training inputs beyond {limit:.2g}, whose squares overflow {accumulator}", test)
 
 
-def mean_far_from_spread(ratio: float) -> Selector:
+def mean_far_from_spread(ratio: float, constant: bool = True) -> Selector:
     """A training batch whose per-channel |mean| exceeds ``ratio`` x its standard deviation:
-    where E[x^2] - E[x]^2 cancels catastrophically."""
+    where E[x^2] - E[x]^2 cancels catastrophically. ``constant=False`` counts only channels with
+    a nonzero spread (a clamped one-pass variance is exact on a constant channel)."""
     def test(case, device):
         for step, n in _steps_with_counts(case):
             if not step.is_training or n < 2:
@@ -167,7 +168,8 @@ def mean_far_from_spread(ratio: float) -> Selector:
             x = np.asarray(step.x, dtype=np.float64)
             with np.errstate(invalid="ignore"):
                 mean, std = np.abs(x.mean(axis=axes)), x.std(axis=axes)
-            if np.any(np.isfinite(mean) & (mean > ratio * std)):
+            if np.any(np.isfinite(mean) & (mean > ratio * std) & (constant | (std > 0))):
                 return True
         return False
-    return Selector(f"a training batch whose |mean| exceeds {ratio:g} x its spread", test)
+    which = "a training batch" if constant else "a training batch with a non-constant channel"
+    return Selector(f"{which} whose |mean| exceeds {ratio:g} x its spread", test)

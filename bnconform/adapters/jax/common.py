@@ -14,15 +14,19 @@ arithmetic is the same as with the literal constant (the framework casts it to t
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import inspect
 import os
 from typing import Callable
 
 import numpy as np
 
+from ...capabilities import Capabilities
 from ...dtypes import numpy_dtype
 from ...model import Case
-from ..base import Adapter
+from ...selectors import squares_overflow, updates_on_empty_batch
+from ..base import Adapter, Deviation, Mismatches
 
 X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1"}
 
@@ -104,59 +108,54 @@ class JitCache:
         return len(self._functions)
 
 
-def common_unsupported(case: Case, api: str) -> str | None:
-    """Reasons shared by every JAX-family BN layer: eps inside sqrt, a fixed EMA, no schedule."""
-    config, rs = case.config, case.config.running_stats
-    if config.epsilon_mode != "add_inside_sqrt":
-        return (f"{api} adds epsilon inside the square root only (rsqrt(var + eps)); "
-                f"{config.epsilon_mode} cannot be expressed")
-    if rs.rule == "cumulative":
-        return f"{api} has no cumulative-average option (momentum is a fixed EMA decay)"
-    if rs.num_updates_schedule:
-        return f"{api} has no num_updates decay schedule (the decay is a constant)"
-    return None
+# What every JAX-family BatchNorm expresses: eps inside the square root (rsqrt(var + eps)), a biased
+# running variance (the variance it normalizes with), a constant EMA decay (no cumulative rule, no
+# num_updates schedule), no zero-debias (haiku and equinox "batch" narrow that), and the running
+# statistics updated only while normalizing with batch statistics; discarding the returned state
+# expresses a training step without an update. Any rank, any channel axis, every dtype pair.
+JAX_CAPABILITIES = Capabilities(
+    epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"biased"}),
+    zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
 
 
-def updates_with(case: Case, min_count: int = 1) -> bool:
-    """True if some step updates the running statistics from a batch of at least ``min_count``."""
-    return any(step.update_running_stats and n >= min_count
-               for step, n in zip(case.steps, case.reduce_counts()))
+def signature_defaults(signature_of, decay: str, epsilon: str) -> dict[str, float | None]:
+    """The ``decay`` and ``epsilon`` defaults read from a callable's signature (None: no default)."""
+    parameters = inspect.signature(signature_of).parameters
+
+    def default(name):
+        value = parameters[name].default
+        return None if value is inspect.Parameter.empty else value
+    return {"decay_parameter": default(decay), "epsilon": default(epsilon)}
 
 
-def bessel_matters(case: Case) -> bool:
-    """The case asks for a Bessel-corrected running variance and that changes a result.
-
-    The factor N / (N - 1) is 1 for N == 1 and a decay of 1 never folds the batch in.
-    """
-    rs = case.config.running_stats
-    return rs.variance == "bessel" and rs.decay != 1.0 and updates_with(case, min_count=2)
+def dataclass_defaults(cls, decay: str, epsilon: str) -> dict[str, float | None]:
+    """The ``decay`` and ``epsilon`` defaults of a dataclass-style module (flax.linen)."""
+    fields = {f.name: f.default for f in dataclasses.fields(cls)}
+    return {"decay_parameter": fields[decay], "epsilon": fields[epsilon]}
 
 
-def updates_outside_training(case: Case) -> bool:
-    """Some step updates the running statistics while normalizing with them (eval + update)."""
-    return any(step.update_running_stats and not step.is_training for step in case.steps)
+FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
 
+# flax linen and nnx share the statistics code (flax/linen/normalization.py: _compute_stats).
+FLAX_FLOAT32_VARIANCE_OVERFLOW = Deviation(
+    name="flax-float32-variance-overflow",
+    kind="precision",
+    applies=squares_overflow("float32"),
+    behaviour=Mismatches(("y", "running_var"), "y and running_var are wrong because the float32 variance overflows"),
+    explanation="statistics of float32 inputs are reduced in float32 (force_float32_reductions promotes only "
+                "up to float32); the variance ~1.7e74 overflows: the two-pass variance is inf and y collapses "
+                "to beta, the fast one is inf - inf = NaN",
+    link=FLAX_NORMALIZATION_SOURCE,
+)
 
-def flax_unsupported(case: Case, api: str, stats_name: str) -> str | None:
-    """Why a flax BatchNorm (linen or nnx) cannot express the case, or None.
-
-    Both keep a plain EMA of their batch statistics, updated only in training mode.
-    """
-    reason = common_unsupported(case, api)
-    if reason:
-        return reason
-    if case.config.running_stats.zero_debias:
-        return f"{api} has no zero-debiasing option (a plain EMA of {stats_name})"
-    if updates_outside_training(case):
-        return f"{api} updates {stats_name} only when normalizing with batch statistics"
-    return None
-
-
-def empty_batch_update(case: Case, device: str = "") -> bool:
-    """Some step updates the running statistics from an empty batch (N == 0)."""
-    return any(step.update_running_stats and n == 0 for step, n in zip(case.steps, case.reduce_counts()))
-
-
-def case_in(*case_ids: str) -> Callable[[Case, str], bool]:
-    """A deviation selector for the named cases (numeric findings that depend on the data)."""
-    return lambda case, device: case.id in case_ids
+FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
+    name="flax-empty-batch-nan-running-stats",
+    kind="defect",
+    applies=updates_on_empty_batch,
+    behaviour=Mismatches(("running_mean", "running_var"),
+                         "running_mean and running_var become NaN after an empty training batch"),
+    explanation="the mean over zero elements is NaN and is folded into the running statistics anyway: "
+                "corrupted state (the model keeps the state unchanged for N == 0)",
+    link=FLAX_NORMALIZATION_SOURCE,
+)

@@ -16,9 +16,11 @@ Translation (canonical knob -> flax.linen.BatchNorm argument):
 FlaxLinenAdapter keeps flax's default ``use_fast_variance=True`` (Var = E[x^2] - E[x]^2, clamped
 at 0); FlaxLinenExactVarianceAdapter sets ``use_fast_variance=False`` (Var = E[(x - E[x])^2]).
 
-Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; the num_updates schedule;
-zero-debiasing; updating running statistics in inference mode. flax keeps no update counter, so
-num_updates is not returned, and the batch moments are not exposed by the layer.
+Capabilities (``JAX_CAPABILITIES``): eps inside the square root, a biased running variance (flax
+folds the variance it normalizes with into batch_stats['var']; there is no Bessel option), a plain
+EMA with a constant momentum (no zero-debias, no schedule, no cumulative rule), updates only in
+training mode. flax keeps no update counter, so num_updates is not returned, and the batch moments
+are not exposed by the layer.
 
 Speed: variables are built from the case (no ``init``); one jitted step function per
 (axis, use_scale, use_bias, use_fast_variance) runs both modes through ``lax.cond`` and takes
@@ -29,11 +31,11 @@ from __future__ import annotations
 
 import functools
 
-from .common import (JaxAdapter, JitCache, flax_unsupported, bessel_matters, case_in, empty_batch_update,
-                          jax_device, load_jax, put, put_state, to_numpy)
-from ..base import Deviation, MatchesVariant, Mismatches, variant
-
-FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
+from ...selectors import mean_far_from_spread
+from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
+                     JAX_CAPABILITIES, JaxAdapter, JitCache, dataclass_defaults, jax_device, load_jax, put, put_state,
+                     to_numpy)
+from ..base import Deviation, Mismatches
 
 
 @functools.lru_cache(maxsize=None)
@@ -75,50 +77,17 @@ def build_variables(case, device) -> dict:
     return {"params": params, "batch_stats": {"mean": state["running_mean"], "var": state["running_var"]}}
 
 
-BIASED_RUNNING_VARIANCE = Deviation(
-    name="flax-biased-running-variance",
-    applies_to="cases asking for a Bessel-corrected running variance (N >= 2, decay < 1)",
-    applies=lambda case, device: bessel_matters(case) and not empty_batch_update(case, device),
-    behaviour=MatchesVariant("matches the oracle with a biased running variance",
-                             lambda case: variant(case, running_stats={"variance": "biased"})),
-    explanation="BatchNorm folds the biased batch variance (the one it normalizes with) into "
-                "batch_stats['var']; there is no Bessel option",
-    link=FLAX_NORMALIZATION_SOURCE,
-)
-
-FAST_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float64_1e8",
-                       "momentum/decay_0.5_bessel_n2_factor2", "momentum/decay_0.9_biased_n2")
-
+# A non-constant batch whose |mean| is over 50 x its spread: E[x^2] and E[x]^2 share their leading
+# digits (constant channels are exact: the clamp at 0 absorbs the rounding).
+# The cells: 1e4 + N(0,1) in float32, 1e8 + N(0,1) in float64 and the N=2 batches at ratio ~100.
 FAST_VARIANCE_CANCELS = Deviation(
     name="flax-fast-variance-cancellation",
-    applies_to="batches whose mean is large against their spread: " + ", ".join(FAST_VARIANCE_CASES),
-    applies=case_in(*FAST_VARIANCE_CASES),
+    kind="precision",
+    applies=mean_far_from_spread(50, constant=False),
     behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
     explanation="use_fast_variance=True (the default) computes max(0, E[x^2] - E[x]^2): for 1e4 + N(0,1) "
                 "in float32 y is off by up to 362 (|y| ~ 1), for 1e8 + N(0,1) in float64 by up to 992, and "
                 "N=2 float32 batches by ~2.4e3 ulp; use_fast_variance=False passes them",
-    link=FLAX_NORMALIZATION_SOURCE,
-)
-
-FLOAT32_VARIANCE_OVERFLOW = Deviation(
-    name="flax-float32-variance-overflow",
-    applies_to="float32 inputs of magnitude ~1e37 (degenerate/huge_mixed_sign_float32)",
-    applies=case_in("degenerate/huge_mixed_sign_float32"),
-    behaviour=Mismatches(("y", "running_var"), "y and running_var are wrong because the float32 variance overflows"),
-    explanation="statistics are reduced in float32 for float32 inputs (force_float32_reductions promotes "
-                "only up to float32); the variance ~1.7e74 overflows: the two-pass variance is inf and y "
-                "collapses to beta, the fast one is inf - inf = NaN",
-    link=FLAX_NORMALIZATION_SOURCE,
-)
-
-EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
-    name="flax-empty-batch-nan-running-stats",
-    applies_to="a training step with N == 0 that updates the running statistics",
-    applies=empty_batch_update,
-    behaviour=Mismatches(("running_mean", "running_var"),
-                         "running_mean and running_var become NaN after an empty training batch"),
-    explanation="the mean over zero elements is NaN and is folded into batch_stats anyway "
-                "(the model keeps the state unchanged for N == 0)",
     link=FLAX_NORMALIZATION_SOURCE,
 )
 
@@ -130,16 +99,17 @@ class FlaxLinenAdapter(JaxAdapter):
     framework = "flax"
     requires = ("jax", "flax")
     use_fast_variance = True
-    deviations = (FAST_VARIANCE_CANCELS, FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS,
-                  BIASED_RUNNING_VARIANCE)
+    capabilities = JAX_CAPABILITIES
+    decay_parameter = ("momentum", "old")
+    deviations = (FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
     notes = ("variables built from the case, no init; training without update discards the "
              "returned batch_stats; use_fast_variance=True (flax default)")
 
     def __init__(self):
         self._steps = JitCache(build_step)
 
-    def supports(self, case, device):
-        return flax_unsupported(case, "flax.linen.BatchNorm", "batch_stats")
+    def framework_defaults(self):
+        return dataclass_defaults(load_linen().BatchNorm, "momentum", "epsilon")
 
     def run(self, case, device):
         config, where = case.config, jax_device(device)
@@ -162,6 +132,6 @@ class FlaxLinenExactVarianceAdapter(FlaxLinenAdapter):
 
     name = "flax.linen.exact_variance"
     use_fast_variance = False
-    deviations = (FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS, BIASED_RUNNING_VARIANCE)
+    deviations = (FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
     notes = ("variables built from the case, no init; training without update discards the "
              "returned batch_stats; use_fast_variance=False")

@@ -13,9 +13,10 @@ Translation (canonical knob -> flax.nnx.BatchNorm argument):
     normalize_with "running"-> layer(x, use_running_average=True)
     update_running_stats    -> keep the BatchStats read after the call (False: keep the old ones)
 
-Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; the num_updates schedule;
-zero-debiasing; updating running statistics in inference mode. No update counter is kept and the
-batch moments are not exposed, so num_updates / batch_mean / batch_var are not returned.
+Capabilities (``JAX_CAPABILITIES``, as flax.linen: nnx shares linen's statistics code): eps inside
+the square root, a biased running variance, a plain EMA with a constant momentum, updates only in
+training mode. No update counter is kept and the batch moments are not exposed, so num_updates /
+batch_mean / batch_var are not returned.
 
 Speed: the layer is constructed inside one jitted step per (axis, use_scale, use_bias,
 param_dtype) -- its initializers are dead code that XLA drops -- both modes go through
@@ -26,11 +27,11 @@ from __future__ import annotations
 
 import functools
 
-from .common import (JaxAdapter, JitCache, flax_unsupported, case_in, jax_device, load_jax,
-                          put, put_state, to_numpy)
-from ..base import Deviation, Mismatches
-from .flax_linen import BIASED_RUNNING_VARIANCE, EMPTY_BATCH_POISONS_RUNNING_STATS
 from ...dtypes import numpy_dtype
+from ...selectors import mean_far_from_spread
+from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, JAX_CAPABILITIES,
+                     JaxAdapter, JitCache, jax_device, load_jax, put, put_state, signature_defaults, to_numpy)
+from ..base import Deviation, Mismatches
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
 
@@ -81,27 +82,14 @@ def build_params(case, device) -> tuple[dict, dict]:
     return params, {"mean": state["running_mean"], "var": state["running_var"]}
 
 
-NNX_FAST_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float64_1e8",
-                           "momentum/decay_0.5_bessel_n2_factor2", "momentum/decay_0.9_biased_n2")
-
 NNX_FAST_VARIANCE_CANCELS = Deviation(
     name="nnx-fast-variance-cancellation",
-    applies_to="batches whose mean is large against their spread: " + ", ".join(NNX_FAST_VARIANCE_CASES),
-    applies=case_in(*NNX_FAST_VARIANCE_CASES),
+    kind="precision",
+    applies=mean_far_from_spread(50, constant=False),
     behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
     explanation="nnx.BatchNorm defaults to use_fast_variance=True ('faster, but less numerically stable'): "
                 "max(0, E[x^2] - E[x]^2) loses every digit for 1e4 + N(0,1) in float32 and 1e8 + N(0,1) "
-                "in float64, and ~2.4e3 ulp on N=2 float32 batches",
-    link=NNX_NORMALIZATION_DOCS,
-)
-
-NNX_FLOAT32_VARIANCE_OVERFLOW = Deviation(
-    name="nnx-float32-variance-overflow",
-    applies_to="float32 inputs of magnitude ~1e37 (degenerate/huge_mixed_sign_float32)",
-    applies=case_in("degenerate/huge_mixed_sign_float32"),
-    behaviour=Mismatches(("y", "running_var"), "y and running_var are NaN because the float32 variance overflows"),
-    explanation="statistics are reduced in float32 for float32 inputs; E[x^2] and E[x]^2 (~1e74) overflow "
-                "and the fast variance is inf - inf = NaN",
+                "in float64, and ~2.4e3 ulp on N=2 float32 batches (|mean| ~100 x spread)",
     link=NNX_NORMALIZATION_DOCS,
 )
 
@@ -112,16 +100,17 @@ class FlaxNnxAdapter(JaxAdapter):
     name = "flax.nnx"
     framework = "flax"
     requires = ("jax", "flax")
-    deviations = (NNX_FAST_VARIANCE_CANCELS, NNX_FLOAT32_VARIANCE_OVERFLOW, EMPTY_BATCH_POISONS_RUNNING_STATS,
-                  BIASED_RUNNING_VARIANCE)
+    capabilities = JAX_CAPABILITIES
+    decay_parameter = ("momentum", "old")
+    deviations = (NNX_FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
     notes = ("layer built in a jitted step with Params/BatchStats set from the case; training without "
              "update keeps the old BatchStats; use_fast_variance=True (default)")
 
     def __init__(self):
         self._steps = JitCache(build_step)
 
-    def supports(self, case, device):
-        return flax_unsupported(case, "flax.nnx.BatchNorm", "its BatchStats")
+    def framework_defaults(self):
+        return signature_defaults(load_nnx().BatchNorm.__init__, "momentum", "epsilon")
 
     def run(self, case, device):
         config, where = case.config, jax_device(device)
