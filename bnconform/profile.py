@@ -125,7 +125,7 @@ class _Facts:
 
     def empty_batch(self) -> ProfileCell:
         cells = self._select(lambda m: 0 in m["training_n"] and 0 in m["update_n"])
-        return self._outcome(cells, "state unchanged")
+        return self._outcome(cells, "state unchanged", state=True)
 
     def half_moments(self) -> ProfileCell:
         cells = self._select(lambda m: m["input_dtype"] in HALF and not m["extensions"])
@@ -165,8 +165,9 @@ class _Facts:
             return ProfileCell(f"yes ({len(ran)} cases ran)", ran, "measured")
         return _unmeasured("no", cells)
 
-    def _outcome(self, cells, as_model: str, kinds=None) -> ProfileCell:
-        """``as_model`` when the cases pass, else what the observed deviations (of ``kinds``) do."""
+    def _outcome(self, cells, as_model: str, kinds=None, state=False) -> ProfileCell:
+        """``as_model`` when the cases pass, else what the observed deviations (of ``kinds``) do;
+        ``state``: name the effect on the running state (counter skew, corrupted statistics)."""
         bad = _unexpected(cells)
         if bad:
             return bad
@@ -180,25 +181,30 @@ class _Facts:
                     found.setdefault(name, []).append(v["case"])
         if not found:
             return ProfileCell(as_model, [v["case"] for v in ran if v["status"] == "pass"][:3], "measured")
-        text = "; ".join(dict.fromkeys(self._effect(name) for name in found))
+        text = "; ".join(dict.fromkeys(self._effect(name, state) for name in found))
         return ProfileCell(text, [cases[0] for cases in found.values()], "measured")
 
-    def _effect(self, name: str) -> str:
+    def _effect(self, name: str, state: bool) -> str:
         """A short phrase for a deviation's declared (and re-verified) effect."""
         declared = self.behaviour.get(name, {})
         effect = declared.get("effect", {})
         if "raises" in effect:
             return f"raises {effect['raises']}"
-        outputs = set(effect.get("outputs", []))
-        running = {"running_mean", "running_var"} & outputs
-        if outputs == {"num_updates"}:
-            return "counter skew (state unchanged)"
-        if "num_updates" in outputs and running:
-            return "counter skew, later running stats wrong"
-        if running and outputs <= running | {"y"}:
-            return f"running stats corrupted ({declared.get('kind', '?')})"
+        on_state = _state_effect(set(effect.get("outputs", [])), declared.get("kind", "?")) if state else None
         text = declared.get("behaviour", name)
-        return f"{declared.get('kind', '?')}: {text if len(text) <= 60 else text[:57] + '...'}"
+        return on_state or f"{declared.get('kind', '?')}: {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _state_effect(outputs: set, kind: str) -> str | None:
+    """What a Mismatches declaration does to the running state, from the outputs it names."""
+    running = {"running_mean", "running_var"} & outputs
+    if outputs == {"num_updates"}:
+        return "counter skew (state unchanged)"
+    if "num_updates" in outputs and running:
+        return "counter skew, later running stats wrong"
+    if running and outputs <= running | {"y"}:
+        return f"running stats corrupted ({kind})"
+    return None
 
 
 _EPS_WORDS = {"add_inside_sqrt": "inside sqrt", "add_outside_sqrt": "outside sqrt", "max_inside_sqrt": "max(var, eps)"}

@@ -165,10 +165,12 @@ def read(path: Path) -> dict:
         document = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ResultsError(f"{path}: Expected: a bnconform results.json. Received: {exc}") from None
-    if not isinstance(document, dict) or document.get("format") != RESULTS_FORMAT or "verdicts" not in document:
-        found = document.get("format") if isinstance(document, dict) else None
+    if not isinstance(document, dict) or "verdicts" not in document:
+        raise ResultsError(f"{path}: Expected: a results document (format {RESULTS_FORMAT}). "
+                           f"Received: {type(document).__name__} without verdicts")
+    if document.get("format") != RESULTS_FORMAT:
         raise ResultsError(f"{path}: Expected: format {RESULTS_FORMAT} (a bnconform results document). Received: "
-                           f"format {found!r}; re-run `bnconform run` to regenerate it")
+                           f"format {document.get('format')!r}; re-run `bnconform run` to regenerate it")
     return document
 
 
