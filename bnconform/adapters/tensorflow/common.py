@@ -16,9 +16,14 @@ Importing this module does not import TensorFlow.
 from __future__ import annotations
 
 import functools
+import inspect
 import os
 
 import numpy as np
+
+from ...capabilities import HALF_DTYPES, dtype_pairs
+from ...selectors import where
+from ..base import variant
 
 _DEVICE_NAMES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 
@@ -76,17 +81,44 @@ def channel_shape(rank: int, channel_axis: int, channels: int) -> list[int]:
     return shape
 
 
-def epsilon_mode_reason(config, api: str) -> str | None:
-    """Reason a case is unsupported by an API that adds epsilon inside the sqrt, else None."""
-    if config.epsilon_mode != "add_inside_sqrt":
-        return (f"{api} adds epsilon inside the square root (rsqrt(var + eps)); "
-                f"it has no {config.epsilon_mode} option")
-    return None
+def signature_default(function, parameter: str) -> float | None:
+    """The default of ``parameter`` in ``function``'s signature, or None when it has none
+    (e.g. ``tf.nn.batch_normalization``'s required ``variance_epsilon``)."""
+    default = inspect.signature(function).parameters[parameter].default
+    return None if default is inspect.Parameter.empty else default
 
 
-def extensions_reason(case, api: str) -> str | None:
-    """Reason a case using a model extension (renorm, ghost batches, sample weights) is unsupported."""
-    used = getattr(case, "extensions", ())
-    if used:
-        return f"{api} has no {' / '.join(used)} option"
-    return None
+# --- Capabilities and selectors shared by the non-Keras TF adapters ---------------------------
+
+# Every TF batch-norm op computes rsqrt(variance + epsilon): eps inside the square root only.
+EPS_INSIDE = frozenset({"add_inside_sqrt"})
+# A plain EMA with one fixed decay: no zero-debias, no num_updates schedule, no cumulative rule.
+PLAIN_EMA = dict(epsilon_modes=EPS_INSIDE, zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}),
+                 running_rules=frozenset({"ema"}))
+# TF1 layers (tf.v1.layers, tf-slim): variables in the input dtype, float32 for half inputs.
+LAYER_DTYPES = dtype_pairs(("float64", "float32")) | dtype_pairs(HALF_DTYPES, same=False)
+# TF1 layers add update ops only for the training call: no inference step that updates.
+LAYER_STEP_KINDS = frozenset({("batch", True), ("batch", False), ("running", False)})
+
+
+def float32_rounded_decay(decay: float) -> float:
+    """The decay whose 1 - decay equals float32(1.0 - decay): what a float32 constant turns it into."""
+    return 1.0 - float(np.float32(1.0 - decay))
+
+
+def _updating_counts(case) -> list[int]:
+    return [n for s, n in zip(case.steps, case.reduce_counts()) if s.is_training and s.update_running_stats]
+
+
+@where("float64 variables updated (N >= 1) with a decay whose 1 - decay is inexact in float32 (e.g. 0.9)")
+def float64_decay_rounds(case) -> bool:
+    """Where a float32 ``1 - decay`` shows: float64 state, a rounding decay, a non-empty update."""
+    decay = case.config.running_stats.decay
+    if case.config.param_dtype != "float64" or decay is None or float32_rounded_decay(decay) == decay:
+        return False
+    return any(n >= 1 for n in _updating_counts(case))
+
+
+def rounded_decay_variant(case):
+    """The case with decay' = 1 - float32(1 - decay): the weight a float32 tensor gives the batch."""
+    return variant(case, running_stats={"decay": float32_rounded_decay(case.config.running_stats.decay)})

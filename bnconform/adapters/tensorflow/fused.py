@@ -20,31 +20,29 @@ dtypes                      x float16/bfloat16/float32; scale/offset/mean/varian
 The variance the op returns in training is Bessel-corrected (N/(N-1)), so it is never reported
 as the (biased) ``batch_var``; the running variance it keeps is therefore the Bessel kind.
 
-Unsupported: ranks other than 4 and 5, a channel axis other than 1 or last, float64 (no kernel),
-params in a dtype other than float32, epsilon outside the sqrt or as a max, the cumulative rule,
-zero_debias and the num_updates schedule (exponential_avg_factor is one fixed number).
+Capabilities: ranks 4 and 5 with the channel axis at 1 or last; half/float32 inputs with float32
+scale/offset/mean/variance (no float64 kernel); epsilon inside the sqrt; a plain EMA with one
+fixed factor (no cumulative rule, zero-debias or num_updates schedule); a Bessel-corrected
+running variance (a convention: biased cases whose results depend on it are unsupported); no
+inference step that updates; no model extensions.
 """
 
 from __future__ import annotations
 
-from .common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
-                         to_tensor)
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches, has_training_step, variant
+from ...capabilities import Capabilities
+from ...selectors import updates_on_empty_batch
+from .common import PLAIN_EMA, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from ..base import Adapter, Deviation, Mismatches
 
 API = "tf.compat.v1.nn.fused_batch_norm"
 KERNEL = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/core/kernels/fused_batch_norm_op.cc"
-BESSEL_ISSUE = "https://github.com/tensorflow/tensorflow/issues/55545"
 _FORMATS = {(4, "first"): "NCHW", (4, "last"): "NHWC", (5, "first"): "NCDHW", (5, "last"): "NDHWC"}
 
-
-def _updates_with_biased_variance(case, device) -> bool:
-    running = case.config.running_stats
-    return running.variance == "biased" and any(s.update_running_stats and s.is_training for s in case.steps)
-
-
-def _updates_from_empty_batch(case, device) -> bool:
-    return any(s.update_running_stats and s.is_training and n == 0
-               for s, n in zip(case.steps, case.reduce_counts()))
+FUSED_CAPABILITIES = Capabilities(
+    **PLAIN_EMA, running_variance=frozenset({"bessel"}), ranks=frozenset({4, 5}),
+    channel_positions=frozenset({"first", "last"}),
+    dtypes=frozenset({("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32")}),
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
 
 
 class TfFusedBatchNormAdapter(Adapter):
@@ -56,20 +54,13 @@ class TfFusedBatchNormAdapter(Adapter):
     requires = ("tensorflow",)
     device_kinds = ("cpu", "cuda")
     notes = "4-D/5-D only; scale/center off passed as ones/zeros; the op's unbiased batch variance is not reported"
+    decay_parameter = ("exponential_avg_factor", "new")
+    capabilities = FUSED_CAPABILITIES
     deviations = (
         Deviation(
-            name="fused-bn-bessel-running-variance",
-            applies_to="cases that update running stats with a biased running variance",
-            applies=_updates_with_biased_variance,
-            behaviour=MatchesVariant("running variance is Bessel-corrected",
-                                     lambda c: variant(c, running_stats={"variance": "bessel"})),
-            explanation="FusedBatchNormV3 folds the unbiased batch variance (x N/(N-1), rest_size_adjust in "
-                        "the CPU kernel) into the running variance, while it normalizes with the biased one",
-            link=BESSEL_ISSUE),
-        Deviation(
             name="fused-bn-empty-batch-nan-running-stats",
-            applies_to="cases with a training update step on an empty batch (N == 0)",
-            applies=_updates_from_empty_batch,
+            kind="defect",
+            applies=updates_on_empty_batch,
             behaviour=Mismatches(("running_mean", "running_var"),
                                  "running mean/variance become NaN instead of staying unchanged"),
             explanation="the kernel's batch mean is sum * (1/rest_size) = 0 * inf = NaN for N == 0, and "
@@ -80,25 +71,11 @@ class TfFusedBatchNormAdapter(Adapter):
     def devices(self):
         return tf_devices()
 
-    def supports(self, case, device):
-        reason = extensions_reason(case, API)
-        if reason:
-            return reason
-        config, running = case.config, case.config.running_stats
-        checks = (
-            (case.rank not in (4, 5), f"{API} accepts only 4-D and 5-D inputs; received rank {case.rank}"),
-            (_data_format(case) is None, f"{API} data_format puts channels at axis 1 or last only; "
-                                         f"received channel_axis {config.channel_axis}"),
-            (config.input_dtype == "float64", "FusedBatchNormV3 has no float64 kernel (T: half, bfloat16, float)"),
-            (config.param_dtype != "float32", "FusedBatchNormV3 takes float32 scale/offset/mean/variance only"),
-            (running.rule == "cumulative", f"{API} has no cumulative-average option "
-                                           "(exponential_avg_factor is a fixed EMA weight)"),
-            (running.zero_debias, f"{API} has no zero-debias option (plain EMA of the passed running stats)"),
-            (running.num_updates_schedule, f"{API} has no num_updates decay schedule "
-                                           "(exponential_avg_factor is one fixed number)"),
-        )
-        reason = next((text for failed, text in checks if failed), None)
-        return reason or epsilon_mode_reason(config, API)
+    def framework_defaults(self):
+        """``exponential_avg_factor`` (weight on the new batch) and ``epsilon`` from the signature."""
+        op = tf().compat.v1.nn.fused_batch_norm
+        return {"decay_parameter": signature_default(op, "exponential_avg_factor"),
+                "epsilon": signature_default(op, "epsilon")}
 
     def run(self, case, device):
         with tf_device_scope(device):

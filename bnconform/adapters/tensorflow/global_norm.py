@@ -17,14 +17,14 @@ center on / off             ``beta=beta`` / ``beta=None`` (no offset added)
 dtypes                      x in the input dtype; m, v, beta, gamma in the param dtype
 ==========================  =====================================================================
 
-Unsupported: any step that normalizes with batch statistics (training), epsilon outside the
-sqrt or as a max.
+Capabilities: inference steps only (no batch statistics, no state, so the running-statistics
+conventions never matter); epsilon inside the sqrt only; no model extensions.
 """
 
 from __future__ import annotations
 
-from .common import (epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices, to_numpy,
-                         to_tensor)
+from ...capabilities import Capabilities
+from .common import EPS_INSIDE, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from ..base import Adapter
 
 API = "tf.compat.v1.nn.batch_norm_with_global_normalization"
@@ -40,19 +40,16 @@ class TfGlobalNormalizationAdapter(Adapter):
     device_kinds = ("cpu", "cuda")
     notes = "inference only; channels-first inputs transposed to channels-last (params follow the last axis)"
 
+    # Inference only: it normalizes with the mean/variance passed in and computes no batch statistics.
+    capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("running", False)}))
+
     def devices(self):
         return tf_devices()
 
-    def supports(self, case, device):
-        reason = extensions_reason(case, API)
-        if reason:
-            return reason
-        if any(step.is_training for step in case.steps):
-            return (f"{API} is inference-only: it normalizes with the mean/variance passed in and "
-                    "computes no batch statistics")
-        if case.rank < 2:
-            return f"{API} needs a channel axis plus at least one other axis; received rank {case.rank}"
-        return epsilon_mode_reason(case.config, API)
+    def framework_defaults(self):
+        """No EMA knob; ``variance_epsilon`` defaults to None in the signature (the op needs a value)."""
+        op = tf().compat.v1.nn.batch_norm_with_global_normalization
+        return {"decay_parameter": None, "epsilon": signature_default(op, "variance_epsilon")}
 
     def run(self, case, device):
         with tf_device_scope(device):

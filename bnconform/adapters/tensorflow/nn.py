@@ -15,18 +15,17 @@ input / param dtype         x in the input dtype; params in the param dtype; the
                             batch_normalization sees one param dtype
 ==========================  =====================================================================
 
-Unsupported: steps that update running statistics (this API keeps none: see ``tf.nn+ema``),
-epsilon outside the square root or as a max (``rsqrt(variance + variance_epsilon)`` only).
+Capabilities: no step that updates running statistics (this API keeps none: see ``tf.nn+ema``),
+so the running-statistics conventions never matter; epsilon inside the square root only
+(``rsqrt(variance + variance_epsilon)``); no model extensions.
 """
 
 from __future__ import annotations
 
+from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from .common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
-                         to_numpy, to_tensor)
+from .common import EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from ..base import Adapter
-
-NO_RUNNING_STATS = "tf.nn.batch_normalization keeps no running statistics (see tf.nn+ema)"
 
 
 class TfNnAdapter(Adapter):
@@ -40,16 +39,14 @@ class TfNnAdapter(Adapter):
     notes = ("stateless: training steps use tf.nn.moments, eval steps the case's initial running stats; "
              "half-input moments cast to float32 params")
 
+    capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("batch", False), ("running", False)}))
+
     def devices(self):
         return tf_devices()
 
-    def supports(self, case, device):
-        reason = extensions_reason(case, "tf.nn.batch_normalization")
-        if reason:
-            return reason
-        if any(step.update_running_stats for step in case.steps):
-            return NO_RUNNING_STATS
-        return epsilon_mode_reason(case.config, "tf.nn.batch_normalization")
+    def framework_defaults(self):
+        """No EMA knob; ``variance_epsilon`` is a required argument (no default)."""
+        return {"decay_parameter": None, "epsilon": signature_default(tf().nn.batch_normalization, "variance_epsilon")}
 
     def run(self, case, device):
         with tf_device_scope(device):
