@@ -19,11 +19,11 @@ Translation (canonical knob -> Keras argument):
 Outputs: y, and running_mean / running_var read back from the moving_* variables after each
 step. The layer exposes no batch moments, so batch_mean / batch_var are not returned.
 
-Unsupported (no parameter for it): epsilon added outside the sqrt or max(var, eps); the
-cumulative-average rule; zero-debiased EMA; a num_updates decay schedule (momentum is a
-constant, the layer keeps no step counter); a step that normalizes with the batch statistics
-WITHOUT updating the moving statistics (training=True always assigns moving_mean/variance);
-a step that normalizes with the moving statistics while updating them.
+Capabilities (data, ``KERAS3_CAPABILITIES``): conventions eps inside the sqrt, a biased running
+variance (ops.moments, no N/(N-1)), a plain EMA with a constant momentum (no zero-debias, no
+num_updates schedule, no cumulative rule); steps are training=True (batch statistics, always
+updating the moving statistics) or training=False (moving statistics, never updating); dtypes
+float32, float64, and half inputs with float32 variables (mixed policies); no model extensions.
 
 Observation on ``trainable=False`` (documented by Keras; checked by hand with keras 3.15 on the
 tensorflow and torch backends):
@@ -42,13 +42,13 @@ has renorm=..., but no ghost batches and only a boolean mask, not real-valued we
 
 Declared deviations (findings; each re-checked on every run):
 
-* biased running variance (all backends): ops.moments is biased, no N/(N-1) factor.
-* empty batch (all backends): 0/0 moments are assigned, moving statistics become NaN.
-* float64 on jax/torch: Keras type promotion maps float64 to float32 except on TensorFlow, so a
-  float64 layer computes in float32.
-* float32 inputs of ~1e37 (tensorflow/jax): squared deviations overflow, variance inf, y = beta;
-  torch: mean(x^2) overflows and inf - inf gives NaN.
-* torch backend: one-pass variance mean(x^2) - mean(x)^2 cancels (NaN or 2.6e-4 relative error).
+* empty batch (all backends, defect): 0/0 moments are assigned, moving statistics become NaN.
+* float64 on jax/torch (dtype): Keras type promotion maps float64 to float32 except on
+  TensorFlow, so a float64 layer computes in float32.
+* float32 inputs of ~1e37 (precision; tensorflow/jax): squared deviations overflow, variance inf,
+  y = beta; torch: mean(x^2) overflows and inf - inf gives NaN.
+* torch backend (precision): one-pass variance mean(x^2) - mean(x)^2 cancels (NaN or 2.6e-4
+  relative error).
 """
 
 from __future__ import annotations
@@ -58,17 +58,16 @@ import importlib
 import importlib.metadata
 from typing import ClassVar
 
-import numpy as np
-
+from ..capabilities import Capabilities
 from ..model import Case
-from .base import Adapter, Deviation, MatchesVariant, Mismatches, Unsupported, variant
+from ..selectors import case_in, input_dtype_in, squares_overflow, updates_on_empty_batch
+from .base import Adapter, Deviation, Mismatches
+from .tensorflow.keras_common import KERAS_DTYPES, layer_defaults
 
 KERAS_BN_SOURCE = ("https://github.com/keras-team/keras/blob/master/"
                    "keras/src/layers/normalization/batch_normalization.py")
 
 KERAS_BACKEND_SOURCE = "https://github.com/keras-team/keras/blob/master/keras/src/backend/{backend}/nn.py"
-
-_HALF = ("float16", "bfloat16")
 
 
 @functools.lru_cache(maxsize=None)
@@ -82,85 +81,20 @@ def _keras(expected_backend: str):
     return keras
 
 
-def _dtype_policy(config) -> str | None:
-    """The Keras dtype policy for the case's input/param dtypes, or None if none fits."""
-    if config.input_dtype == config.param_dtype and config.input_dtype in ("float32", "float64"):
-        return config.input_dtype
-    if config.input_dtype in _HALF and config.param_dtype == "float32":
-        return f"mixed_{config.input_dtype}"
-    return None
+def _dtype_policy(config) -> str:
+    """The Keras dtype policy for the case's (input, param) dtypes (one of KERAS_DTYPES)."""
+    return config.input_dtype if config.input_dtype == config.param_dtype else f"mixed_{config.input_dtype}"
 
 
-def _step_reason(case: Case) -> str | None:
-    for step in case.steps:
-        if step.is_training and not step.update_running_stats:
-            return ("Keras 3 BatchNormalization cannot normalize with batch statistics without updating "
-                    "the moving statistics (training=True always assigns them; trainable=False forces "
-                    "inference with the moving statistics)")
-        if not step.is_training and step.update_running_stats:
-            return "Keras 3 BatchNormalization never updates the moving statistics in inference mode"
-    return None
-
-
-def _config_reason(case: Case) -> str | None:
-    config, rs = case.config, case.config.running_stats
-    if config.epsilon_mode != "add_inside_sqrt":
-        return (f"Keras 3 BatchNormalization adds epsilon inside the sqrt only (rsqrt(variance + epsilon)); "
-                f"no {config.epsilon_mode} option")
-    if rs.rule == "cumulative":
-        return "Keras 3 BatchNormalization has no cumulative-average option (momentum is a fixed EMA decay)"
-    if rs.zero_debias:
-        return "Keras 3 BatchNormalization has no zero-debias option (plain EMA from the current moving statistics)"
-    if rs.num_updates_schedule:
-        return "Keras 3 BatchNormalization has no num_updates decay schedule (momentum is constant; no step counter)"
-    if _dtype_policy(config) is None:
-        return (f"no Keras dtype policy runs {config.input_dtype} inputs with {config.param_dtype} variables "
-                f"(float32, float64, mixed_float16, mixed_bfloat16 only)")
-    return None
-
-
-def _bessel_changes_running_var(case: Case) -> bool:
-    """A Bessel case whose running variance would differ if the biased variance were used."""
-    rs = case.config.running_stats
-    if rs.variance != "bessel" or rs.rule != "ema" or rs.decay == 1.0:
-        return False
-    counts = case.reduce_counts()
-    return any(s.is_training and s.update_running_stats and n >= 2 for s, n in zip(case.steps, counts))
-
-
-def _empty_training_update(case: Case) -> bool:
-    return any(s.is_training and s.update_running_stats and n == 0
-               for s, n in zip(case.steps, case.reduce_counts()))
-
-
-def _float32_squares_overflow(case: Case) -> bool:
-    """A float32 training batch whose squared values exceed the float32 range."""
-    if case.config.input_dtype != "float32":
-        return False
-    limit = np.sqrt(np.finfo(np.float32).max)  # infinities are another case: they are not overflow
-    return any(s.is_training and np.any(np.abs(s.x[np.isfinite(s.x)].astype(np.float64)) > limit)
-               for s in case.steps)
-
-
-# Cases where the torch backend's one-pass variance E[x^2] - E[x]^2 (float32) cancels badly:
-# a mean 1e4 times the spread, and a batch of two with a spread close to epsilon.
-_TORCH_CANCELLATION_CASES = frozenset({"degenerate/cancellation_float32_1e4", "momentum/decay_0.9_biased_n2"})
-
-BIASED_RUNNING_VARIANCE = Deviation(
-    name="keras3-biased-running-variance",
-    applies_to="EMA cases asking for a Bessel-corrected running variance with a training update of N >= 2",
-    applies=lambda case, device: _bessel_changes_running_var(case),
-    behaviour=MatchesVariant("running_var matches the BIASED-variance variant",
-                             lambda c: variant(c, running_stats={"variance": "biased"})),
-    explanation=("Keras 3 moves moving_variance toward the biased batch variance from ops.moments "
-                 "(no N/(N-1) factor), e.g. off by a factor (N-1)/N per update versus torch"),
-    link=KERAS_BN_SOURCE,
-)
+KERAS3_CAPABILITIES = Capabilities(
+    epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"biased"}),
+    zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
+    step_kinds=frozenset({("batch", True), ("running", False)}), dtypes=KERAS_DTYPES)
 
 EMPTY_BATCH_NAN = Deviation(
     name="keras3-empty-batch-nan-moving-stats",
-    applies_to="a training step (with update) on an empty batch (N = 0)",
-    applies=lambda case, device: _empty_training_update(case),
+    kind="defect",
+    applies=updates_on_empty_batch,
     behaviour=Mismatches(("running_mean", "running_var"),
                          "running_mean and running_var become NaN instead of staying unchanged"),
     explanation=("the moments of an empty batch are 0/0 = NaN and call() assigns "
@@ -172,8 +106,8 @@ EMPTY_BATCH_NAN = Deviation(
 def _overflow_deviation(backend: str, what_happens: str) -> Deviation:
     return Deviation(
         name=f"keras3-{backend}-float32-variance-overflow",
-        applies_to="float32 training batches whose finite squared values exceed float32 max (|x| > 1.8e19)",
-        applies=lambda case, device: _float32_squares_overflow(case),
+        kind="precision",
+        applies=squares_overflow("float32"),
         behaviour=Mismatches(("y", "running_var"), f"y and running_var wrong: {what_happens}"),
         explanation=("BatchNormalization computes the moments of float32 inputs in float32 "
                      f"(no wider accumulator), so squares of ~1e37 overflow: {what_happens}"),
@@ -183,26 +117,26 @@ def _overflow_deviation(backend: str, what_happens: str) -> Deviation:
 
 FLOAT64_AS_FLOAT32 = Deviation(
     name="keras3-float64-computed-in-float32",
-    applies_to="float64 inputs and parameters (dtype policy float64) on the jax and torch backends",
-    applies=lambda case, device: case.config.input_dtype == "float64",
+    kind="dtype",
+    applies=input_dtype_in("float64"),
     behaviour=Mismatches(("y", "running_mean", "running_var"),
                          "y and the moving statistics carry float32 (not float64) precision"),
     explanation=("call() computes in backend.result_type(inputs.dtype, 'float32'), and Keras maps "
                  "float64 to float32 on every backend but TensorFlow, so a float64 layer normalizes "
-                 "in float32 (errors ~1e-7 relative; 1e150-scale inputs overflow to NaN); on Bessel "
-                 "cases running_var also carries the biased-variance difference"),
+                 "in float32 (errors ~1e-7 relative; 1e150-scale inputs overflow to NaN)"),
     link="https://github.com/keras-team/keras/issues/23704",
 )
 
+# Where the torch backend's one-pass variance E[x^2] - E[x]^2 (float32) cancels badly: a mean 1e4
+# times the spread, and a batch of two with a spread close to epsilon (data-dependent: named cases).
 TORCH_ONE_PASS_VARIANCE = Deviation(
     name="keras3-torch-one-pass-variance",
-    applies_to="float32 training batches whose mean dwarfs their spread: " + ", ".join(sorted(_TORCH_CANCELLATION_CASES)),
-    applies=lambda case, device: case.id in _TORCH_CANCELLATION_CASES,
+    kind="precision",
+    applies=case_in("degenerate/cancellation_float32_1e4_biased", "momentum/decay_0.9_biased_n2"),
     behaviour=Mismatches(("y", "running_var"), "y (and running_var) lose precision to cancellation, down to NaN"),
     explanation=("the torch backend's ops.moments computes variance as mean(x^2) - mean(x)^2 in float32, "
                  "which cancels (negative variance -> NaN y for mean/std ~ 1e4; 2.6e-4 relative y error "
-                 "for N=2 with variance near epsilon) where the two-pass TF/JAX moments do not; "
-                 "running_var also carries the biased-variance difference on the Bessel case"),
+                 "for N=2 with variance near epsilon) where the two-pass TF/JAX moments do not"),
     link="https://github.com/keras-team/keras-core/pull/866",
 )
 
@@ -213,6 +147,8 @@ class _Keras3Adapter(Adapter):
     backend: ClassVar[str] = ""
     framework = "keras"
     device_kinds = ("cpu", "cuda")
+    decay_parameter = ("momentum", "old")
+    capabilities = KERAS3_CAPABILITIES
 
     def __init__(self):
         self._layers: dict = {}
@@ -238,8 +174,8 @@ class _Keras3Adapter(Adapter):
             version = "not installed"
         return f"{super().framework_version()} ({self.backend} {version})"
 
-    def supports(self, case: Case, device: str) -> str | None:
-        return _config_reason(case) or _step_reason(case)
+    def framework_defaults(self):
+        return layer_defaults(self.keras().layers.BatchNormalization)
 
     def _device_name(self, device: str) -> str:
         return "gpu:0" if device == "cuda" else "cpu:0"
@@ -276,9 +212,6 @@ class _Keras3Adapter(Adapter):
         return self.keras().ops.convert_to_tensor(x)
 
     def run(self, case: Case, device: str) -> list[dict[str, np.ndarray]]:
-        reason = self.supports(case, device)
-        if reason:
-            raise Unsupported(reason)
         keras = self.keras()
         layer = self._layer(case, device)
         with keras.device(self._device_name(device)):
@@ -300,8 +233,7 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "keras")
     environment = {"KERAS_BACKEND": "tensorflow"}
-    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta"),
-                  BIASED_RUNNING_VARIANCE)
+    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta"))
     notes = "Keras 3 layer on the TensorFlow backend, eager call; any channel axis natively"
 
     def devices(self) -> list[str]:
@@ -319,8 +251,7 @@ class Keras3JaxAdapter(_Keras3Adapter):
     requires = ("jax", "keras")
     # float64 variables need jax_enable_x64 (else JAX stores them as float32 with a warning)
     environment = {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
-    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"),
-                  BIASED_RUNNING_VARIANCE)
+    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"))
     notes = "Keras 3 layer on the JAX backend (JAX_ENABLE_X64=1), eager call; any channel axis natively"
 
     def devices(self) -> list[str]:
@@ -342,8 +273,7 @@ class Keras3TorchAdapter(_Keras3Adapter):
     requires = ("torch", "keras")
     environment = {"KERAS_BACKEND": "torch"}
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, TORCH_ONE_PASS_VARIANCE,
-                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y NaN"),
-                  BIASED_RUNNING_VARIANCE)
+                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y NaN"))
     notes = "Keras 3 layer on the PyTorch backend, eager call; any channel axis natively"
 
     def devices(self) -> list[str]:
