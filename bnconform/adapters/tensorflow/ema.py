@@ -28,63 +28,52 @@ half inputs                 the EMA averages the moments as tf.nn.moments return
                             they are cast (``tf.cast``) to the float32 params only to normalize
 ==========================  =====================================================================
 
-The running variance is the EMA of what ``tf.nn.moments`` returns: the biased variance.
-
-Unsupported: the cumulative rule (decay is a fixed EMA weight), epsilon outside the sqrt / max,
-the model extensions (renorm, ghost batches, sample weights).
+Capabilities: the running variance is the EMA of what ``tf.nn.moments`` returns, the biased
+variance (a convention); zero_debias and the num_updates schedule both ways; the EMA rule only
+(decay is a fixed weight, optionally capped by num_updates); epsilon inside the sqrt; no
+inference step that updates (not translated: no case asks for one); no model extensions.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from .common import (channel_shape, epsilon_mode_reason, extensions_reason, tf, tf_device_scope, tf_devices,
-                         to_numpy, to_tf_dtype)
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from ...selectors import input_dtype_in, squares_overflow, updates_on_empty_batch, updates_running_stats
+from ...selectors import where
+from ..base import variant
+from .common import (EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope,
+                     tf_devices, to_numpy, to_tf_dtype)
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
 NN_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
 
+EMA_CAPABILITIES = Capabilities(
+    epsilon_modes=EPS_INSIDE, running_variance=frozenset({"biased"}), running_rules=frozenset({"ema"}),
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
 
-def _updates(case):
-    """(step, N) of every step that updates the running statistics from batch statistics."""
-    return [(s, n) for s, n in zip(case.steps, case.reduce_counts()) if s.is_training and s.update_running_stats]
-
-
-def _variance_kind_shows(case) -> bool:
-    """Bessel vs biased changes the running variance: some update has N >= 2 and decay < 1."""
-    running = case.config.running_stats
-    moves = running.num_updates_schedule or (running.decay is not None and running.decay < 1)
-    return moves and any(n >= 2 for _, n in _updates(case))
+# tf.nn.moments squares in float32 and returns the input dtype: float16 variances overflow at 65504.
+MOMENTS_OVERFLOW = ((input_dtype_in("float16") & squares_overflow("float16"))
+                    | (input_dtype_in("float32", "bfloat16") & squares_overflow("float32")))
 
 
-def _empty_update(case, device) -> bool:
-    return any(n == 0 for _, n in _updates(case))
+def _float32_decay(decay: float) -> float:
+    """What apply() makes of a Python decay: a float32 tensor, so 1 - decay is 1 - float32(decay)."""
+    return float(np.float32(decay))
 
 
-def _float64_decay(case, device) -> bool:
-    return case.config.param_dtype == "float64" and _variance_kind_shows(case)
+@where("float64 shadows updated (N >= 1) with a decay that float32 does not hold exactly (e.g. 0.9)")
+def _float64_decay_rounds(case) -> bool:
+    decay = case.config.running_stats.decay
+    if case.config.param_dtype != "float64" or decay is None or _float32_decay(decay) == decay:
+        return False
+    return any(s.is_training and s.update_running_stats and n >= 1 for s, n in zip(case.steps, case.reduce_counts()))
 
 
-def _bessel_case(case, device) -> bool:
-    return case.config.running_stats.variance == "bessel" and _variance_kind_shows(case)
-
-
-def _squares_overflow(case, device) -> bool:
-    """Some batch holds |x| above sqrt(max) of the dtype tf.nn.moments returns its variance in."""
-    limit = float(np.sqrt(np.finfo(np.float16 if case.config.input_dtype == "float16" else np.float32).max))
-    return case.config.input_dtype != "float64" and any(
-        s.is_training and np.any(np.abs(s.x[np.isfinite(s.x)].astype(np.float64)) > limit) for s in case.steps)
-
-
-def _half_updates(case, device) -> bool:
-    return case.config.input_dtype in ("float16", "bfloat16") and _variance_kind_shows(case)
-
-
-def _float32_decay_biased(case):
-    decay = float(np.float32(case.config.running_stats.decay))
-    return variant(case, running_stats={"variance": "biased", "decay": decay})
+def _float32_decay_variant(case):
+    return variant(case, running_stats={"decay": _float32_decay(case.config.running_stats.decay)})
 
 
 class TfEmaAdapter(Adapter):
@@ -97,11 +86,13 @@ class TfEmaAdapter(Adapter):
     device_kinds = ("cpu", "cuda")
     notes = ("TF1 graph + Session (apply() on moment tensors); shadows start at the case's running stats; "
              "half-input moments (and so the shadows) stay half, cast to float32 only to normalize")
+    decay_parameter = ("decay", "old")
+    capabilities = EMA_CAPABILITIES
     deviations = (
         Deviation(
             name="tf-ema-variance-overflow",
-            applies_to="training steps on float32 inputs with |x| > 1.8e19, float16 inputs with |x| > 256",
-            applies=_squares_overflow,
+            kind="precision",
+            applies=MOMENTS_OVERFLOW,
             behaviour=Mismatches(("y", "batch_var", "running_mean", "running_var"),
                                  "the batch variance overflows to Inf, so y collapses to beta"),
             explanation="tf.nn.moments squares deviations in float32 (float16 inputs: computed in float32, "
@@ -109,8 +100,8 @@ class TfEmaAdapter(Adapter):
             link=NN_SOURCE),
         Deviation(
             name="tf-ema-empty-batch-nan",
-            applies_to="cases with a training update step on an empty batch (N == 0)",
-            applies=_empty_update,
+            kind="defect",
+            applies=updates_on_empty_batch,
             behaviour=Mismatches(("running_mean", "running_var", "y"),
                                  "running mean/variance (and y normalized with them) become NaN"),
             explanation="tf.nn.moments of an empty batch is reduce_mean over 0 elements = NaN, and "
@@ -118,31 +109,22 @@ class TfEmaAdapter(Adapter):
             link=NN_SOURCE),
         Deviation(
             name="tf-ema-float32-decay",
-            applies_to="float64 cases whose running statistics change",
-            applies=_float64_decay,
-            behaviour=MatchesVariant("decay rounded to float32, biased running variance", _float32_decay_biased),
+            kind="dtype",
+            applies=_float64_decay_rounds & ~updates_on_empty_batch,
+            behaviour=MatchesVariant("decay rounded to float32 (1 - 0.9 = 0.100000024)", _float32_decay_variant),
             explanation="ExponentialMovingAverage.apply() converts decay to a float32 tensor "
                         "(1 - 0.9 = 0.100000024) before casting it to the float64 variable dtype",
             link=EMA_SOURCE),
         Deviation(
             name="tf-ema-half-precision-running-stats",
-            applies_to="float16/bfloat16 inputs whose running statistics change",
-            applies=_half_updates,
+            kind="dtype",
+            applies=input_dtype_in("float16", "bfloat16") & updates_running_stats,
             behaviour=Mismatches(("running_mean", "running_var"),
                                  "running statistics carry half-precision rounding (~1e-3 relative)"),
             explanation="tf.nn.moments returns float16/bfloat16 moments for half inputs and "
                         "ExponentialMovingAverage keeps its shadows (and does its arithmetic) in the dtype of "
                         "the tensors it averages, while the case expects float32 running statistics",
             link=EMA_SOURCE),
-        Deviation(
-            name="tf-ema-biased-running-variance",
-            applies_to="cases asking for a Bessel-corrected running variance that changes",
-            applies=_bessel_case,
-            behaviour=MatchesVariant("running variance is biased",
-                                     lambda c: variant(c, running_stats={"variance": "biased"})),
-            explanation="the EMA averages the variance tf.nn.moments returns, which is the biased "
-                        "(divide by N) variance; nothing applies N/(N-1)",
-            link=NN_SOURCE),
     )
 
     def __init__(self):
@@ -151,14 +133,11 @@ class TfEmaAdapter(Adapter):
     def devices(self):
         return tf_devices()
 
-    def supports(self, case, device):
-        reason = extensions_reason(case, "tf.nn.batch_normalization + ExponentialMovingAverage")
-        if reason:
-            return reason
-        if case.config.running_stats.rule == "cumulative":
-            return ("tf.train.ExponentialMovingAverage has no cumulative-average option (decay is a fixed "
-                    "EMA weight, optionally capped by num_updates)")
-        return epsilon_mode_reason(case.config, "tf.nn.batch_normalization")
+    def framework_defaults(self):
+        """ExponentialMovingAverage's ``decay`` is required (None); tf.nn.batch_normalization's
+        ``variance_epsilon`` too."""
+        return {"decay_parameter": signature_default(tf().compat.v1.train.ExponentialMovingAverage.__init__, "decay"),
+                "epsilon": signature_default(tf().nn.batch_normalization, "variance_epsilon")}
 
     def run(self, case, device):
         key = _graph_key(case, device)
