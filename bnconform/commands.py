@@ -8,6 +8,7 @@ run means is decided by :mod:`bnconform.selection`; where its reports go, by
 from __future__ import annotations
 
 import collections
+import io
 import os
 import sys
 from pathlib import Path
@@ -27,13 +28,15 @@ def _planner():
     return planner
 
 
-def _run_cells(cells, jobs: int, timeout: float):
-    """(verdicts in cell order, host info per backend), from whichever scheduler is installed."""
+def _run_cells(cells, jobs: int, timeout: float, quiet: bool = False):
+    """(verdicts in cell order, host info per backend), from whichever scheduler is installed;
+    ``quiet`` drops the progress bar (check prints every cell itself)."""
     try:
-        from .execution.scheduler import run_cells
+        from .execution.scheduler import Progress, run_cells
     except ImportError:
-        from .runner import run_cells
-    return run_cells(cells, jobs=jobs, timeout=timeout)
+        from .runner import Progress, run_cells
+    progress = Progress(len(cells), stream=io.StringIO()) if quiet else None
+    return run_cells(cells, jobs=jobs, timeout=timeout, progress=progress)
 
 
 def _backends(args):
@@ -123,7 +126,7 @@ def cmd_check(args) -> int:
     if not args.backend and not args.adapter:
         raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
     selected, devices = _backends(args)
-    verdicts, _ = _run_cells(_planner().plan(cases, selected, devices), len(selected), args.timeout)
+    verdicts, _ = _run_cells(_planner().plan(cases, selected, devices), len(selected), args.timeout, quiet=True)
     for v in verdicts:
         print(f"{v.status:11} {v.cell_id}" + (f": {v.detail}" if v.detail else ""))
     ran = [v for v in verdicts if v.status not in NOT_RUN]
@@ -149,11 +152,9 @@ def cmd_report(args) -> int:
         document = results.merge([results.read(Path(p)) for p in args.results])
     except (results.ResultsError, KeyError, TypeError, AttributeError) as exc:
         raise UsageError(_bad_results(args.results, exc)) from None
-    out = Path(args.output)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    from .report import render
+    from .reports_io import write_pages_as
 
-    out.write_text(render(document), encoding="utf-8")
+    out = write_pages_as(document, args.output)
     if args.merged:
         results.write(document, Path(args.merged))
     print(f"wrote {out} from {len(args.results)} result file(s), {len(document['verdicts'])} cells")

@@ -8,13 +8,11 @@ overwrite the full report with a small one and leave the checkout dirty.
 
 from __future__ import annotations
 
-import json
 import os
+import shutil
 from pathlib import Path
 
 from .selection import selection_slug
-
-DETAILS_NAME = "details.md"  # used only if bnconform.report grows render_details
 
 
 def report_dir(document: dict, reports_dir, whole_matrix: bool, out=None) -> Path:
@@ -33,26 +31,46 @@ def _selection(document: dict) -> dict:
     return selection or {"backend": sorted(document.get("adapters") or {v["adapter"] for v in document["verdicts"]})}
 
 
-def _rendered(document: dict) -> dict[str, str]:
-    """Every file's text, rendered before anything is written (a render error writes nothing)."""
-    from . import report
+def _stage(document: dict, staging: Path, with_results: bool = True) -> None:
+    """Render every page into ``staging``: results.json, then the report package's pages
+    (``write_pages``: conformance.md, conformance-details.md, heatmap.svg) or, from an older
+    renderer, conformance.md alone."""
+    from . import report, results
 
-    files = {"results.json": json.dumps(document, indent=1, allow_nan=False) + "\n",
-             "conformance.md": report.render(document)}
-    if hasattr(report, "render_details"):
-        files[getattr(report, "DETAILS_NAME", DETAILS_NAME)] = report.render_details(document)
-    return files
+    if with_results:
+        results.write(document, staging / "results.json")
+    if hasattr(report, "write_pages"):
+        report.write_pages(document, staging)
+    else:
+        (staging / "conformance.md").write_text(report.render(document), encoding="utf-8")
+
+
+def _publish(document: dict, target: Path, main_name: str = "conformance.md", with_results: bool = True) -> None:
+    """Stage every file in ``target/.pages.tmp``, then rename each into ``target`` (the main page
+    as ``main_name``), so a render error or an interrupt never leaves a half-written set."""
+    target.mkdir(parents=True, exist_ok=True)
+    staging = target / ".pages.tmp"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        _stage(document, staging, with_results)
+        for page in sorted(staging.iterdir()):
+            os.replace(page, target / (main_name if page.name == "conformance.md" else page.name))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_reports(document: dict, reports_dir, whole_matrix: bool, out=None) -> Path:
-    """Write results.json, conformance.md (and the details page, if the renderer has one) into
-    the directory chosen by :func:`report_dir`; returns that directory. Each file is written to
-    ``NAME.tmp`` first and renamed, so an interrupted write never leaves a half file behind."""
+    """Write results.json and the rendered pages into the directory chosen by :func:`report_dir`;
+    returns that directory."""
     target = report_dir(document, reports_dir, whole_matrix, out)
-    files = _rendered(document)
-    target.mkdir(parents=True, exist_ok=True)
-    for name, text in files.items():
-        temporary = target / f"{name}.tmp"
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, target / name)
+    _publish(document, target)
     return target
+
+
+def write_pages_as(document: dict, main_page) -> Path:
+    """The rendered pages (no results.json) with the main page at ``main_page`` and its
+    companions (details page, heatmap) beside it, where its relative links point."""
+    main_page = Path(main_page)
+    _publish(document, main_page.parent, main_page.name, with_results=False)
+    return main_page

@@ -51,10 +51,10 @@ def test_unknown_family_is_named(tmp_path):
 
 
 def test_run_report_merge_and_diff(tmp_path):
-    first = bnconform("run", "--backend", "numpy.oracle", "--family", "epsilon", "--reports", tmp_path / "a")
+    first = bnconform("run", "--backend", "numpy.oracle", "--family", "epsilon", "--out", tmp_path / "a")
     assert first.returncode == 0, first.stderr
     report = (tmp_path / "a" / "conformance.md").read_text()
-    assert "numpy.oracle" in report and "Python" in report and "## Where frameworks disagree" in report
+    assert "numpy.oracle" in report and "Python" in report
     shutil.copytree(tmp_path / "a", tmp_path / "b")
     assert bnconform("diff", tmp_path / "a" / "results.json", tmp_path / "b" / "results.json").returncode == 0
     changed = json.loads((tmp_path / "b" / "results.json").read_text())
@@ -77,3 +77,181 @@ def test_import_bnconform_imports_no_framework():
             "print(sorted(m for m in ('torch','tensorflow','jax','keras','flax','onnxruntime') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+# --- selection: families, globs, --adapter alone, did-you-mean -------------------------------
+
+ORACLE_PATH = "bnconform.adapters.numpy_oracle:OracleAdapter"
+
+
+def test_family_glob_and_exact_selection():
+    from bnconform.adapters.registry import known
+    from bnconform.selection import select_backends
+
+    assert select_backends(["torch"], []) == ["torch.functional", "torch.nn"]
+    assert select_backends(["keras3.*"], []) == ["keras3.jax", "keras3.tensorflow", "keras3.torch"]
+    assert select_backends(["flax.linen"], []) == ["flax.linen"]  # an exact name is not also a family
+    assert select_backends(["flax.linen*"], []) == ["flax.linen", "flax.linen.exact_variance"]
+    assert select_backends([], []) == list(known())
+
+
+def test_adapter_alone_runs_only_that_adapter(tmp_path):
+    from bnconform.selection import select_backends
+
+    assert select_backends([], [ORACLE_PATH]) == [ORACLE_PATH]
+    assert select_backends(["torch.nn"], [ORACLE_PATH]) == ["torch.nn", ORACLE_PATH]
+    done = bnconform("run", "--adapter", ORACLE_PATH, "--family", "epsilon", "--out", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert {v["adapter"] for v in json.loads((tmp_path / "results.json").read_text())["verdicts"]} == {"numpy.oracle"}
+
+
+def test_misspelt_backend_or_family_suggests_the_nearest():
+    _one_clear_line(bnconform("run", "--backend", "torhc"), "unknown backend 'torhc'",
+                    "Did you mean: torch.functional, torch.nn?", "Expected one of:")
+    _one_clear_line(bnconform("check", CASE, "--backend", "kears3"), "unknown backend 'kears3'",
+                    "keras3.jax, keras3.tensorflow, keras3.torch")
+
+
+def test_bad_device_and_bad_results_file(tmp_path):
+    from bnconform import results
+
+    _one_clear_line(bnconform("check", CASE, "--backend", "torch.nn", "--device", "gpu"), "--device", "'gpu'", "cuda")
+    odd = tmp_path / "odd.json"
+    odd.write_text(json.dumps({"format": results.RESULTS_FORMAT, "verdicts": [1], "runs": [], "adapters": {}}))
+    _one_clear_line(bnconform("diff", odd, odd), "odd.json", "Expected")
+    _one_clear_line(bnconform("report", tmp_path / "absent.json", "-o", tmp_path / "x.md"), "absent.json")
+
+
+def test_devices_default_to_those_present():
+    from bnconform.selection import SelectionError, nvidia_present, select_devices
+
+    expected = ["cpu", "cuda", "cuda-nocudnn"] if nvidia_present() else ["cpu"]
+    assert select_devices(None, ["torch.nn"]) == expected
+    assert select_devices(["cuda"], ["torch.nn"]) == ["cuda"]  # asked for: planned even where absent
+    try:
+        select_devices(["cuda"], ["numpy.oracle"])
+    except SelectionError as exc:
+        assert "Expected: one of cpu" in str(exc)
+    else:
+        raise AssertionError("numpy.oracle declares no cuda device")
+
+
+# --- check exit codes -------------------------------------------------------------------------
+
+
+def test_check_conforms_with_an_absent_device():
+    from bnconform.selection import nvidia_present
+
+    done = bnconform("check", CASE, "--backend", "torch", "--device", "cpu", "--device", "cuda")
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("pass") and "[torch.nn-cpu]" in line for line in lines)
+    assert any("[torch.functional-cpu]" in line for line in lines)
+    cuda = [line for line in lines if "-cuda]" in line]
+    assert len(cuda) == 2 and (nvidia_present() or all(line.startswith("unavailable") for line in cuda))
+
+
+def test_check_exits_1_when_nothing_could_run():
+    ghost = ROOT / "cases" / "ghost" / "bessel_per_ghost_batch.json"  # torch has no ghost batches
+    done = bnconform("check", ghost, "--backend", "torch.nn")
+    assert done.returncode == 1, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nothing could run" in lines[0] and "virtual_batch_size" in lines[0], done.stderr
+
+
+def test_check_help_states_the_exit_codes():
+    text = " ".join(bnconform("check", "--help").stdout.split())
+    assert "exit 0 when every cell that could run conforms" in text
+    assert "1 when a cell fails or errors or nothing could run" in text and "2 for invalid input" in text
+
+
+def test_run_torch_family_exits_0(tmp_path):
+    done = bnconform("run", "--backend", "torch", "--family", "epsilon", "--out", tmp_path, "--jobs", "2")
+    assert done.returncode == 0, done.stderr
+    assert set(json.loads((tmp_path / "results.json").read_text())["adapters"]) == {"torch.functional", "torch.nn"}
+
+
+# --- where reports go -------------------------------------------------------------------------
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p.name: p.read_bytes() for p in folder.glob("*") if p.is_file()}
+
+
+def test_partial_run_writes_under_partial_and_leaves_reports_untouched(tmp_path):
+    reports = tmp_path / "reports"
+    done = bnconform("run", "--backend", "numpy.oracle", "--family", "epsilon", "--reports", reports)
+    assert done.returncode == 0, done.stderr
+    assert not (reports / "results.json").exists() and not (reports / "conformance.md").exists()
+    written = reports / "partial" / "backend-numpy.oracle__family-epsilon"
+    assert {"results.json", "conformance.md"} <= set(_snapshot(written))
+    before = _snapshot(ROOT / "reports")
+    slug = ROOT / "reports" / "partial" / "backend-numpy.oracle__family-epsilon"
+    try:
+        assert bnconform("run", "--backend", "numpy.oracle", "--family", "epsilon").returncode == 0
+        assert _snapshot(ROOT / "reports") == before and (slug / "results.json").exists()
+    finally:
+        shutil.rmtree(slug, ignore_errors=True)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "reports/partial/x/results.json"], cwd=ROOT)
+    assert ignored.returncode == 0, "reports/partial/ must be gitignored"
+
+
+def test_only_the_whole_matrix_writes_reports(tmp_path):
+    from bnconform.adapters.registry import known
+    from bnconform.reports_io import report_dir
+    from bnconform.selection import is_whole_matrix
+
+    everything = list(known())
+    assert is_whole_matrix(everything, None)
+    assert not is_whole_matrix(everything[1:], None)
+    assert not is_whole_matrix([*everything, ORACLE_PATH], None)
+    assert not is_whole_matrix(everything, ["epsilon"], all_families=["epsilon", "ghost"])
+    assert is_whole_matrix(everything, ["epsilon", "ghost"], all_families=["epsilon", "ghost"])
+    document = {"runs": [{"selection": {"backend": ["keras3.*"]}}], "adapters": {}, "verdicts": []}
+    assert report_dir(document, tmp_path, True) == tmp_path
+    assert report_dir(document, tmp_path, False) == tmp_path / "partial" / "backend-keras3.any"
+    assert report_dir(document, tmp_path, False, out=tmp_path / "mine") == tmp_path / "mine"
+
+
+def test_interrupt_is_one_line_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
+    from bnconform import cli, commands
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "_run_cells", interrupted)
+    code = cli.main(["run", "--backend", "numpy.oracle", "--family", "epsilon", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 130 and err[-1] == "bnconform: interrupted; no reports written" and "Traceback" not in "".join(err)
+    assert not (tmp_path / "out").exists()
+
+
+# --- list from metadata, and no import circle ---------------------------------------------------
+
+FRAMEWORKS = ("torch", "tensorflow", "jax", "keras", "flax", "haiku", "equinox", "onnxruntime", "tf_keras")
+
+
+def test_list_answers_from_metadata_fast_without_importing_frameworks():
+    code = ("import io, sys, time, contextlib; t = time.perf_counter(); from bnconform.cli import main;"
+            "buf = io.StringIO();\nwith contextlib.redirect_stdout(buf): rc = main(['list'])\n"
+            f"print(rc, round(time.perf_counter() - t, 3), sorted(m for m in {FRAMEWORKS!r} if m in sys.modules));"
+            "print(buf.getvalue())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    rc, seconds, imported = done.stdout.splitlines()[0].split(" ", 2)
+    assert rc == "0" and imported == "[]", done.stdout + done.stderr
+    assert float(seconds) < 3.0, seconds
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[2:] if line.strip()}
+    assert "torch" in rows["torch.nn"] and "installed" in rows["torch.nn"] and "built-in" in rows["torch.nn"]
+
+
+def test_list_names_the_extra_for_a_missing_distribution():
+    from bnconform.listing import missing_module
+
+    assert missing_module(("numpy", "no_such_framework_xyz.sub")) == "no_such_framework_xyz.sub"
+    assert missing_module(("numpy",)) is None
+
+
+def test_commands_does_not_import_cli():
+    code = "import sys, bnconform.commands; print('bnconform.cli' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
