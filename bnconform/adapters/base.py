@@ -113,7 +113,8 @@ class Adapter:
     extra: ClassVar[str] = ""  # pip extra that installs it: bnconform[<extra>]
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules the adapter needs
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)  # every device it can ever use
-    environment: ClassVar[dict[str, str]] = {}  # process environment it needs (own process)
+    environment: ClassVar[dict[str, str]] = {}  # process environment it needs (adapters with equal ones share a host process)
+    isolated: ClassVar[bool] = False  # True: never share a host process with other adapters
     deviations: ClassVar[tuple[Deviation, ...]] = ()
     notes: ClassVar[str] = ""  # one line for the report (e.g. "channels-last by transposition")
     # What the API can express; the judge derives 'unsupported' (and its reason) from it before

@@ -1,6 +1,6 @@
 """Run one adapter over cases inside this process: the developer loop and the benchmark core.
 
-``python -m bnconform.inprocess ADAPTER [--family F ...] [--device D] [--show-all]`` prints every
+``python -m bnconform.execution.inprocess ADAPTER [--family F ...] [--device D] [--show-all]`` prints every
 non-pass verdict, the verdict counts, and the median milliseconds per case (framework import
 excluded). The adapter's ``environment`` is applied before its framework is imported, so run
 one adapter per process.
@@ -16,15 +16,14 @@ import sys
 import time
 from pathlib import Path
 
-from .adapters.registry import resolve
-from .judge import judge
-from .verdict import Verdict
-from .validation import load_case
+from ..adapters.registry import resolve
+from ..judge import judge
+from ..verdict import Verdict
+from .plan import discover_cases
 
 
 def load_cases(root: Path = Path("cases"), families=None) -> list:
-    paths = sorted(p for p in root.glob("*/*.json") if not families or p.parent.name in families)
-    return [load_case(p) for p in paths]
+    return discover_cases(root, families)
 
 
 def run(name: str, cases, devices=None) -> tuple[list[Verdict], float]:
@@ -43,7 +42,7 @@ def run(name: str, cases, devices=None) -> tuple[list[Verdict], float]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bnconform.inprocess")
+    parser = argparse.ArgumentParser(prog="python -m bnconform.execution.inprocess")
     parser.add_argument("adapter")
     parser.add_argument("--family", action="append")
     parser.add_argument("--device", action="append")

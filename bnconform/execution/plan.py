@@ -1,0 +1,168 @@
+"""Planning the conformance matrix: which (case, adapter, device) cells a run contains, and which
+of them the controller can settle itself without starting any backend process.
+
+A cell is *presettled* when its verdict follows from data the controller already has:
+
+* unavailable -- a distribution the adapter ``requires`` is not installed (looked up with
+  ``importlib.util.find_spec`` on the top-level module, which imports nothing), or the cell's
+  device is a GPU kind and this machine has no NVIDIA driver;
+* unsupported -- the adapter class's declared ``capabilities`` cannot express the case
+  (:func:`bnconform.capabilities.unsupported_reason`; adapter modules import no framework, so
+  loading the class is cheap).
+
+Every other cell travels to a host process, where the adapter's residual ``supports()`` still runs.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..adapters.registry import known, load_class, resolve
+from ..validation import load_case
+from ..verdict import Verdict, cell_id
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of the matrix; ``cell_id`` reads like ``momentum/decay_0.9[torch.nn-cpu]``."""
+
+    case_path: str
+    case_id: str
+    family: str
+    adapter: str
+    device: str
+
+    @property
+    def cell_id(self) -> str:
+        return cell_id(self.case_id, self.adapter, self.device)
+
+
+def case_files(root: Path, families=None) -> list[Path]:
+    """Every case file under ``root`` (``<family>/<name>.json``; schema.json is not a case)."""
+    paths = (p for p in Path(root).rglob("*.json") if p.name != "schema.json")
+    return sorted(p for p in paths if not families or p.relative_to(root).parts[0] in families)
+
+
+def discover_cases(root: Path, families=None) -> list:
+    """Every case under ``root``, validated (raises CaseError on the first bad file)."""
+    return [load_case(p) for p in case_files(root, families)]
+
+
+def select_adapters(backends=None, adhoc=(), all_by_default: bool = True) -> list[str]:
+    """Registered names (all by default), checked, plus ad hoc module:Class paths."""
+    names = list(backends) if backends else (list(registered()) if all_by_default else [])
+    for name in [*names, *adhoc]:
+        if name not in registered():
+            resolve(name)  # raises RegistryError with the list of known names
+    return names + [a for a in adhoc if a not in names]
+
+
+@functools.lru_cache(maxsize=None)
+def registered() -> dict[str, str]:
+    """The registry table, read once per process (scanning entry points costs ~20 ms a time)."""
+    return known()
+
+
+def target_of(name: str) -> str:
+    """The "module:Class" path a host imports for a registered name or an ad hoc path."""
+    return registered().get(name, name)
+
+
+@functools.lru_cache(maxsize=None)
+def adapter_class(name: str):
+    """The adapter class, or None for a registered adapter whose module does not import (its
+    host reports the import failure as error cells instead of stopping the whole run)."""
+    if name not in registered():
+        return resolve(name)  # an ad hoc path: a RegistryError is the user's one-line error
+    try:
+        return load_class(registered()[name])
+    except Exception:  # noqa: BLE001 (a module mid-edit may raise anything at import)
+        return None
+
+
+def device_kinds(name: str) -> tuple[str, ...]:
+    cls = adapter_class(name)
+    return cls.device_kinds if cls is not None else ("cpu",)
+
+
+def plan(cases, adapters, devices=None) -> list[Cell]:
+    """Cells for every adapter x device kind of that adapter (filtered by ``devices``) x case."""
+    cells = []
+    for name in adapters:
+        for device in [d for d in device_kinds(name) if not devices or d in devices]:
+            cells += [Cell(str(c.path), c.id, c.family, name, device) for c in cases]
+    return cells
+
+
+@functools.lru_cache(maxsize=None)
+def nvidia_gpu_present() -> bool:
+    """An NVIDIA driver is loaded (device node or proc entry) or its tool is on PATH."""
+    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia")) or bool(shutil.which("nvidia-smi"))
+
+
+@functools.lru_cache(maxsize=None)
+def missing_requirement(name: str) -> str | None:
+    """Why the adapter cannot run here for lack of an installed module, without importing it."""
+    cls = adapter_class(name)
+    for module in cls.requires if cls is not None else ():
+        top = module.partition(".")[0]
+        try:
+            found = importlib.util.find_spec(top) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            return f"{module} is not installed; install it with: pip install 'bnconform[{cls.extra}]'"
+    return None
+
+
+def presettle(cell: Cell, case=None) -> Verdict | None:
+    """The cell's verdict when the controller can decide it alone (unavailable, unsupported), else None.
+
+    ``case`` is the loaded case if the caller has it (it is loaded from ``cell.case_path`` otherwise).
+    """
+    cls = adapter_class(cell.adapter)
+    if cls is None:
+        return None  # a broken module: its host says why
+    base = dict(case=cell.case_id, family=cell.family, adapter=cls.name or cell.adapter, device=cell.device)
+    missing = missing_requirement(cell.adapter)
+    if missing:
+        return Verdict(**base, status="unavailable", detail=missing)
+    if cell.device != "cpu" and not nvidia_gpu_present():
+        return Verdict(**base, status="unavailable", detail=f"device {cell.device!r} not present here (no NVIDIA GPU)")
+    from ..capabilities import unsupported_reason
+
+    reason = unsupported_reason(cls.capabilities, case or load_case(cell.case_path), cell.device, cls.name)
+    return Verdict(**base, status="unsupported", detail=reason) if reason else None
+
+
+def adapter_metadata(name: str) -> dict:
+    """What the report says about an adapter, from its class (no framework import)."""
+    from ..capabilities import describe
+
+    cls = resolve(name)
+    return {
+        "framework": cls.framework, "extra": cls.extra, "notes": cls.notes,
+        "device_kinds": list(cls.device_kinds), "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        "capabilities": describe(cls.capabilities), "decay_parameter": cls.decay_parameter,
+        "deviations": [{"name": d.name, "kind": d.kind, "applies_to": d.applies_to, "behaviour": d.behaviour.describe(),
+                        "explanation": d.explanation, "link": d.link} for d in cls.deviations],
+    }
+
+
+def host_key(name: str) -> str:
+    """Which host process serves the adapter: adapters of one package with the same ``environment``
+    share one (the framework is imported once); ``isolated`` adapters and registered adapters whose
+    module is broken get their own. Reads like ``tensorflow`` or ``keras3[KERAS_BACKEND=jax]``."""
+    cls = adapter_class(name)
+    if cls is None or getattr(cls, "isolated", False):
+        return name
+    module = cls.__module__
+    package = module.rpartition(".")[0] if module.count(".") > 2 else module
+    label = package.removeprefix("bnconform.adapters.")
+    env = ",".join(f"{k}={v}" for k, v in sorted(cls.environment.items()))
+    return f"{label}[{env}]" if env else label
