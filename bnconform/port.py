@@ -18,7 +18,6 @@ Two parts, both derived from data rather than typed per pair of frameworks:
 from __future__ import annotations
 
 import collections
-import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ CONSEQUENCES = {
                             "batches more; the two agree once (1 + n) / (10 + n) exceeds decay",
 }
 LIST_SEPARATORS = {"step_kinds": "; "}
+CONVENTION_WORDS = " always uses "  # how capabilities words an unsupported convention value
 
 
 @dataclass
@@ -119,7 +119,8 @@ def variance_lines(a: Side, b: Side) -> list[str]:
     elif va == {"biased"} and vb == {"bessel"}:
         line = _rescale(a, b, "(N-1)/N", "biased", "Bessel-corrected")
     else:
-        line = f"running variance: {a.name} keeps {_words('running_variance', va)}, {b.name} {_words('running_variance', vb)}"
+        words_a, words_b = _words("running_variance", va), _words("running_variance", vb)
+        line = f"running variance: {a.name} keeps {words_a}, {b.name} {words_b}"
     return [line] + [f"running variance, conditional: {s.name} keeps {c}" for s, cs in ((a, ca), (b, cb)) for c in cs]
 
 
@@ -179,7 +180,8 @@ def structural_lines(a: Side, b: Side) -> list[str]:
 
 
 def translation(a: Side, b: Side) -> list[str]:
-    return ema_lines(a, b) + epsilon_lines(a, b) + variance_lines(a, b) + convention_lines(a, b) + structural_lines(a, b)
+    parts = (ema_lines, epsilon_lines, variance_lines, convention_lines, structural_lines)
+    return [line for part in parts for line in part(a, b)]
 
 
 # --- Part 2: the measured differences ----------------------------------------------------------
@@ -244,46 +246,63 @@ def compare_cells(document: dict, a: str, b: str) -> tuple[list[tuple[dict, dict
 
 
 def difference_lines(document: dict, a: str, b: str) -> list[str]:
-    """The disagreeing cells, grouped by (FROM outcome, TO outcome), largest group first."""
+    """The disagreeing cells grouped by (FROM outcome, TO outcome): behaviour first, then what only
+    one side can express; within a group, cells with the same numbers share one line."""
     pairs, agree, skipped = compare_cells(document, a, b)
     lines = [f"{agree + len(pairs)} cells compared: {agree} agree, {len(pairs)} differ"
              + (f"; {skipped} not compared (unavailable, or a device only {a} has)" if skipped else "")]
     groups = collections.defaultdict(list)
     for va, vb in pairs:
         groups[(outcome(va), outcome(vb))].append((va, vb))
-    for (oa, ob), cells in sorted(groups.items(), key=lambda item: (-len(item[1]), item[0])):
+    order = sorted(groups.items(), key=lambda item: ("unsupported" in item[0], -len(item[1]), item[0]))
+    for (oa, ob), cells in order:
         lines.append(f"{a}: {oa} | {b}: {ob} -- {len(cells)} cell(s)")
-        lines += [_cell_line(va, vb, a, b) for va, vb in cells]
+        lines += _same_numbers_lines(cells, a, b)
     if pairs:
-        case = pairs[0][0]["case"]
+        case = order[0][1][0][0]["case"]
         lines.append(f"reproduce one: bnconform check cases/{case}.json --backend {a} --backend {b}")
     return lines
 
 
-def _cell_line(va: dict, vb: dict, a: str, b: str) -> str:
-    parts = [f"{name}: {text}" for name, text in ((a, numbers(va)), (b, numbers(vb))) if text]
-    return f"  {va['case']} [{va['device']}]" + (f": {' | '.join(parts)}" if parts else "")
+def _same_numbers_lines(cells, a: str, b: str) -> list[str]:
+    """One line per distinct (FROM numbers, TO numbers): the numbers, then every case id [device]."""
+    by_numbers = collections.defaultdict(list)
+    for va, vb in cells:
+        by_numbers[(numbers(va), numbers(vb))].append(f"{va['case']} [{va['device']}]")
+    lines = []
+    for (na, nb), ids in by_numbers.items():
+        parts = [f"{name}: {text}" for name, text in ((a, na), (b, nb)) if text]
+        convention = " (a convention: see 1.)" if any(CONVENTION_WORDS in t for t in (na, nb)) else ""
+        lines.append(f"  {' | '.join(parts) or 'no detail'}{convention}")
+        lines.append(f"    {len(ids)} case(s): {', '.join(ids)}")
+    return lines
+
+
+def _profile(document: dict):
+    """(ROWS, {backend: {row key: ProfileCell}}) from bnconform.profile, None if it does not exist,
+    or the one line saying why it failed (a broken profile must not hide the rest of the report)."""
+    try:
+        from .profile import ROWS, build_profile
+
+        return ROWS, build_profile(document)
+    except ModuleNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - another module's bug: say why, keep the report
+        return f"semantics profile unavailable: {type(exc).__name__}: {exc}"
 
 
 def profile_lines(document: dict, a: str, b: str) -> list[str]:
-    """Semantics-profile rows where the two differ, when bnconform.profile exists."""
-    try:
-        from .profile import ROWS, build_profile
-    except ModuleNotFoundError:
-        return []
-    except Exception as exc:  # noqa: BLE001 - a broken profile module must not hide the rest of the report
-        return [f"semantics profile unavailable: {type(exc).__name__}: {exc}"]
-    try:
-        profile = build_profile(document)
-    except Exception as exc:  # noqa: BLE001 - same: say why, keep the report
-        return [f"semantics profile unavailable: {type(exc).__name__}: {exc}"]
+    """Semantics-profile rows (key, label) whose values differ between the two, side by side."""
+    found = _profile(document)
+    if not isinstance(found, tuple):
+        return [found] if found else []
+    rows, profile = found
     lines = []
-    for row in ROWS:
-        key = row if isinstance(row, str) else row[0]
-        ca, cb = profile.get(a, {}).get(key), profile.get(b, {}).get(key)
-        value_a, value_b = getattr(ca, "value", None), getattr(cb, "value", None)
+    for row in rows:
+        key, label = (row, row) if isinstance(row, str) else (row[0], row[-1])
+        value_a, value_b = (getattr(profile.get(n, {}).get(key), "value", None) for n in (a, b))
         if value_a != value_b:
-            lines.append(f"{key}: {a}: {value_a} | {b}: {value_b}")
+            lines.append(f"{label}: {a}: {value_a} | {b}: {value_b}")
     return lines
 
 
@@ -318,32 +337,20 @@ def run_document(names: list[str], cases: Path, families, devices) -> dict:
 
 
 def check_names(names: list[str], document: dict | None) -> None:
-    """Raise UsageError (one line, with did-you-mean) unless each name is exactly one backend."""
+    """Raise UsageError (one line, with did-you-mean from bnconform.selection) unless each name is
+    exactly one backend: registered, in the document, or an ad hoc module:Class."""
     from .adapters.registry import RegistryError, known
     from .cli import UsageError
+    from .selection import select_backends
 
-    in_document = set((document or {}).get("adapters", {}))
     for name in names:
-        if name in known() or name in in_document or ":" in name:
+        if name in known() or name in (document or {}).get("adapters", {}) or ":" in name:
             continue
         try:
-            members = _select(name, sorted(set(known()) | in_document))
+            members = select_backends([name], [])
         except RegistryError as exc:
             raise UsageError(f"port: {exc}") from None
         raise UsageError(f"port: {name!r} names {len(members)} backends ({', '.join(members)}); Expected: one of them")
-
-
-def _select(name: str, choices: list[str]) -> list[str]:
-    """The backends a word selects (bnconform.selection where it exists); RegistryError if none."""
-    from .adapters.registry import RegistryError
-
-    try:
-        from .selection import select_backends
-    except ImportError:
-        close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
-        hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise RegistryError(f"unknown backend {name!r}.{hint} Expected one of: {', '.join(choices)}") from None
-    return select_backends([name], [])
 
 
 def load_document(path: Path) -> tuple[dict | None, str]:
@@ -388,7 +395,8 @@ def register_port(sub) -> None:
     port = sub.add_parser("port", help="what to change, and what still differs, moving a model between two backends")
     port.add_argument("source", metavar="FROM", help="backend the model comes from, e.g. torch.nn")
     port.add_argument("target", metavar="TO", help="backend it moves to, e.g. keras3.tensorflow")
-    port.add_argument("--results", default="reports/results.json", help="results document (default: reports/results.json)")
+    port.add_argument("--results", default="reports/results.json",
+                      help="results document (default: reports/results.json)")
     port.add_argument("--cases", default="cases", help="case directory for a fresh run (default: cases)")
     port.add_argument("--family", action="append", help="case family for a fresh run (repeatable; default: all)")
     port.add_argument("--device", action="append", help="device for a fresh run (repeatable; default: cpu)")

@@ -62,10 +62,13 @@ FAIL_Y = dict(detail="step 0: y[0,1]=0.49 ...", mismatches=[
 
 
 def _document(a, b):
-    """Both backends pass one case; on three others they disagree; one cell is unavailable on b."""
+    """Both backends pass one case; on three others they disagree (two of them alike); one cell is
+    unavailable on b."""
     verdicts = [_verdict("formulas/rank2_nc_train", a, "pass"), _verdict("formulas/rank2_nc_train", b, "pass"),
                 _verdict("degenerate/n1_rank2_train", a, "deviation", **RAISES_N1),
                 _verdict("degenerate/n1_rank2_train", b, "pass"),
+                _verdict("degenerate/n1_rank4_1x1_train", a, "deviation", **RAISES_N1),
+                _verdict("degenerate/n1_rank4_1x1_train", b, "pass"),
                 _verdict("momentum/decay_0.9_biased_3steps", a, "unsupported", detail=f"{a} always uses X"),
                 _verdict("momentum/decay_0.9_biased_3steps", b, "fail", **FAIL_Y),
                 _verdict("formulas/float16_nc_train", a, "pass"),
@@ -128,13 +131,18 @@ def test_tf_keras_to_keras3_same_spelling_and_conditional_variance():
 
 @pytest.mark.parametrize("a, b", [("torch.nn", "keras3.torch"), ("keras3.jax", "torch.nn"), ("flax.linen", "tf_keras.auto")])
 def test_disagreeing_cells_listed_with_numbers(a, b):
-    text = "\n".join(_lines(a, b))
-    assert "3 cells compared: 1 agree, 2 differ; 1 not compared" in text
-    assert f"{a}: deviation single-value-per-channel-raises [edge] | {b}: pass -- 1 cell(s)" in text
-    assert f"degenerate/n1_rank2_train [cpu]: {a}: raises ValueError" in text
-    assert f"{a}: unsupported | {b}: fail -- 1 cell(s)" in text
+    lines = _lines(a, b)
+    text = "\n".join(lines)
+    assert "4 cells compared: 1 agree, 3 differ; 1 not compared" in text
+    # behaviour differences come before what only one side can express; alike cells share a line
+    header = lines.index(f"  {a}: deviation single-value-per-channel-raises [edge] | {b}: pass -- 2 cell(s)")
+    assert lines[header + 1].startswith(f"    {a}: raises ValueError ('Expected more than 1 value per channel")
+    assert lines[header + 2] == "      2 case(s): degenerate/n1_rank2_train [cpu], degenerate/n1_rank4_1x1_train [cpu]"
+    assert lines[header + 3] == f"  {a}: unsupported | {b}: fail -- 1 cell(s)"
     # the worst mismatch by relative error, not the first one
-    assert "running_var step 1: got 2.5, expected 2.0, max abs err 0.5, max rel err 0.25 (+1 outputs)" in text
+    assert ("running_var step 1: got 2.5, expected 2.0, max abs err 0.5, max rel err 0.25 (+1 outputs)"
+            " (a convention: see 1.)") in lines[header + 4]
+    assert lines[header + 5] == "      1 case(s): momentum/decay_0.9_biased_3steps [cpu]"
     assert "formulas/rank2_nc_train" not in text and "float16_nc_train" not in text
 
 
@@ -147,6 +155,8 @@ def test_cli_reads_the_document_and_unknown_name_exits_2(tmp_path, capsys):
     assert main(["port", "torch.nnn", "keras3.tensorflow", "--results", str(path)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown backend 'torch.nnn'" in err[0] and "did you mean: torch.nn" in err[0].lower()
+    assert main(["port", "torch", "keras3.jax", "--results", str(path)]) == 2  # a family is not one backend
+    assert "'torch' names 2 backends" in capsys.readouterr().err
 
 
 def test_real_run_of_the_torch_backends(tmp_path):
@@ -159,6 +169,16 @@ def test_real_run_of_the_torch_backends(tmp_path):
             "batch) (also torch.functional's default)") in run.stdout
     assert "eps default 1e-05 in both" in run.stdout
     # F.batch_norm takes a float momentum only (no cumulative average); nn.BatchNorm has one affine flag
-    assert "momentum/cumulative_bessel_5steps [cpu]: torch.functional: torch.functional cannot express" in run.stdout
-    assert "formulas/scale_on_center_off_train [cpu]: torch.nn: torch.nn cannot express" in run.stdout
+    assert "momentum/cumulative_bessel_5steps [cpu]" in _cases_after(run.stdout, "    torch.functional: torch.functional "
+                                                                   "cannot express these running-statistics rules")
+    assert "formulas/scale_on_center_off_train [cpu]" in _cases_after(run.stdout, "    torch.nn: torch.nn cannot "
+                                                                    "express these scale/center settings")
     assert "running them now" in run.stderr and not (tmp_path / "reports").exists()
+
+
+def _cases_after(text: str, start: str) -> str:
+    """The case list printed under the numbers line that starts with ``start``."""
+    lines = text.splitlines()
+    found = [i for i, line in enumerate(lines) if line.startswith(start)]
+    assert found, f"no line starting {start!r} in:\n{text}"
+    return " ".join(lines[i + 1] for i in found)
