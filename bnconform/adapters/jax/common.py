@@ -80,6 +80,17 @@ def put_state(case: Case, device) -> dict:
             for name in ("gamma", "beta", "running_mean", "running_var")}
 
 
+def put_inputs(case: Case, device) -> list:
+    """Every step's input in the input dtype on the device, in one host-to-device transfer."""
+    dtype = numpy_dtype(case.config.input_dtype)
+    return load_jax().device_put([np.asarray(step.x, dtype=dtype) for step in case.steps], device)
+
+
+def fetch(results: list[dict]) -> list[dict]:
+    """Every step's outputs as NumPy, in one device-to-host transfer (after the last step ran)."""
+    return load_jax().device_get(results)
+
+
 def to_numpy(array) -> np.ndarray:
     """What the framework computed, as a NumPy array (bfloat16 stays bfloat16)."""
     return np.asarray(array)

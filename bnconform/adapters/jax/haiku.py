@@ -16,25 +16,30 @@ Translation (canonical knob -> hk.BatchNorm argument or state entry):
     update_running_stats    -> keep the returned state (False: keep the old one)
 
 With hidden = 0 and counter = 0 the state is exactly the canonical zero-debias state (z_0 = 0), and
-``average`` holds the case's running statistics until the first update. A case asking for a
-plain EMA therefore matches the oracle run with zero_debias on: declared, not hidden.
+``average`` holds the case's running statistics until the first update.
 
-Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; the num_updates schedule;
-a case resuming from num_updates > 0 (hidden / counter of a half-debiased average are not in the
-canonical state); updating running statistics in inference mode. Batch moments are not exposed.
+Capabilities (``HAIKU_CAPABILITIES``): eps inside the square root; conventions zero-debias always
+on and a biased running variance, so a plain-EMA or Bessel case is unsupported where its results
+depend on that; no cumulative rule, no schedule; no resumed counter (hidden / counter of a
+half-debiased average are not in the canonical state); updates only with is_training=True.
+Batch moments are not exposed.
 
 Speed: one jitted step per (axes, create_scale, create_offset) runs both modes through
-``lax.cond``; decay and eps are traced scalars, so cases of one input shape share a program.
+``lax.cond``; decay and eps are traced scalars, so cases of one input shape share a program. All
+inputs go to the device in one transfer and all outputs come back in one, after the last step.
 """
 
 from __future__ import annotations
 
 import functools
 
-from .common import (JaxAdapter, JitCache, bessel_matters, case_in, common_unsupported, empty_batch_update,
-                          jax_device, load_jax, put, put_state, to_numpy, updates_outside_training,
-                          updates_with)
-from ..base import Deviation, MatchesVariant, Mismatches, variant
+from dataclasses import replace
+
+from ...selectors import (case_in, input_dtype_in, mean_far_from_spread, squares_overflow, updates_on_empty_batch,
+                          updates_running_stats)
+from .common import (JAX_CAPABILITIES, JaxAdapter, JitCache, fetch, jax_device, load_jax, put_inputs, put_state,
+                     signature_defaults)
+from ..base import Deviation, Mismatches
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
 HAIKU_BATCHNORM_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py"
@@ -89,49 +94,58 @@ def build_params_and_state(case, device) -> tuple[dict, dict]:
     return ({"batch_norm": params} if params else {}), state
 
 
-def _plain_ema_updated(case, device) -> bool:
-    return not case.config.running_stats.zero_debias and updates_with(case, min_count=1)
-
-
-def _as_haiku_computes(case):
-    """The oracle's variant: zero-debiased EMA and, where asked for Bessel, the biased variance."""
-    return variant(case, running_stats={"zero_debias": True, "variance": "biased"})
-
-
 EMPTY_BATCH_POISONS_EMA = Deviation(
     name="haiku-empty-batch-nan-ema",
-    applies_to="a training step with N == 0 that updates the running statistics",
-    applies=empty_batch_update,
+    kind="defect",
+    applies=updates_on_empty_batch,
     behaviour=Mismatches(("y", "running_mean", "running_var", "num_updates"),
                          "running statistics become NaN, the counter advances, later eval y is NaN"),
     explanation="the moments of an empty batch are NaN (0/0) and are folded into both EMAs, whose counter "
-                "advances (the model keeps the state and num_updates unchanged for N == 0)",
+                "advances: corrupted state (the model keeps the state and num_updates unchanged for N == 0)",
     link=HAIKU_EMA_SOURCE,
 )
 
-UNCLAMPED_FAST_VARIANCE_CASES = (
-    "degenerate/cancellation_float32_1e4", "degenerate/cancellation_float64_1e8",
-    "degenerate/large_constant_channel", "degenerate/huge_mixed_sign_float32",
-    "momentum/decay_0.5_bessel_n2_factor2", "momentum/decay_0.9_biased_n2")
+ONE_PASS_VARIANCE_CANCELS = Deviation(
+    name="haiku-one-pass-variance-cancellation",
+    kind="precision",
+    applies=mean_far_from_spread(50, constant=False),
+    behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
+    explanation="var = mean(x^2) - mean(x)^2 in the input dtype: 1e4 + N(0,1) in float32 gives var 8 or -4.6, "
+                "1e8 + N(0,1) in float64 gives -6, N=2 float32 batches (|mean| ~100 x spread) are off by ~2.4e3 ulp",
+    link=HAIKU_BATCHNORM_SOURCE,
+)
 
-UNCLAMPED_FAST_VARIANCE = Deviation(
-    name="haiku-unclamped-one-pass-variance",
-    applies_to="batches whose mean is large against their spread, or whose squares overflow: "
-               + ", ".join(UNCLAMPED_FAST_VARIANCE_CASES),
-    applies=case_in(*UNCLAMPED_FAST_VARIANCE_CASES),
-    behaviour=Mismatches(("y", "running_mean", "running_var"),
-                         "y and the running statistics are wrong or NaN (one-pass variance, not clamped)"),
-    explanation="var = mean(x^2) - mean(x)^2 with no clamp at 0: 1e4 + N(0,1) in float32 gives var 8 or "
-                "-4.6 (NaN y), 1e8 + N(0,1) in float64 gives -6, a constant channel of 1e4 gives -16 "
-                "(NaN y), float32 inputs ~1e37 give inf - inf = NaN, N=2 float32 batches are off by "
-                "~2.4e3 ulp; running_mean differs only by the zero-debiasing declared elsewhere",
+# Data-dependent: where the rounding error of mean(x^2) exceeds the true variance, the unclamped
+# difference goes negative (a constant channel whose square is exact stays at 0, so no property
+# of the batch statistics alone selects these cells).
+NEGATIVE_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float32_1e4_biased",
+                           "degenerate/cancellation_float64_1e8", "degenerate/cancellation_float64_1e8_biased",
+                           "degenerate/large_constant_channel", "degenerate/large_constant_channel_biased")
+
+UNCLAMPED_NEGATIVE_VARIANCE = Deviation(
+    name="haiku-unclamped-negative-variance",
+    kind="defect",
+    applies=case_in(*NEGATIVE_VARIANCE_CASES),
+    behaviour=Mismatches(("y", "running_var"), "y is NaN where the one-pass variance goes negative"),
+    explanation="the one-pass variance is not clamped at 0 (flax clamps it): a negative value (-4.6 for "
+                "1e4 + N(0,1) in float32, -6 for 1e8 + N(0,1) in float64, -16 for a constant channel of 1e4) "
+                "gives rsqrt(var + eps) = NaN on valid finite input, and a negative running variance",
+    link=HAIKU_BATCHNORM_SOURCE,
+)
+
+FLOAT32_SQUARES_OVERFLOW = Deviation(
+    name="haiku-float32-squares-overflow",
+    kind="precision",
+    applies=squares_overflow("float32"),
+    behaviour=Mismatches(("y", "running_mean", "running_var"), "y and running_var are NaN"),
+    explanation="mean(x^2) of float32 inputs ~1e37 overflows float32, so var = inf - inf = NaN",
     link=HAIKU_BATCHNORM_SOURCE,
 )
 
 HALF_SQUARES_OVERFLOW = Deviation(
     name="haiku-float16-squares-overflow",
-    applies_to="float16 inputs near 1.5e4 (degenerate/float16_near_overflow)",
-    applies=case_in("degenerate/float16_near_overflow"),
+    kind="precision",
+    applies=squares_overflow("float16") & input_dtype_in("float16"),
     behaviour=Mismatches(("y", "running_mean", "running_var"), "y and running_var are NaN"),
     explanation="moments are computed in the input dtype: x^2 ~2.4e8 overflows float16 (max 65504), so "
                 "var = inf - inf = NaN; flax promotes to float32 and passes",
@@ -140,8 +154,8 @@ HALF_SQUARES_OVERFLOW = Deviation(
 
 HALF_PRECISION_MOMENTS = Deviation(
     name="haiku-half-precision-moments",
-    applies_to="float16 / bfloat16 inputs with a training update",
-    applies=lambda case, device: case.config.input_dtype in ("float16", "bfloat16") and updates_with(case),
+    kind="dtype",
+    applies=input_dtype_in("float16", "bfloat16") & updates_running_stats,
     behaviour=Mismatches(("running_mean", "running_var"),
                          "running statistics carry float16 / bfloat16 rounding of the batch moments"),
     explanation="hk.BatchNorm takes jnp.mean of the half-precision input, so the batch mean and variance are "
@@ -150,27 +164,10 @@ HALF_PRECISION_MOMENTS = Deviation(
     link=HAIKU_BATCHNORM_SOURCE,
 )
 
-ALWAYS_ZERO_DEBIASED = Deviation(
-    name="haiku-always-zero-debiased",
-    applies_to="plain-EMA cases with a training update (haiku's BatchNorm EMA is zero-debiased, biased variance)",
-    applies=_plain_ema_updated,
-    behaviour=MatchesVariant("matches the oracle with zero_debias on and a biased running variance",
-                             _as_haiku_computes),
-    explanation="hk.BatchNorm builds hk.ExponentialMovingAverage(decay_rate) with its default "
-                "zero_debias=True and no way to turn it off: after the first update the running stats "
-                "equal the batch stats whatever the initial ones; the variance folded in is the biased one",
-    link=HAIKU_BATCHNORM_SOURCE,
-)
-
-BIASED_RUNNING_VARIANCE = Deviation(
-    name="haiku-biased-running-variance",
-    applies_to="zero-debias cases asking for a Bessel-corrected running variance (N >= 2, decay < 1)",
-    applies=lambda case, device: bessel_matters(case),
-    behaviour=MatchesVariant("matches the oracle with a biased running variance",
-                             lambda case: variant(case, running_stats={"variance": "biased"})),
-    explanation="hk.BatchNorm folds the biased batch variance E[x^2] - E[x]^2 into var_ema",
-    link=HAIKU_BATCHNORM_SOURCE,
-)
+# haiku's conventions: its EMA is always zero-debiased (hk.ExponentialMovingAverage's default
+# zero_debias=True, which hk.BatchNorm does not expose) and folds in the biased variance; the EMA
+# state (hidden, counter) of an average resumed after n updates is not in the canonical state.
+HAIKU_CAPABILITIES = replace(JAX_CAPABILITIES, zero_debias=frozenset({True}), resumes_counter=False)
 
 
 class HaikuAdapter(JaxAdapter):
@@ -179,24 +176,18 @@ class HaikuAdapter(JaxAdapter):
     name = "haiku"
     framework = "dm-haiku"
     requires = ("jax", "haiku")
-    deviations = (EMPTY_BATCH_POISONS_EMA, UNCLAMPED_FAST_VARIANCE, HALF_SQUARES_OVERFLOW, HALF_PRECISION_MOMENTS,
-                  ALWAYS_ZERO_DEBIASED, BIASED_RUNNING_VARIANCE)
+    capabilities = HAIKU_CAPABILITIES
+    decay_parameter = ("decay_rate", "old")
+    deviations = (EMPTY_BATCH_POISONS_EMA, ONE_PASS_VARIANCE_CANCELS, UNCLAMPED_NEGATIVE_VARIANCE,
+                  FLOAT32_SQUARES_OVERFLOW, HALF_SQUARES_OVERFLOW, HALF_PRECISION_MOMENTS)
     notes = ("params/state built from the case (EMA hidden = counter = 0, average = running stats); "
              "zero-debiasing is always on; training without update keeps the old state")
 
     def __init__(self):
         self._steps = JitCache(build_step)
 
-    def supports(self, case, device):
-        reason = common_unsupported(case, "hk.BatchNorm")
-        if reason:
-            return reason
-        if case.initial_state.num_updates:
-            return ("hk.BatchNorm's EMA state (hidden, counter) of a zero-debiased average resumed after "
-                    f"{case.initial_state.num_updates} updates is not determined by the running statistics")
-        if updates_outside_training(case):
-            return "hk.BatchNorm updates its EMAs only when is_training=True (normalizing with batch moments)"
-        return None
+    def framework_defaults(self):
+        return signature_defaults(load_haiku().BatchNorm.__init__, "decay_rate", "eps")
 
     def run(self, case, device):
         config, where = case.config, jax_device(device)
@@ -205,13 +196,12 @@ class HaikuAdapter(JaxAdapter):
         params, state = build_params_and_state(case, where)
         decay, eps = float(config.running_stats.decay), float(config.effective_epsilon)
         results = []
-        for step in case.steps:
-            x = put(step.x, config.input_dtype, where)
+        for step, x in zip(case.steps, put_inputs(case, where)):
             y, state_after = step_fn(params, state, x, step.is_training, decay, eps)
             if step.update_running_stats:
                 state = state_after
             mean_ema, var_ema = (state[name] for name in EMA_NAMES)
-            results.append({"y": to_numpy(y), "running_mean": to_numpy(mean_ema["average"]).reshape(-1),
-                            "running_var": to_numpy(var_ema["average"]).reshape(-1),
-                            "num_updates": int(mean_ema["counter"])})
-        return results
+            results.append({"y": y, "running_mean": mean_ema["average"], "running_var": var_ema["average"],
+                            "num_updates": mean_ema["counter"]})
+        return [{**r, "running_mean": r["running_mean"].reshape(-1), "running_var": r["running_var"].reshape(-1),
+                 "num_updates": int(r["num_updates"])} for r in fetch(results)]
