@@ -185,7 +185,8 @@ def describe(caps: Capabilities) -> dict[str, str]:
         "step_kinds": "; ".join(STEP_NAMES[k] for k in STEP_KINDS if k in caps.step_kinds),
         "separate_scale_center": "yes" if caps.separate_scale_center else "no (one flag)",
         "dtypes": ", ".join(f"{i}/{p}" if i != p else i for i, p in sorted(caps.dtypes)),
-        "extensions": values("extensions"), "resumes_counter": "yes" if caps.resumes_counter else "no"})
+        "extensions": values("extensions"), "ghost_splits": values("ghost_splits"),
+        "resumes_counter": "yes" if caps.resumes_counter else "no"})
     for selector, changes in caps.when:
         for knob, value in changes.items():
             shown = ", ".join(str(VALUE_WORDS.get(knob, {}).get(v, v)).split(" (")[0] for v in sorted(_frozen(value), key=str))
