@@ -16,7 +16,7 @@ import importlib.util
 from .adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
 from .selection import nvidia_present, present_device_kinds
 
-HEADER = f"{'backend':26} {'framework':12} {'version':14} {'devices here':18} {'source':22} status"
+HEADER = f"{'backend':26} {'framework':12} {'version':14} {'devices here':18} {'source':30} status"
 
 
 def _plugin_sources() -> dict[str, str]:
@@ -49,12 +49,12 @@ def metadata_row(name: str, source: str) -> str:
     try:
         cls = resolve(name)
     except RegistryError as exc:  # a module broken mid-edit: its cells will be errors saying so
-        return f"{name:26} {'?':12} {'?':14} {'-':18} {source:22} adapter does not load: {exc}"
+        return f"{name:26} {'?':12} {'?':14} {'-':18} {source:30} adapter does not load: {exc}"
     missing = missing_module(cls.requires)
     status = (f"not installed: no module {missing}; pip install 'bnconform[{cls.extra}]'" if missing
               else "installed (bnconform list --probe imports it)")
     devices = ",".join(present_device_kinds(cls.device_kinds)) or "-"
-    return f"{name:26} {cls.framework:12} {_version(cls.framework):14} {devices:18} {source:22} {status}"
+    return f"{name:26} {cls.framework:12} {_version(cls.framework):14} {devices:18} {source:30} {status}"
 
 
 def list_metadata() -> int:
