@@ -13,6 +13,7 @@ An array is ``{"dtype": "float32", "shape": [2, 3], "hex": [...], "approx": [...
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -62,26 +63,45 @@ def _parse(text, where: str, index: int) -> float:
         ) from None
 
 
+@functools.lru_cache(maxsize=None)
+def _numpy_dtype(name: str) -> np.dtype:
+    """numpy_dtype, once per name (it imports ml_dtypes for bfloat16)."""
+    return numpy_dtype(name)
+
+
+def _parse_all(texts, where: str) -> list[float]:
+    """Every hex string as a float: one C-level map for a valid array; item by item only to name
+    the first bad one."""
+    if type(texts) is list and all(type(t) is str for t in texts):
+        try:
+            return list(map(float.fromhex, texts))
+        except (ValueError, OverflowError):
+            pass
+    return [_parse(t, where, i) for i, t in enumerate(texts)]
+
+
 def decode_array(obj, where: str = "") -> np.ndarray:
     """Decode an encoded array to NumPy in its stored dtype; raises EncodingError."""
     if not isinstance(obj, dict) or not {"dtype", "shape", "hex"} <= obj.keys():
         raise EncodingError(f"{where}: Expected: an object with dtype, shape, hex. Received: {obj!r:.60}")
     try:
-        dtype = numpy_dtype(obj["dtype"])
+        dtype = _numpy_dtype(obj["dtype"]) if isinstance(obj["dtype"], str) else numpy_dtype(obj["dtype"])
     except ValueError as exc:
         raise EncodingError(f"{where}/dtype: {exc}") from None
     shape = obj["shape"]
     if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
         raise EncodingError(f"{where}/shape: Expected: a list of non-negative integers. Received: {shape!r}")
-    values = [_parse(t, where, i) for i, t in enumerate(obj["hex"])]
+    values = _parse_all(obj["hex"], where)
     if len(values) != math.prod(shape):
         raise EncodingError(
             f"{where}/hex: Expected: {math.prod(shape)} values for shape {shape}. Received: {len(values)}"
         )
     wide = np.array(values, dtype=np.float64).reshape(shape)
+    if dtype == np.float64:
+        return wide  # every parsed value is a float64: nothing to narrow or check
     with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported below, not warned
         narrow = wide.astype(dtype)
-    exact = np.isnan(wide) | (narrow.astype(np.float64) == wide)
+    exact = (narrow == wide) | np.isnan(wide)  # the comparison widens narrow exactly
     if not exact.all():
         bad = int(np.flatnonzero(~exact.reshape(-1))[0])
         raise EncodingError(f"{where}/hex/{bad}: Expected: a value exactly representable in {obj['dtype']}. "

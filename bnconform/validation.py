@@ -1,11 +1,17 @@
 """Validation of case files: the JSON Schema first, then meaning (shapes, lengths, knobs).
 
 Every problem is reported as one line: ``<file>: <JSON location>: Expected: ... Received: ...``.
+
+A valid file takes the fast path: the schema is checked by a compiled yes/no validator
+(:mod:`bnconform.schema_check`), and jsonschema's full walk runs only to explain a "no". Loaded
+cases are kept per process, keyed by (resolved path, mtime_ns, size), so each file is parsed and
+validated once however many backends or tests ask for it.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,12 +27,27 @@ class CaseError(ValueError):
 
 
 @lru_cache(maxsize=1)
+def _schema() -> dict:
+    with open(SCHEMA_PATH, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@lru_cache(maxsize=1)
 def _validator():
     import jsonschema
 
-    with open(SCHEMA_PATH, encoding="utf-8") as handle:
-        schema = json.load(handle)
-    return jsonschema.Draft202012Validator(schema)
+    return jsonschema.Draft202012Validator(_schema())
+
+
+@lru_cache(maxsize=1)
+def _fast_check():
+    """The compiled yes/no schema check; None if the schema uses a keyword it cannot compile."""
+    from .schema_check import UnsupportedKeyword, compile_schema
+
+    try:
+        return compile_schema(_schema())
+    except UnsupportedKeyword:
+        return None
 
 
 def _pointer(path) -> str:
@@ -34,6 +55,10 @@ def _pointer(path) -> str:
 
 
 def _schema_error(obj) -> str | None:
+    """None if ``obj`` is schema-valid, else one line naming the innermost failing field."""
+    fast = _fast_check()
+    if fast is not None and fast(obj):
+        return None  # sound: the compiled check accepts only what jsonschema accepts
     import jsonschema
 
     error = jsonschema.exceptions.best_match(_validator().iter_errors(obj))
@@ -194,9 +219,16 @@ class _NonJsonConstant(str):
 
 
 def _read_strict_json(path: Path):
-    """Like casefile.read_json, but NaN / Infinity literals are kept as markers to report."""
+    """Like casefile.read_json, but NaN / Infinity literals are kept as markers to report.
+
+    Returns (object, whether any such literal occurred), so valid files skip the search for it."""
+    seen = []
+
+    def mark(literal):
+        seen.append(literal)
+        return _NonJsonConstant(literal)
     with open(path, encoding="utf-8") as handle:
-        return json.load(handle, parse_constant=_NonJsonConstant)
+        return json.load(handle, parse_constant=mark), bool(seen)
 
 
 def _constant_error(obj, where=()) -> str | None:
@@ -224,15 +256,34 @@ def _integer_error(obj) -> str | None:
 
 
 def load_case(path) -> Case:
-    """Read, schema-check, decode and meaning-check one case file; raises CaseError."""
+    """Read, schema-check, decode and meaning-check one case file; raises CaseError.
+
+    A valid file is loaded once per process while its mtime and size stay the same; the Case is
+    shared, and like every loaded case must not be modified (variants are copies)."""
     path = Path(path)
     try:
-        obj = _read_strict_json(path)
+        stat = path.stat()
+    except OSError as exc:
+        raise CaseError(f"{path}: Expected: a readable UTF-8 file. Received: {exc}") from None
+    resolved, version = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
+    known = _LOADED.get(resolved)
+    if known is None or known[0] != version:
+        known = _LOADED[resolved] = (version, _load_uncached(path))  # replaces an outdated entry
+    case = known[1]
+    return case if case.path == str(path) else replace(case, path=str(path))  # same data, as named
+
+
+_LOADED: dict[str, tuple[tuple[int, int], Case]] = {}  # resolved path -> ((mtime_ns, size), Case)
+
+
+def _load_uncached(path: Path) -> Case:
+    try:
+        obj, has_constant = _read_strict_json(path)
     except json.JSONDecodeError as exc:
         raise CaseError(f"{path}: line {exc.lineno} column {exc.colno}: Expected: valid JSON. Received: {exc.msg}") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise CaseError(f"{path}: Expected: a readable UTF-8 file. Received: {exc}") from None
-    problem = _constant_error(obj) or _schema_error(obj) or _integer_error(obj)
+    problem = (has_constant and _constant_error(obj)) or _schema_error(obj) or _integer_error(obj)
     if problem:
         raise CaseError(f"{path}: {problem}")
     try:

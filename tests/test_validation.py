@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import jsonschema
 import pytest
 
 from bnconform import cli
-from bnconform.validation import check_meaning, load_case
+from bnconform.validation import CaseError, check_meaning, load_case
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"
@@ -102,3 +103,109 @@ def test_validate_missing_path_is_a_usage_error(tmp_path, capsys):
     assert cli.main(["validate", str(tmp_path / "nope.json")]) == 2
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Expected" in err and "nope.json" in err
+
+
+# --- The fast path: a compiled yes/no schema check, the full walk only to explain ----------------
+
+from bnconform import validation  # noqa: E402
+from bnconform.schema_check import UnsupportedKeyword, compile_schema  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def fast_check():
+    return compile_schema(json.loads((CASES / "schema.json").read_text(encoding="utf-8")))
+
+
+def test_compiled_check_accepts_every_case_file(fast_check):
+    rejected = [p.name for p in CASE_FILES if not fast_check(json.loads(p.read_text(encoding="utf-8")))]
+    assert not rejected, f"Expected: the compiled check accepts every valid case. Received: rejects {rejected}"
+
+
+def _mutations(obj, rng):
+    """(where, mutated copy) pairs: each changes one leaf or key in a way a schema may forbid."""
+    leaves = []
+
+    def walk(node, path):
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else None
+        if items is None:
+            leaves.append(path)
+            return
+        for key, value in items:
+            walk(value, (*path, key))
+    walk(obj, ())
+    replacements = [None, True, 1, 1.5, -1, 7, "x", "0x1p+0", "nan", [], {}, "float8", 2.0]
+    for index in rng.choice(len(leaves), size=min(40, len(leaves)), replace=False):
+        path = leaves[index]
+        copy = json.loads(json.dumps(obj))
+        parent = copy
+        for key in path[:-1]:
+            parent = parent[key]
+        parent[path[-1]] = replacements[rng.integers(len(replacements))]
+        yield "/".join(map(str, path)), copy
+    for key in ("config", "initial_state", "steps"):
+        copy = json.loads(json.dumps(obj))
+        if key == "steps":
+            copy[key].append({})
+        else:
+            copy[key]["unexpected"] = 1
+        yield f"{key}: one entry too many", copy
+        del copy[key]
+        yield f"{key}: missing", copy
+
+
+def test_compiled_check_never_accepts_what_jsonschema_rejects(fast_check, schema_validator):
+    import numpy as np
+
+    rng = np.random.default_rng(20240611)
+    rejected = 0
+    for path in CASE_FILES[::30]:
+        for where, mutated in _mutations(json.loads(path.read_text(encoding="utf-8")), rng):
+            full = schema_validator.is_valid(mutated)
+            assert full or not fast_check(mutated), f"{path.name} {where}: accepted, but jsonschema rejects it"
+            rejected += not full
+    assert rejected > 100  # the mutations really do break the schema
+
+
+def test_compiled_check_agrees_on_every_malformed_fixture(fast_check, schema_validator):
+    for path in sorted(MALFORMED.glob("*.json")):
+        try:
+            obj = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            continue
+        assert not fast_check(obj) or schema_validator.is_valid(obj), path.name
+
+
+def test_compiling_a_schema_with_an_unknown_keyword_refuses():
+    with pytest.raises(UnsupportedKeyword):
+        compile_schema({"type": "string", "format": "date"})
+
+
+def test_a_valid_file_loads_without_the_full_schema_walk(tmp_path, monkeypatch):
+    copy = tmp_path / "case.json"
+    copy.write_text(CASE_FILES[0].read_text(encoding="utf-8"), encoding="utf-8")
+
+    def walk_forbidden():
+        raise AssertionError("the full jsonschema walk ran on a valid file")
+    monkeypatch.setattr(validation, "_validator", walk_forbidden)
+    assert load_case(copy).id == json.loads(copy.read_text(encoding="utf-8"))["id"]
+
+
+def test_loaded_cases_are_cached_until_the_file_changes(tmp_path):
+    path = tmp_path / "case.json"
+    text = CASE_FILES[0].read_text(encoding="utf-8")
+    path.write_text(text, encoding="utf-8")
+    first = load_case(path)
+    assert load_case(path) is first
+    assert load_case(tmp_path / "." / "case.json").path == str(tmp_path / "." / "case.json")  # as named
+
+    path.write_text(text.replace('"description": "', '"description": "Edited. ', 1), encoding="utf-8")
+    edited = load_case(path)  # the size changed: parsed again
+    assert edited is not first and edited.description.startswith("Edited. ")
+
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert load_case(path) is not edited  # same size, new mtime: parsed again
+
+    path.write_text('{"broken": ', encoding="utf-8")
+    with pytest.raises(CaseError):
+        load_case(path)  # a file that became invalid is never served from the cache
