@@ -161,14 +161,16 @@ def gap(case: Case, output: str = "y", config: Config | None = None, steps: Sequ
 
 def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
     """Every spec of the named families, in a stable order; each family of MIRRORED_FAMILIES is
-    followed by its running-variance mirrors (see :mod:`bnconform.specs.mirrors`)."""
+    followed by its running-variance mirrors, and the momentum family by zero-debiased twins of its
+    plain-EMA sequences (see :mod:`bnconform.specs.mirrors`)."""
     from . import degenerate, epsilon, formulas, ghost, momentum, renorm, weighted
-    from .mirrors import MIRRORED_FAMILIES, variance_mirrors
+    from .mirrors import MIRRORED_FAMILIES, ZERO_DEBIAS_FAMILIES, variance_mirrors, zero_debias_mirrors
 
     modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate,
                "renorm": renorm, "ghost": ghost, "weighted": weighted}
     found = []
     for family in families:
         specs = list(modules[family].specs())
-        found += specs + (variance_mirrors(specs) if family in MIRRORED_FAMILIES else [])
+        specs += variance_mirrors(specs) if family in MIRRORED_FAMILIES else []
+        found += specs + (zero_debias_mirrors(specs) if family in ZERO_DEBIAS_FAMILIES else [])
     return found

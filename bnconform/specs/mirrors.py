@@ -18,6 +18,7 @@ import re
 from dataclasses import replace
 
 MIRRORED_FAMILIES = ("formulas", "momentum", "degenerate")
+ZERO_DEBIAS_FAMILIES = ("momentum",)  # haiku always zero-debiases: its convention needs EMA sequences too
 OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
 KIND_WORDS = {"bessel": "a Bessel-corrected running variance (N/(N-1))",
               "biased": "a biased running variance (divide by N)"}
@@ -69,6 +70,45 @@ def variance_mirrors(specs) -> list:
     names, twins = {s.name for s in specs}, []
     for spec in specs:
         twin = mirror_spec(spec)
+        if twin.name not in names and depends_on_kind(build(spec), build(twin)):
+            twins.append(twin)
+            names.add(twin.name)
+    return twins
+
+
+def zero_debias_spec(spec):
+    """The zero-debiased twin of a plain-EMA spec: same seed, inputs and steps, zero_debias on."""
+    config = spec.config.with_running(zero_debias=True)
+    return replace(spec, name=f"{spec.name}_zero_debias", config=config, seed_id=spec.seed_id or spec.id,
+                   description=_zero_debias_describer(spec))
+
+
+def _zero_debias_describer(original):
+    def describe(case) -> str:
+        from . import gap
+
+        return (f"Zero-debiased twin of {original.id}: the same inputs, state and steps with the EMA "
+                f"accumulator starting at 0 and divided by 1 - decay^t (haiku's and TF's zero_debias). A plain "
+                f"EMA from the initial state puts running_mean off by up to "
+                f"{gap(case, 'running_mean', config=original.config):.3g}.")
+    return describe
+
+
+def _can_zero_debias(spec) -> bool:
+    rs = spec.config.running_stats
+    return (rs.rule == "ema" and not rs.zero_debias and not rs.num_updates_schedule and rs.decay is not None
+            and 0.0 < rs.decay < 1.0 and spec.num_updates == 0 and spec.config.renorm is None)
+
+
+def zero_debias_mirrors(specs) -> list:
+    """Zero-debiased twins of the plain-EMA specs whose results depend on it, in spec order."""
+    from . import build
+
+    names, twins = {s.name for s in specs}, []
+    for spec in specs:
+        if not _can_zero_debias(spec):
+            continue
+        twin = zero_debias_spec(spec)
         if twin.name not in names and depends_on_kind(build(spec), build(twin)):
             twins.append(twin)
             names.add(twin.name)
