@@ -1,57 +1,118 @@
-"""pytest plugin (entry point ``pytest11``): the conformance matrix as one test per cell.
+"""pytest plugin (entry point ``pytest11``): every case file is a test file, every backend x
+device a test in it.
 
-``pytest -n auto`` in a checkout runs the unit tests plus every (case, backend, device) cell,
-with ids like ``momentum/decay_0.9_bessel_3steps[torch.nn-cpu]``. Each backend runs in its own
-worker process (see bnconform.pool), grouped onto one xdist worker via ``xdist_group`` so it is
-imported once. Verdicts travel to the controller in ``user_properties``; the controller writes
-reports/results.json and reports/conformance.md at the end. pass -> passed; deviation -> xfail;
-unsupported/unavailable -> skipped with the reason; fail/error -> failed.
+``pytest -n auto`` in a checkout collects ``tests/`` and ``cases/`` (both in ``testpaths``);
+a case file ``cases/momentum/x.json`` yields items ``cases/momentum/x.json::torch.nn-cpu``, so
+``pytest cases/momentum``, ``pytest cases/momentum/x.json`` and ``-k torch`` select as usual.
+Cells the controller can decide alone (unavailable, unsupported: bnconform.execution.plan)
+are skipped at setup without touching a host process; the rest run in host processes shared by
+adapters of one package and environment, each host's items kept on one xdist worker
+(``xdist_group``) so each framework is imported once there. Verdicts travel to the controller
+in ``user_properties``; at the end it writes the reports through bnconform.reports_io (the whole
+registered matrix replaces reports/, a partial selection goes to reports/partial/<slug>/).
+pass -> passed; deviation -> xfail naming the deviations and kinds; unsupported/unavailable ->
+skipped with the reason; fail/error -> failed with the verdict's one line.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from .verdict import Verdict
-
-_VERDICTS = pytest.StashKey[list]()
-_POOL = pytest.StashKey[object]()
+_VERDICTS = pytest.StashKey[dict]()
+_HOSTS = pytest.StashKey[object]()
+_SELECTION = pytest.StashKey[dict]()
+_WRITTEN = pytest.StashKey[Path]()
 _PROPERTY = "bnconform_verdict"
 
 
 def pytest_addoption(parser):
     group = parser.getgroup("bnconform", "Batch Normalization conformance matrix")
-    group.addoption("--bn-backend", action="append", default=[], help="backend name (repeatable; default: all)")
+    group.addoption("--bn-backend", action="append", default=[],
+                    help="backend name, family (torch) or glob ('keras3.*'); repeatable; default: all")
     group.addoption("--bn-adapter", action="append", default=[], help="ad hoc adapter package.module:ClassName")
     group.addoption("--bn-device", action="append", default=[], help="device kind: cpu, cuda, ... (repeatable)")
     group.addoption("--bn-family", action="append", default=[], help="case family (repeatable; default: all)")
     group.addoption("--bn-cases", default=None, help="case directory (default: <rootdir>/cases)")
     group.addoption("--bn-reports", default=None, help="report directory (default: <rootdir>/reports)")
-    group.addoption("--bn-timeout", type=float, default=120.0, help="seconds per cell before the backend is killed")
-    group.addoption("--bn-matrix", choices=("auto", "yes", "no"), default="auto",
-                    help="collect the matrix: auto = when pytest runs with no explicit paths")
+    group.addoption("--bn-timeout", type=float, default=120.0, help="seconds per cell before its host is killed")
 
 
 def pytest_configure(config):
-    config.stash[_VERDICTS] = []
+    config.stash[_VERDICTS] = {}
     config.pluginmanager.register(_VerdictCollector(config.stash[_VERDICTS]), "bnconform-verdicts")
-    if not hasattr(config, "workerinput") and _wants_matrix(config):
-        _cells(config)  # a bad --bn-* option fails here, once, before any xdist worker starts
-    # One xdist worker per backend group imports each framework once.
+    if not hasattr(config, "workerinput"):
+        _selection(config)  # a bad --bn-* option fails here, once, before any xdist worker starts
+    # Items of one host stay on one xdist worker, so each framework is imported once.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
 
 
-def _wants_matrix(config) -> bool:
-    choice = config.getoption("--bn-matrix")
-    if choice != "auto":
-        return choice == "yes"
-    explicit = [a for a in config.invocation_params.args if not str(a).startswith("-") and Path(str(a)).exists()]
-    selected = config.getoption("--bn-backend") or config.getoption("--bn-family") or config.getoption("--bn-adapter")
-    return not explicit or bool(selected)
+def _selection(config) -> dict:
+    """The case root, the selected backends and device kinds and the families (checked once)."""
+    if _SELECTION not in config.stash:
+        from .adapters.registry import RegistryError
+        from .selection import select_backends, select_devices
+
+        root = Path(config.getoption("--bn-cases") or Path(config.rootpath) / "cases").resolve()
+        if config.getoption("--bn-cases") and not root.is_dir():
+            raise pytest.UsageError(f"--bn-cases: Expected: a directory of case families. Received: {root}")
+        families = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        unknown = [f for f in config.getoption("--bn-family") if f not in families]
+        if unknown:
+            raise pytest.UsageError(f"--bn-family: Expected: one of {', '.join(families)} under {root}. "
+                                    f"Received: {', '.join(unknown)}")
+        try:
+            names = select_backends(config.getoption("--bn-backend"), config.getoption("--bn-adapter"))
+            devices = select_devices(config.getoption("--bn-device"), names)
+        except RegistryError as exc:
+            raise pytest.UsageError(str(exc)) from None
+        config.stash[_SELECTION] = {"root": root, "names": names, "devices": devices, "all_families": families,
+                                    "families": config.getoption("--bn-family")}
+    return config.stash[_SELECTION]
+
+
+def pytest_collect_file(file_path: Path, parent):
+    if file_path.suffix != ".json" or file_path.name == "schema.json":
+        return None
+    selection = _selection(parent.config)
+    try:
+        family = file_path.resolve().relative_to(selection["root"]).parts[0]
+    except ValueError:
+        return None  # a JSON file outside the case root is not a case
+    if selection["families"] and family not in selection["families"]:
+        return None
+    return CaseFile.from_parent(parent, path=file_path)
+
+
+class InvalidCase(Exception):
+    """A case file that does not validate; the message is the validator's one line."""
+
+
+class CaseFile(pytest.File):
+    """One case file: an item per selected backend x device kind."""
+
+    def collect(self):
+        from .execution.plan import Cell, device_kinds
+        from .validation import CaseError, load_case
+
+        try:
+            case = load_case(self.path)
+        except CaseError as exc:
+            raise InvalidCase(str(exc)) from None
+        selection = _selection(self.config)
+        for name in selection["names"]:
+            for device in [d for d in device_kinds(name) if d in selection["devices"]]:
+                cell = Cell(str(self.path), case.id, case.family, name, device)
+                yield CellItem.from_parent(self, name=f"{name}-{device}", cell=cell, case=case)
+
+    def repr_failure(self, excinfo, style=None):
+        if isinstance(excinfo.value, InvalidCase):
+            return str(excinfo.value)
+        return super().repr_failure(excinfo, style)
 
 
 class ConformanceFailure(Exception):
@@ -59,25 +120,32 @@ class ConformanceFailure(Exception):
 
 
 class CellItem(pytest.Item):
-    """One (case, backend, device) cell."""
+    """One (case, backend, device) cell. A presettled cell carries its verdict from collection."""
 
-    def __init__(self, *, cell, **kwargs):
+    def __init__(self, *, cell, case, **kwargs):
         super().__init__(**kwargs)
+        from .execution.plan import host_key, presettle
+
         self.cell = cell
-        self.add_marker(pytest.mark.xdist_group(cell.adapter))
+        self.settled = presettle(cell, case)
+        if self.settled is not None:
+            self.user_properties.append((_PROPERTY, json.dumps(self.settled.to_json())))
+        else:  # one xdist worker per host; a group name safe in node ids
+            self.add_marker(pytest.mark.xdist_group(re.sub(r"[^\w.]+", "-", host_key(cell.adapter)).strip("-")))
+
+    def setup(self):
+        if self.settled is not None:
+            pytest.skip(f"{self.settled.status}: {self.settled.detail}")
 
     def runtest(self):
-        pool = _pool(self.config)
-        verdict = pool.get(self.cell.adapter).verdict(self.cell.case_path, self.cell.case_id,
-                                                      self.cell.family, self.cell.device)
+        verdict = _hosts(self.config).for_adapter(self.cell.adapter).verdict(self.cell)
         self.user_properties.append((_PROPERTY, json.dumps(verdict.to_json())))
-        tag = f"[{self.cell.adapter} {self.cell.device}: {self.cell.case_id}]"
         if verdict.status == "deviation":
             pytest.xfail(f"declared deviation {', '.join(verdict.deviations)} ({', '.join(verdict.kinds)}): {verdict.detail}")
         if verdict.status in ("unsupported", "unavailable"):
             pytest.skip(f"{verdict.status}: {verdict.detail}")
         if verdict.status in ("fail", "error"):
-            raise ConformanceFailure(f"{verdict.status}: {verdict.detail} {tag}")
+            raise ConformanceFailure(f"{verdict.status}: {verdict.detail} [{self.cell.cell_id}]")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, ConformanceFailure):
@@ -85,65 +153,72 @@ class CellItem(pytest.Item):
         return super().repr_failure(excinfo, style)
 
     def reportinfo(self):
-        return self.cell.case_path, None, self.cell.cell_id
+        return self.path, None, self.cell.cell_id
 
 
-def _pool(config):
-    from .pool import Pool
+def _hosts(config):
+    from .execution.controller import Hosts
 
-    if _POOL not in config.stash:
-        config.stash[_POOL] = Pool(config.getoption("--bn-timeout"))
-    return config.stash[_POOL]
-
-
-def _cells(config):
-    from .adapters.registry import RegistryError
-    from .matrix import discover_cases, plan, select_adapters
-    from .validation import CaseError
-
-    root = Path(config.getoption("--bn-cases") or Path(config.rootpath) / "cases")
-    try:
-        cases = discover_cases(root, config.getoption("--bn-family") or None)
-        adapters = select_adapters(config.getoption("--bn-backend"), config.getoption("--bn-adapter"))
-    except (CaseError, RegistryError) as exc:
-        raise pytest.UsageError(str(exc)) from None
-    return plan(cases, adapters, config.getoption("--bn-device") or None)
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(session, config, items):
-    if not _wants_matrix(config):
-        return
-    items.extend(CellItem.from_parent(session, name=cell.cell_id, cell=cell) for cell in _cells(config))
+    if _HOSTS not in config.stash:
+        config.stash[_HOSTS] = Hosts(config.getoption("--bn-timeout"))
+    return config.stash[_HOSTS]
 
 
 class _VerdictCollector:
-    """Receives every test report (from xdist workers too) and keeps the cell verdicts."""
+    """Receives every test report (from xdist workers too) and keeps one verdict per cell."""
 
-    def __init__(self, sink: list):
+    def __init__(self, sink: dict):
         self.sink = sink
 
     def pytest_runtest_logreport(self, report):
-        if report.when != "call":  # setup/teardown reports carry the same properties
-            return
         for name, value in getattr(report, "user_properties", ()):
             if name == _PROPERTY:
-                self.sink.append(json.loads(value))
+                self.sink[report.nodeid.split("@")[0]] = json.loads(value)
 
 
 def pytest_sessionfinish(session):
     config = session.config
-    if _POOL in config.stash:
-        config.stash[_POOL].close()
     if hasattr(config, "workerinput") or not config.stash[_VERDICTS]:
         return  # xdist workers report through the controller
-    from . import results
-    from .report import render
+    config.stash[_WRITTEN] = _write_reports(config, list(config.stash[_VERDICTS].values()))
+    config.stash[_VERDICTS].clear()
 
-    verdicts = [Verdict.from_json(v) for v in config.stash[_VERDICTS]]
-    out = Path(config.getoption("--bn-reports") or Path(config.rootpath) / "reports")
-    cases = Path(config.getoption("--bn-cases") or Path(config.rootpath) / "cases")
-    document = results.build(verdicts, {}, {"via": "pytest"}, cases)
-    results.write(document, out / "results.json")
-    (out / "conformance.md").write_text(render(document), encoding="utf-8")
-    config.stash[_VERDICTS] = []
+
+def pytest_terminal_summary(terminalreporter, config):
+    if _WRITTEN in config.stash:
+        terminalreporter.write_line(f"bnconform: reports written to {config.stash[_WRITTEN]}")
+
+
+def _write_reports(config, verdict_dicts) -> Path:
+    from . import results
+    from .reports_io import write_reports
+    from .verdict import Verdict
+
+    selection = _selection(config)
+    verdicts = [Verdict.from_json(v) for v in verdict_dicts]
+    options = {k: config.getoption(f"--bn-{k}") for k in ("backend", "adapter", "device", "family")}
+    document = results.build(verdicts, {}, {"via": "pytest", **{k: v for k, v in options.items() if v}},
+                             selection["root"])
+    reports = Path(config.getoption("--bn-reports") or Path(config.rootpath) / "reports")
+    return write_reports(document, reports, _whole_matrix(config, verdicts), None)
+
+
+def _whole_matrix(config, verdicts) -> bool:
+    """Every registered backend on every device present, over every case file under the default
+    case root, and no cell deselected (paths, -k): only then may reports/ be replaced."""
+    from .execution.plan import case_files, device_kinds
+    from .selection import is_whole_matrix
+
+    selection = _selection(config)
+    if selection["root"] != (Path(config.rootpath) / "cases").resolve():
+        return False
+    if not is_whole_matrix(selection["names"], selection["families"], selection["devices"], selection["all_families"]):
+        return False
+    per_case = sum(len([d for d in device_kinds(n) if d in selection["devices"]]) for n in selection["names"])
+    cells = {(v.case, v.adapter, v.device) for v in verdicts}
+    return len(cells) == per_case * len(case_files(selection["root"]))
+
+
+def pytest_unconfigure(config):
+    if _HOSTS in config.stash:
+        config.stash[_HOSTS].close()

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from bnconform.matrix import discover_cases, plan
-from bnconform.runner import run_cells
+from bnconform.execution.plan import discover_cases, plan
+from bnconform.execution.scheduler import run_cells
 
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = str(ROOT / "tests")
@@ -53,3 +57,61 @@ def test_stale_deviation_fails_instead_of_passing():
     verdicts, _ = run_cells(plan(_cases("degenerate/n1_rank2_train"), ["faulty_adapters:StaleDeviationAdapter"]), jobs=1)
     assert verdicts[0].status == "fail"
     assert verdicts[0].detail.startswith("declared deviation not observed (n1-raises")
+
+
+def test_shared_host_serves_several_adapters_and_a_crash_costs_only_the_cell_in_flight():
+    # Both faulty adapters live in one module with no environment: one host serves both.
+    cases = _cases("formulas/rank2_nc_train", "degenerate/c1_rank2")
+    cells = plan(cases, ["faulty_adapters:CrashingAdapter", "faulty_adapters:RaisingAdapter"])
+    verdicts, infos = run_cells(cells, jobs=1, timeout=60)
+    by_cell = {(v.adapter, v.case): v for v in verdicts}
+    assert by_cell[("test.crashing", "formulas/rank2_nc_train")].status == "error"
+    assert by_cell[("test.crashing", "degenerate/c1_rank2")].status == "pass"
+    assert all(by_cell[("test.raising", c)].detail == "RuntimeError: kernel exploded" for c in
+               ("formulas/rank2_nc_train", "degenerate/c1_rank2"))
+    assert set(infos) == {"faulty_adapters:CrashingAdapter", "faulty_adapters:RaisingAdapter"}
+
+
+def _host_children(pid: int) -> list[int]:
+    """Host processes whose parent is ``pid`` (read from /proc, Linux)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+        except (OSError, IndexError):
+            continue
+        if int(stat[1]) == pid and b"bnconform.execution.host" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return stat[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_ctrl_c_kills_the_hosts_writes_nothing_and_exits_130(tmp_path):
+    command = [sys.executable, "-m", "bnconform", "run", "--adapter", "faulty_adapters:HangingAdapter",
+               "--family", "degenerate", "--reports", str(tmp_path / "reports"), "--timeout", "600"]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (hosts := _host_children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert hosts, "the run never started a host process"
+    time.sleep(1.0)  # the host is now serving (or hanging in) its cells
+    os.kill(proc.pid, signal.SIGINT)
+    start = time.monotonic()
+    try:
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - start <= 2.0
+    assert "Traceback" not in stderr and "interrupted" in stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "reports").exists()
+    assert not [pid for pid in hosts if _alive(pid)]

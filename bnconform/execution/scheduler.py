@@ -87,6 +87,8 @@ def _serve_group(names, indexed_cells, timeout, progress, stop, out) -> None:
             if stop.is_set():
                 return
             verdict = host.verdict(cell)
+            if stop.is_set():
+                return  # the host was killed under this cell by Ctrl-C: not a verdict
             out["verdicts"][index] = verdict
             progress.advance(verdict)
     finally:
