@@ -17,25 +17,29 @@ Translation table (canonical knob -> argument):
 * input/param dtype    -> the placeholder dtype; parameters follow the input (float32 for halves)
 
 The layer exposes no batch moments and no update counter: outputs are y, running_mean and
-running_var. Running variance: the fused path folds in the Bessel-corrected variance that
-FusedBatchNormV3 returns, the non-fused path the biased one from ``tf.nn.moments`` (declared
-per path below).
+running_var.
 
-Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; zero_debias; the
-num_updates decay schedule; an inference step that updates; params in another dtype than the
-layer's own.
+Capabilities: epsilon inside the sqrt; a plain EMA (no cumulative rule, zero-debias or
+num_updates schedule); no inference step that updates; variables in the input dtype (float32
+for half inputs); no model extensions (renorm and virtual batches exist in the layer but are
+not translated here). Running variance, a convention that depends on the path: the fused path
+folds in the Bessel-corrected variance FusedBatchNormV3 returns (``when`` override), the
+non-fused path the biased one from ``tf.nn.moments``.
 """
 
 from __future__ import annotations
 
+from ...capabilities import Capabilities
+from ...selectors import squares_overflow, updates_on_empty_batch, where
 from . import graph as g
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, float64_decay_rounds, rounded_decay_variant,
+                     signature_default)
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches
 
 _API = "tf.compat.v1.layers.batch_normalization"
 # tf-keras source of the layer (fused path, _assign_moving_average, zero-size TODO).
 _SOURCE = ("https://github.com/keras-team/tf-keras/blob/cdf256d4ac7e25bb64e736af6d12d4d73ea77978/"
            "tf_keras/layers/normalization/batch_normalization.py")
-_FUSED_ISSUE = "https://github.com/tensorflow/tensorflow/issues/55545"
 _MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 
 
@@ -45,31 +49,15 @@ def takes_fused_path(case) -> bool:
     return rank in (4, 5) and axis in (1, rank - 1) and case.config.input_dtype != "float64"
 
 
-def _variance_kind(case) -> str:
-    return case.config.running_stats.variance
+fused_path = where("the fused kernel (fused=None: 4-D/5-D half/float32 input, channel axis 1 or last)")(takes_fused_path)
 
-
-def _decay_rounds(case) -> bool:
-    decay = case.config.running_stats.decay
-    return g.float32_rounded_decay(decay) != decay
-
-
-def _float64_update_differs(case) -> bool:
-    """float64: the rounded decay shows, or the biased variance does."""
-    if case.config.input_dtype != "float64" or not g.updates_visibly(case, min_count=1):
-        return False
-    return _decay_rounds(case) or (_variance_kind(case) == "bessel" and g.updates_visibly(case))
-
-
-def _float64_variant(case):
-    decay = g.float32_rounded_decay(case.config.running_stats.decay)
-    return variant(case, running_stats={"variance": "biased", "decay": decay})
-
+V1_CAPABILITIES = Capabilities(**PLAIN_EMA, running_variance=frozenset({"biased"}), step_kinds=LAYER_STEP_KINDS,
+                               dtypes=LAYER_DTYPES, when=((fused_path, {"running_variance": {"bessel"}}),))
 
 EMPTY_BATCH_NAN = Deviation(
     name="tf.v1.layers: an empty batch makes the moving statistics NaN",
-    applies_to="cases with a training step that updates from N == 0 values",
-    applies=lambda c, d: g.updates_empty_batch(c),
+    kind="defect",
+    applies=updates_on_empty_batch,
     behaviour=Mismatches(("running_mean", "running_var"),
                          "moving_mean and moving_variance become NaN (the oracle leaves them unchanged)"),
     explanation="tf.nn.moments of an empty batch is 0/0 = NaN and the update folds it in; the layer "
@@ -79,8 +67,8 @@ EMPTY_BATCH_NAN = Deviation(
 
 FLOAT32_VARIANCE_OVERFLOW = Deviation(
     name="tf.v1.layers: float32 batch variance overflows to inf",
-    applies_to="half/float32 inputs whose true batch variance exceeds the float32 maximum (~3.4e38)",
-    applies=lambda c, d: g.batch_variance_overflows(c),
+    kind="precision",
+    applies=squares_overflow("float32"),
     behaviour=Mismatches(("y", "running_var"),
                          "the batch variance (~1e74) is inf in float32: y collapses to beta, moving_variance is inf"),
     explanation="moments are computed in float32 (the float32 compute dtype), where a variance above "
@@ -89,70 +77,16 @@ FLOAT32_VARIANCE_OVERFLOW = Deviation(
 )
 
 FLOAT64_DECAY_ROUNDED = Deviation(
-    name="tf.v1.layers float64: 1 - momentum rounded to float32, biased moving variance",
-    applies_to="float64 inputs (always the non-fused path) with an update where the float32 rounding of "
-               "1 - decay or the biased variance shows",
-    applies=lambda c, d: _float64_update_differs(c),
-    behaviour=MatchesVariant("decay' = 1 - float32(1 - decay) (0.9 -> 1 - 0.1000000015) and a biased running variance",
-                             _float64_variant),
+    name="tf.v1.layers float64: 1 - momentum rounded to float32",
+    kind="dtype",
+    applies=float64_decay_rounds & ~updates_on_empty_batch,
+    behaviour=MatchesVariant("decay' = 1 - float32(1 - decay) (0.9 -> 1 - 0.1000000015)", rounded_decay_variant),
     explanation="_assign_moving_average builds tf.convert_to_tensor(1.0 - momentum), a float32 constant, "
                 "then casts it to float64: float64 moving statistics drift ~1.5e-8 relative per update",
     link=_SOURCE,
 )
 
-FUSED_BESSEL = Deviation(
-    name="tf.v1.layers fused path: Bessel-corrected moving variance",
-    applies_to="4-D/5-D inputs with channel axis 1 or last in half/float32 (fused kernel), "
-               "cases asking for a biased running variance, with an update from N >= 2",
-    applies=lambda c, d: takes_fused_path(c) and _variance_kind(c) == "biased" and g.updates_visibly(c),
-    behaviour=MatchesVariant("running variance is Bessel-corrected (N/(N-1))",
-                             lambda c: variant(c, running_stats={"variance": "bessel"})),
-    explanation="the fused kernel's batch variance is Bessel-corrected and _fused_batch_norm folds it into "
-                "moving_variance as is (_bessels_correction_test_only=True), while y uses the biased one",
-    link=_FUSED_ISSUE,
-)
-
-NONFUSED_BIASED = Deviation(
-    name="tf.v1.layers non-fused path: biased moving variance",
-    applies_to="inputs that do not take the fused kernel (rank 2/3, other axes), cases asking "
-               "for a Bessel running variance, with an update from N >= 2",
-    applies=lambda c, d: not takes_fused_path(c) and _variance_kind(c) == "bessel" and g.updates_visibly(c),
-    behaviour=MatchesVariant("running variance is the biased batch variance",
-                             lambda c: variant(c, running_stats={"variance": "biased"})),
-    explanation="the non-fused path folds the biased variance of tf.nn.moments into moving_variance "
-                "(no N/(N-1)); the fused path of the same layer is Bessel-corrected",
-    link=_SOURCE,
-)
-
-# Order matters: the first deviation that applies to a case is the one judged.
-DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED, FUSED_BESSEL, NONFUSED_BIASED)
-
-
-def unsupported_running_reason(config, api: str) -> str | None:
-    """What a plain-EMA TF1 layer cannot express in the running-statistics knobs."""
-    rs = config.running_stats
-    if rs.rule != "ema":
-        return f"{api} has no cumulative-average option (momentum is a fixed EMA decay)"
-    if rs.zero_debias:
-        return f"{api} has no zero-debias option (moving averages are a plain EMA from the initial value)"
-    if rs.num_updates_schedule:
-        return f"{api} has no num_updates decay schedule (momentum is fixed)"
-    return None
-
-
-def unsupported_epsilon_reason(config, api: str) -> str | None:
-    if config.epsilon_mode != "add_inside_sqrt":
-        return f"{api} only adds epsilon inside the square root (rsqrt(var + epsilon)); no {config.epsilon_mode}"
-    return None
-
-
-def unsupported_param_dtype_reason(config, api: str) -> str | None:
-    """TF1 layers keep parameters in the input dtype, float32 for half inputs."""
-    own = "float32" if config.input_dtype in ("float16", "bfloat16") else config.input_dtype
-    if config.param_dtype != own:
-        return (f"{api} keeps its variables in {own} for {config.input_dtype} inputs; "
-                f"cannot hold {config.param_dtype} parameters")
-    return None
+DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED)
 
 
 class TfV1LayersAdapter(Adapter):
@@ -165,6 +99,8 @@ class TfV1LayersAdapter(Adapter):
     device_kinds = ("cpu", "cuda")
     environment = {"TF_USE_LEGACY_KERAS": "1"}
     deviations = DEVIATIONS
+    capabilities = V1_CAPABILITIES
+    decay_parameter = ("momentum", "old")
     notes = "TF1 graph mode (TF_USE_LEGACY_KERAS=1, tf_keras); update ops run explicitly per step"
 
     def __init__(self):
@@ -175,12 +111,13 @@ class TfV1LayersAdapter(Adapter):
 
         return tf_devices()
 
-    def supports(self, case, device):
-        from .graph import inference_update_reason
+    def framework_defaults(self):
+        """``momentum`` and ``epsilon`` from the signature of tf.compat.v1.layers.batch_normalization."""
+        from .common import tf
 
-        config = case.config
-        return (unsupported_epsilon_reason(config, _API) or unsupported_running_reason(config, _API)
-                or unsupported_param_dtype_reason(config, _API) or inference_update_reason(case, _API))
+        function = tf().compat.v1.layers.batch_normalization
+        return {"decay_parameter": signature_default(function, "momentum"),
+                "epsilon": signature_default(function, "epsilon")}
 
     def run(self, case, device):
         from .graph import GraphCache, run_case
