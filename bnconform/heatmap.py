@@ -60,10 +60,10 @@ def _legend(y: float, width: float) -> list[str]:
     for category in CATEGORIES:
         name = {"defect": "deviation: defect", "precision": "deviation: precision", "dtype": "deviation: dtype",
                 "edge": "deviation: edge"}.get(category, category)
-        if x + 14 + 6.6 * len(name) > width:
+        if x + 14 + 6.2 * len(name) > width:
             x, y = 10.0, y + CELL_H + GAP
         parts.append(f'<rect class="key" x="{x:g}" y="{y}" width="12" height="12" fill="{COLOURS[category]}" '
                      f'stroke="#666666" stroke-width="0.5"/>')
         parts.append(f'<text x="{x + 16:g}" y="{y + 10}">{escape(name)}</text>')
-        x += 16 + 6.6 * len(name) + 14
+        x += 16 + 6.2 * len(name) + 12
     return parts

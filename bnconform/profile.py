@@ -129,7 +129,7 @@ class _Facts:
 
     def half_moments(self) -> ProfileCell:
         cells = self._select(lambda m: m["input_dtype"] in HALF and not m["extensions"])
-        return self._outcome(cells, "yes", kinds=("dtype", "precision"))
+        return self._outcome(cells, "yes", kinds=("dtype", "precision", "defect"))
 
     def float64(self) -> ProfileCell:
         cells = self._select(lambda m: m["input_dtype"] == "float64" and m["param_dtype"] == "float64")
