@@ -1,19 +1,31 @@
 """``bnconform bench``: median milliseconds per case per backend and device (framework import
-excluded: the clock runs around ``adapter.run`` only), plus optionally the wall time of the full
-matrix under ``pytest -n auto``. Figures, not assertions: these machines are noisy.
+excluded: the clock runs around ``adapter.run`` only).
+
+``--matrix`` also measures, in one run, what bounds the whole matrix under ``pytest -n auto``:
+
+* the import floor: each backend's cold import (a fresh host process serving only it, timed
+  from start to its first answer, one backend at a time) summed, divided by the worker count --
+  the wall time a perfect schedule would need if every backend paid its own import;
+* the matrix wall time of ``pytest -n auto cases`` and its ratio to that floor;
+* the five backends with the largest import + cell time, and every adapter's ``speed_note``.
+
+Figures, not assertions: these machines are noisy.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-from .adapters.registry import known
-from .matrix import discover_cases, plan
-from .runner import Progress, run_cells
+from .execution.controller import HostProcess
+from .execution.plan import adapter_class, discover_cases, missing_requirement, plan, registered
+from .execution.scheduler import Progress, run_cells
 
 
 def _table(verdicts, infos) -> list[str]:
@@ -30,19 +42,69 @@ def _table(verdicts, infos) -> list[str]:
     return lines
 
 
+def cold_import_seconds(name: str) -> float:
+    """Wall seconds from starting a host process that serves only ``name`` to its first answer."""
+    host = HostProcess([name])
+    start = time.perf_counter()
+    try:
+        host.info(name)
+        return time.perf_counter() - start
+    finally:
+        host.close()
+
+
+def _matrix_wall(names, all_selected: bool) -> tuple[float, list, str]:
+    """(wall seconds of `pytest -n auto cases`, its verdicts, its last output line)."""
+    from . import results
+
+    reports = Path(tempfile.mkdtemp(prefix="bnconform-bench-"))
+    command = [sys.executable, "-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider", "cases",
+               "--bn-reports", str(reports)] + ([] if all_selected else [f"--bn-backend={n}" for n in names])
+    start = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    written = re.search(r"bnconform: reports written to (.+)", done.stdout)
+    verdicts = results.verdicts_of(results.read(Path(written.group(1)) / "results.json")) if written else []
+    tail = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    return wall, verdicts, tail
+
+
+def matrix_report(names, workers: int) -> list[str]:
+    """The floor, the wall time, their ratio, the slowest backends and the adapters' speed notes."""
+    runnable = [n for n in names if adapter_class(n) is not None and not missing_requirement(n)]
+    imports = {}
+    for name in runnable:
+        imports[name] = cold_import_seconds(name)
+        print(f"  cold import {name:28} {imports[name]:6.1f} s", file=sys.stderr)
+    floor = sum(imports.values()) / workers
+    wall, verdicts, tail = _matrix_wall(names, list(names) == list(registered()))
+    cells = {}
+    for v in verdicts:
+        cells[v.adapter] = cells.get(v.adapter, 0.0) + v.seconds
+    lines = [f"import floor: {sum(imports.values()):.1f} s of cold imports over {len(imports)} backends / "
+             f"{workers} workers = {floor:.1f} s",
+             f"matrix wall time (pytest -n auto cases): {wall:.1f} s  ({tail})",
+             f"ratio wall / floor: {wall / floor if floor else float('nan'):.2f}",
+             "top 5 backends by import + cell seconds:"]
+    totals = {n: imports.get(n, 0.0) + cells.get(adapter_class(n).name if adapter_class(n) else n, 0.0) for n in names}
+    for name, total in sorted(totals.items(), key=lambda kv: -kv[1])[:5]:
+        lines.append(f"  {name:28} {total:7.1f} s  (import {imports.get(name, 0.0):.1f} s)")
+    notes = [(n, getattr(adapter_class(n), "speed_note", "")) for n in names if adapter_class(n) is not None]
+    lines += [f"speed note {n}: {note}" for n, note in notes if note]
+    return lines
+
+
 def bench(args) -> int:
     cases = discover_cases(Path("cases"), args.family)
-    names = args.backend or list(known())
+    from .selection import select_backends
+
+    names = select_backends(args.backend, [])  # families and globs, as in `bnconform run`
+    if args.matrix:
+        print("\n".join(matrix_report(names, os.cpu_count() or 1)))
+        return 0
     start = time.perf_counter()
-    cells = plan(cases, names)
+    cells = plan(cases, names, ["cpu"])
     verdicts, infos = run_cells(cells, jobs=1, progress=Progress(len(cells)))
     print("\n".join(_table(verdicts, infos)))
-    print(f"sequential run of {len(cells)} cells: {time.perf_counter() - start:.1f} s wall (one backend at a time)")
-    if args.matrix:
-        command = [sys.executable, "-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider",
-                   "--bn-matrix", "yes", "--bn-reports", "/tmp/bnconform-bench-reports"]
-        command += [f"--bn-backend={n}" for n in names]
-        start = time.perf_counter()
-        subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
-        print(f"full matrix under `pytest -n auto` ({len(cells)} cells + unit tests): {time.perf_counter() - start:.1f} s wall")
+    print(f"sequential run of {len(cells)} cells: {time.perf_counter() - start:.1f} s wall (one host at a time)")
     return 0

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from . import __version__
 from .verdict import Verdict
-from .matrix import adapter_metadata
+from .execution.plan import adapter_metadata
 
 RESULTS_FORMAT = 2  # 2: verdicts carry deviations/kinds; adapters carry capabilities, defaults; case_meta
 

@@ -6,7 +6,7 @@ import collections
 from pathlib import Path
 
 from bnconform.judge import judge
-from bnconform.matrix import discover_cases
+from bnconform.execution.plan import discover_cases
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 import faulty_adapters as faulty
 from bnconform.adapters.numpy_oracle import OracleAdapter
 from bnconform.judge import judge
-from bnconform.matrix import discover_cases
+from bnconform.execution.plan import discover_cases
 
 CASES = discover_cases(Path(__file__).resolve().parents[1] / "cases")
 WRONG = [faulty.EpsOutsideSqrt, faulty.MomentumFlipped, faulty.VarianceKindSwapped, faulty.UpdatesInEval,
