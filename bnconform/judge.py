@@ -151,6 +151,9 @@ def judge(adapter: Adapter, case: Case, device: str) -> Verdict:
     try:
         if applicable:
             status, detail, observed = verify(case, applicable, results, exc)
+            if status == "deviation" and results is not None:  # the numbers behind the finding
+                found, compared = compare_case(case, results)
+                mismatches = [m.to_json() for m in found[:8]]
         elif exc is not None:
             status, detail = "error", _exception_line(exc)
         else:
