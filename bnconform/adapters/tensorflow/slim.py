@@ -32,29 +32,30 @@ for half/float32 (Bessel), non-fused for float64 (biased); rank 3, weights, zero
 rank 3/5 and float64 -> slim's non-fused code (``tf.nn.moments``, biased). Outputs: y,
 running_mean, running_var (no batch moments or counter are exposed).
 
-Unsupported: epsilon outside the sqrt or as a max; the cumulative rule; the num_updates
-schedule; channel axes other than 1 or last (rank 2: other than 1); inference steps that
-update; param dtype other than the layer's (float32 for halves); renorm and ghost batches
-(renorm exists in tf-slim via the v1 Keras layer, not translated here).
+Capabilities: epsilon inside the sqrt; the EMA rule without the num_updates schedule;
+zero_debias both ways (slim debiases the mean only: declared); channel axis 1 or last (rank 2:
+axis 1); no inference step that updates; variables in the input dtype (float32 for halves);
+sample weights (``batch_weights``) but not renorm or ghost batches (renorm exists in tf-slim via
+the v1 Keras layer, not translated here). Running variance, a convention that follows the path
+above: biased, Bessel on the fused paths (``when`` override).
 """
 
 from __future__ import annotations
 
 import sys
 
+from ...capabilities import Capabilities
+from ...selectors import squares_overflow, updates_on_empty_batch, where
 from . import graph as g
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
-from .v1_layers import unsupported_epsilon_reason, unsupported_param_dtype_reason
+from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, float64_decay_rounds, rounded_decay_variant,
+                     signature_default)
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches
 
 _API = "tf_slim.layers.batch_norm"
 _SOURCE = ("https://github.com/google-research/tf-slim/blob/33b354461522ad9ffc425695553afaa2f27b93bd/"
            "tf_slim/layers/layers.py")
 _ZERO_DEBIAS_ISSUE = "https://github.com/tensorflow/tensorflow/issues/11673"
 _MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
-
-
-def _zero_debias(case) -> bool:
-    return case.config.running_stats.zero_debias
 
 
 def _weighted(case) -> bool:
@@ -66,29 +67,29 @@ def takes_fused_path(case) -> bool:
     rank 5 through the Keras layer unless zero_debias or weights send it to slim's own code."""
     if case.config.input_dtype == "float64" or _weighted(case):
         return False
-    return case.rank in (2, 4) or (case.rank == 5 and not _zero_debias(case))
+    return case.rank in (2, 4) or (case.rank == 5 and not case.config.running_stats.zero_debias)
 
 
-def _variance_kind(case) -> str:
-    return case.config.running_stats.variance
+fused_path = where("tf-slim's fused paths (half/float32, unweighted, rank 2 or 4, or rank 5 without "
+                   "zero_debias)")(takes_fused_path)
 
 
-def _float64_update_differs(case) -> bool:
-    if case.config.input_dtype != "float64" or not g.updates_visibly(case, min_count=1):
-        return False
-    decay = case.config.running_stats.decay
-    return g.float32_rounded_decay(decay) != decay or (_variance_kind(case) == "bessel" and g.updates_visibly(case))
+@where("zero_debias with an update from N >= 1 values")
+def _zero_debias_update(case) -> bool:
+    counts = [n for s, n in zip(case.steps, case.reduce_counts()) if s.is_training and s.update_running_stats]
+    return case.config.running_stats.zero_debias and any(n >= 1 for n in counts)
 
 
-def _float64_variant(case):
-    decay = g.float32_rounded_decay(case.config.running_stats.decay)
-    return variant(case, running_stats={"variance": "biased", "decay": decay})
-
+SLIM_CAPABILITIES = Capabilities(
+    epsilon_modes=EPS_INSIDE, running_rules=frozenset({"ema"}), num_updates_schedule=frozenset({False}),
+    running_variance=frozenset({"biased"}), step_kinds=LAYER_STEP_KINDS, dtypes=LAYER_DTYPES,
+    channel_positions=frozenset({"first", "last"}), extensions=frozenset({"sample_weights"}),
+    when=((fused_path, {"running_variance": {"bessel"}}),))
 
 EMPTY_BATCH_NAN = Deviation(
     name="tf_slim: an empty batch makes the moving statistics NaN",
-    applies_to="cases with a training step that updates from N == 0 values",
-    applies=lambda c, d: g.updates_empty_batch(c),
+    kind="defect",
+    applies=updates_on_empty_batch,
     behaviour=Mismatches(("running_mean", "running_var", "y"),
                          "the moving statistics become NaN (the oracle leaves them unchanged)"),
     explanation="the moments of an empty batch are 0/0 = NaN and assign_moving_average folds them in",
@@ -97,8 +98,8 @@ EMPTY_BATCH_NAN = Deviation(
 
 FLOAT32_VARIANCE_OVERFLOW = Deviation(
     name="tf_slim: float32 batch variance overflows to inf",
-    applies_to="half/float32 inputs whose true batch variance exceeds the float32 maximum (~3.4e38)",
-    applies=lambda c, d: g.batch_variance_overflows(c),
+    kind="precision",
+    applies=squares_overflow("float32"),
     behaviour=Mismatches(("y", "running_var"), "the batch variance (~1e74) is inf in float32: y collapses "
                                                "to beta, moving_variance is inf"),
     explanation="moments are computed in float32, where a variance above 3.4e38 is not representable",
@@ -107,53 +108,27 @@ FLOAT32_VARIANCE_OVERFLOW = Deviation(
 
 ZERO_DEBIAS_MEAN_ONLY = Deviation(
     name="tf_slim: zero_debias_moving_mean debiases only the mean",
-    applies_to="zero_debias cases with an update (the canonical model debiases mean and variance)",
-    applies=lambda c, d: _zero_debias(c) and g.updates_visibly(c, min_count=1),
+    kind="defect",
+    applies=_zero_debias_update & ~updates_on_empty_batch,
     behaviour=Mismatches(("running_var", "y"), "running_var is a plain EMA from its initial value "
                                                "(and eval y uses it); running_mean matches"),
-    explanation="batch_norm calls assign_moving_average(moving_variance, ..., zero_debias=False); "
-                "only the mean gets the biased/local_step accumulators",
+    explanation="batch_norm calls assign_moving_average(moving_variance, ..., zero_debias=False): only the "
+                "mean gets the biased/local_step accumulators, so the pair mixes two update rules and the "
+                "variance keeps the bias the option exists to remove",
     link=_ZERO_DEBIAS_ISSUE,
 )
 
 FLOAT64_DECAY_ROUNDED = Deviation(
-    name="tf_slim float64: 1 - decay rounded to float32, biased moving variance",
-    applies_to="float64 inputs (fused=False, non-fused code) with an update where the float32 rounding "
-               "of 1 - decay or the biased variance shows",
-    applies=lambda c, d: _float64_update_differs(c),
-    behaviour=MatchesVariant("decay' = 1 - float32(1 - decay) and a biased running variance", _float64_variant),
+    name="tf_slim float64: 1 - decay rounded to float32",
+    kind="dtype",
+    applies=float64_decay_rounds & ~updates_on_empty_batch,
+    behaviour=MatchesVariant("decay' = 1 - float32(1 - decay)", rounded_decay_variant),
     explanation="assign_moving_average / _assign_moving_average build convert_to_tensor(1.0 - decay), a "
                 "float32 constant, then cast it: float64 moving statistics drift ~1.5e-8 relative per update",
     link=_SOURCE,
 )
 
-FUSED_BESSEL = Deviation(
-    name="tf_slim fused path: Bessel-corrected moving variance",
-    applies_to="half/float32 inputs of rank 2 or 4 (and 5 without zero_debias), biased-variance cases, "
-               "with an update from N >= 2",
-    applies=lambda c, d: takes_fused_path(c) and _variance_kind(c) == "biased" and g.updates_visibly(c),
-    behaviour=MatchesVariant("running variance is Bessel-corrected (N/(N-1))",
-                             lambda c: variant(c, running_stats={"variance": "bessel"})),
-    explanation="FusedBatchNormV3 returns the Bessel-corrected batch variance in training and tf-slim "
-                "folds it into moving_variance; y uses the biased one",
-    link=_SOURCE,
-)
-
-NONFUSED_BIASED = Deviation(
-    name="tf_slim non-fused path: biased moving variance",
-    applies_to="rank 3, weighted, or zero_debias rank 5 inputs, Bessel-variance cases, with an update "
-               "from N >= 2",
-    applies=lambda c, d: not takes_fused_path(c) and _variance_kind(c) == "bessel" and g.updates_visibly(c),
-    behaviour=MatchesVariant("running variance is the biased batch variance",
-                             lambda c: variant(c, running_stats={"variance": "biased"})),
-    explanation="the non-fused code folds the biased variance of tf.nn.moments / weighted_moments into "
-                "moving_variance (no N/(N-1))",
-    link=_SOURCE,
-)
-
-# First match wins: the specific findings before the per-path variance kind.
-DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY, FLOAT64_DECAY_ROUNDED,
-              FUSED_BESSEL, NONFUSED_BIASED)
+DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY, FLOAT64_DECAY_ROUNDED)
 
 
 def _data_format(case) -> str | None:
@@ -162,15 +137,6 @@ def _data_format(case) -> str | None:
     if axis == rank - 1:
         return "NHWC"
     return "NCHW" if axis == 1 else None
-
-
-def _running_reason(config) -> str | None:
-    rs = config.running_stats
-    if rs.rule != "ema":
-        return f"{_API} has no cumulative-average option (decay is a fixed EMA weight)"
-    if rs.num_updates_schedule:
-        return f"{_API} has no num_updates decay schedule (decay is fixed)"
-    return None
 
 
 def _probe_error() -> str | None:
@@ -201,7 +167,8 @@ class TfSlimAdapter(Adapter):
     device_kinds = ("cpu", "cuda")
     environment = {"TF_USE_LEGACY_KERAS": "1"}
     deviations = DEVIATIONS
-    handles_extensions = frozenset({"sample_weights"})
+    capabilities = SLIM_CAPABILITIES
+    decay_parameter = ("decay", "old")
     notes = "TF1 graph mode; UPDATE_OPS run per step; fused=None except float64 (fused=False)"
 
     def __init__(self):
@@ -228,12 +195,12 @@ class TfSlimAdapter(Adapter):
 
         return tf_devices()
 
-    def supports(self, case, device):
-        config = case.config
-        if _data_format(case) is None:
-            return f"{_API} normalizes over the last axis (NHWC) or axis 1 (NCHW) only; channel axis {config.channel_axis}"
-        return (unsupported_epsilon_reason(config, _API) or _running_reason(config)
-                or unsupported_param_dtype_reason(config, _API) or g.inference_update_reason(case, _API))
+    def framework_defaults(self):
+        """``decay`` and ``epsilon`` from the signature of tf_slim.layers.batch_norm."""
+        import tf_slim
+
+        function = tf_slim.layers.batch_norm
+        return {"decay_parameter": signature_default(function, "decay"), "epsilon": signature_default(function, "epsilon")}
 
     def run(self, case, device):
         self._cache = self._cache or g.GraphCache()
