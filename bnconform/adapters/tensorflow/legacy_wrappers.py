@@ -24,25 +24,39 @@ tflearn translation (``tflearn.layers.normalization.batch_normalization``): chan
 epsilon, decay as above; beta and gamma are always variables (center/scale off unsupported);
 normalize_with -> ``tflearn.is_training(True/False, session)``; training always updates in place.
 
-Unsupported in both: epsilon other than inside the sqrt; cumulative; zero_debias; num_updates
-schedule; the model extensions.
+Capabilities of both: epsilon inside the sqrt; a plain EMA (no cumulative rule, zero_debias or
+num_updates schedule); training steps always update; no model extensions. Both fold the biased
+variance of ``tf.nn.moments`` into the moving variance (a convention).
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import replace
 
 import numpy as np
 
+from ...capabilities import FLOAT_DTYPES, Capabilities, dtype_pairs
+from ...selectors import affine_partly_off, squares_overflow, updates_on_empty_batch
 from . import graph as g
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, variant
-from .v1_layers import unsupported_epsilon_reason, unsupported_running_reason
+from .common import PLAIN_EMA
+from ..base import Adapter, Deviation, Mismatches, Raises
 
 _MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 _TL_SOURCE = ("https://github.com/tensorlayer/TensorLayer/blob/36c17f3d21910d0e124a9e9210c5e0c3a8af8627/"
               "tensorlayer/layers/normalization.py")
 _TFLEARN_SOURCE = ("https://github.com/tflearn/tflearn/blob/a6ae357bafb30aad3f94ba1ad8c0e4c083698255/"
                    "tflearn/layers/normalization.py")
+
+# Both: tf.nn.moments (biased) + a plain EMA; training always updates, inference never does.
+WRAPPER_CAPABILITIES = Capabilities(**PLAIN_EMA, running_variance=frozenset({"biased"}),
+                                    step_kinds=frozenset({("batch", True), ("running", False)}))
+# TensorLayer: channels_first / channels_last, float32 weights (tl.LayersConfig.tf_dtype).
+TL_CAPABILITIES = replace(WRAPPER_CAPABILITIES, channel_positions=frozenset({"first", "last"}),
+                          dtypes=frozenset({("float32", "float32")}))
+# tflearn: channels last; variables in the input dtype; one beta and one gamma, always.
+TFLEARN_CAPABILITIES = replace(WRAPPER_CAPABILITIES, channel_positions=frozenset({"last"}),
+                               dtypes=dtype_pairs(FLOAT_DTYPES, half_params=()), separate_scale_center=False)
 
 
 def _import_error(module: str, hint: str) -> str | None:
@@ -56,39 +70,22 @@ def _import_error(module: str, hint: str) -> str | None:
     return None
 
 
-def _step_kind_reason(case, api: str) -> str | None:
-    for step in case.steps:
-        if step.is_training != step.update_running_stats:
-            return f"{api} updates the moving statistics exactly when it normalizes with batch statistics"
-    return None
-
-
-def _deviations(prefix: str, link: str) -> tuple:
-    """Both wrappers use tf.nn.moments (biased) + assign_moving_average in float32."""
+def _deviations(prefix: str) -> tuple:
+    """Both wrappers use tf.nn.moments in float32 + assign_moving_average."""
     return (
-        Deviation(f"{prefix}: an empty batch makes the moving statistics NaN",
-                  "cases with a training step that updates from N == 0 values",
-                  lambda c, d: g.updates_empty_batch(c),
+        Deviation(f"{prefix}: an empty batch makes the moving statistics NaN", "defect", updates_on_empty_batch,
                   Mismatches(("running_mean", "running_var", "y"), "the moving statistics become NaN"),
-                  "tf.nn.moments of an empty batch is 0/0 = NaN and the update folds it in", link),
-        Deviation(f"{prefix}: float32 batch variance overflows to inf",
-                  "inputs whose true batch variance exceeds the float32 maximum",
-                  lambda c, d: g.batch_variance_overflows(c),
+                  "tf.nn.moments of an empty batch is 0/0 = NaN and the update folds it in", _MOMENTS_DOCS),
+        Deviation(f"{prefix}: float32 batch variance overflows to inf", "precision", squares_overflow("float32"),
                   Mismatches(("y", "running_var"), "the batch variance is inf in float32"),
                   "moments are computed in float32", _MOMENTS_DOCS),
-        Deviation(f"{prefix}: biased moving variance",
-                  "Bessel-variance cases with an update from N >= 2",
-                  lambda c, d: c.config.running_stats.variance == "bessel" and g.updates_visibly(c),
-                  MatchesVariant("running variance is the biased batch variance",
-                                 lambda c: variant(c, running_stats={"variance": "biased"})),
-                  "the moving variance folds in the biased variance of tf.nn.moments", link),
     )
 
 
 TL_NO_BETA_OR_GAMMA = Deviation(
     name="tensorlayer: beta_init=None / gamma_init=None raise",
-    applies_to="cases with center or scale off",
-    applies=lambda c, d: not (c.config.center and c.config.scale),
+    kind="defect",
+    applies=affine_partly_off,
     behaviour=Raises("ValueError", r"Attempt to convert a value \(None\)"),
     explanation="the documented 'if None, skip beta/gamma' fails: the module's batch_normalization does "
                 "tf.reshape(offset/scale) before its own None checks",
@@ -104,7 +101,9 @@ class TensorLayerAdapter(Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "tensorlayer")
     device_kinds = ("cpu", "cuda")
-    deviations = (TL_NO_BETA_OR_GAMMA,) + _deviations("tensorlayer", _TL_SOURCE)
+    deviations = (TL_NO_BETA_OR_GAMMA,) + _deviations("tensorlayer")
+    capabilities = TL_CAPABILITIES
+    decay_parameter = ("decay", "old")
     notes = "eager tl.models.Model; training steps always update; float32 only"
     _API = "tensorlayer.layers.BatchNorm"
 
@@ -120,14 +119,14 @@ class TensorLayerAdapter(Adapter):
 
         return tf_devices()
 
-    def supports(self, case, device):
-        c = case.config
-        if c.channel_axis not in (1, case.rank - 1):
-            return f"{self._API} normalizes over axis 1 (channels_first) or the last axis only"
-        if c.input_dtype != "float32" or c.param_dtype != "float32":
-            return f"{self._API} creates float32 weights (tl.LayersConfig.tf_dtype); float32 inputs only"
-        return (unsupported_epsilon_reason(c, self._API) or unsupported_running_reason(c, self._API)
-                or _step_kind_reason(case, self._API))
+    def framework_defaults(self):
+        """``decay`` and ``epsilon`` from the signature of tl.layers.BatchNorm."""
+        import tensorlayer as tl
+
+        from .common import signature_default
+
+        return {"decay_parameter": signature_default(tl.layers.BatchNorm.__init__, "decay"),
+                "epsilon": signature_default(tl.layers.BatchNorm.__init__, "epsilon")}
 
     def run(self, case, device):
         from .common import tf, tf_device_scope
@@ -181,7 +180,9 @@ class TflearnAdapter(Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "tflearn")
     device_kinds = ("cpu", "cuda")
-    deviations = _deviations("tflearn", _TFLEARN_SOURCE)
+    deviations = _deviations("tflearn")
+    capabilities = TFLEARN_CAPABILITIES
+    decay_parameter = ("decay", "old")
     notes = "TF1 graph; tflearn.is_training switches batch/moving stats and updates in place (untested)"
     _API = "tflearn.layers.normalization.batch_normalization"
 
@@ -197,16 +198,19 @@ class TflearnAdapter(Adapter):
 
         return tf_devices()
 
+    def framework_defaults(self):
+        """``decay`` and ``epsilon`` from the signature of tflearn's batch_normalization."""
+        import tflearn
+
+        from .common import signature_default
+
+        function = tflearn.layers.normalization.batch_normalization
+        return {"decay_parameter": signature_default(function, "decay"), "epsilon": signature_default(function, "epsilon")}
+
     def supports(self, case, device):
-        c = case.config
-        if c.channel_axis != case.rank - 1:
-            return f"{self._API} normalizes over the last axis only"
-        if not (c.center and c.scale):
+        if not case.config.center:  # scale == center already (separate_scale_center=False)
             return f"{self._API} always has beta and gamma variables (no center/scale switch)"
-        if c.param_dtype != c.input_dtype:
-            return f"{self._API} keeps its variables in the input dtype"
-        return (unsupported_epsilon_reason(c, self._API) or unsupported_running_reason(c, self._API)
-                or _step_kind_reason(case, self._API))
+        return None
 
     def run(self, case, device):
         import tflearn
