@@ -103,6 +103,9 @@ class _TfKerasLayerAdapter(Adapter):
             raise Unsupported(f"{LAYER}(fused={self.fused}) refuses this case: {_first_line(layer)}")
         if bool(layer.fused) != self.uses_fused(case):
             raise RuntimeError(f"Expected: fused={self.uses_fused(case)} for this case. Received: {layer.fused}")
+        # Plain attributes the layer reads at call time only (its __init__ just stores them), so one
+        # built layer serves every decay and epsilon: building costs more than a whole case.
+        layer.momentum, layer.epsilon = case.config.running_stats.decay, case.config.effective_epsilon
         with tf_device_scope(device):
             _assign_state(layer, case)
             return [self._step(layer, case, step) for step in case.steps]
@@ -119,8 +122,8 @@ class _TfKerasLayerAdapter(Adapter):
     def _layer(self, case, device):
         """A built layer for the case's structural knobs (cached), or the ValueError it raised."""
         cfg = case.config
-        key = (device, cfg.input_dtype, case.rank, cfg.channel_axis, case.channels, cfg.running_stats.decay,
-               cfg.effective_epsilon, cfg.center, cfg.scale, cfg.renorm, cfg.virtual_batch_size)
+        key = (device, cfg.input_dtype, case.rank, cfg.channel_axis, case.channels, cfg.center, cfg.scale,
+               cfg.renorm, cfg.virtual_batch_size)
         if key not in self._layers:
             self._layers[key] = self._build(case, device)
         return self._layers[key]
