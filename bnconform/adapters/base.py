@@ -117,6 +117,7 @@ class Adapter:
     isolated: ClassVar[bool] = False  # True: never share a host process with other adapters
     deviations: ClassVar[tuple[Deviation, ...]] = ()
     notes: ClassVar[str] = ""  # one line for the report (e.g. "channels-last by transposition")
+    speed_note: ClassVar[str] = ""  # one line: why its median ms per case is what it is, where that needs saying
     # What the API can express; the judge derives 'unsupported' (and its reason) from it before
     # run(), so an adapter never silently ignores a knob. Extensions are opt-in.
     capabilities: ClassVar[Capabilities] = Capabilities()

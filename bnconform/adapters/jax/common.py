@@ -10,6 +10,11 @@ passes everything that can be traced (parameters, running statistics, decay, eps
 training flag) as arguments: a later case with the same input shape reuses the compiled program.
 Decay and epsilon are passed as Python floats, which JAX traces as weakly typed scalars, so the
 arithmetic is the same as with the literal constant (the framework casts it to the array dtype).
+Each case crosses the host/device boundary once each way (:func:`put_state`, :func:`put_inputs`,
+:func:`fetch`): the steps run back to back on the device and are read after the last one.
+
+Capabilities and deviations that several of these adapters share live here too:
+``JAX_CAPABILITIES`` (each adapter narrows it) and the flax statistics findings.
 """
 
 from __future__ import annotations
@@ -67,17 +72,12 @@ def jax_device(kind: str):
     return jax.devices("gpu" if kind == "cuda" else "cpu")[0]
 
 
-def put(array: np.ndarray, dtype_name: str, device):
-    """A NumPy array converted to a canonical dtype (bfloat16 via ml_dtypes) on a JAX device."""
-    jax = load_jax()
-    return jax.device_put(np.asarray(array, dtype=numpy_dtype(dtype_name)), device)
-
-
 def put_state(case: Case, device) -> dict:
-    """gamma, beta, running_mean, running_var of the case, in the param dtype, on the device."""
-    state, dtype = case.initial_state, case.config.param_dtype
-    return {name: put(getattr(state, name), dtype, device)
-            for name in ("gamma", "beta", "running_mean", "running_var")}
+    """gamma, beta, running_mean, running_var of the case, in the param dtype, on the device
+    (one host-to-device transfer; bfloat16 via ml_dtypes)."""
+    state, dtype = case.initial_state, numpy_dtype(case.config.param_dtype)
+    return load_jax().device_put({name: np.asarray(getattr(state, name), dtype=dtype)
+                                  for name in ("gamma", "beta", "running_mean", "running_var")}, device)
 
 
 def put_inputs(case: Case, device) -> list:
@@ -89,11 +89,6 @@ def put_inputs(case: Case, device) -> list:
 def fetch(results: list[dict]) -> list[dict]:
     """Every step's outputs as NumPy, in one device-to-host transfer (after the last step ran)."""
     return load_jax().device_get(results)
-
-
-def to_numpy(array) -> np.ndarray:
-    """What the framework computed, as a NumPy array (bfloat16 stays bfloat16)."""
-    return np.asarray(array)
 
 
 class JitCache:

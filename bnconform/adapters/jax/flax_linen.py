@@ -33,8 +33,8 @@ import functools
 
 from ...selectors import mean_far_from_spread
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
-                     JAX_CAPABILITIES, JaxAdapter, JitCache, dataclass_defaults, jax_device, load_jax, put, put_state,
-                     to_numpy)
+                     JAX_CAPABILITIES, JaxAdapter, JitCache, dataclass_defaults, fetch, jax_device, load_jax,
+                     put_inputs, put_state)
 from ..base import Deviation, Mismatches
 
 
@@ -117,14 +117,13 @@ class FlaxLinenAdapter(JaxAdapter):
         variables = build_variables(case, where)
         decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
         results = []
-        for step in case.steps:
-            x = put(step.x, config.input_dtype, where)
+        for step, x in zip(case.steps, put_inputs(case, where)):
             y, batch_stats = step_fn(variables, x, step.is_training, decay, epsilon)
             if step.update_running_stats:
                 variables = {**variables, "batch_stats": batch_stats}
-            results.append({"y": to_numpy(y), "running_mean": to_numpy(variables["batch_stats"]["mean"]),
-                            "running_var": to_numpy(variables["batch_stats"]["var"])})
-        return results
+            results.append({"y": y, "running_mean": variables["batch_stats"]["mean"],
+                            "running_var": variables["batch_stats"]["var"]})
+        return fetch(results)
 
 
 class FlaxLinenExactVarianceAdapter(FlaxLinenAdapter):

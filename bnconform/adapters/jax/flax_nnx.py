@@ -30,7 +30,7 @@ import functools
 from ...dtypes import numpy_dtype
 from ...selectors import mean_far_from_spread
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, JAX_CAPABILITIES,
-                     JaxAdapter, JitCache, jax_device, load_jax, put, put_state, signature_defaults, to_numpy)
+                     JaxAdapter, JitCache, fetch, jax_device, load_jax, put_inputs, put_state, signature_defaults)
 from ..base import Deviation, Mismatches
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
@@ -118,11 +118,9 @@ class FlaxNnxAdapter(JaxAdapter):
         params, stats = build_params(case, where)
         decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
         results = []
-        for step in case.steps:
-            x = put(step.x, config.input_dtype, where)
+        for step, x in zip(case.steps, put_inputs(case, where)):
             y, stats_after = step_fn(params, stats, x, step.is_training, decay, epsilon)
             if step.update_running_stats:
                 stats = stats_after
-            results.append({"y": to_numpy(y), "running_mean": to_numpy(stats["mean"]),
-                            "running_var": to_numpy(stats["var"])})
-        return results
+            results.append({"y": y, "running_mean": stats["mean"], "running_var": stats["var"]})
+        return fetch(results)
