@@ -126,3 +126,16 @@ class WrongReductionAxes(Adapter):
                     mean, var = x.mean(axis=0, keepdims=True), x.var(axis=0, keepdims=True)
                     result["y"] = (x - mean) / np.sqrt(var + case.config.effective_epsilon)
         return results
+
+
+class MissingFrameworkAdapter(Adapter):
+    """Requires a module that is not installed: presettled unavailable on the controller. Its run()
+    writes a marker file, so a test can tell that no host ever ran it."""
+
+    name, framework, requires = "test.missing", "bnconform-no-such-framework", ("bnconform_no_such_framework",)
+
+    def run(self, case, device):
+        marker = os.environ.get("BNCONFORM_TEST_MARKER")
+        if marker:
+            open(marker, "a").write(case.id + "\n")
+        return oracle.run_case(case)

@@ -116,7 +116,8 @@ def missing_requirement(name: str) -> str | None:
         except (ImportError, ValueError):
             found = False
         if not found:
-            return f"{module} is not installed; install it with: pip install 'bnconform[{cls.extra}]'"
+            return f"{module} is not installed" + (f"; install it with: pip install 'bnconform[{cls.extra}]'"
+                                                   if cls.extra else "")
     return None
 
 
