@@ -57,14 +57,72 @@ def test_one_compiled_program_serves_cases_of_the_same_shape():
     assert step_fn._cache_size() == 1  # decay and epsilon are traced, train/eval share the program
 
 
-def test_flax_bessel_case_is_a_declared_biased_variance():
-    verdict = judge(FlaxLinenAdapter(), _case("momentum/decay_0.9_bessel_3steps"), "cpu")
-    assert verdict.status == "deviation" and verdict.deviation == "flax-biased-running-variance"
+def test_flax_keeps_a_biased_running_variance_as_its_convention():
+    adapter = FlaxLinenAdapter()
+    bessel = judge(adapter, _case("momentum/decay_0.9_bessel_3steps"), "cpu")
+    assert bessel.status == "unsupported"
+    assert "always uses a biased running variance" in bessel.detail and "depend on it" in bessel.detail
+    biased = judge(adapter, _case("momentum/decay_0.9_biased_3steps"), "cpu")
+    assert biased.status == "pass", biased.detail
+    assert biased.deviations == [] and biased.kinds == []
+
+
+def test_flax_bessel_case_whose_results_do_not_depend_on_the_kind_runs():
+    # decay 1 never folds a batch in, so the running variance kind cannot matter: the case runs.
+    verdict = judge(FlaxLinenAdapter(), _case("momentum/decay_1_bessel_3steps"), "cpu")
+    assert verdict.status == "pass", verdict.detail
 
 
 def test_flax_has_no_cumulative_rule():
-    reason = FlaxLinenAdapter().supports(_case("momentum/cumulative_bessel_5steps"), "cpu")
-    assert reason and "cumulative" in reason
+    verdict = judge(FlaxLinenAdapter(), _case("momentum/cumulative_biased_5steps"), "cpu")
+    assert verdict.status == "unsupported" and "running-statistics rules" in verdict.detail
+
+
+def test_flax_fast_variance_cancellation_is_a_precision_deviation():
+    verdict = judge(FlaxLinenAdapter(), _case("momentum/decay_0.9_biased_n2"), "cpu")
+    assert verdict.status == "deviation", verdict.detail
+    assert verdict.deviations == ["flax-fast-variance-cancellation"] and verdict.kinds == ["precision"]
+
+
+def test_flax_exact_variance_passes_the_batch_fast_variance_cancels():
+    from bnconform.adapters.jax.flax_linen import FlaxLinenExactVarianceAdapter
+
+    verdict = judge(FlaxLinenExactVarianceAdapter(), _case("momentum/decay_0.9_biased_n2"), "cpu")
+    assert verdict.status == "pass", verdict.detail
+
+
+def test_flax_empty_batch_nan_state_is_a_defect():
+    verdict = judge(FlaxLinenAdapter(), _case("degenerate/n0_rank2_train"), "cpu")
+    assert verdict.status == "deviation" and verdict.kinds == ["defect"], verdict.detail
+
+
+def test_flax_defaults_are_the_installed_layer_defaults():
+    from bnconform.adapters.jax.flax_linen import load_linen
+
+    layer = load_linen().BatchNorm()
+    defaults = FlaxLinenAdapter().framework_defaults()
+    assert defaults == {"decay_parameter": layer.momentum, "epsilon": layer.epsilon}
+    assert FlaxLinenAdapter.decay_parameter == ("momentum", "old")
+
+
+def test_haiku_always_zero_debiases_so_a_plain_ema_case_is_unsupported():
+    pytest.importorskip("haiku")
+    from bnconform.adapters.jax.haiku import HaikuAdapter
+
+    adapter = HaikuAdapter()
+    plain = judge(adapter, _case("momentum/decay_0.9_biased_3steps"), "cpu")
+    assert plain.status == "unsupported"
+    assert "always uses zero-debiased running statistics" in plain.detail
+    debiased = judge(adapter, _case("momentum/zero_debias_decay_0.9_biased"), "cpu")
+    assert debiased.status == "pass", debiased.detail
+
+
+def test_haiku_cannot_resume_an_update_count():
+    pytest.importorskip("haiku")
+    from bnconform.adapters.jax.haiku import HaikuAdapter
+
+    verdict = judge(HaikuAdapter(), _case("momentum/num_updates_schedule_decay_0.999_from_100_biased"), "cpu")
+    assert verdict.status == "unsupported" and "initial update counts" in verdict.detail
 
 
 def test_haiku_state_is_the_canonical_zero_debias_state():
@@ -86,3 +144,38 @@ def test_equinox_moves_a_channels_last_axis_and_back():
     case = _case("formulas/rank4_nhwc_eval")
     verdict = judge(EquinoxBatchModeAdapter(), case, "cpu")
     assert verdict.status == "pass", verdict.detail
+
+
+def test_equinox_batch_mode_is_the_zero_debias_convention():
+    pytest.importorskip("equinox")
+    from bnconform.adapters.jax.equinox import EquinoxBatchModeAdapter
+
+    adapter = EquinoxBatchModeAdapter()
+    debiased = judge(adapter, _case("momentum/zero_debias_decay_0.9_biased"), "cpu")
+    assert debiased.status == "pass", debiased.detail
+    plain = judge(adapter, _case("momentum/decay_0.9_biased_3steps"), "cpu")
+    assert plain.status == "unsupported" and "always uses zero-debiased" in plain.detail
+
+
+def test_equinox_ema_blended_training_normalization_is_a_defect():
+    pytest.importorskip("equinox")
+    from bnconform.adapters.jax.equinox import EquinoxEmaAdapter
+
+    adapter = EquinoxEmaAdapter()
+    verdict = judge(adapter, _case("momentum/decay_0.9_biased_3steps"), "cpu")
+    assert verdict.status == "deviation", verdict.detail
+    assert verdict.deviations == ["equinox-ema-blended-training-normalization"] and verdict.kinds == ["defect"]
+    # decay 0: the blend is the batch statistics, nothing is declared and the case passes
+    assert judge(adapter, _case("momentum/decay_0_biased_3steps"), "cpu").status == "pass"
+
+
+def test_equinox_defaults_are_the_installed_layer_defaults():
+    pytest.importorskip("equinox")
+    import warnings
+
+    from bnconform.adapters.jax.equinox import EquinoxEmaAdapter, load_equinox
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the unspecified-mode warning
+        layer = load_equinox().nn.BatchNorm(3, axis_name="batch")
+    assert EquinoxEmaAdapter().framework_defaults() == {"decay_parameter": layer.momentum, "epsilon": layer.eps}
