@@ -82,6 +82,9 @@ class _TfKerasLayerAdapter(Adapter):
     requires = ("tensorflow", "tf_keras")
     device_kinds = ("cpu", "cuda")
     decay_parameter = ("momentum", "old")
+    speed_note = ("~4-5 ms CPU per case first pass, ~2.5 warm: an eager call runs ~35 TF ops (~1-2 ms per step) and "
+                  "a new layer structure ~2.5 ms of variable creation; a tf.function traces in ~40-60 ms per layer, "
+                  "more than the ~2.5 cases each layer serves")
     fused: ClassVar[bool | None] = None
 
     def __init__(self):
