@@ -3,9 +3,21 @@
 A TF1 batch-norm layer is built once into its own ``tf.Graph`` with a ``tf.compat.v1.Session``;
 a :class:`GraphLayer` keeps that graph, the input placeholder, the layer's outputs for the
 training and inference calls, its update ops, and one assign op per variable, so a case only
-feeds values (graph building costs tens of milliseconds, a ``session.run`` well under one).
+feeds values (building a graph costs tens of milliseconds, a session callable well under one).
 The input placeholder leaves every dimension but the channel axis open, so one graph serves
 every batch shape of a configuration.
+
+The decay can be fed too (:class:`DecayFeed`): the layers take it as a tensor (``1.0 - decay``
+is all they do with it in graph mode), so one graph serves every decay of a configuration. The
+feed must reproduce, bit for bit, what the layer does with a Python float, so the builder says
+which dtype the layer first turns the float into on its path:
+
+* ``"float64"``: the layer computes ``1.0 - decay`` in Python (double) and converts the result
+  to the variable dtype; a float64 tensor does the same arithmetic, then the same cast. Valid
+  for float32 variables; float64 variables keep the float32 rounding of the Python path
+  (a declared deviation), so their decay stays a Python float baked into the graph.
+* ``"float32"``: the Keras fused path converts the float to a float32 tensor first
+  (``tf.convert_to_tensor(self.momentum)``), then subtracts it from 1.0 in float32.
 
 The update ops the layer put in ``tf.GraphKeys.UPDATE_OPS`` run only when a step asks for an
 update (TF1 semantics: nothing updates unless you run the ops); the running statistics are read
@@ -27,6 +39,7 @@ from .common import tf, tf_device_scope, to_tf_dtype
 # Canonical state names -> the names the layers give their variables.
 VARIABLE_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
 STATE_OF_ROLE = {"gamma": "gamma", "beta": "beta", "moving_mean": "running_mean", "moving_variance": "running_var"}
+STEP_SIGNATURES = ((True, True), (True, False), (False, False))  # (training, update) a case may run
 
 
 @dataclass
@@ -39,6 +52,18 @@ class BuiltLayer:
     variables: dict = field(default_factory=dict)  # role (VARIABLE_ROLES) -> tf.Variable
     fused: bool | None = None  # which path the layer took (set from the built graph)
     weights: object = None  # placeholder for per-sample weights (tf_slim batch_weights), if any
+
+
+@dataclass(frozen=True)
+class DecayFeed:
+    """How a graph takes the decay: ``dtype`` of its scalar placeholder, or None (a Python
+    float ``value`` baked into the graph). See the module docstring for which is exact where."""
+
+    dtype: str | None
+    value: float | None = None
+
+    def key(self) -> tuple:
+        return (self.dtype, None if self.dtype else self.value)
 
 
 def variables_by_role(variables) -> dict:
@@ -57,48 +82,44 @@ def uses_fused_kernel(graph) -> bool:
 
 
 def _session(graph):
-    # One thread each: the cases are tiny and the machine is shared.
-    config = tf().compat.v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
-    return tf().compat.v1.Session(graph=graph, config=config)
+    v1 = tf().compat.v1
+    # One thread each: the cases are tiny and the machine is shared; tiny graphs skip grappler.
+    config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
+    config.graph_options.rewrite_options.disable_meta_optimizer = True
+    return v1.Session(graph=graph, config=config)
 
 
 class GraphLayer:
-    """One built TF1 layer configuration: graph, session, placeholders, cached fetches."""
+    """One built TF1 layer configuration: graph, session, placeholders and session callables."""
 
-    def __init__(self, build: Callable, input_dtype: str, rank: int, channel_axis: int, channels: int, device: str):
+    builds = 0  # graphs built in this process (tests check that cases share them)
+
+    def __init__(self, build: Callable, input_dtype: str, rank: int, channel_axis: int, channels: int,
+                 device: str, decay: DecayFeed):
         v1 = tf().compat.v1
-        self.graph = tf().Graph()
+        GraphLayer.builds += 1
+        self.graph, self.input_dtype = tf().Graph(), numpy_dtype(input_dtype)
         with self.graph.as_default(), tf_device_scope(device):
             shape = [None] * rank
             shape[channel_axis] = channels
             self.x = v1.placeholder(to_tf_dtype(input_dtype), shape, name="x")
-            self.built = build(self.x)
+            self.decay = v1.placeholder(to_tf_dtype(decay.dtype), [], name="decay") if decay.dtype else None
+            self.built = build(self.x, self.decay if decay.dtype else decay.value)
             self._make_loaders()
             self._make_reads()
             init = v1.global_variables_initializer()
         self.built.fused = uses_fused_kernel(self.graph)
         self.session = _session(self.graph)
         self.session.run(init)
-        self._warm_up(input_dtype, rank, channel_axis, channels)
-
-    def _warm_up(self, input_dtype, rank, channel_axis, channels):
-        """Run every fetch signature once: TF1 builds an executor per signature on first use
-        (~15 ms each), so a later case with this configuration only pays the run itself.
-        The values written here are overwritten by ``load`` before each case."""
-        shape = [2] * rank
-        shape[channel_axis] = channels
-        x = np.ones(shape, dtype=numpy_dtype(input_dtype))
-        feeds = {ph: np.ones(ph.shape.as_list(), dtype=ph.dtype.as_numpy_dtype) for ph in self.load_feeds.values()}
-        self.session.run(self.load_op, feeds)
-        for training, update in ((True, True), (True, False), (False, False)):
-            self.step(x, training, update)
+        self._make_callables()
+        self._warm_up(rank, channel_axis, channels)
 
     def _make_loaders(self):
         v1 = tf().compat.v1
-        self.load_feeds, assigns = {}, []
+        self.load_feeds, assigns = [], []
         for role, variable in self.built.variables.items():
             value = v1.placeholder(variable.dtype.base_dtype, variable.shape, name=f"load_{role}")
-            self.load_feeds[role] = value
+            self.load_feeds.append((role, value))
             assigns.append(variable.assign(value))
         # State the layer keeps beside its variables (zero-debias "biased"/"local_step"): fresh per case.
         roles = set(map(id, self.built.variables.values()))
@@ -111,22 +132,46 @@ class GraphLayer:
         with tf().control_dependencies(self.built.update_ops):
             self.reads_after_update = [v.read_value() for v in stats]
 
+    def _inputs(self) -> list:
+        """The placeholders every step feeds, in callable order: x, then decay and weights if any."""
+        return [p for p in (self.x, self.decay, self.built.weights) if p is not None]
+
+    def _make_callables(self):
+        """Session callables skip session.run's per-call feed/fetch parsing (~0.1 ms each)."""
+        make = self.session.make_callable
+        self._load = make(self.load_op, [p for _, p in self.load_feeds])
+        self._steps = {}
+        for training, update in STEP_SIGNATURES:
+            y = self.built.y_train if training else self.built.y_eval
+            self._steps[training, update] = make([y] + (self.reads_after_update if update else self.reads),
+                                                 self._inputs())
+
+    def _warm_up(self, rank, channel_axis, channels):
+        """Run every callable once: TF1 builds an executor per signature on first use (milliseconds),
+        so a later case with this configuration only pays the run itself. ``load`` overwrites
+        whatever the dummy update wrote before each case."""
+        shape = [2] * rank
+        shape[channel_axis] = channels
+        self._load(*[np.ones(p.shape.as_list(), p.dtype.as_numpy_dtype) for _, p in self.load_feeds])
+        x = np.ones(shape, self.input_dtype)
+        for training, update in STEP_SIGNATURES:
+            self.step(x, training, update, decay=0.5)
+
     def load(self, state, param_dtype: str) -> None:
         """Assign gamma, beta, moving mean and variance from a canonical :class:`State`."""
         dtype = numpy_dtype(param_dtype)
-        feeds = {ph: np.asarray(getattr(state, STATE_OF_ROLE[role]), dtype=dtype) for role, ph in self.load_feeds.items()}
-        self.session.run(self.load_op, feeds)
+        self._load(*[np.asarray(getattr(state, STATE_OF_ROLE[role]), dtype=dtype) for role, _ in self.load_feeds])
 
-    def step(self, x, training: bool, update: bool, weights=None) -> dict:
-        """Run one call; ``update`` runs the UPDATE_OPS in the same session.run."""
-        y = self.built.y_train if training else self.built.y_eval
-        reads = self.reads_after_update if update else self.reads
-        feeds = {self.x: x}
+    def step(self, x, training: bool, update: bool, weights=None, decay: float | None = None) -> dict:
+        """Run one call; ``update`` runs the UPDATE_OPS in the same session run."""
+        args = [x]
+        if self.decay is not None:
+            args.append(np.asarray(decay, self.decay.dtype.as_numpy_dtype))
         if self.built.weights is not None:
             # A weighted layer always takes weights; a step without them weighs every sample 1.
-            feeds[self.built.weights] = np.ones(x.shape[0], x.dtype) if weights is None else weights
-        fetched = self.session.run([y] + reads, feeds)
-        return {"y": _plain(fetched[0]), "running_mean": _plain(fetched[1]), "running_var": _plain(fetched[2])}
+            args.append(np.ones(x.shape[0], x.dtype) if weights is None else weights)
+        y, mean, var = self._steps[training, update](*args)
+        return {"y": _plain(y), "running_mean": _plain(mean), "running_var": _plain(var)}
 
 
 def _plain(value) -> np.ndarray:
@@ -148,53 +193,20 @@ class GraphCache:
 
 
 def run_case(layer: GraphLayer, case) -> list[dict]:
-    """Load the initial state, then run every step as the case says."""
+    """Load the initial state, then run every step as the case says (the decay fed if taken)."""
     layer.load(case.initial_state, case.config.param_dtype)
-    dtype = numpy_dtype(case.config.input_dtype)
+    dtype, decay = layer.input_dtype, case.config.running_stats.decay
     results = []
     for s in case.steps:
         weights = None if s.sample_weights is None else np.asarray(s.sample_weights, dtype=dtype)
-        results.append(layer.step(np.asarray(s.x, dtype=dtype), s.is_training, s.update_running_stats, weights))
+        results.append(layer.step(np.asarray(s.x, dtype=dtype), s.is_training, s.update_running_stats, weights, decay))
     return results
 
 
-def inference_update_reason(case, api: str) -> str | None:
-    """TF1 layers add update ops only for the training call: an inference step cannot update."""
-    if any(not s.is_training and s.update_running_stats for s in case.steps):
-        return f"{api} adds update ops only when training=True; an inference step cannot update the moving statistics"
-    return None
-
-
-# --- Case predicates shared by the TF1 adapters' declared deviations -------------------------
-
-def updating_counts(case) -> list[int]:
-    """N of every step that normalizes with the batch and updates the moving statistics."""
-    return [n for s, n in zip(case.steps, case.reduce_counts()) if s.is_training and s.update_running_stats]
-
-
-def updates_empty_batch(case) -> bool:
-    """Some updating training step has N == 0 (its moments are 0/0 = NaN)."""
-    return 0 in updating_counts(case)
-
-
-def batch_variance_overflows(case) -> bool:
-    """Some training step's true batch variance exceeds the largest float32 (for non-float64 input)."""
-    if case.config.input_dtype == "float64":
-        return False
-    limit = float(np.finfo(np.float32).max)
-    for step in case.steps:
-        var = step.expected.get("batch_var")
-        if step.is_training and var is not None and np.any(np.isfinite(var) & (np.abs(var) > limit)):
-            return True
-    return False
-
-
-def updates_visibly(case, min_count: int = 2) -> bool:
-    """Some update folds in N >= min_count values with a decay < 1 (so the variance kind shows)."""
+def decay_feed(case, keras_fused: bool) -> DecayFeed:
+    """How to pass this case's decay exactly (module docstring): baked for float64 variables, a
+    float32 tensor on the Keras fused path, a float64 tensor elsewhere."""
     decay = case.config.running_stats.decay
-    return decay is not None and decay < 1 and any(n >= min_count for n in updating_counts(case))
-
-
-def float32_rounded_decay(decay: float) -> float:
-    """The decay whose 1 - decay equals float32(1.0 - decay): what a float32 constant turns it into."""
-    return 1.0 - float(np.float32(1.0 - decay))
+    if case.config.param_dtype == "float64":
+        return DecayFeed(None, decay)
+    return DecayFeed("float32" if keras_fused else "float64")

@@ -212,9 +212,18 @@ class TfSlimAdapter(Adapter):
 
 
 def _graph_key(case, device):
+    """Every knob the graph bakes in; the decay only where it cannot be fed exactly."""
     c = case.config
     return (device, case.rank, c.channel_axis, case.channels, c.input_dtype, c.effective_epsilon,
-            c.scale, c.center, c.running_stats.decay, c.running_stats.zero_debias, _weighted(case))
+            c.scale, c.center, c.running_stats.zero_debias, _weighted(case), _decay_feed(case).key())
+
+
+def _decay_feed(case) -> g.DecayFeed:
+    # Rank 2, and rank 4 with zero_debias, go to slim's own _fused_batch_norm (assign_moving_average:
+    # 1.0 - decay in Python); rank 4/5 otherwise to the Keras layer's fused path (momentum made a
+    # float32 tensor first).
+    keras_fused = takes_fused_path(case) and case.rank != 2 and not case.config.running_stats.zero_debias
+    return g.decay_feed(case, keras_fused=keras_fused)
 
 
 def _build_graph(case, device):
@@ -224,20 +233,22 @@ def _build_graph(case, device):
 
     c = case.config
     v1 = tf().compat.v1
-    knobs = dict(decay=c.running_stats.decay, center=c.center, scale=c.scale, epsilon=c.effective_epsilon,
-                 data_format=_data_format(case), zero_debias_moving_mean=c.running_stats.zero_debias,
+    # epsilon stays a Python float: the fused paths pass it to FusedBatchNormV3 as an attribute.
+    knobs = dict(center=c.center, scale=c.scale, epsilon=c.effective_epsilon, data_format=_data_format(case),
+                 zero_debias_moving_mean=c.running_stats.zero_debias,
                  fused=False if c.input_dtype == "float64" else None, scope="bn")
 
-    def build(x):
+    def build(x, decay):
         weights = v1.placeholder(x.dtype, [None], name="batch_weights") if _weighted(case) else None
-        y_train = tf_slim.layers.batch_norm(x, is_training=True, batch_weights=weights, **knobs)
+        y_train = tf_slim.layers.batch_norm(x, is_training=True, decay=decay, batch_weights=weights, **knobs)
         updates = list(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
-        y_eval = tf_slim.layers.batch_norm(x, is_training=False, batch_weights=weights, reuse=True, **knobs)
+        y_eval = tf_slim.layers.batch_norm(x, is_training=False, decay=decay, batch_weights=weights, reuse=True,
+                                           **knobs)
         built = g.BuiltLayer(y_train, y_eval, updates, g.variables_by_role(v1.global_variables()))
         built.weights = weights
         return built
 
-    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device)
+    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device, _decay_feed(case))
 
 
 class TfSlimCompatAdapter(TfSlimAdapter):

@@ -120,35 +120,39 @@ class TfV1LayersAdapter(Adapter):
                 "epsilon": signature_default(function, "epsilon")}
 
     def run(self, case, device):
-        from .graph import GraphCache, run_case
-
-        self._cache = self._cache or GraphCache()
+        self._cache = self._cache or g.GraphCache()
         layer = self._cache.get(_graph_key(case, device), lambda: _build_graph(case, device))
         if layer.built.fused != takes_fused_path(case):
             raise RuntimeError(f"Expected: fused path {takes_fused_path(case)} (adapter's rule). "
                                f"Received: fused kernel in graph {layer.built.fused}")
-        return run_case(layer, case)
+        return g.run_case(layer, case)
 
 
 def _graph_key(case, device):
+    """Every knob the graph bakes in; the decay only where it cannot be fed exactly."""
     c = case.config
     return (device, case.rank, c.channel_axis, case.channels, c.input_dtype, c.effective_epsilon,
-            c.scale, c.center, c.running_stats.decay)
+            c.scale, c.center, _decay_feed(case).key())
+
+
+def _decay_feed(case) -> g.DecayFeed:
+    # The layer's fused path is the Keras fused path (momentum made a float32 tensor first).
+    return g.decay_feed(case, keras_fused=takes_fused_path(case))
 
 
 def _build_graph(case, device):
     from .common import tf
-    from .graph import BuiltLayer, GraphLayer, variables_by_role
 
     c = case.config
     v1 = tf().compat.v1
-    knobs = dict(axis=c.channel_axis, momentum=c.running_stats.decay, epsilon=c.effective_epsilon,
-                 center=c.center, scale=c.scale, fused=None, name="bn")
+    # epsilon stays a Python float: the fused path passes it to FusedBatchNormV3 as an attribute.
+    knobs = dict(axis=c.channel_axis, epsilon=c.effective_epsilon, center=c.center, scale=c.scale, fused=None,
+                 name="bn")
 
-    def build(x):
-        y_train = v1.layers.batch_normalization(x, training=True, **knobs)
+    def build(x, momentum):
+        y_train = v1.layers.batch_normalization(x, training=True, momentum=momentum, **knobs)
         updates = list(v1.get_collection(v1.GraphKeys.UPDATE_OPS))
-        y_eval = v1.layers.batch_normalization(x, training=False, reuse=True, **knobs)
-        return BuiltLayer(y_train, y_eval, updates, variables_by_role(v1.global_variables()))
+        y_eval = v1.layers.batch_normalization(x, training=False, momentum=momentum, reuse=True, **knobs)
+        return g.BuiltLayer(y_train, y_eval, updates, g.variables_by_role(v1.global_variables()))
 
-    return GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device)
+    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device, _decay_feed(case))
