@@ -126,6 +126,8 @@ class _EquinoxAdapter(JaxAdapter):
     decay_parameter = ("momentum", "old")
     capabilities = EQUINOX_CAPABILITIES
     mode = ""
+    speed_note = ("~0.5-1.3 ms per case once compiled; the first-pass median is XLA compile time (~0.5 s per new "
+                  "input shape, the per-example vmap makes programs larger than flax's)")
 
     def __init__(self):
         self._steps = JitCache(build_step)
@@ -270,8 +272,6 @@ class EquinoxBatchModeAdapter(_EquinoxAdapter):
     deviations = (BATCH_EMPTY_BATCH, HALF_SQUARES_OVERFLOW, BATCH_FLOAT32_OVERFLOW)
     notes = ("per-example call under jax.vmap(axis_name='batch'), channel axis moved to 1; "
              "hidden EMA = 0 and counter = 0 (zero-debias), or the running stats when nothing updates them")
-    speed_note = ("~0.5-1.3 ms per case once compiled; its first-pass median is XLA compile time (~0.5 s per new "
-                  "input shape) because most cases it can express have an input shape of their own")
 
     def supports(self, case, device):
         """equinox shows hidden as is while counter == 0, so hidden cannot be both the running
