@@ -36,6 +36,8 @@ inference step that updates (not translated: no case asks for one); no model ext
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from ...capabilities import Capabilities
@@ -46,6 +48,7 @@ from ..base import variant
 from .common import (EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope,
                      tf_devices, to_numpy, to_tf_dtype)
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches
+from .graph import caller_thread_callable, tiny_graph_session
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
 NN_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
@@ -158,15 +161,12 @@ class _EmaGraph:
     """One TF1 graph and session; x, decay, epsilon, gamma and beta are fed per call."""
 
     def __init__(self, case, device):
-        v1 = tf().compat.v1
         self.graph = tf().Graph()
         with self.graph.as_default(), tf_device_scope(device):
             self._inputs(case)
             self._model(case)
             self._reset_ops(case)
-        config = v1.ConfigProto(intra_op_parallelism_threads=1, inter_op_parallelism_threads=1)
-        config.graph_options.rewrite_options.disable_meta_optimizer = True  # tiny graphs: skip grappler
-        self.session = v1.Session(graph=self.graph, config=config)
+        self.session = tiny_graph_session(self.graph)
         self._callables()
         self._warm_up(case)
 
@@ -221,7 +221,7 @@ class _EmaGraph:
     def _callables(self):
         """Session callables made once per graph: the first run of a fetch set costs milliseconds."""
         inputs = [self.x, self.decay, self.epsilon, self.gamma, self.beta]
-        make = self.session.make_callable
+        make = functools.partial(caller_thread_callable, self.session)
         self._reset = make(self.reset_op, [self.initial_mean, self.initial_var, self.initial_count])
         self._eval = make(self.y_running, inputs)
         self._train = make((self.y_batch, self.mean, self.var), inputs)
