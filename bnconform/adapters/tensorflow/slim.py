@@ -226,7 +226,8 @@ def _decay_feed(case) -> g.DecayFeed:
     return g.decay_feed(case, keras_fused=keras_fused)
 
 
-def _build_graph(case, device):
+def _build_graph(case, device, feed: g.DecayFeed | None = None):
+    """The case's layer in a fresh graph; ``feed`` overrides how the decay is passed (tests)."""
     from .common import tf
 
     import tf_slim
@@ -248,7 +249,8 @@ def _build_graph(case, device):
         built.weights = weights
         return built
 
-    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device, _decay_feed(case))
+    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device,
+                        feed or _decay_feed(case))
 
 
 class TfSlimCompatAdapter(TfSlimAdapter):

@@ -140,7 +140,8 @@ def _decay_feed(case) -> g.DecayFeed:
     return g.decay_feed(case, keras_fused=takes_fused_path(case))
 
 
-def _build_graph(case, device):
+def _build_graph(case, device, feed: g.DecayFeed | None = None):
+    """The case's layer in a fresh graph; ``feed`` overrides how the decay is passed (tests)."""
     from .common import tf
 
     c = case.config
@@ -155,4 +156,5 @@ def _build_graph(case, device):
         y_eval = v1.layers.batch_normalization(x, training=False, momentum=momentum, reuse=True, **knobs)
         return g.BuiltLayer(y_train, y_eval, updates, g.variables_by_role(v1.global_variables()))
 
-    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device, _decay_feed(case))
+    return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device,
+                        feed or _decay_feed(case))
