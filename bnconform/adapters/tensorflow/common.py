@@ -9,6 +9,13 @@ Stable, small API (other adapters import it):
   (``"float16"``, ``"bfloat16"``, ``"float32"``, ``"float64"``).
 - ``to_tensor(array, dtype_name)`` -> constant tensor of that dtype (NumPy / ml_dtypes input).
 - ``to_numpy(tensor)``      -> NumPy array (bfloat16 widened to float32, which is exact).
+- ``signature_default(f, p)`` -> the default of parameter ``p`` of ``f`` (None when required),
+  for ``framework_defaults()``.
+
+Shared by the non-Keras adapters (tf.nn, tf.nn+ema, fused, global norm, v1 layers, slim,
+legacy wrappers): the capability pieces ``EPS_INSIDE``, ``PLAIN_EMA``, ``LAYER_DTYPES``,
+``LAYER_STEP_KINDS``, and the float64 decay-rounding selector and variant
+(``float64_decay_rounds``, ``rounded_decay_variant``).
 
 Importing this module does not import TensorFlow.
 """
