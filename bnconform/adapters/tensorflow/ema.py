@@ -42,12 +42,10 @@ import numpy as np
 
 from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from ...selectors import input_dtype_in, squares_overflow, updates_on_empty_batch, updates_running_stats
-from ...selectors import where
-from ..base import variant
-from .common import (EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope,
-                     tf_devices, to_numpy, to_tf_dtype)
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches
+from ...selectors import input_dtype_in, squares_overflow, updates_on_empty_batch, updates_running_stats, where
+from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from .common import (EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy,
+                     to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
@@ -152,6 +150,7 @@ class TfEmaAdapter(Adapter):
 
 
 def _graph_key(case, device) -> tuple:
+    """What the graph bakes in; x, decay, epsilon, gamma, beta and the initial state are fed."""
     config, running = case.config, case.config.running_stats
     return (device, case.rank, config.channel_axis, case.channels, config.input_dtype, config.param_dtype,
             config.scale, config.center, running.zero_debias, running.num_updates_schedule)
