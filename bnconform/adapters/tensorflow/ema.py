@@ -55,7 +55,8 @@ EMA_CAPABILITIES = Capabilities(
     epsilon_modes=EPS_INSIDE, running_variance=frozenset({"biased"}), running_rules=frozenset({"ema"}),
     step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
 
-# tf.nn.moments squares in float32 and returns the input dtype: float16 variances overflow at 65504.
+# tf.nn.moments squares float16 input in float32 but returns float16 (variances overflow at 65504);
+# float32 and bfloat16 input it squares in its own dtype (both overflow near 3.4e38).
 MOMENTS_OVERFLOW = ((input_dtype_in("float16") & squares_overflow("float16"))
                     | (input_dtype_in("float32", "bfloat16") & squares_overflow("float32")))
 
@@ -96,8 +97,9 @@ class TfEmaAdapter(Adapter):
             applies=MOMENTS_OVERFLOW,
             behaviour=Mismatches(("y", "batch_var", "running_mean", "running_var"),
                                  "the batch variance overflows to Inf, so y collapses to beta"),
-            explanation="tf.nn.moments squares deviations in float32 (float16 inputs: computed in float32, "
-                        "then cast back to float16, max 65504), so the variance is Inf where float64 is finite",
+            explanation="tf.nn.moments squares deviations in the input dtype, float32 range for float32 and "
+                        "bfloat16 (float16 inputs: computed in float32, then cast back to float16, max 65504), so "
+                        "the variance is Inf where float64 is finite",
             link=NN_SOURCE),
         Deviation(
             name="tf-ema-empty-batch-nan",
