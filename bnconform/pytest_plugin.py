@@ -49,6 +49,16 @@ def pytest_configure(config):
     # Items of one host stay on one xdist worker, so each framework is imported once.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+    if getattr(config, "workerinput", {}).get("bnconform_loadgroup"):
+        # A worker decides whether to tag node ids with their group from its own command line,
+        # where `-n auto` alone still reads dist=no; the controller says what it really uses.
+        config.option.loadgroup = True
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    """(xdist, on the controller) tell each worker that groups are scheduled together."""
+    node.workerinput["bnconform_loadgroup"] = node.config.getoption("dist", "no") == "loadgroup"
 
 
 def _selection(config) -> dict:
@@ -106,8 +116,24 @@ class CaseFile(pytest.File):
         selection = _selection(self.config)
         for name in selection["names"]:
             for device in [d for d in device_kinds(name) if d in selection["devices"]]:
-                cell = Cell(str(self.path), case.id, case.family, name, device)
-                yield CellItem.from_parent(self, name=f"{name}-{device}", cell=cell, case=case)
+                yield self._item(Cell(str(self.path), case.id, case.family, name, device), case)
+
+    def _item(self, cell, case):
+        """The cell's item: presettled cells carry their verdict and spread freely; the others
+        are tagged with their host's group so that one xdist worker runs each host."""
+        from .execution.plan import host_key, presettle
+
+        name, settled = f"{cell.adapter}-{cell.device}", presettle(cell, case)
+        if settled is not None:
+            return CellItem.from_parent(self, name=name, cell=cell, settled=settled)
+        group = re.sub(r"[^\w.]+", "-", host_key(cell.adapter)).strip("-")
+        if not getattr(self.config, "workerinput", {}).get("bnconform_loadgroup"):
+            item = CellItem.from_parent(self, name=name, cell=cell, settled=None)
+            item.add_marker(pytest.mark.xdist_group(group))
+            return item
+        # xdist reads the group from a "@group" suffix of the node id. Its own hook writes that
+        # suffix where pytest < 9 kept the id (pytest 9 ignores it), so the plugin writes it.
+        return CellItem.from_parent(self, name=name, cell=cell, settled=None, nodeid=f"{self.nodeid}::{name}@{group}")
 
     def repr_failure(self, excinfo, style=None):
         if isinstance(excinfo.value, InvalidCase):
@@ -122,16 +148,11 @@ class ConformanceFailure(Exception):
 class CellItem(pytest.Item):
     """One (case, backend, device) cell. A presettled cell carries its verdict from collection."""
 
-    def __init__(self, *, cell, case, **kwargs):
+    def __init__(self, *, cell, settled, **kwargs):
         super().__init__(**kwargs)
-        from .execution.plan import host_key, presettle
-
-        self.cell = cell
-        self.settled = presettle(cell, case)
-        if self.settled is not None:
-            self.user_properties.append((_PROPERTY, json.dumps(self.settled.to_json())))
-        else:  # one xdist worker per host; a group name safe in node ids
-            self.add_marker(pytest.mark.xdist_group(re.sub(r"[^\w.]+", "-", host_key(cell.adapter)).strip("-")))
+        self.cell, self.settled = cell, settled
+        if settled is not None:
+            self.user_properties.append((_PROPERTY, json.dumps(settled.to_json())))
 
     def setup(self):
         if self.settled is not None:

@@ -5,6 +5,7 @@ to a partial directory for a partial selection."""
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,15 @@ def test_declared_deviation_is_an_xfail_naming_the_deviation_and_its_kind(tmp_pa
     xfails = [line for line in result.stdout.splitlines() if line.startswith("XFAIL")]
     assert result.returncode == 0 and len(xfails) == 1, result.stdout
     assert "declared deviation single-value-per-channel-raises (edge)" in xfails[0]
+
+
+def test_each_host_runs_on_one_xdist_worker(tmp_path):
+    result = pytest_run("-n", "2", "-v", "cases/degenerate", "--bn-backend", "torch", "--bn-backend", "numpy.oracle",
+                        "--bn-device", "cpu", "--bn-reports", tmp_path)
+    workers = {}
+    for line in result.stdout.splitlines():  # "[gw0] [ 93%] PASSED cases/x.json::torch.nn-cpu@torch..."
+        ran = re.match(r"\[(gw\d+)\] \[ *\d+%\] (PASSED|XFAIL|FAILED) \S+::(\S+)-cpu", line)
+        if ran:
+            workers.setdefault(ran.group(3).replace("functional", "nn"), set()).add(ran.group(1))
+    assert set(workers) == {"torch.nn", "numpy.oracle"}, result.stdout[-2000:]
+    assert all(len(ran_on) == 1 for ran_on in workers.values()), workers

@@ -27,9 +27,19 @@ _LIVE: set = set()  # every started host process, so that Ctrl-C can kill them a
 _LIVE_LOCK = threading.Lock()
 
 
+_REFUSING = threading.Event()  # set by kill_all: a thread racing the interrupt starts no new host
+
+
+def accept_new_hosts() -> None:
+    """Allow host processes to start again (a new run after an interrupted one, in one process)."""
+    _REFUSING.clear()
+
+
 def kill_all() -> int:
-    """Kill every live host process of this controller; returns how many were running."""
+    """Kill every live host process of this controller and refuse to start new ones until
+    :func:`accept_new_hosts`; returns how many were running."""
     with _LIVE_LOCK:
+        _REFUSING.set()
         procs = list(_LIVE)
         _LIVE.clear()
     running = [p for p in procs if p.poll() is None]
@@ -81,9 +91,11 @@ class HostProcess:
         env = {**os.environ, **self.environment, "PYTHONUNBUFFERED": "1"}
         self.stderr = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "bnconform.execution.host", *map(target_of, self.names)]
-        self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
-                                     env=env, text=True, bufsize=1)
-        with _LIVE_LOCK:
+        with _LIVE_LOCK:  # started and registered under the lock, so kill_all cannot miss it
+            if _REFUSING.is_set():
+                raise RuntimeError("interrupted: no new host process")
+            self.proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr,
+                                         env=env, text=True, bufsize=1)
             _LIVE.add(self.proc)
         self._lines, self._warm = queue.Queue(), set()
         threading.Thread(target=self._pump, args=(self.proc, self._lines), daemon=True).start()

@@ -122,6 +122,7 @@ def run_cells(cells, jobs: int = 2, timeout: float = controller.CELL_TIMEOUT, pr
 
     Raises KeyboardInterrupt after killing every host process if interrupted."""
     progress = progress or Progress(len(cells))
+    controller.accept_new_hosts()
     settled, remaining = _presettle_all(cells, progress)
     groups: queue.Queue = queue.Queue()
     for group in _groups(remaining):
