@@ -61,7 +61,7 @@ def auto_uses_fused(case) -> bool:
             and cfg.renorm is None and cfg.virtual_batch_size is None)
 
 
-fused_path = where("the fused kernel (fused=None: 4-D/5-D non-float64 input, channel axis 1 or last, "
+fused_path = where("fused=None takes the fused kernel (4-D/5-D non-float64 input, channel axis 1 or last, "
                    "no renorm or ghost batches)")(auto_uses_fused)
 
 
@@ -142,11 +142,12 @@ def _rounded_decay_variant(case):
     return variant(case, running_stats={"decay": float32_rounded_decay(case.config.running_stats.decay)}, **changes)
 
 
-def float64_decay_deviation(api: str, on_path: Selector) -> Deviation:
+def float64_decay_deviation(api: str) -> Deviation:
+    """Only the non-fused path runs float64 (the fused kernel has no float64), so no path selector."""
     return Deviation(
         name="float64-momentum-rounded-to-float32",
         kind="dtype",
-        applies=on_path & decay_rounding_observable & ~updates_on_empty_batch,
+        applies=decay_rounding_observable & ~updates_on_empty_batch,
         behaviour=MatchesVariant("running statistics use float32(1 - momentum) as the weight on the batch",
                                  _rounded_decay_variant),
         explanation=(f"{api} _assign_moving_average builds tf.convert_to_tensor(1.0 - momentum), a float32 "
