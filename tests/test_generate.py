@@ -21,7 +21,7 @@ from bnconform.validation import load_case
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"
 MINIMUM_PER_FAMILY = {"formulas": 40, "epsilon": 15, "momentum": 25, "degenerate": 20}
-MIRRORED = ("formulas", "momentum", "degenerate")
+MIRRORED = ("formulas", "epsilon", "momentum", "degenerate")
 OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-MIRRORED_FAMILIES = ("formulas", "momentum", "degenerate")
+MIRRORED_FAMILIES = ("formulas", "epsilon", "momentum", "degenerate")
 ZERO_DEBIAS_FAMILIES = ("momentum",)  # haiku always zero-debiases: its convention needs EMA sequences too
 OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
 KIND_WORDS = {"bessel": "a Bessel-corrected running variance (N/(N-1))",
