@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from pathlib import Path
 
 from ..verdict import Verdict
 from .plan import adapter_class, host_key, target_of
@@ -53,6 +54,20 @@ def kill_all() -> int:
     return len(running)
 
 
+def compile_cache_environment() -> dict[str, str]:
+    """JAX's persistent compilation cache for every host (the user's own settings win).
+
+    JAX adapters compile one XLA program per input shape (~30-100 ms each on CPU), which is most
+    of their time in the matrix; the cache keeps those programs across runs and hosts. Cached
+    programs are keyed by the computation, compile options and JAX/XLA versions, so results are
+    those of a fresh compile. ``BNCONFORM_JAX_CACHE=off`` disables it."""
+    if os.environ.get("BNCONFORM_JAX_CACHE", "").lower() in ("0", "off", "no"):
+        return {}
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return {"JAX_COMPILATION_CACHE_DIR": str(base / "bnconform" / "jax-compilation-cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -88,7 +103,7 @@ class HostProcess:
                 self.environment = dict(cls.environment)
 
     def _start(self) -> None:
-        env = {**os.environ, **self.environment, "PYTHONUNBUFFERED": "1"}
+        env = {**compile_cache_environment(), **os.environ, **self.environment, "PYTHONUNBUFFERED": "1"}
         self.stderr = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "bnconform.execution.host", *map(target_of, self.names)]
         with _LIVE_LOCK:  # started and registered under the lock, so kill_all cannot miss it
