@@ -16,6 +16,7 @@ skipped with the reason; fail/error -> failed with the verdict's one line.
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 from pathlib import Path
@@ -98,6 +99,20 @@ def pytest_collect_file(file_path: Path, parent):
     return CaseFile.from_parent(parent, path=file_path)
 
 
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    """(xdist workers) The hosts' cells first, biggest host first, so the long groups start at
+    once and unit tests and skips fill the other workers around them."""
+    if not getattr(config, "workerinput", {}).get("bnconform_loadgroup"):
+        return
+    def group(item):
+        return item.nodeid.rpartition("@")[2] if isinstance(item, CellItem) and item.settled is None else ""
+    sizes = collections.Counter(group(item) for item in items)
+    order = {item.nodeid: n for n, item in enumerate(items)}
+    items.sort(key=lambda item: (0, -sizes[group(item)], group(item), order[item.nodeid]) if group(item)
+               else (1, 0, "", order[item.nodeid]))
+
+
 class InvalidCase(Exception):
     """A case file that does not validate; the message is the validator's one line."""
 
@@ -124,10 +139,12 @@ class CaseFile(pytest.File):
         from .execution.plan import host_key, presettle
 
         name, settled = f"{cell.adapter}-{cell.device}", presettle(cell, case)
-        if settled is not None:
-            return CellItem.from_parent(self, name=name, cell=cell, settled=settled)
+        grouped = getattr(self.config, "workerinput", {}).get("bnconform_loadgroup")
+        if settled is not None:  # grouped by family only to spare xdist's scheduler thousands of scopes
+            nodeid = f"{self.nodeid}::{name}@settled-{cell.family}" if grouped else None
+            return CellItem.from_parent(self, name=name, cell=cell, settled=settled, nodeid=nodeid)
         group = re.sub(r"[^\w.]+", "-", host_key(cell.adapter)).strip("-")
-        if not getattr(self.config, "workerinput", {}).get("bnconform_loadgroup"):
+        if not grouped:
             item = CellItem.from_parent(self, name=name, cell=cell, settled=None)
             item.add_marker(pytest.mark.xdist_group(group))
             return item
