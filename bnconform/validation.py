@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+import copy
 from functools import lru_cache
 from pathlib import Path
 
@@ -258,8 +259,9 @@ def _integer_error(obj) -> str | None:
 def load_case(path) -> Case:
     """Read, schema-check, decode and meaning-check one case file; raises CaseError.
 
-    A valid file is loaded once per process while its mtime and size stay the same; the Case is
-    shared, and like every loaded case must not be modified (variants are copies)."""
+    A valid file is parsed and validated once per process while its mtime and size stay the same;
+    each call returns its own deep copy, so a caller that modifies its case (a test building a
+    broken variant) cannot change what the next caller loads."""
     path = Path(path)
     try:
         stat = path.stat()
@@ -269,7 +271,7 @@ def load_case(path) -> Case:
     known = _LOADED.get(resolved)
     if known is None or known[0] != version:
         known = _LOADED[resolved] = (version, _load_uncached(path))  # replaces an outdated entry
-    case = known[1]
+    case = copy.deepcopy(known[1])
     return case if case.path == str(path) else replace(case, path=str(path))  # same data, as named
 
 

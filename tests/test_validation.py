@@ -190,21 +190,30 @@ def test_a_valid_file_loads_without_the_full_schema_walk(tmp_path, monkeypatch):
     assert load_case(copy).id == json.loads(copy.read_text(encoding="utf-8"))["id"]
 
 
-def test_loaded_cases_are_cached_until_the_file_changes(tmp_path):
+def test_loaded_cases_are_cached_until_the_file_changes(tmp_path, monkeypatch):
+    import bnconform.validation as validation
+
+    parsed = []
+    real = validation._load_uncached
+    monkeypatch.setattr(validation, "_load_uncached", lambda p: parsed.append(p) or real(p))
     path = tmp_path / "case.json"
     text = CASE_FILES[0].read_text(encoding="utf-8")
     path.write_text(text, encoding="utf-8")
     first = load_case(path)
-    assert load_case(path) is first
+    again = load_case(path)
+    assert len(parsed) == 1 and again is not first  # parsed once, but every caller gets its own copy
+    again.steps[0].x[...] = 0  # a caller that edits its case ...
+    assert load_case(path).steps[0].x.tobytes() == first.steps[0].x.tobytes()  # ... changes no one else's
     assert load_case(tmp_path / "." / "case.json").path == str(tmp_path / "." / "case.json")  # as named
 
     path.write_text(text.replace('"description": "', '"description": "Edited. ', 1), encoding="utf-8")
     edited = load_case(path)  # the size changed: parsed again
-    assert edited is not first and edited.description.startswith("Edited. ")
+    assert len(parsed) == 2 and edited.description.startswith("Edited. ")
 
     stat = path.stat()
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
-    assert load_case(path) is not edited  # same size, new mtime: parsed again
+    load_case(path)
+    assert len(parsed) == 3  # same size, new mtime: parsed again
 
     path.write_text('{"broken": ', encoding="utf-8")
     with pytest.raises(CaseError):
