@@ -65,12 +65,12 @@ def test_float64_case_is_the_declared_float32_attribute_deviation():
         ("deviation", ["onnx-float32-epsilon-momentum"], ["dtype"]), verdict.detail
 
 
-def test_empty_batch_update_is_the_declared_edge_deviation():
+def test_empty_batch_update_is_the_declared_defect_deviation():
     case = build(Spec("plugin", "empty", "plug-in test case", Config(channel_axis=1, running_stats=RunningStats(
         variance="biased")), [(0, 3), (4, 3)], (TRAIN, EVAL)))
     verdict = judge(OnnxRuntimeAdapter(), case, "cpu")
     assert (verdict.status, verdict.deviations, verdict.kinds) == \
-        ("deviation", ["onnx-empty-batch-nan-running-stats"], ["edge"]), verdict.detail
+        ("deviation", ["onnx-empty-batch-nan-running-stats"], ["defect"]), verdict.detail
 
 
 def test_defaults_are_read_from_the_onnx_operator_schema():
