@@ -19,22 +19,11 @@ UNEXPECTED = ("fail", "error")
 NOT_RUN = ("unsupported", "unavailable")
 
 
-def _planner():
-    """The module that plans cells (execution.plan once it exists, else the older matrix)."""
-    try:
-        from .execution import plan as planner
-    except ImportError:
-        from . import matrix as planner
-    return planner
-
-
 def _run_cells(cells, jobs: int, timeout: float, quiet: bool = False):
-    """(verdicts in cell order, host info per backend), from whichever scheduler is installed;
-    ``quiet`` drops the progress bar (check prints every cell itself)."""
-    try:
-        from .execution.scheduler import Progress, run_cells
-    except ImportError:
-        from .runner import Progress, run_cells
+    """(verdicts in cell order, host info per backend); ``quiet`` drops the progress bar (check
+    prints every cell itself)."""
+    from .execution.scheduler import Progress, run_cells
+
     progress = Progress(len(cells), stream=io.StringIO()) if quiet else None
     return run_cells(cells, jobs=jobs, timeout=timeout, progress=progress)
 
@@ -53,6 +42,7 @@ def _backends(args):
 
 def _matrix_cases(args) -> tuple[list, list[str]]:
     """(the cases of the selected families, every family under the case root)."""
+    from .execution.plan import discover_cases
     from .validation import CaseError
 
     root = Path(args.cases)
@@ -63,7 +53,7 @@ def _matrix_cases(args) -> tuple[list, list[str]]:
     if unknown:
         raise UsageError(f"--family: Expected: one of {', '.join(families)} under {root}. Received: {', '.join(unknown)}")
     try:
-        return _planner().discover_cases(root, args.family), families
+        return discover_cases(root, args.family), families
     except CaseError as exc:
         raise UsageError(str(exc)) from None
 
@@ -82,12 +72,13 @@ def _summary(verdicts) -> str:
 
 def cmd_run(args) -> int:
     from . import results
+    from .execution.plan import plan
     from .reports_io import write_reports
     from .selection import is_whole_matrix
 
     cases, families = _matrix_cases(args)
     selected, devices = _backends(args)
-    cells = _planner().plan(cases, selected, devices)
+    cells = plan(cases, selected, devices)
     print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on {', '.join(devices)}",
           file=sys.stderr)
     verdicts, infos = _run_cells(cells, args.jobs, args.timeout)
@@ -115,6 +106,7 @@ def _nothing_ran(verdicts) -> str:
 def cmd_check(args) -> int:
     """Exit 0 when every cell that could run conforms (pass or deviation), 1 when one fails or
     errors or when nothing could run at all, 2 for invalid input (raised as UsageError)."""
+    from .execution.plan import plan
     from .validation import CaseError, load_case
 
     try:
@@ -126,7 +118,7 @@ def cmd_check(args) -> int:
     if not args.backend and not args.adapter:
         raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
     selected, devices = _backends(args)
-    verdicts, _ = _run_cells(_planner().plan(cases, selected, devices), len(selected), args.timeout, quiet=True)
+    verdicts, _ = _run_cells(plan(cases, selected, devices), len(selected), args.timeout, quiet=True)
     for v in verdicts:
         print(f"{v.status:11} {v.cell_id}" + (f": {v.detail}" if v.detail else ""))
     ran = [v for v in verdicts if v.status not in NOT_RUN]

@@ -1,8 +1,8 @@
 """``bnconform list``: every backend, answered from metadata (fast), or by importing it (--probe).
 
 The metadata answer imports no framework: the version is the installed distribution's
-(``importlib.metadata``), "installed" means ``importlib.util.find_spec`` finds each top-level
-module the adapter ``requires`` (which locates without importing), and devices are the declared
+(``importlib.metadata``), "installed" means :func:`bnconform.selection.missing_module` finds each
+top-level module the adapter ``requires`` (``find_spec`` locates without importing), and devices are the declared
 kinds present on this machine (:func:`bnconform.selection.present_device_kinds`). It cannot see a
 framework that is installed but broken; ``--probe`` imports each backend in its own process and
 says why one is unavailable.
@@ -11,10 +11,9 @@ says why one is unavailable.
 from __future__ import annotations
 
 import importlib.metadata
-import importlib.util
 
 from .adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
-from .selection import nvidia_present, present_device_kinds
+from .selection import missing_module, nvidia_present, present_device_kinds
 
 HEADER = f"{'backend':26} {'framework':12} {'version':14} {'devices here':18} {'source':30} status"
 
@@ -23,18 +22,6 @@ def _plugin_sources() -> dict[str, str]:
     """Entry-point name -> the distribution that provides it."""
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     return {ep.name: f"plug-in {ep.dist.name if ep.dist else '?'}" for ep in found}
-
-
-def missing_module(requires) -> str | None:
-    """The first required module whose top-level package cannot be found, located without importing."""
-    for module in requires:
-        top = module.partition(".")[0]
-        try:
-            if importlib.util.find_spec(top) is None:
-                return module
-        except (ImportError, ValueError):  # a namespace or broken parent: as good as absent
-            return module
-    return None
 
 
 def _version(distribution: str) -> str:
@@ -69,16 +56,11 @@ def list_metadata() -> int:
 
 def _probe(name: str) -> dict:
     """The host process's own answer (version, usable devices, why unavailable)."""
-    try:
-        from .execution.controller import HostProcess
-    except ImportError:  # before the execution package: one worker per adapter
-        from .pool import AdapterProcess
+    from .execution.controller import HostProcess
 
-        process, ask = AdapterProcess(name), lambda p: p.info()
-    else:
-        process, ask = HostProcess([name]), lambda p: p.info(name)
+    process = HostProcess([name])
     try:
-        return ask(process)
+        return process.info(name)
     finally:
         process.close()
 

@@ -323,13 +323,9 @@ def has_backend(document: dict | None, name: str) -> bool:
 def run_document(names: list[str], cases: Path, families, devices) -> dict:
     """Run the backends over the case families in worker processes; returns the document, writes nothing."""
     from . import results
+    from .execution.plan import discover_cases, plan
+    from .execution.scheduler import run_cells
 
-    try:  # the execution package where it exists, else the older matrix/runner pair
-        from .execution.plan import discover_cases, plan
-        from .execution.scheduler import run_cells
-    except ImportError:
-        from .matrix import discover_cases, plan
-        from .runner import run_cells
     cells = plan(discover_cases(cases, families), names, devices)
     print(f"running {len(cells)} cells of {', '.join(names)} (nothing is written to reports/)", file=sys.stderr)
     verdicts, infos = run_cells(cells, jobs=min(2, len(names)))
@@ -340,7 +336,7 @@ def check_names(names: list[str], document: dict | None) -> None:
     """Raise UsageError (one line, with did-you-mean from bnconform.selection) unless each name is
     exactly one backend: registered, in the document, or an ad hoc module:Class."""
     from .adapters.registry import RegistryError, known
-    from .cli import UsageError
+    from .usage import UsageError
     from .selection import select_backends
 
     for name in names:

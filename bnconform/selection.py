@@ -8,6 +8,8 @@
 * Devices default to the kinds present on this machine (cpu always; cuda kinds only where an
   NVIDIA driver is visible), so a CPU machine does not plan cells that can only be unavailable.
   A device asked for explicitly but absent still gets its cells, each unavailable with the reason.
+* Whether an adapter's framework is installed is :func:`missing_module` (located with
+  ``importlib.util.find_spec``, never imported); the planner and ``bnconform list`` both ask it.
 
 Nothing here imports a framework; resolving a class imports only bnconform's adapter module.
 """
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import functools
+import importlib.util
 import os
 import re
 import shutil
@@ -78,8 +82,10 @@ def select_backends(backends, adapters) -> list[str]:
     return [n for n in names if n in chosen] + [p for p in dict.fromkeys([*adhoc, *adapters]) if p not in chosen]
 
 
+@functools.lru_cache(maxsize=None)
 def nvidia_present() -> bool:
-    """True where an NVIDIA driver is visible; asks the OS, never a framework."""
+    """True where an NVIDIA driver is visible (device node, proc entry or nvidia-smi on PATH); asks
+    the OS, never a framework. Asked once per process: the planner asks per cell."""
     return (os.path.exists("/dev/nvidiactl") or os.path.isdir("/proc/driver/nvidia")
             or shutil.which("nvidia-smi") is not None)
 
@@ -94,6 +100,18 @@ def device_present(kind: str) -> bool:
 def present_device_kinds(declared=("cpu", "cuda")) -> tuple[str, ...]:
     """The kinds among ``declared`` that this machine has."""
     return tuple(k for k in declared if device_present(k))
+
+
+def missing_module(requires) -> str | None:
+    """The first required module whose top-level package cannot be found, located without importing."""
+    for module in requires:
+        top = module.partition(".")[0]
+        try:
+            if importlib.util.find_spec(top) is None:
+                return module
+        except (ImportError, ValueError):  # a namespace or broken parent: as good as absent
+            return module
+    return None
 
 
 def declared_kinds(name: str) -> tuple[str, ...]:

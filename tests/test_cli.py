@@ -245,7 +245,7 @@ def test_list_answers_from_metadata_fast_without_importing_frameworks():
 
 
 def test_list_names_the_extra_for_a_missing_distribution():
-    from bnconform.listing import missing_module
+    from bnconform.selection import missing_module
 
     assert missing_module(("numpy", "no_such_framework_xyz.sub")) == "no_such_framework_xyz.sub"
     assert missing_module(("numpy",)) is None

@@ -3,9 +3,9 @@ of them the controller can settle itself without starting any backend process.
 
 A cell is *presettled* when its verdict follows from data the controller already has:
 
-* unavailable -- a distribution the adapter ``requires`` is not installed (looked up with
-  ``importlib.util.find_spec`` on the top-level module, which imports nothing), or the cell's
-  device is a GPU kind and this machine has no NVIDIA driver;
+* unavailable -- a distribution the adapter ``requires`` is not installed, or the cell's device
+  is a GPU kind and this machine has no NVIDIA driver (both answered by
+  :mod:`bnconform.selection`, which imports no framework);
 * unsupported -- the adapter class's declared ``capabilities`` cannot express the case
   (:func:`bnconform.capabilities.unsupported_reason`; adapter modules import no framework, so
   loading the class is cheap).
@@ -16,13 +16,11 @@ Every other cell travels to a host process, where the adapter's residual ``suppo
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.registry import known, load_class, resolve
+from ..selection import device_present, missing_module
 from ..validation import load_case
 from ..verdict import Verdict, cell_id
 
@@ -51,15 +49,6 @@ def case_files(root: Path, families=None) -> list[Path]:
 def discover_cases(root: Path, families=None) -> list:
     """Every case under ``root``, validated (raises CaseError on the first bad file)."""
     return [load_case(p) for p in case_files(root, families)]
-
-
-def select_adapters(backends=None, adhoc=(), all_by_default: bool = True) -> list[str]:
-    """Registered names (all by default), checked, plus ad hoc module:Class paths."""
-    names = list(backends) if backends else (list(registered()) if all_by_default else [])
-    for name in [*names, *adhoc]:
-        if name not in registered():
-            resolve(name)  # raises RegistryError with the list of known names
-    return names + [a for a in adhoc if a not in names]
 
 
 @functools.lru_cache(maxsize=None)
@@ -100,25 +89,13 @@ def plan(cases, adapters, devices=None) -> list[Cell]:
 
 
 @functools.lru_cache(maxsize=None)
-def nvidia_gpu_present() -> bool:
-    """An NVIDIA driver is loaded (device node or proc entry) or its tool is on PATH."""
-    return any(os.path.exists(p) for p in ("/dev/nvidiactl", "/proc/driver/nvidia")) or bool(shutil.which("nvidia-smi"))
-
-
-@functools.lru_cache(maxsize=None)
 def missing_requirement(name: str) -> str | None:
     """Why the adapter cannot run here for lack of an installed module, without importing it."""
     cls = adapter_class(name)
-    for module in cls.requires if cls is not None else ():
-        top = module.partition(".")[0]
-        try:
-            found = importlib.util.find_spec(top) is not None
-        except (ImportError, ValueError):
-            found = False
-        if not found:
-            return f"{module} is not installed" + (f"; install it with: pip install 'bnconform[{cls.extra}]'"
-                                                   if cls.extra else "")
-    return None
+    module = missing_module(cls.requires) if cls is not None else None
+    if module is None:
+        return None
+    return f"{module} is not installed" + (f"; install it with: pip install 'bnconform[{cls.extra}]'" if cls.extra else "")
 
 
 def presettle(cell: Cell, case=None) -> Verdict | None:
@@ -133,7 +110,7 @@ def presettle(cell: Cell, case=None) -> Verdict | None:
     missing = missing_requirement(cell.adapter)
     if missing:
         return Verdict(**base, status="unavailable", detail=missing)
-    if cell.device != "cpu" and not nvidia_gpu_present():
+    if not device_present(cell.device):
         return Verdict(**base, status="unavailable", detail=f"device {cell.device!r} not present here (no NVIDIA GPU)")
     from ..capabilities import unsupported_reason
 
