@@ -35,7 +35,8 @@ from typing import Callable
 import numpy as np
 
 from ...dtypes import numpy_dtype
-from .common import tf, tf_device_scope, to_tf_dtype
+from ..base import Adapter
+from .common import tf, tf_device_scope, tf_devices, to_tf_dtype
 
 # Canonical state names -> the names the layers give their variables.
 VARIABLE_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -221,3 +222,33 @@ def decay_feed(case, keras_fused: bool) -> DecayFeed:
     if case.config.param_dtype == "float64":
         return DecayFeed(None, decay)
     return DecayFeed("float32" if keras_fused else "float64")
+
+
+class GraphLayerAdapter(Adapter):
+    """A TF1 layer adapter: one cached :class:`GraphLayer` per configuration, every case fed to it.
+
+    A subclass sets three functions of its module as static methods: ``graph_key(case, device)``
+    (every knob the graph bakes in), ``build_graph(case, device)`` (the GraphLayer) and
+    ``takes_fused_path(case)`` (the path its capability table assumes). A built graph on the
+    other path raises: the case would be judged under the wrong running-variance convention.
+    """
+
+    extra = "tensorflow"
+    device_kinds = ("cpu", "cuda")
+    environment = {"TF_USE_LEGACY_KERAS": "1"}  # the v1 layers live in tf_keras on TensorFlow >= 2.16
+    graph_key: Callable
+    build_graph: Callable
+    takes_fused_path: Callable
+
+    def __init__(self):
+        self._cache = GraphCache()
+
+    def devices(self):
+        return tf_devices()
+
+    def run(self, case, device):
+        layer = self._cache.get(self.graph_key(case, device), lambda: self.build_graph(case, device))
+        if layer.built.fused != self.takes_fused_path(case):
+            raise RuntimeError(f"Expected: fused path {self.takes_fused_path(case)} (adapter's rule). "
+                               f"Received: fused kernel in graph {layer.built.fused}")
+        return run_case(layer, case)

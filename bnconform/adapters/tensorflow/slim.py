@@ -49,7 +49,7 @@ from ...selectors import squares_overflow, updates_on_empty_batch, where
 from . import graph as g
 from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, float64_decay_rounds, rounded_decay_variant,
                      signature_default)
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches
+from ..base import Deviation, MatchesVariant, Mismatches
 
 _API = "tf_slim.layers.batch_norm"
 _SOURCE = ("https://github.com/google-research/tf-slim/blob/33b354461522ad9ffc425695553afaa2f27b93bd/"
@@ -157,60 +157,6 @@ def _probe_error() -> str | None:
     return None
 
 
-class TfSlimAdapter(Adapter):
-    """tf_slim.layers.batch_norm with explicit UPDATE_OPS, one cached graph per configuration."""
-
-    name = "tf_slim"
-    framework = "tf-slim"
-    extra = "tensorflow"
-    requires = ("tensorflow", "tf_keras", "tf_slim")
-    device_kinds = ("cpu", "cuda")
-    environment = {"TF_USE_LEGACY_KERAS": "1"}
-    deviations = DEVIATIONS
-    capabilities = SLIM_CAPABILITIES
-    decay_parameter = ("decay", "old")
-    notes = "TF1 graph mode; UPDATE_OPS run per step; fused=None except float64 (fused=False)"
-
-    def __init__(self):
-        self._cache = None
-
-    def unavailable_reason(self):
-        reason = super().unavailable_reason()
-        if reason:
-            return reason
-        self._prepare()
-        error = _probe_error()
-        if error:
-            from .common import tf
-
-            return (f"tf-slim {self.framework_version()} fails on tensorflow {tf().__version__}: {error} "
-                    f"(no newer tf-slim release)")
-        return None
-
-    def _prepare(self):
-        """Hook for the compat subclass; the plain adapter runs tf-slim exactly as installed."""
-
-    def devices(self):
-        from .common import tf_devices
-
-        return tf_devices()
-
-    def framework_defaults(self):
-        """``decay`` and ``epsilon`` from the signature of tf_slim.layers.batch_norm."""
-        import tf_slim
-
-        function = tf_slim.layers.batch_norm
-        return {"decay_parameter": signature_default(function, "decay"), "epsilon": signature_default(function, "epsilon")}
-
-    def run(self, case, device):
-        self._cache = self._cache or g.GraphCache()
-        layer = self._cache.get(_graph_key(case, device), lambda: _build_graph(case, device))
-        if layer.built.fused != takes_fused_path(case):
-            raise RuntimeError(f"Expected: fused path {takes_fused_path(case)} (adapter's rule). "
-                               f"Received: fused kernel in graph {layer.built.fused}")
-        return g.run_case(layer, case)
-
-
 def _graph_key(case, device):
     """Every knob the graph bakes in; the decay only where it cannot be fed exactly."""
     c = case.config
@@ -251,6 +197,43 @@ def _build_graph(case, device, feed: g.DecayFeed | None = None):
 
     return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device,
                         feed or _decay_feed(case))
+
+
+class TfSlimAdapter(g.GraphLayerAdapter):
+    """tf_slim.layers.batch_norm with explicit UPDATE_OPS, one cached graph per configuration."""
+
+    name = "tf_slim"
+    framework = "tf-slim"
+    requires = ("tensorflow", "tf_keras", "tf_slim")
+    deviations = DEVIATIONS
+    capabilities = SLIM_CAPABILITIES
+    decay_parameter = ("decay", "old")
+    graph_key, build_graph = staticmethod(_graph_key), staticmethod(_build_graph)
+    takes_fused_path = staticmethod(takes_fused_path)
+    notes = "TF1 graph mode; UPDATE_OPS run per step; fused=None except float64 (fused=False)"
+
+    def unavailable_reason(self):
+        reason = super().unavailable_reason()
+        if reason:
+            return reason
+        self._prepare()
+        error = _probe_error()
+        if error:
+            from .common import tf
+
+            return (f"tf-slim {self.framework_version()} fails on tensorflow {tf().__version__}: {error} "
+                    f"(no newer tf-slim release)")
+        return None
+
+    def _prepare(self):
+        """Hook for the compat subclass; the plain adapter runs tf-slim exactly as installed."""
+
+    def framework_defaults(self):
+        """``decay`` and ``epsilon`` from the signature of tf_slim.layers.batch_norm."""
+        import tf_slim
+
+        function = tf_slim.layers.batch_norm
+        return {"decay_parameter": signature_default(function, "decay"), "epsilon": signature_default(function, "epsilon")}
 
 
 class TfSlimCompatAdapter(TfSlimAdapter):

@@ -34,7 +34,7 @@ from ...selectors import squares_overflow, updates_on_empty_batch, where
 from . import graph as g
 from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, float64_decay_rounds, rounded_decay_variant,
                      signature_default)
-from ..base import Adapter, Deviation, MatchesVariant, Mismatches
+from ..base import Deviation, MatchesVariant, Mismatches
 
 _API = "tf.compat.v1.layers.batch_normalization"
 # tf-keras source of the layer (fused path, _assign_moving_average, zero-size TODO).
@@ -89,45 +89,6 @@ FLOAT64_DECAY_ROUNDED = Deviation(
 DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED)
 
 
-class TfV1LayersAdapter(Adapter):
-    """tf.compat.v1.layers.batch_normalization, one cached graph + session per configuration."""
-
-    name = "tf.v1.layers"
-    framework = "tensorflow"
-    extra = "tensorflow"
-    requires = ("tensorflow", "tf_keras")
-    device_kinds = ("cpu", "cuda")
-    environment = {"TF_USE_LEGACY_KERAS": "1"}
-    deviations = DEVIATIONS
-    capabilities = V1_CAPABILITIES
-    decay_parameter = ("momentum", "old")
-    notes = "TF1 graph mode (TF_USE_LEGACY_KERAS=1, tf_keras); update ops run explicitly per step"
-
-    def __init__(self):
-        self._cache = None
-
-    def devices(self):
-        from .common import tf_devices
-
-        return tf_devices()
-
-    def framework_defaults(self):
-        """``momentum`` and ``epsilon`` from the signature of tf.compat.v1.layers.batch_normalization."""
-        from .common import tf
-
-        function = tf().compat.v1.layers.batch_normalization
-        return {"decay_parameter": signature_default(function, "momentum"),
-                "epsilon": signature_default(function, "epsilon")}
-
-    def run(self, case, device):
-        self._cache = self._cache or g.GraphCache()
-        layer = self._cache.get(_graph_key(case, device), lambda: _build_graph(case, device))
-        if layer.built.fused != takes_fused_path(case):
-            raise RuntimeError(f"Expected: fused path {takes_fused_path(case)} (adapter's rule). "
-                               f"Received: fused kernel in graph {layer.built.fused}")
-        return g.run_case(layer, case)
-
-
 def _graph_key(case, device):
     """Every knob the graph bakes in; the decay only where it cannot be fed exactly."""
     c = case.config
@@ -158,3 +119,25 @@ def _build_graph(case, device, feed: g.DecayFeed | None = None):
 
     return g.GraphLayer(build, c.input_dtype, case.rank, c.channel_axis, case.channels, device,
                         feed or _decay_feed(case))
+
+
+class TfV1LayersAdapter(g.GraphLayerAdapter):
+    """tf.compat.v1.layers.batch_normalization, one cached graph + session per configuration."""
+
+    name = "tf.v1.layers"
+    framework = "tensorflow"
+    requires = ("tensorflow", "tf_keras")
+    deviations = DEVIATIONS
+    capabilities = V1_CAPABILITIES
+    decay_parameter = ("momentum", "old")
+    graph_key, build_graph = staticmethod(_graph_key), staticmethod(_build_graph)
+    takes_fused_path = staticmethod(takes_fused_path)
+    notes = "TF1 graph mode (TF_USE_LEGACY_KERAS=1, tf_keras); update ops run explicitly per step"
+
+    def framework_defaults(self):
+        """``momentum`` and ``epsilon`` from the signature of tf.compat.v1.layers.batch_normalization."""
+        from .common import tf
+
+        function = tf().compat.v1.layers.batch_normalization
+        return {"decay_parameter": signature_default(function, "momentum"),
+                "epsilon": signature_default(function, "epsilon")}
