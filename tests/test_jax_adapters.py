@@ -12,8 +12,8 @@ import pytest
 pytest.importorskip("jax")
 pytest.importorskip("flax")
 
-from bnconform.adapters.jax.common import jax_device  # noqa: E402
-from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter, build_variables  # noqa: E402
+from bnconform.adapters.jax.common import flax_state, jax_device  # noqa: E402
+from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter  # noqa: E402
 from bnconform.judge import judge  # noqa: E402
 from bnconform.validation import load_case  # noqa: E402
 
@@ -35,10 +35,10 @@ def test_importing_the_adapter_modules_does_not_import_jax():
 
 def test_flax_variables_hold_the_case_parameters_and_statistics():
     case = _case("formulas/scale_on_center_off_train")
-    variables = build_variables(case, jax_device("cpu"))
-    np.testing.assert_array_equal(np.asarray(variables["params"]["scale"]), case.initial_state.gamma)
-    assert "bias" not in variables["params"]  # center=False: flax must not see a bias at all
-    np.testing.assert_array_equal(np.asarray(variables["batch_stats"]["var"]), case.initial_state.running_var)
+    params, stats = flax_state(case, jax_device("cpu"))
+    np.testing.assert_array_equal(np.asarray(params["scale"]), case.initial_state.gamma)
+    assert "bias" not in params  # center=False: flax must not see a bias at all
+    np.testing.assert_array_equal(np.asarray(stats["var"]), case.initial_state.running_var)
 
 
 def test_float64_case_runs_in_float64():

@@ -14,7 +14,8 @@ Each case crosses the host/device boundary once each way (:func:`put_state`, :fu
 :func:`fetch`): the steps run back to back on the device and are read after the last one.
 
 Capabilities and deviations that several of these adapters share live here too:
-``JAX_CAPABILITIES`` (each adapter narrows it) and the flax statistics findings.
+``JAX_CAPABILITIES`` (each adapter narrows it) and the flax statistics findings, with the flax
+state layout and step loop that linen and nnx share (:func:`flax_state`, :func:`run_flax_steps`).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 from ...capabilities import Capabilities
 from ...dtypes import numpy_dtype
 from ...model import Case
-from ...selectors import squares_overflow, updates_on_empty_batch
+from ...selectors import mean_far_from_spread, squares_overflow, updates_on_empty_batch
 from ..base import Adapter, Deviation, Mismatches
 
 X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1"}
@@ -165,3 +166,40 @@ FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
                 "corrupted state (the model keeps the state unchanged for N == 0)",
     link=FLAX_NORMALIZATION_SOURCE,
 )
+
+
+def fast_variance_cancels(name: str, explanation: str, link: str) -> Deviation:
+    """flax's ``use_fast_variance=True`` finding (linen and nnx share _compute_stats): Var = E[x^2] -
+    E[x]^2 loses the digits E[x^2] and E[x]^2 share once |mean| is over 50 x the spread (constant
+    channels are exact: the clamp at 0 absorbs the rounding)."""
+    return Deviation(
+        name=name, kind="precision", applies=mean_far_from_spread(50, constant=False),
+        behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
+        explanation=explanation, link=link)
+
+
+def flax_state(case: Case, device) -> tuple[dict, dict]:
+    """(params, running statistics) as flax names them: ``scale`` / ``bias`` for the affine parts
+    the config uses, ``mean`` / ``var`` for the running statistics; on the device."""
+    state = put_state(case, device)
+    params = {}
+    if case.config.scale:
+        params["scale"] = state["gamma"]
+    if case.config.center:
+        params["bias"] = state["beta"]
+    return params, {"mean": state["running_mean"], "var": state["running_var"]}
+
+
+def run_flax_steps(step_fn: Callable, case: Case, device: str) -> list[dict]:
+    """Run the case through ``step_fn(params, stats, x, training, momentum, epsilon) -> (y, stats
+    after)``, keeping the returned statistics only where a step updates (flax is functional:
+    discarding them is how a training step without an update is expressed)."""
+    where, config = jax_device(device), case.config
+    params, stats = flax_state(case, where)
+    decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
+    results = []
+    for step, x in zip(case.steps, put_inputs(case, where)):
+        y, after = step_fn(params, stats, x, step.is_training, decay, epsilon)
+        stats = after if step.update_running_stats else stats
+        results.append({"y": y, "running_mean": stats["mean"], "running_var": stats["var"]})
+    return fetch(results)

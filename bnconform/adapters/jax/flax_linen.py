@@ -31,11 +31,9 @@ from __future__ import annotations
 
 import functools
 
-from ...selectors import mean_far_from_spread
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
-                     JAX_CAPABILITIES, JaxAdapter, JitCache, dataclass_defaults, fetch, jax_device, load_jax,
-                     put_inputs, put_state)
-from ..base import Deviation, Mismatches
+                     JAX_CAPABILITIES, JaxAdapter, JitCache, dataclass_defaults, fast_variance_cancels, load_jax,
+                     run_flax_steps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,10 +45,10 @@ def load_linen():
 
 
 def build_step(axis: int, use_scale: bool, use_bias: bool, use_fast_variance: bool):
-    """A pure step: (variables, x, training, momentum, epsilon) -> (y, batch_stats after)."""
+    """A pure step: (params, batch_stats, x, training, momentum, epsilon) -> (y, batch_stats after)."""
     jax, nn = load_jax(), load_linen()
 
-    def step(variables, x, training, momentum, epsilon):
+    def step(params, stats, x, training, momentum, epsilon):
         layer = nn.BatchNorm(axis=axis, momentum=momentum, epsilon=epsilon, use_scale=use_scale,
                              use_bias=use_bias, use_fast_variance=use_fast_variance)
 
@@ -61,35 +59,18 @@ def build_step(axis: int, use_scale: bool, use_bias: bool, use_fast_variance: bo
         def infer(v):
             return layer.apply(v, x, use_running_average=True), v["batch_stats"]
 
-        return jax.lax.cond(training, train, infer, variables)
+        return jax.lax.cond(training, train, infer, {"params": params, "batch_stats": stats})
 
     return step
 
 
-def build_variables(case, device) -> dict:
-    """The flax variable tree holding the case's parameters and running statistics."""
-    state = put_state(case, device)
-    params = {}
-    if case.config.scale:
-        params["scale"] = state["gamma"]
-    if case.config.center:
-        params["bias"] = state["beta"]
-    return {"params": params, "batch_stats": {"mean": state["running_mean"], "var": state["running_var"]}}
-
-
-# A non-constant batch whose |mean| is over 50 x its spread: E[x^2] and E[x]^2 share their leading
-# digits (constant channels are exact: the clamp at 0 absorbs the rounding).
 # The cells: 1e4 + N(0,1) in float32, 1e8 + N(0,1) in float64 and the N=2 batches at ratio ~100.
-FAST_VARIANCE_CANCELS = Deviation(
-    name="flax-fast-variance-cancellation",
-    kind="precision",
-    applies=mean_far_from_spread(50, constant=False),
-    behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
-    explanation="use_fast_variance=True (the default) computes max(0, E[x^2] - E[x]^2): for 1e4 + N(0,1) "
-                "in float32 y is off by up to 362 (|y| ~ 1), for 1e8 + N(0,1) in float64 by up to 992, and "
-                "N=2 float32 batches by ~2.4e3 ulp; use_fast_variance=False passes them",
-    link=FLAX_NORMALIZATION_SOURCE,
-)
+FAST_VARIANCE_CANCELS = fast_variance_cancels(
+    "flax-fast-variance-cancellation",
+    "use_fast_variance=True (the default) computes max(0, E[x^2] - E[x]^2): for 1e4 + N(0,1) in float32 y is "
+    "off by up to 362 (|y| ~ 1), for 1e8 + N(0,1) in float64 by up to 992, and N=2 float32 batches by ~2.4e3 "
+    "ulp; use_fast_variance=False passes them",
+    FLAX_NORMALIZATION_SOURCE)
 
 
 class FlaxLinenAdapter(JaxAdapter):
@@ -112,18 +93,9 @@ class FlaxLinenAdapter(JaxAdapter):
         return dataclass_defaults(load_linen().BatchNorm, "momentum", "epsilon")
 
     def run(self, case, device):
-        config, where = case.config, jax_device(device)
+        config = case.config
         step_fn = self._steps.get(config.channel_axis, config.scale, config.center, self.use_fast_variance)
-        variables = build_variables(case, where)
-        decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
-        results = []
-        for step, x in zip(case.steps, put_inputs(case, where)):
-            y, batch_stats = step_fn(variables, x, step.is_training, decay, epsilon)
-            if step.update_running_stats:
-                variables = {**variables, "batch_stats": batch_stats}
-            results.append({"y": y, "running_mean": variables["batch_stats"]["mean"],
-                            "running_var": variables["batch_stats"]["var"]})
-        return fetch(results)
+        return run_flax_steps(step_fn, case, device)
 
 
 class FlaxLinenExactVarianceAdapter(FlaxLinenAdapter):

@@ -28,10 +28,8 @@ from __future__ import annotations
 import functools
 
 from ...dtypes import numpy_dtype
-from ...selectors import mean_far_from_spread
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, JAX_CAPABILITIES,
-                     JaxAdapter, JitCache, fetch, jax_device, load_jax, put_inputs, put_state, signature_defaults)
-from ..base import Deviation, Mismatches
+                     JaxAdapter, JitCache, fast_variance_cancels, load_jax, run_flax_steps, signature_defaults)
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
 
@@ -71,27 +69,12 @@ def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str):
     return step
 
 
-def build_params(case, device) -> tuple[dict, dict]:
-    """The scale / bias values (those the config uses) and the running statistics of the case."""
-    state = put_state(case, device)
-    params = {}
-    if case.config.scale:
-        params["scale"] = state["gamma"]
-    if case.config.center:
-        params["bias"] = state["beta"]
-    return params, {"mean": state["running_mean"], "var": state["running_var"]}
-
-
-NNX_FAST_VARIANCE_CANCELS = Deviation(
-    name="nnx-fast-variance-cancellation",
-    kind="precision",
-    applies=mean_far_from_spread(50, constant=False),
-    behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
-    explanation="nnx.BatchNorm defaults to use_fast_variance=True ('faster, but less numerically stable'): "
-                "max(0, E[x^2] - E[x]^2) loses every digit for 1e4 + N(0,1) in float32 and 1e8 + N(0,1) "
-                "in float64, and ~2.4e3 ulp on N=2 float32 batches (|mean| ~100 x spread)",
-    link=NNX_NORMALIZATION_DOCS,
-)
+NNX_FAST_VARIANCE_CANCELS = fast_variance_cancels(
+    "nnx-fast-variance-cancellation",
+    "nnx.BatchNorm defaults to use_fast_variance=True ('faster, but less numerically stable'): "
+    "max(0, E[x^2] - E[x]^2) loses every digit for 1e4 + N(0,1) in float32 and 1e8 + N(0,1) "
+    "in float64, and ~2.4e3 ulp on N=2 float32 batches (|mean| ~100 x spread)",
+    NNX_NORMALIZATION_DOCS)
 
 
 class FlaxNnxAdapter(JaxAdapter):
@@ -113,14 +96,6 @@ class FlaxNnxAdapter(JaxAdapter):
         return signature_defaults(load_nnx().BatchNorm.__init__, "momentum", "epsilon")
 
     def run(self, case, device):
-        config, where = case.config, jax_device(device)
+        config = case.config
         step_fn = self._steps.get(config.channel_axis, config.scale, config.center, config.param_dtype)
-        params, stats = build_params(case, where)
-        decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
-        results = []
-        for step, x in zip(case.steps, put_inputs(case, where)):
-            y, stats_after = step_fn(params, stats, x, step.is_training, decay, epsilon)
-            if step.update_running_stats:
-                stats = stats_after
-            results.append({"y": y, "running_mean": stats["mean"], "running_var": stats["var"]})
-        return fetch(results)
+        return run_flax_steps(step_fn, case, device)
