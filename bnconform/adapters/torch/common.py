@@ -12,6 +12,8 @@
 - ``TORCH_CAPABILITIES``           -> what both APIs express (same F.batch_norm kernel); each
   adapter narrows it (``dataclasses.replace``).
 - ``shared_deviations(...)``       -> the deviations both adapters show (same F.batch_norm code).
+- ``TorchAdapter``                 -> the class attributes and devices() both adapters share.
+- ``state_tensors(case, device)``  -> the case's initial gamma, beta and running statistics as tensors.
 
 Importing this module does not import torch.
 """
@@ -25,7 +27,7 @@ import numpy as np
 
 from ...capabilities import Capabilities
 from ...selectors import epsilon_zero, squares_overflow, training_step
-from ..base import Deviation, Mismatches, Raises
+from ..base import Adapter, Deviation, Mismatches, Raises
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
 # Cases hold at most a few hundred values, below torch's parallel grain size, so the intra-op
@@ -89,6 +91,14 @@ def to_tensor(array, dtype_name: str, device: str):
         values = values.astype(np.float32)
     tensor = torch().tensor(values, device=torch_device(device))
     return tensor.to(torch_dtype(dtype_name))
+
+
+def state_tensors(case, device: str) -> dict:
+    """gamma, beta, running_mean and running_var of the case's initial state, as tensors in the
+    param dtype on the device."""
+    state, dtype = case.initial_state, case.config.param_dtype
+    return {name: to_tensor(getattr(state, name), dtype, device)
+            for name in ("gamma", "beta", "running_mean", "running_var")}
 
 
 def to_numpy(tensor) -> np.ndarray:
@@ -157,3 +167,18 @@ def signature_defaults(function) -> dict[str, float | None]:
 
     parameters = inspect.signature(function).parameters
     return {"decay_parameter": parameters["momentum"].default, "epsilon": parameters["eps"].default}
+
+
+class TorchAdapter(Adapter):
+    """What torch.nn and torch.functional share: the torch distribution, CPU plus both CUDA flavours,
+    one intra-op thread, and ``momentum`` weighing the new batch (momentum = 1 - decay)."""
+
+    framework = "torch"
+    extra = "torch"
+    requires = ("torch",)
+    device_kinds = DEVICE_KINDS
+    environment = ENVIRONMENT
+    decay_parameter = ("momentum", "new")
+
+    def devices(self) -> list[str]:
+        return torch_devices()

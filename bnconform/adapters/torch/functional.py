@@ -28,29 +28,19 @@ from dataclasses import replace
 
 from ... import model
 from .common import (
-    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations, signature_defaults,
-    to_channels_first, to_numpy, to_tensor, torch, torch_devices,
+    TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, shared_deviations, signature_defaults,
+    state_tensors, to_channels_first, to_numpy, to_tensor, torch,
 )
-from ..base import Adapter
 
 
-class TorchFunctionalAdapter(Adapter):
+class TorchFunctionalAdapter(TorchAdapter):
     """Calls F.batch_norm per step; running statistics are tensors it updates in place."""
 
     name = "torch.functional"
-    framework = "torch"
-    extra = "torch"
-    requires = ("torch",)
-    device_kinds = DEVICE_KINDS
-    environment = ENVIRONMENT
-    decay_parameter = ("momentum", "new")
     notes = ("F.batch_norm; batch stats without update via running_mean=None; channels-last and other "
              "channel axes by moving the axis to 1 and back; 'cuda-nocudnn' = cuda with cuDNN disabled")
     deviations = shared_deviations("F.batch_norm")
     capabilities = replace(TORCH_CAPABILITIES, running_rules=frozenset({"ema"}))
-
-    def devices(self) -> list[str]:
-        return torch_devices()
 
     def framework_defaults(self):
         return signature_defaults(torch().nn.functional.batch_norm)
@@ -77,8 +67,7 @@ class _Params:
     """The case's initial weight/bias (None where scale/center is off) and running-stat tensors."""
 
     def __init__(self, case: model.Case, device: str):
-        config, state, dtype = case.config, case.initial_state, case.config.param_dtype
-        self.weight = to_tensor(state.gamma, dtype, device) if config.scale else None
-        self.bias = to_tensor(state.beta, dtype, device) if config.center else None
-        self.running_mean = to_tensor(state.running_mean, dtype, device)
-        self.running_var = to_tensor(state.running_var, dtype, device)
+        config, tensors = case.config, state_tensors(case, device)
+        self.weight = tensors["gamma"] if config.scale else None
+        self.bias = tensors["beta"] if config.center else None
+        self.running_mean, self.running_var = tensors["running_mean"], tensors["running_var"]

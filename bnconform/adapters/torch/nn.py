@@ -30,10 +30,10 @@ from dataclasses import replace
 from ... import model
 from ...selectors import training_step, updates_on_empty_batch, where
 from .common import (
-    DEVICE_KINDS, ENVIRONMENT, TORCH_CAPABILITIES, device_context, from_channels_first, shared_deviations, signature_defaults,
-    to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_devices, torch_dtype,
+    TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, shared_deviations, signature_defaults,
+    state_tensors, to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_dtype,
 )
-from ..base import Adapter, Deviation, Mismatches
+from ..base import Deviation, Mismatches
 
 _MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 _SOURCE_FORWARD = "https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/batchnorm.py"
@@ -59,16 +59,10 @@ def momentum_for(config: model.Config) -> float | None:
     return None if rs.rule == "cumulative" else 1.0 - rs.decay
 
 
-class TorchModuleAdapter(Adapter):
+class TorchModuleAdapter(TorchAdapter):
     """Runs each case through a cached nn.BatchNorm{1,2,3}d, reset to the case's initial state."""
 
     name = "torch.nn"
-    framework = "torch"
-    extra = "torch"
-    requires = ("torch",)
-    device_kinds = DEVICE_KINDS
-    environment = ENVIRONMENT
-    decay_parameter = ("momentum", "new")
     notes = ("nn.BatchNorm1d/2d/3d with train()/eval(); channels-last and other channel axes run by "
              "moving the axis to 1 and back; 'cuda-nocudnn' = cuda with torch.backends.cudnn disabled")
     deviations = shared_deviations("nn.BatchNorm") + (
@@ -98,9 +92,6 @@ class TorchModuleAdapter(Adapter):
     def __init__(self):
         self._modules = {}
 
-    def devices(self) -> list[str]:
-        return torch_devices()
-
     def framework_defaults(self):
         return signature_defaults(torch().nn.BatchNorm2d.__init__)
 
@@ -124,13 +115,13 @@ class TorchModuleAdapter(Adapter):
 
     def _reset(self, module, case: model.Case, device: str) -> None:
         """Load gamma, beta, running stats and num_batches_tracked from the case's initial state."""
-        state, dtype = case.initial_state, case.config.param_dtype
+        tensors = state_tensors(case, device)
         if module.affine:
-            module.weight.copy_(to_tensor(state.gamma, dtype, device))
-            module.bias.copy_(to_tensor(state.beta, dtype, device))
-        module.running_mean.copy_(to_tensor(state.running_mean, dtype, device))
-        module.running_var.copy_(to_tensor(state.running_var, dtype, device))
-        module.num_batches_tracked.fill_(state.num_updates)
+            module.weight.copy_(tensors["gamma"])
+            module.bias.copy_(tensors["beta"])
+        module.running_mean.copy_(tensors["running_mean"])
+        module.running_var.copy_(tensors["running_var"])
+        module.num_batches_tracked.fill_(case.initial_state.num_updates)
 
     def _step(self, module, case: model.Case, step: model.Step, device: str) -> dict:
         axis = case.config.channel_axis
