@@ -168,6 +168,16 @@ FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
 )
 
 
+class FlaxAdapter(JaxAdapter):
+    """What flax.linen and flax.nnx share: the flax distribution, ``JAX_CAPABILITIES`` as they are
+    (flax has no Bessel, zero-debias or schedule option), and ``momentum`` weighing the old statistic."""
+
+    framework = "flax"
+    requires = ("jax", "flax")
+    capabilities = JAX_CAPABILITIES
+    decay_parameter = ("momentum", "old")
+
+
 def fast_variance_cancels(name: str, explanation: str, link: str) -> Deviation:
     """flax's ``use_fast_variance=True`` finding (linen and nnx share _compute_stats): Var = E[x^2] -
     E[x]^2 loses the digits E[x^2] and E[x]^2 share once |mean| is over 50 x the spread (constant

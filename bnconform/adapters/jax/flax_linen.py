@@ -32,7 +32,7 @@ from __future__ import annotations
 import functools
 
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
-                     JAX_CAPABILITIES, JaxAdapter, JitCache, dataclass_defaults, fast_variance_cancels, load_jax,
+                     FlaxAdapter, JitCache, dataclass_defaults, fast_variance_cancels, load_jax,
                      run_flax_steps)
 
 
@@ -73,15 +73,11 @@ FAST_VARIANCE_CANCELS = fast_variance_cancels(
     FLAX_NORMALIZATION_SOURCE)
 
 
-class FlaxLinenAdapter(JaxAdapter):
+class FlaxLinenAdapter(FlaxAdapter):
     """flax.linen.BatchNorm with its defaults (use_fast_variance=True)."""
 
     name = "flax.linen"
-    framework = "flax"
-    requires = ("jax", "flax")
     use_fast_variance = True
-    capabilities = JAX_CAPABILITIES
-    decay_parameter = ("momentum", "old")
     deviations = (FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
     notes = ("variables built from the case, no init; training without update discards the "
              "returned batch_stats; use_fast_variance=True (flax default)")

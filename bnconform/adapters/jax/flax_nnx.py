@@ -28,8 +28,8 @@ from __future__ import annotations
 import functools
 
 from ...dtypes import numpy_dtype
-from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, JAX_CAPABILITIES,
-                     JaxAdapter, JitCache, fast_variance_cancels, load_jax, run_flax_steps, signature_defaults)
+from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FlaxAdapter,
+                     JitCache, fast_variance_cancels, load_jax, run_flax_steps, signature_defaults)
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
 
@@ -77,14 +77,10 @@ NNX_FAST_VARIANCE_CANCELS = fast_variance_cancels(
     NNX_NORMALIZATION_DOCS)
 
 
-class FlaxNnxAdapter(JaxAdapter):
+class FlaxNnxAdapter(FlaxAdapter):
     """flax.nnx.BatchNorm with its defaults (use_fast_variance=True)."""
 
     name = "flax.nnx"
-    framework = "flax"
-    requires = ("jax", "flax")
-    capabilities = JAX_CAPABILITIES
-    decay_parameter = ("momentum", "old")
     deviations = (NNX_FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
     notes = ("layer built in a jitted step with Params/BatchStats set from the case; training without "
              "update keeps the old BatchStats; use_fast_variance=True (default)")
