@@ -6,7 +6,8 @@ excluded: the clock runs around ``adapter.run`` only).
 * the import floor: each backend's cold import (a fresh host process serving only it, timed
   from start to its first answer, one backend at a time) summed, divided by the worker count --
   the wall time a perfect schedule would need if every backend paid its own import;
-* the matrix wall time of ``pytest -n auto cases`` and its ratio to that floor;
+* the matrix wall time of ``pytest -n auto cases``, and of the whole ``pytest -n auto`` (unit
+  tests plus the matrix, what CI runs), each with its ratio to that floor;
 * the five backends with the largest import + cell time, and every adapter's ``speed_note``.
 
 Figures, not assertions: these machines are noisy.
@@ -53,12 +54,13 @@ def cold_import_seconds(name: str) -> float:
         host.close()
 
 
-def _matrix_wall(names, all_selected: bool) -> tuple[float, list, str]:
-    """(wall seconds of `pytest -n auto cases`, its verdicts, its last output line)."""
+def _matrix_wall(names, all_selected: bool, paths=("cases",)) -> tuple[float, list, str]:
+    """(wall seconds of `pytest -n auto PATHS`, its verdicts, its last output line); no paths = the
+    whole suite as pytest's testpaths define it."""
     from . import results
 
     reports = Path(tempfile.mkdtemp(prefix="bnconform-bench-"))
-    command = [sys.executable, "-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider", "cases",
+    command = [sys.executable, "-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider", *paths,
                "--bn-reports", str(reports)] + ([] if all_selected else [f"--bn-backend={n}" for n in names])
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -81,10 +83,14 @@ def matrix_report(names, workers: int) -> list[str]:
     cells = {}
     for v in verdicts:
         cells[v.adapter] = cells.get(v.adapter, 0.0) + v.seconds
+    suite_wall, _, suite_tail = _matrix_wall(names, list(names) == list(registered()), paths=())
+    ratio = (lambda seconds: f"{seconds / floor:.2f}" if floor else "nan")
     lines = [f"import floor: {sum(imports.values()):.1f} s of cold imports over {len(imports)} backends / "
              f"{workers} workers = {floor:.1f} s",
              f"matrix wall time (pytest -n auto cases): {wall:.1f} s  ({tail})",
-             f"ratio wall / floor: {wall / floor if floor else float('nan'):.2f}",
+             f"ratio matrix wall / floor: {ratio(wall)}",
+             f"whole suite wall time (pytest -n auto: unit tests + matrix): {suite_wall:.1f} s  ({suite_tail})",
+             f"ratio suite wall / floor: {ratio(suite_wall)}",
              "top 5 backends by import + cell seconds:"]
     totals = {n: imports.get(n, 0.0) + cells.get(adapter_class(n).name if adapter_class(n) else n, 0.0) for n in names}
     for name, total in sorted(totals.items(), key=lambda kv: -kv[1])[:5]:

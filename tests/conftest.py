@@ -4,3 +4,14 @@ from pathlib import Path
 # The faulty adapters are importable both here and in worker processes (via PYTHONPATH).
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+
+
+def requires(*modules: str):
+    """Skip a test module when a framework is not installed, WITHOUT importing it: collection in
+    every xdist worker stays cheap, and only the worker that runs these tests pays the import."""
+    import importlib.util
+
+    import pytest
+
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    return pytest.mark.skipif(bool(missing), reason=f"not installed: {', '.join(missing)}")

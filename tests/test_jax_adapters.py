@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requires
 
-pytest.importorskip("jax")
-pytest.importorskip("flax")
+pytestmark = requires("jax", "flax")
 
 from bnconform.adapters.jax.common import flax_state, jax_device  # noqa: E402
 from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter  # noqa: E402

@@ -14,8 +14,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import requires
 
-pytest.importorskip("tensorflow")
+pytestmark = requires("tensorflow")
 
 from bnconform.adapters.base import variant  # noqa: E402
 from bnconform.adapters.tensorflow.ema import TfEmaAdapter  # noqa: E402

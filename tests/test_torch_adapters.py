@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import requires
 
-pytest.importorskip("torch")
+pytestmark = requires("torch")
 
 from bnconform.adapters.torch.common import from_channels_first, to_channels_first, to_tensor  # noqa: E402
 from bnconform.adapters.torch.functional import TorchFunctionalAdapter  # noqa: E402
