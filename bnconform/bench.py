@@ -61,7 +61,7 @@ def _matrix_wall(names, all_selected: bool, paths=("cases",)) -> tuple[float, li
 
     reports = Path(tempfile.mkdtemp(prefix="bnconform-bench-"))
     command = [sys.executable, "-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider", *paths,
-               "--bn-reports", str(reports)] + ([] if all_selected else [f"--bn-backend={n}" for n in names])
+               f"--bn-reports={reports}"] + ([] if all_selected else [f"--bn-backend={n}" for n in names])
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start

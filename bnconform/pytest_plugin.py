@@ -68,7 +68,7 @@ def _selection(config) -> dict:
         from .adapters.registry import RegistryError
         from .selection import select_backends, select_devices
 
-        root = Path(config.getoption("--bn-cases") or Path(config.rootpath) / "cases").resolve()
+        root = Path(config.getoption("--bn-cases") or _default_case_root(config)).resolve()
         if config.getoption("--bn-cases") and not root.is_dir():
             raise pytest.UsageError(f"--bn-cases: Expected: a directory of case families. Received: {root}")
         families = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
@@ -84,6 +84,16 @@ def _selection(config) -> dict:
         config.stash[_SELECTION] = {"root": root, "names": names, "devices": devices, "all_families": families,
                                     "families": config.getoption("--bn-family")}
     return config.stash[_SELECTION]
+
+
+def _default_case_root(config) -> Path:
+    """<rootdir>/cases; else <invocation dir>/cases. pytest takes the value of an option given as
+    `--bn-reports DIR` (DIR existing) for a path argument when it picks the rootdir, which then
+    lands in DIR without the project's configfile; the checkout's cases must still be found."""
+    for base in (Path(config.rootpath), Path(config.invocation_params.dir)):
+        if (base / "cases").is_dir():
+            return base / "cases"
+    return Path(config.rootpath) / "cases"
 
 
 def pytest_collect_file(file_path: Path, parent):
@@ -239,7 +249,7 @@ def _write_reports(config, verdict_dicts) -> Path:
     options = {k: config.getoption(f"--bn-{k}") for k in ("backend", "adapter", "device", "family")}
     document = results.build(verdicts, {}, {"via": "pytest", **{k: v for k, v in options.items() if v}},
                              selection["root"])
-    reports = Path(config.getoption("--bn-reports") or Path(config.rootpath) / "reports")
+    reports = Path(config.getoption("--bn-reports") or _default_case_root(config).parent / "reports")
     return write_reports(document, reports, _whole_matrix(config, verdicts), None)
 
 
@@ -250,7 +260,7 @@ def _whole_matrix(config, verdicts) -> bool:
     from .selection import is_whole_matrix
 
     selection = _selection(config)
-    if selection["root"] != (Path(config.rootpath) / "cases").resolve():
+    if selection["root"] != _default_case_root(config).resolve():
         return False
     if not is_whole_matrix(selection["names"], selection["families"], selection["devices"], selection["all_families"]):
         return False

@@ -74,3 +74,11 @@ def test_each_host_runs_on_one_xdist_worker(tmp_path):
             workers.setdefault(ran.group(3).replace("functional", "nn"), set()).add(ran.group(1))
     assert set(workers) == {"torch.nn", "numpy.oracle"}, result.stdout[-2000:]
     assert all(len(ran_on) == 1 for ran_on in workers.values()), workers
+
+
+def test_an_existing_reports_directory_as_option_value_keeps_the_matrix(tmp_path):
+    """pytest takes `--bn-reports DIR` (DIR existing) for a path when it picks the rootdir, which
+    then lands in DIR without the project's configfile; the case files must still be collected."""
+    listed = pytest_run("--collect-only", "-q", "--bn-backend", "numpy.oracle", "--bn-family", "degenerate",
+                        "--bn-reports", tmp_path)
+    assert "cases/degenerate/c1_rank2.json::numpy.oracle-cpu" in listed.stdout, listed.stdout[-1500:]
