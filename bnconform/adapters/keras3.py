@@ -63,6 +63,9 @@ import numpy as np
 
 from ..capabilities import Capabilities
 from ..model import Case
+from .jax.common import X64_ENVIRONMENT
+from .tensorflow.common import TF_ENVIRONMENT
+from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
 from ..selectors import case_in, input_dtype_in, squares_overflow, updates_on_empty_batch
 from .base import Adapter, Deviation, Mismatches
 from .tensorflow.keras_common import KERAS_DTYPES, layer_defaults
@@ -239,7 +242,7 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
     backend = "tensorflow"
     extra = "tensorflow"
     requires = ("tensorflow", "keras")
-    environment = {"KERAS_BACKEND": "tensorflow"}
+    environment = TF_ENVIRONMENT  # shares the TensorFlow adapters' host
     deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta"))
     notes = "Keras 3 layer on the TensorFlow backend, eager call; any channel axis natively"
     speed_note = ("~3-4 ms CPU per case: an eager call runs ~30 TF ops (~1-1.5 ms per step) and a new layer "
@@ -260,7 +263,7 @@ class Keras3JaxAdapter(_Keras3Adapter):
     extra = "jax"
     requires = ("jax", "keras")
     # float64 variables need jax_enable_x64 (else JAX stores them as float32 with a warning)
-    environment = {"KERAS_BACKEND": "jax", "JAX_ENABLE_X64": "1"}
+    environment = X64_ENVIRONMENT  # shares the JAX family's host
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"))
     notes = "Keras 3 layer on the JAX backend (JAX_ENABLE_X64=1), eager call; any channel axis natively"
     speed_note = ("~1.5 ms per case once compiled; its first-pass median (~75 ms CPU) is XLA compiling each "
@@ -283,7 +286,7 @@ class Keras3TorchAdapter(_Keras3Adapter):
     backend = "torch"
     extra = "torch"
     requires = ("torch", "keras")
-    environment = {"KERAS_BACKEND": "torch"}
+    environment = TORCH_ENVIRONMENT  # shares the torch adapters' host
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, TORCH_ONE_PASS_VARIANCE,
                   _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y NaN"))
     notes = "Keras 3 layer on the PyTorch backend, eager call; any channel axis natively"

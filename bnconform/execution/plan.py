@@ -133,14 +133,14 @@ def adapter_metadata(name: str) -> dict:
 
 
 def host_key(name: str) -> str:
-    """Which host process serves the adapter: adapters of one package with the same ``environment``
-    share one (the framework is imported once); ``isolated`` adapters and registered adapters whose
-    module is broken get their own. Reads like ``tensorflow`` or ``keras3[KERAS_BACKEND=jax]``."""
+    """Which host process serves the adapter: adapters of one distribution (bnconform's built-ins,
+    or one plug-in) with the same ``environment`` share one, so each framework is imported once per
+    environment (Keras 3 on its tensorflow backend shares TensorFlow's host, on jax the JAX
+    family's, on torch torch's); ``isolated`` adapters and registered adapters whose module is
+    broken get their own. Reads like ``bnconform[KERAS_BACKEND=jax,JAX_ENABLE_X64=1]``."""
     cls = adapter_class(name)
     if cls is None or getattr(cls, "isolated", False):
         return name
-    module = cls.__module__
-    package = module.rpartition(".")[0] if module.count(".") > 2 else module
-    label = package.removeprefix("bnconform.adapters.")
+    distribution = cls.__module__.partition(".")[0]
     env = ",".join(f"{k}={v}" for k, v in sorted(cls.environment.items()))
-    return f"{label}[{env}]" if env else label
+    return f"{distribution}[{env}]" if env else distribution

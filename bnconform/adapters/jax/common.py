@@ -34,7 +34,9 @@ from ...model import Case
 from ...selectors import mean_far_from_spread, squares_overflow, updates_on_empty_batch
 from ..base import Adapter, Deviation, Mismatches
 
-X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1"}
+# KERAS_BACKEND=jax: Keras 3 on its jax backend declares the same environment and so shares the
+# JAX family's host process (jax imported once); flax, haiku and equinox never read it.
+X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1", "KERAS_BACKEND": "jax"}
 
 
 class JaxAdapter(Adapter):

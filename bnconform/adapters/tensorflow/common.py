@@ -34,6 +34,11 @@ from ..base import variant
 
 _DEVICE_NAMES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 
+# KERAS_BACKEND=tensorflow: Keras 3 on its tensorflow backend declares the same environment and
+# so shares the TensorFlow adapters' host process (TensorFlow is imported once); tf.nn, the TF1
+# APIs and tf_keras never read it.
+TF_ENVIRONMENT = {"KERAS_BACKEND": "tensorflow"}
+
 
 @functools.lru_cache(maxsize=None)
 def tf():

@@ -44,7 +44,7 @@ from ...capabilities import Capabilities
 from ...oracle import reduction_axes
 from ...selectors import input_dtype_in, squares_overflow, updates_on_empty_batch, updates_running_stats, where
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
-from .common import (EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy,
+from .common import (TF_ENVIRONMENT, EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy,
                      to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
 
@@ -80,6 +80,7 @@ def _float32_decay_variant(case):
 
 class TfEmaAdapter(Adapter):
     """tf.nn.moments + tf.nn.batch_normalization with ExponentialMovingAverage running statistics."""
+    environment = TF_ENVIRONMENT
 
     name = "tf.nn+ema"
     framework = "tensorflow"

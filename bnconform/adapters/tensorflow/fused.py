@@ -31,7 +31,7 @@ from __future__ import annotations
 
 from ...capabilities import Capabilities
 from ...selectors import updates_on_empty_batch
-from .common import PLAIN_EMA, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import TF_ENVIRONMENT, PLAIN_EMA, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from ..base import Adapter, Deviation, Mismatches
 
 API = "tf.compat.v1.nn.fused_batch_norm"
@@ -47,6 +47,7 @@ FUSED_CAPABILITIES = Capabilities(
 
 class TfFusedBatchNormAdapter(Adapter):
     """Runs each step through ``tf.compat.v1.nn.fused_batch_norm``, threading the running stats."""
+    environment = TF_ENVIRONMENT
 
     name = "tf.fused_batch_norm"
     framework = "tensorflow"

@@ -24,7 +24,7 @@ conventions never matter); epsilon inside the sqrt only; no model extensions.
 from __future__ import annotations
 
 from ...capabilities import Capabilities
-from .common import EPS_INSIDE, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import TF_ENVIRONMENT, EPS_INSIDE, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from ..base import Adapter
 
 API = "tf.compat.v1.nn.batch_norm_with_global_normalization"
@@ -32,6 +32,7 @@ API = "tf.compat.v1.nn.batch_norm_with_global_normalization"
 
 class TfGlobalNormalizationAdapter(Adapter):
     """Runs eval steps through ``batch_norm_with_global_normalization`` with the running stats."""
+    environment = TF_ENVIRONMENT
 
     name = "tf.global_normalization"
     framework = "tensorflow"

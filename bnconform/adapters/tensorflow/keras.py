@@ -63,7 +63,7 @@ from typing import ClassVar
 
 from ...capabilities import HALF_DTYPES, Capabilities
 from ..base import Adapter, Unsupported, has_training_step
-from .common import channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import TF_ENVIRONMENT, channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from .keras_common import (KERAS_DTYPES, LAYER, backend_deviations, empty_batch_deviation, float64_decay_deviation, fused_path,
                            layer_capabilities, layer_defaults, overflow_deviation, renorm_float64_deviation, tf_keras)
 
@@ -75,6 +75,7 @@ def _first_line(exc: BaseException) -> str:
 
 class _TfKerasLayerAdapter(Adapter):
     """Shared machinery of the three BatchNormalization adapters; ``fused`` is the layer argument."""
+    environment = TF_ENVIRONMENT
 
     framework = "tf_keras"
     extra = "tensorflow"
@@ -223,6 +224,7 @@ def backend_fused_route(case, device) -> bool:
 class TfKerasBackendAdapter(Adapter):
     """``tf_keras.backend.normalize_batch_in_training`` (batch steps) and ``batch_normalization``
     (running-statistics steps): functions that keep no running statistics."""
+    environment = TF_ENVIRONMENT
 
     name = "tf_keras.backend"
     framework = "tf_keras"

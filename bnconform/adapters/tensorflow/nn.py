@@ -24,12 +24,13 @@ from __future__ import annotations
 
 from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from .common import EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import TF_ENVIRONMENT, EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from ..base import Adapter
 
 
 class TfNnAdapter(Adapter):
     """Runs each step through ``tf.nn.moments`` and ``tf.nn.batch_normalization`` in eager mode."""
+    environment = TF_ENVIRONMENT
 
     name = "tf.nn"
     framework = "tensorflow"

@@ -32,7 +32,9 @@ from ..base import Adapter, Deviation, Mismatches, Raises
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
 # Cases hold at most a few hundred values, below torch's parallel grain size, so the intra-op
 # pool never splits work; on a shared machine its wake-ups made single cases take 20-40 ms.
-ENVIRONMENT = {"OMP_NUM_THREADS": "1"}
+# KERAS_BACKEND=torch: Keras 3 on its torch backend declares the same environment, so it shares
+# the torch adapters' host process (torch is imported once); nn/F.batch_norm never read it.
+ENVIRONMENT = {"OMP_NUM_THREADS": "1", "KERAS_BACKEND": "torch"}
 
 DOCS_BATCHNORM = "https://docs.pytorch.org/docs/stable/generated/torch.nn.modules.batchnorm.BatchNorm1d.html"
 ISSUE_SINGLE_VALUE = "https://github.com/pytorch/pytorch/issues/1381"
