@@ -1,7 +1,8 @@
 """Keras 3 ``keras.layers.BatchNormalization`` on each of its backends (tensorflow, jax, torch).
 
 Keras 3 reads ``KERAS_BACKEND`` once per process, so each adapter class declares its backend in
-``environment`` (the runner gives every adapter its own process) and checks at run time that
+``environment`` -- the same environment as that framework's own adapters, whose host process it
+shares (adapters with different environments never share one) -- and checks at run time that
 ``keras.backend.backend()`` is the one it expects.
 
 Translation (canonical knob -> Keras argument):
