@@ -116,11 +116,11 @@ def missing_module(requires) -> str | None:
 
 def declared_kinds(name: str) -> tuple[str, ...]:
     """An adapter's declared device kinds; ("cpu",) when its module is broken, so its host can
-    report the import failure as error cells instead of the whole run stopping."""
-    try:
-        return tuple(resolve(name).device_kinds)
-    except Exception:  # noqa: BLE001 - a mid-edit adapter module may raise anything on import
-        return ("cpu",)
+    report the import failure as error cells instead of the whole run stopping (the planner's
+    cached lookup: bnconform.execution.plan.device_kinds)."""
+    from .execution.plan import device_kinds  # plan imports this module: resolve the cycle lazily
+
+    return tuple(device_kinds(name))
 
 
 def select_devices(requested, selected) -> list[str]:
