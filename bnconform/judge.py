@@ -50,17 +50,16 @@ def _unexplained(case, results, variants, allowed: set[str]):
     return [m for m in mismatches if m.output not in allowed]
 
 
-def _stale(case, results, applicable: list[Deviation]) -> tuple[Deviation, str] | None:
-    """The first applicable deviation that is not needed to explain the results, with why."""
-    variants = [d for d in applicable if isinstance(d.behaviour, MatchesVariant)]
-    masks = [d for d in applicable if isinstance(d.behaviour, Mismatches)]
-    allowed = {o for d in masks for o in d.behaviour.outputs}
+def _redundant_variant(case, results, variants, allowed: set[str]) -> Deviation | None:
+    """The first variant whose removal still leaves the results explained (it is not needed)."""
     for deviation in variants:
-        others = [d for d in variants if d is not deviation]
-        if not _unexplained(case, results, others, allowed):
-            return deviation, "the results are explained without it"
-    against, _ = compare_case(case, results, _expected_under(case, variants))
-    differing = {m.output for m in against}
+        if not _unexplained(case, results, [d for d in variants if d is not deviation], allowed):
+            return deviation
+    return None
+
+
+def _unneeded_mask(masks, differing: set[str]) -> tuple[Deviation, str] | None:
+    """The first Mismatches declaration none of whose outputs differ, with what was seen."""
     for deviation in masks:
         if not differing & set(deviation.behaviour.outputs):
             return deviation, ("results match the oracle" if not differing
@@ -87,17 +86,18 @@ def verify(case: Case, applicable: list[Deviation], results, exc) -> tuple[str, 
         return (*_not_observed(raises, "no exception was raised"), [])
     others = [d for d in applicable if not isinstance(d.behaviour, Raises)]
     variants = [d for d in others if isinstance(d.behaviour, MatchesVariant)]
-    allowed = {o for d in others if isinstance(d.behaviour, Mismatches) for o in d.behaviour.outputs}
-    left = _unexplained(case, results, variants, allowed)
+    masks = [d for d in others if isinstance(d.behaviour, Mismatches)]
+    allowed = {o for d in masks for o in d.behaviour.outputs}
+    against, _ = compare_case(case, results, _expected_under(case, variants))
+    left = [m for m in against if m.output not in allowed]
+    redundant = _redundant_variant(case, results, variants, allowed)
+    if redundant is not None:  # one variant too many: name it rather than the whole set
+        return (*_not_observed([redundant], "the results are explained without it"), [])
     if left:
-        for deviation in variants:  # one variant too many: name it rather than the whole set
-            if not _unexplained(case, results, [d for d in variants if d is not deviation], allowed):
-                return (*_not_observed([deviation], "the results are explained without it"), [])
-        suffix = f" (against the declared {_names(others)})"
-        return (*_not_observed(others, left[0].line() + suffix), [])
-    stale = _stale(case, results, others)
-    if stale:
-        return (*_not_observed([stale[0]], stale[1]), [])
+        return (*_not_observed(others, left[0].line() + f" (against the declared {_names(others)})"), [])
+    unneeded = _unneeded_mask(masks, {m.output for m in against})
+    if unneeded:
+        return (*_not_observed([unneeded[0]], unneeded[1]), [])
     return "deviation", _detail(others), others
 
 
