@@ -54,16 +54,19 @@ def _steps_with_counts(case: Case):
     return zip(case.steps, case.reduce_counts())
 
 
+def has_training_step(case: Case, min_count: int | None = None, max_count: int | None = None) -> bool:
+    """True if some step normalizes with batch statistics and its N lies in [min_count, max_count]."""
+    return any(s.is_training and (min_count is None or n >= min_count) and (max_count is None or n <= max_count)
+               for s, n in _steps_with_counts(case))
+
+
 def training_step(min_count: int | None = None, max_count: int | None = None) -> Selector:
     """Some step normalizes with batch statistics and its N lies in [min_count, max_count]."""
     bounds = {(None, None): "", (1, 1): " of exactly one value per channel (N == 1)",
               (0, 0): " of an empty batch (N == 0)"}
     text = "a training step" + bounds.get((min_count, max_count), f" with {min_count or 0} <= N <= {max_count or 'inf'}")
 
-    def test(case, device):
-        return any(s.is_training and (min_count is None or n >= min_count) and (max_count is None or n <= max_count)
-                   for s, n in _steps_with_counts(case))
-    return Selector(text, test)
+    return Selector(text, lambda case, device: has_training_step(case, min_count, max_count))
 
 
 @where("a step that updates the running statistics from an empty batch (N == 0)")

@@ -22,7 +22,7 @@ import numpy as np
 
 from ..capabilities import Capabilities
 from ..model import Case
-from ..selectors import Selector
+from ..selectors import Selector, has_training_step  # noqa: F401  (has_training_step: public helper)
 from ..verdict import DEVIATION_KINDS
 
 
@@ -175,11 +175,3 @@ def variant(case: Case, running_stats: dict | None = None, **config_changes) -> 
     if running_stats:
         config = config.with_running(**running_stats)
     return replace(case, config=config)
-
-
-def has_training_step(case: Case, min_count: int | None = None, max_count: int | None = None) -> bool:
-    """True if some step normalizes with batch statistics and its N lies in [min_count, max_count]."""
-    for step, n in zip(case.steps, case.reduce_counts()):
-        if step.is_training and (min_count is None or n >= min_count) and (max_count is None or n <= max_count):
-            return True
-    return False

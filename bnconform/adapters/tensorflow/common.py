@@ -118,7 +118,8 @@ def float32_rounded_decay(decay: float) -> float:
     return 1.0 - float(np.float32(1.0 - decay))
 
 
-def _updating_counts(case) -> list[int]:
+def updating_counts(case) -> list[int]:
+    """N of every step that normalizes with batch statistics and updates the running ones."""
     return [n for s, n in zip(case.steps, case.reduce_counts()) if s.is_training and s.update_running_stats]
 
 
@@ -128,7 +129,7 @@ def float64_decay_rounds(case) -> bool:
     decay = case.config.running_stats.decay
     if case.config.param_dtype != "float64" or decay is None or float32_rounded_decay(decay) == decay:
         return False
-    return any(n >= 1 for n in _updating_counts(case))
+    return any(n >= 1 for n in updating_counts(case))
 
 
 def rounded_decay_variant(case):

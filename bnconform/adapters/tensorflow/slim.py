@@ -48,7 +48,7 @@ from ...capabilities import Capabilities
 from ...selectors import squares_overflow, updates_on_empty_batch, where
 from . import graph as g
 from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, float64_decay_rounds, rounded_decay_variant,
-                     signature_default)
+                     signature_default, updating_counts)
 from ..base import Deviation, MatchesVariant, Mismatches
 
 _API = "tf_slim.layers.batch_norm"
@@ -76,8 +76,7 @@ fused_path = where("tf-slim's fused paths (half/float32, unweighted, rank 2 or 4
 
 @where("zero_debias with an update from N >= 1 values")
 def _zero_debias_update(case) -> bool:
-    counts = [n for s, n in zip(case.steps, case.reduce_counts()) if s.is_training and s.update_running_stats]
-    return case.config.running_stats.zero_debias and any(n >= 1 for n in counts)
+    return case.config.running_stats.zero_debias and any(n >= 1 for n in updating_counts(case))
 
 
 SLIM_CAPABILITIES = Capabilities(
