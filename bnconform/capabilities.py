@@ -139,7 +139,7 @@ def _with_value(case: Case, knob: str, value) -> Case:
 _REPRODUCES: dict[tuple, bool] = {}  # (case id, case path, knob, value) -> answer; cases are immutable once loaded
 
 
-def _reproduces(case: Case, knob: str, value) -> bool:
+def reproduces(case: Case, knob: str, value) -> bool:
     """The oracle run with ``knob = value`` matches the case's expected results (tolerances)."""
     from . import oracle
     from .compare import compare_case
@@ -159,7 +159,7 @@ def _convention_reason(caps: Capabilities, case: Case, api: str) -> str | None:
         allowed, asked = getattr(caps, knob), _case_value(case, knob)
         if asked in allowed:
             continue
-        if any(_reproduces(case, knob, value) for value in sorted(allowed, key=str)):
+        if any(reproduces(case, knob, value) for value in sorted(allowed, key=str)):
             continue  # the results do not depend on this knob here: run it with the API's value
         words = VALUE_WORDS[knob]
         uses = " or ".join(words[v] for v in sorted(allowed, key=str))

@@ -64,28 +64,28 @@ def case_metadata(case) -> dict:
 
 def _depends_on(case) -> list[str]:
     """Convention knobs for which some other value fails to reproduce the case's expectations."""
-    from .capabilities import _reproduces
+    from .capabilities import reproduces
     from .model import EPSILON_MODES, VARIANCE_KINDS
 
     cfg, rs = case.config, case.config.running_stats
     others = {"epsilon_modes": [m for m in EPSILON_MODES if m != cfg.epsilon_mode],
               "running_variance": [k for k in VARIANCE_KINDS if k != rs.variance],
               "zero_debias": [not rs.zero_debias] if rs.rule == "ema" and not case.extensions else []}
-    return [knob for knob, values in others.items() if any(not _reproduces(case, knob, v) for v in values)]
+    return [knob for knob, values in others.items() if any(not reproduces(case, knob, v) for v in values)]
 
 
 def _mean_to_spread(case) -> float:
+    """The largest |mean| / spread over the non-constant channels of the training batches."""
     import numpy as np
 
+    from .selectors import training_channel_moments
+
     worst = 0.0
-    for step, n in zip(case.steps, case.reduce_counts()):
-        if step.is_training and n >= 2:
-            axes = tuple(i for i in range(step.x.ndim) if i != case.config.channel_axis)
-            x = np.asarray(step.x, dtype=np.float64)
-            with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-                ratio = np.abs(x.mean(axis=axes)) / x.std(axis=axes)
-            finite = ratio[np.isfinite(ratio)]
-            worst = max(worst, float(finite.max()) if finite.size else 0.0)
+    for mean, std in training_channel_moments(case):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = mean / std
+        finite = ratio[np.isfinite(ratio)]
+        worst = max(worst, float(finite.max()) if finite.size else 0.0)
     return worst
 
 

@@ -159,20 +159,22 @@ def squares_overflow(accumulator: str = "float32") -> Selector:
     return Selector(f"training inputs beyond {limit:.2g}, whose squares overflow {accumulator}", test)
 
 
+def training_channel_moments(case: Case):
+    """(|mean|, standard deviation) per channel of every training batch with N >= 2, in float64."""
+    for step, n in _steps_with_counts(case):
+        if step.is_training and n >= 2:
+            axes = tuple(i for i in range(step.x.ndim) if i != case.config.channel_axis)
+            x = np.asarray(step.x, dtype=np.float64)
+            with np.errstate(invalid="ignore", over="ignore"):
+                yield np.abs(x.mean(axis=axes)), x.std(axis=axes)
+
+
 def mean_far_from_spread(ratio: float, constant: bool = True) -> Selector:
     """A training batch whose per-channel |mean| exceeds ``ratio`` x its standard deviation:
     where E[x^2] - E[x]^2 cancels catastrophically. ``constant=False`` counts only channels with
     a nonzero spread (a clamped one-pass variance is exact on a constant channel)."""
     def test(case, device):
-        for step, n in _steps_with_counts(case):
-            if not step.is_training or n < 2:
-                continue
-            axes = tuple(i for i in range(step.x.ndim) if i != case.config.channel_axis)
-            x = np.asarray(step.x, dtype=np.float64)
-            with np.errstate(invalid="ignore"):
-                mean, std = np.abs(x.mean(axis=axes)), x.std(axis=axes)
-            if np.any(np.isfinite(mean) & (mean > ratio * std) & (constant | (std > 0))):
-                return True
-        return False
+        return any(np.any(np.isfinite(mean) & (mean > ratio * std) & (constant | (std > 0)))
+                   for mean, std in training_channel_moments(case))
     which = "a training batch" if constant else "a training batch with a non-constant channel"
     return Selector(f"{which} whose |mean| exceeds {ratio:g} x its spread", test)
