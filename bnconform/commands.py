@@ -42,14 +42,13 @@ def _backends(args):
 
 def _matrix_cases(args) -> tuple[list, list[str]]:
     """(the cases of the selected families, every family under the case root)."""
-    from .execution.plan import discover_cases
+    from .execution.plan import discover_cases, unknown_families
     from .validation import CaseError
 
     root = Path(args.cases)
     if not root.is_dir():
         raise UsageError(f"--cases: Expected: a directory of case families. Received: {root} (no such directory)")
-    families = sorted(p.name for p in root.iterdir() if p.is_dir() and any(p.glob("*.json")))
-    unknown = [f for f in args.family or [] if f not in families]
+    families, unknown = unknown_families(root, args.family)
     if unknown:
         raise UsageError(f"--family: Expected: one of {', '.join(families)} under {root}. Received: {', '.join(unknown)}")
     try:

@@ -66,13 +66,13 @@ def _selection(config) -> dict:
     """The case root, the selected backends and device kinds and the families (checked once)."""
     if _SELECTION not in config.stash:
         from .adapters.registry import RegistryError
+        from .execution.plan import unknown_families
         from .selection import select_backends, select_devices
 
         root = Path(config.getoption("--bn-cases") or _default_case_root(config)).resolve()
         if config.getoption("--bn-cases") and not root.is_dir():
             raise pytest.UsageError(f"--bn-cases: Expected: a directory of case families. Received: {root}")
-        families = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        unknown = [f for f in config.getoption("--bn-family") if f not in families]
+        families, unknown = unknown_families(root, config.getoption("--bn-family"))
         if unknown:
             raise pytest.UsageError(f"--bn-family: Expected: one of {', '.join(families)} under {root}. "
                                     f"Received: {', '.join(unknown)}")

@@ -46,6 +46,17 @@ def case_files(root: Path, families=None) -> list[Path]:
     return sorted(p for p in paths if not families or p.relative_to(root).parts[0] in families)
 
 
+def case_families(root: Path) -> list[str]:
+    """The family directories under ``root`` that hold case files, sorted."""
+    return sorted(p.name for p in Path(root).iterdir() if p.is_dir() and any(p.glob("*.json")))
+
+
+def unknown_families(root: Path, asked) -> tuple[list[str], list[str]]:
+    """(every family under ``root``, the asked-for names that are not among them)."""
+    families = case_families(root) if Path(root).is_dir() else []
+    return families, [f for f in asked or [] if f not in families]
+
+
 def discover_cases(root: Path, families=None) -> list:
     """Every case under ``root``, validated (raises CaseError on the first bad file)."""
     return [load_case(p) for p in case_files(root, families)]
