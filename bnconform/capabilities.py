@@ -71,6 +71,9 @@ class Capabilities:
     extensions: frozenset = frozenset()
     ghost_splits: frozenset = frozenset(GHOST_SPLITS)
     resumes_counter: bool = True  # can start from num_updates > 0
+    # normalize_with values ("batch", "running") of steps whose dx, dgamma, dbeta the API's own
+    # autodiff computes; empty = forward only (a case whose steps carry dy is then unsupported)
+    gradients: frozenset = frozenset()
     when: tuple = field(default=())  # ((Selector, {knob: values}), ...): conditional overrides
 
     def for_case(self, case: Case, device: str) -> "Capabilities":
@@ -109,6 +112,8 @@ def _structural_reason(caps: Capabilities, case: Case, api: str) -> str | None:
          cfg.running_stats.rule),
         (case.initial_state.num_updates == 0 or caps.resumes_counter, "initial update counts", "num_updates = 0",
          case.initial_state.num_updates),
+        (case.gradient_modes <= caps.gradients, "gradients (steps with an upstream dy)",
+         _gradient_words(caps.gradients), _gradient_words(case.gradient_modes)),
     ]
     if cfg.virtual_batch_size is not None:
         checks.append((cfg.ghost_split in caps.ghost_splits, "ghost batch splits", sorted(caps.ghost_splits), cfg.ghost_split))
@@ -120,6 +125,11 @@ def _structural_reason(caps: Capabilities, case: Case, api: str) -> str | None:
         if not ok:
             return f"{api} cannot express these {what}. Expected: {expected}. Received: {received}"
     return None
+
+
+def _gradient_words(modes) -> str:
+    words = {"batch": "through batch statistics (training)", "running": "through running statistics (inference)"}
+    return "; ".join(words[m] for m in sorted(modes)) or "none (forward only)"
 
 
 def _case_value(case: Case, knob: str):
@@ -186,7 +196,8 @@ def describe(caps: Capabilities) -> dict[str, str]:
         "separate_scale_center": "yes" if caps.separate_scale_center else "no (one flag)",
         "dtypes": ", ".join(f"{i}/{p}" if i != p else i for i, p in sorted(caps.dtypes)),
         "extensions": values("extensions"), "ghost_splits": values("ghost_splits"),
-        "resumes_counter": "yes" if caps.resumes_counter else "no"})
+        "resumes_counter": "yes" if caps.resumes_counter else "no",
+        "gradients": _gradient_words(caps.gradients)})
     for selector, changes in caps.when:
         for knob, value in changes.items():
             shown = ", ".join(str(VALUE_WORDS.get(knob, {}).get(v, v)).split(" (")[0] for v in sorted(_frozen(value), key=str))

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from .encoding import decode_array, encode_array
-from .model import OUTPUT_KEYS, RENORM_STATE_KEYS, Case, Config, Renorm, RunningStats, State, Step
+from .model import GRADIENT_KEYS, OUTPUT_KEYS, RENORM_STATE_KEYS, Case, Config, Renorm, RunningStats, State, Step
 
 FORMAT_VERSION = 1
 _STATE_ARRAYS = ("gamma", "beta", "running_mean", "running_var")
@@ -48,7 +48,7 @@ def config_from_json(obj: dict) -> Config:
     return Config(**fields)
 
 
-def _expected_to_json(expected: dict) -> dict:
+def _expected_to_json(expected: dict, has_dy: bool) -> dict:
     out = {}
     for key in OUTPUT_KEYS:
         value = expected.get(key)
@@ -57,6 +57,8 @@ def _expected_to_json(expected: dict) -> dict:
         if expected.get(key) is not None:
             out[key] = encode_array(expected[key], "float64")
     out["num_updates"] = int(expected["num_updates"])
+    for key in GRADIENT_KEYS if has_dy else ():  # steps with an upstream gradient only
+        out[key] = None if expected.get(key) is None else encode_array(expected[key], "float64")
     return out
 
 
@@ -65,7 +67,9 @@ def _step_to_json(step: Step, cfg: Config) -> dict:
            "x": encode_array(step.x, cfg.input_dtype)}
     if step.sample_weights is not None:
         obj["sample_weights"] = encode_array(step.sample_weights, cfg.input_dtype)
-    obj["expected"] = _expected_to_json(step.expected)
+    if step.dy is not None:
+        obj["dy"] = encode_array(step.dy, cfg.input_dtype)
+    obj["expected"] = _expected_to_json(step.expected, step.dy is not None)
     obj["tolerance"] = step.tolerance
     return obj
 
@@ -121,12 +125,11 @@ def case_from_json(obj: dict, path: str | None = None) -> Case:
         where = f"/steps/{i}"
         expected = {k: _decode_optional(s["expected"].get(k), f"{where}/expected/{k}") for k in OUTPUT_KEYS}
         expected.update({k: _decode_optional(s["expected"][k], f"{where}/expected/{k}")
-                         for k in RENORM_STATE_KEYS if k in s["expected"]})
+                         for k in RENORM_STATE_KEYS + GRADIENT_KEYS if k in s["expected"]})
         expected["num_updates"] = s["expected"]["num_updates"]
-        weights = s.get("sample_weights")
+        optional = {k: None if s.get(k) is None else decode_array(s[k], f"{where}/{k}") for k in ("sample_weights", "dy")}
         steps.append(Step(s["normalize_with"], s["update_running_stats"],
-                          decode_array(s["x"], f"{where}/x"), expected, s.get("tolerance", {}),
-                          None if weights is None else decode_array(weights, f"{where}/sample_weights")))
+                          decode_array(s["x"], f"{where}/x"), expected, s.get("tolerance", {}), **optional))
     return Case(obj["id"], obj["family"], obj["description"], config_from_json(obj["config"]),
                 state, steps, path)
 

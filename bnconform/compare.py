@@ -11,9 +11,10 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .dtypes import numpy_dtype
-from .model import OUTPUT_KEYS, RENORM_STATE_KEYS, Case
+from .model import GRADIENT_KEYS, OUTPUT_KEYS, RENORM_STATE_KEYS, Case
 
-COMPARED_KEYS = OUTPUT_KEYS + RENORM_STATE_KEYS
+COMPARED_KEYS = OUTPUT_KEYS + RENORM_STATE_KEYS + GRADIENT_KEYS
+_INPUT_DTYPE_KEYS = ("y", "batch_mean", "batch_var", "dx")  # the rest are in the param dtype
 
 
 @dataclass
@@ -82,12 +83,11 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
     expected_steps = expected_steps or [s.expected for s in case.steps]
     mismatches, compared = [], set()
     for i, (step, expected, got) in enumerate(zip(case.steps, expected_steps, results)):
-        if "y" not in got:
-            raise ValueError(f"step {i}: Expected: an output 'y'. Received: {sorted(got)}")
+        _require_outputs(i, step, expected, got)
         for key in COMPARED_KEYS:
             if expected.get(key) is None or got.get(key) is None:
                 continue
-            dtype = case.config.input_dtype if key in ("y", "batch_mean", "batch_var") else case.config.param_dtype
+            dtype = case.config.input_dtype if key in _INPUT_DTYPE_KEYS else case.config.param_dtype
             compared.add(key)
             tol = step.tolerance.get(key)
             if tol is None:  # a variant may define an output the case leaves undefined
@@ -100,6 +100,15 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
             compared.add("num_updates")
             mismatches += [counter] if counter else []
     return mismatches, sorted(compared, key=(*COMPARED_KEYS, "num_updates").index)
+
+
+def _require_outputs(i: int, step, expected: dict, got: dict) -> None:
+    """y always; on a step with an upstream gradient, every gradient the oracle defines (an adapter
+    that silently returned none would otherwise pass)."""
+    required = ["y"] + [k for k in GRADIENT_KEYS if step.dy is not None and expected.get(k) is not None]
+    missing = [k for k in required if got.get(k) is None]
+    if missing:
+        raise ValueError(f"step {i}: Expected: outputs {required}. Received: {sorted(got)} (missing {missing})")
 
 
 def _compare_count(step: int, expected, got):

@@ -45,6 +45,24 @@ Three optional extensions (absent = off; at most one per case; see EXTENSIONS):
   non-channel axis: mu = sum(w x) / sum(w), v = sum(w (x - mu)^2) / sum(w) (biased; the Bessel
   variance is undefined for weights), used both to normalize and to update.
 
+Gradients (a step with an upstream gradient ``dy``, same shape as x): the derivatives of
+``sum(dy * y)`` with respect to x, gamma and beta, through exactly the function that produced y.
+With f(v) = inverse_std(v) per epsilon mode, xc = x - mu, per channel over its N elements
+(w_i = 1 unless the step has sample weights; W = sum w)::
+
+    dbeta  = sum(dy)                                      (absent when center is off)
+    dgamma = sum(dy * xc * f(v))                          (absent when scale is off)
+    batch:   dx_i = g f(v) (dy_i - (w_i / W) sum(dy))
+                    + g f'(v) (2 w_i xc_i / W) sum(dy * xc)
+    running: dx_i = g f(v_R) dy_i                         (mu, v are constants)
+
+with g = gamma (1 when scale is off), f'(v) = -f^3 / 2 (add_inside_sqrt), -f^2 / (2 sqrt v)
+(add_outside_sqrt; its limit 0 is taken when xc == 0, v == 0) and -f^3 / 2 or 0
+(max_inside_sqrt, v > eps or v < eps). At N == 1 or for a constant channel xc == 0, so
+dx = g f (dy - mean dy) = 0 at N == 1. Ghost batches: each ghost batch by the batch formula,
+dgamma / dbeta summed over all. Renorm: r, d are constants (stop-gradient, as the paper says):
+g becomes g * r and dgamma = sum(dy * (xc f r + d)).
+
 See docs/semantics.md for the reasoning behind each choice.
 """
 
@@ -62,6 +80,7 @@ OUTPUT_KEYS = ("y", "batch_mean", "batch_var", "running_mean", "running_var")
 EXTENSIONS = ("renorm", "virtual_batch_size", "sample_weights")
 GHOST_SPLITS = ("contiguous", "interleaved")
 RENORM_STATE_KEYS = ("renorm_mean", "renorm_stddev", "running_stddev")  # state and outputs
+GRADIENT_KEYS = ("dx", "dgamma", "dbeta")  # outputs of a step that carries an upstream gradient dy
 
 
 @dataclass(frozen=True)
@@ -157,6 +176,7 @@ class Step:
     expected: dict = field(default_factory=dict)
     tolerance: dict = field(default_factory=dict)
     sample_weights: np.ndarray | None = None
+    dy: np.ndarray | None = None
 
     @property
     def is_training(self) -> bool:
@@ -195,6 +215,11 @@ class Case:
                 "virtual_batch_size": self.config.virtual_batch_size is not None,
                 "sample_weights": any(s.sample_weights is not None for s in self.steps)}
         return tuple(name for name in EXTENSIONS if used[name])
+
+    @property
+    def gradient_modes(self) -> frozenset:
+        """normalize_with of every step that carries an upstream gradient (empty: forward only)."""
+        return frozenset(s.normalize_with for s in self.steps if s.dy is not None)
 
     def reduce_counts(self) -> list[int]:
         """N (elements per channel) of each step."""

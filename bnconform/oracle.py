@@ -263,6 +263,7 @@ def _run_step(config: Config, initial: State, running: _RunningState, step: Step
     else:
         trace = (running.mean.copy(), running.var.copy(), 1.0)
         y = normalize(x, running.mean, running.var, initial, config)
+    gradients = _gradients(config, initial, running, step, x, moments) if step.dy is not None else {}
     if step.update_running_stats and n > 0:
         running.update(moments.mean, moments.var, moments.count)
     has_batch = step.normalize_with == "batch" and n > 0 and not moments.ghost
@@ -274,8 +275,26 @@ def _run_step(config: Config, initial: State, running: _RunningState, step: Step
         "running_var": running.var.copy(),
         **running.renorm_state(),
         "num_updates": running.count,
+        **gradients,
     }
     return result, trace if n > 0 else None
+
+
+def _gradients(config: Config, initial: State, running: _RunningState, step: Step, x, moments: _Moments) -> dict:
+    """dx, dgamma, dbeta of the step (bnconform.oracle_gradients), from the pre-update statistics."""
+    from . import oracle_gradients as backward
+
+    dy = np.asarray(step.dy, dtype=np.float64)
+    if step.normalize_with == "running":
+        return backward.running_gradients(x, dy, running.mean, running.var, initial, config)
+    if moments.ghost:
+        return backward.ghost_gradients(x, dy, moments.groups, moments.means, moments.vars, initial, config)
+    weights = None
+    if step.sample_weights is not None:
+        shape = [-1] + [1] * (x.ndim - 1)
+        weights = np.broadcast_to(np.asarray(step.sample_weights, np.float64).reshape(shape), x.shape)
+    correction = None if config.renorm is None else renorm_correction(moments.mean, moments.var, running, config)
+    return backward.batch_gradients(x, dy, moments.mean, moments.var, initial, config, weights, correction)
 
 
 def run_case(case: Case) -> list[dict]:

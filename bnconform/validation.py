@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .casefile import case_from_json
 from .encoding import EncodingError
-from .model import OUTPUT_KEYS, RENORM_STATE_KEYS, Case, count_per_channel
+from .model import GRADIENT_KEYS, OUTPUT_KEYS, RENORM_STATE_KEYS, Case, count_per_channel
 
 SCHEMA_PATH = Path(__file__).resolve().parent / "schema.json"
 
@@ -205,6 +205,32 @@ def _check_weights(step, cfg, where: str, takes_moments: bool) -> None:
            "finite weights >= 0 with a positive sum", wide.tolist()[:8])
 
 
+def _check_step_gradients(case: Case, i: int) -> None:
+    """dy has the shape and dtype of x; dx / dgamma / dbeta are expected exactly when dy is given,
+    dgamma / dbeta null exactly when scale / center is off."""
+    step, cfg, where = case.steps[i], case.config, f"/steps/{i}"
+    expected, has_dy = step.expected, step.dy is not None
+    for key in GRADIENT_KEYS:
+        _check((key in expected) == has_dy, f"{where}/expected/{key}", "present exactly when the step has dy",
+               "present" if key in expected else "absent")
+    if not has_dy:
+        return
+    _check(step.dy.shape == step.x.shape, f"{where}/dy/shape", list(step.x.shape), list(step.dy.shape))
+    _check(step.dy.dtype.name == cfg.input_dtype, f"{where}/dy/dtype", cfg.input_dtype, step.dy.dtype.name)
+    _check(expected["dx"] is not None and expected["dx"].shape == step.x.shape, f"{where}/expected/dx/shape",
+           list(step.x.shape), None if expected["dx"] is None else list(expected["dx"].shape))
+    for key, switch in (("dgamma", "scale"), ("dbeta", "center")):
+        value, on = expected[key], getattr(cfg, switch)
+        _check((value is not None) == on, f"{where}/expected/{key}", f"an array exactly when config.{switch} is true",
+               "null" if value is None else "an array")
+        if value is not None:
+            _check(value.shape == (case.channels,), f"{where}/expected/{key}/shape", f"[{case.channels}]",
+                   list(value.shape))
+    for key in GRADIENT_KEYS:
+        if expected[key] is not None:
+            _check(key in step.tolerance, f"{where}/tolerance", f"an entry for {key!r}", sorted(step.tolerance))
+
+
 def check_meaning(case: Case) -> None:
     """Raise CaseError naming the first field whose meaning is inconsistent."""
     _check_state(case)
@@ -213,6 +239,7 @@ def check_meaning(case: Case) -> None:
     for i in range(len(case.steps)):
         _check_step(case, i)
         _check_step_extensions(case, i)
+        _check_step_gradients(case, i)
 
 
 class _NonJsonConstant(str):

@@ -50,7 +50,8 @@ def _make_input(make: Callable, rng, shape, index: int):
 class Spec:
     """How to build one case. ``make_x(rng, shape)`` gives float64 inputs per step.
 
-    ``description`` may be a callable ``(case) -> str`` run on the built case, so that it can
+    ``make_dy(rng, shape, step_index)`` gives a step's upstream gradient (None: that step is
+    forward only). ``description`` may be a callable ``(case) -> str`` run on the built case, so that it can
     quote what a wrong implementation would get. ``make_weights(rng, batch, step_index)`` gives
     a step's sample weights (None for none); ``renorm_mean`` / ``renorm_stddev`` make the
     renorm statistics of renorm cases.
@@ -72,6 +73,7 @@ class Spec:
     renorm_mean: Callable | None = None
     renorm_stddev: Callable | None = None
     seed_id: str | None = None  # draw from another case's seed (a mirror shares its original's inputs)
+    make_dy: Callable | None = None  # (rng, shape, step_index) -> upstream gradient or None (forward only)
 
     @property
     def id(self) -> str:
@@ -113,6 +115,9 @@ def _make_steps(spec: Spec, rng, shapes) -> list[Step]:
         weights = spec.make_weights(rng, shape[0], i) if spec.make_weights and computes_moments else None
         weights = None if weights is None else quantize(weights, spec.config.input_dtype)
         steps.append(Step(kind[0], kind[1], x, sample_weights=weights))
+    for i, step in enumerate(steps if spec.make_dy else ()):  # drawn last: forward-only cases never change
+        dy = spec.make_dy(rng, step.x.shape, i)
+        step.dy = None if dy is None else quantize(dy, spec.config.input_dtype)
     return steps
 
 
@@ -123,7 +128,7 @@ def _attach_traced(case: Case) -> None:
         step.expected = expected
         gamma = case.initial_state.gamma * (1.0 if trace is None else trace[2])
         stats = None if trace is None else trace[:2]
-        step.tolerance = step_tolerance(case.config, expected, stats, gamma)
+        step.tolerance = step_tolerance(case.config, expected, stats, gamma, step)
 
 
 def build(spec: Spec) -> Case:
@@ -143,7 +148,7 @@ def build(spec: Spec) -> Case:
         step.expected = expected
         n = count_per_channel(step.x.shape, spec.config.channel_axis)
         stats = (expected["batch_mean"], expected["batch_var"]) if step.is_training else running
-        step.tolerance = step_tolerance(spec.config, expected, stats if n else None, state.gamma)
+        step.tolerance = step_tolerance(spec.config, expected, stats if n else None, state.gamma, step)
         running = (expected["running_mean"], expected["running_var"])
     case.description = spec.description(case) if callable(spec.description) else spec.description
     return case
