@@ -23,7 +23,7 @@ from ..model import Case, Config, State, Step, count_per_channel
 from ..model import RENORM_STATE_KEYS
 from ..tolerance import step_tolerance
 
-FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "renorm", "ghost", "weighted")
+FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "renorm", "ghost", "weighted", "gradients")
 
 # Step kinds: (normalize_with, update_running_stats).
 TRAIN = ("batch", True)
@@ -168,11 +168,11 @@ def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
     """Every spec of the named families, in a stable order; each family of MIRRORED_FAMILIES is
     followed by its running-variance mirrors, and the momentum family by zero-debiased twins of its
     plain-EMA sequences (see :mod:`bnconform.specs.mirrors`)."""
-    from . import degenerate, epsilon, formulas, ghost, momentum, renorm, weighted
+    from . import degenerate, epsilon, formulas, ghost, gradients, momentum, renorm, weighted
     from .mirrors import MIRRORED_FAMILIES, ZERO_DEBIAS_FAMILIES, variance_mirrors, zero_debias_mirrors
 
     modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate,
-               "renorm": renorm, "ghost": ghost, "weighted": weighted}
+               "renorm": renorm, "ghost": ghost, "weighted": weighted, "gradients": gradients}
     found = []
     for family in families:
         specs = list(modules[family].specs())

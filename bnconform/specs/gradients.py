@@ -1,0 +1,182 @@
+"""gradients: dx, dgamma and dbeta of training (batch statistics) and inference (running) BN.
+
+Every step carries an upstream gradient dy; the oracle's gradients are the chain rule through
+exactly the forward pass (formulas in bnconform.model). The family covers ranks 2-5, channels
+first and last, every epsilon placement, scale / center on and off, negative and zero gamma,
+dy all-ones (training dx ~ 0: the mean and variance absorb any per-channel constant), float64 /
+float32 / float16 / bfloat16, N = 2, N = 1 in inference and training, a constant channel,
+1e4 + N(0, 1) in float32, inference after training (the second gradient depends on the running
+statistics the first step updated), ghost batches, renorm and sample weights.
+
+Each description quotes what a wrong backward gets: treating the batch mean and variance as
+constants (dx = gamma * dy / sigma, the classic shortcut) in training, or differentiating through
+batch statistics in inference.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from . import EVAL, TRAIN, Spec, normal
+from ..model import Config, Renorm, RunningStats
+from ..oracle import broadcast, inverse_std
+
+FAMILY = "gradients"
+
+
+def random_dy(rng, shape, step_index):
+    """dy ~ N(0, 1): every term of the backward contributes."""
+    return rng.normal(0.0, 1.0, size=shape)
+
+
+def ones_dy(rng, shape, step_index):
+    """dy = 1 everywhere: sum(dy * y) = sum(y), whose training dx is 0 (y's mean is beta)."""
+    return np.ones(shape)
+
+
+def _constant_stats_dx(case, step, expected) -> np.ndarray:
+    """The shortcut backward: gamma * f(v) * dy, as if mu and var did not depend on x."""
+    config, x = case.config, np.asarray(step.x, np.float64)
+    var = expected["batch_var"] if expected.get("batch_var") is not None else case.initial_state.running_var
+    gamma = case.initial_state.gamma.astype(np.float64) if config.scale else np.ones(case.channels)
+    factor = broadcast(gamma * inverse_std(np.asarray(var, np.float64), config), x.ndim, config.channel_axis)
+    return factor * np.asarray(step.dy, np.float64)
+
+
+def describe(text: str):
+    """A description ending with how far the constant-statistics backward lands (training) or
+    what the running-statistics gradient is (inference), computed on the built case."""
+    def build_text(case) -> str:
+        gaps = [float(np.abs(_constant_stats_dx(case, s, s.expected) - s.expected["dx"]).max())
+                for s in case.steps if s.dy is not None and s.is_training and s.expected.get("batch_var") is not None]
+        largest = max(float(np.abs(s.expected["dx"]).max()) for s in case.steps if s.dy is not None)
+        if gaps:
+            tail = (f" A backward that treats mu_B and var_B as constants (dx = gamma dy / sigma_B) is off "
+                    f"by up to {max(gaps):.3g} in dx (largest |dx| {largest:.3g}).")
+        else:
+            tail = (f" In inference dx = gamma dy / sqrt(running_var + eps) (largest |dx| {largest:.3g}); a "
+                    f"backward through batch statistics gets a different dx.")
+        return text + tail
+    return build_text
+
+
+def _spec(name, text, config, shape, steps=(TRAIN,), make_x=None, make_dy=random_dy, **state) -> Spec:
+    return Spec(FAMILY, name, describe(text), config, [shape], steps, make_x or normal(0.6, 1.4),
+                make_dy=make_dy, **state)
+
+
+_LAYOUTS = [(2, "nc", (8, 3), 1), (3, "ncl", (4, 3, 5), 1), (3, "nlc", (4, 5, 3), 2),
+            (4, "nchw", (3, 4, 3, 2), 1), (4, "nhwc", (3, 3, 2, 4), 3),
+            (5, "ncdhw", (2, 3, 2, 3, 2), 1), (5, "ndhwc", (2, 2, 3, 2, 3), 4)]
+
+
+def _layouts():
+    for rank, layout, shape, axis in _LAYOUTS:
+        yield _spec(f"rank{rank}_{layout}_train", f"Training-mode gradients of a rank-{rank} input {list(shape)} "
+                    f"with channels on axis {axis} ({layout}): dx flows through the batch mean and variance of "
+                    f"each channel; reducing over the wrong axes mixes channels.", Config(channel_axis=axis), shape)
+    for rank, layout, shape, axis in (_LAYOUTS[0], _LAYOUTS[3], _LAYOUTS[4]):
+        yield _spec(f"rank{rank}_{layout}_eval", f"Inference-mode gradients ({layout}, running statistics): "
+                    f"y is a per-channel affine map of x.", Config(channel_axis=axis), shape, (EVAL,))
+
+
+def _epsilon():
+    yield _spec("eps_outside_sqrt_train", "Training gradients with epsilon outside the square root, "
+                "y = gamma (x - mu) / (sqrt(var) + eps): d/dvar is -1 / (2 sqrt(var) (sqrt(var) + eps)^2), not "
+                "-(var + eps)^(-3/2) / 2.", Config(channel_axis=1, epsilon=0.05, epsilon_mode="add_outside_sqrt"),
+                (6, 3, 2), make_x=normal(0.0, 0.5))
+    yield _spec("eps_max_inside_sqrt_train", "Training gradients with max(var, eps) inside the square root and "
+                "eps = 0.3 between the channels' variances (std 0.25 ... 1.2): where eps wins the variance path "
+                "carries no gradient, elsewhere it does.", Config(channel_axis=1, epsilon=0.3,
+                epsilon_mode="max_inside_sqrt"), (8, 3), make_x=lambda r, s: r.normal(0.0, [0.25, 0.5, 1.2], s))
+    yield _spec("eps_large_inside_sqrt_train", "Training gradients with eps = 0.5 comparable to the variance: "
+                "every term of dx carries sqrt(var + eps); dropping eps from the backward is visible.",
+                Config(channel_axis=1, epsilon=0.5), (6, 3), make_x=normal(0.0, 0.7))
+
+
+def _affine():
+    for scale, center, mode in ((False, True, "train"), (True, False, "train"), (False, False, "train"),
+                                (False, False, "eval")):
+        tag = f"scale_{'on' if scale else 'off'}_center_{'on' if center else 'off'}_{mode}"
+        yield _spec(tag, f"scale={scale}, center={center} ({mode}): no dgamma when scale is off and no dbeta "
+                    f"when center is off; the stored gamma != 1 must not enter dx when scale is off.",
+                    Config(channel_axis=1, scale=scale, center=center), (4, 3, 2, 2),
+                    (TRAIN,) if mode == "train" else (EVAL,))
+
+
+def _gamma_and_dy():
+    yield _spec("gamma_negative_train", "Negative gamma: dx changes sign with gamma, dgamma does not.",
+                Config(channel_axis=1), (6, 3), gamma=lambda r, c: -r.uniform(0.5, 2.0, c))
+    yield _spec("gamma_zero_train", "gamma = 0: dx is exactly 0 but dgamma = sum(dy xhat) is not.",
+                Config(channel_axis=1), (6, 3), gamma=lambda r, c: [0.0] * c)
+    yield _spec("dy_ones_train", "dy = 1 everywhere in training: dx is 0 up to rounding (sum(y) does not "
+                "depend on x); a backward that ignores the mean's dependence on x returns gamma / sigma.",
+                Config(channel_axis=1), (5, 3, 4), make_dy=ones_dy)
+    yield _spec("dy_ones_nhwc_float64_train", "dy = 1 in float64, channels last: dx is 0 to ~1e-16.",
+                Config(channel_axis=3, input_dtype="float64", param_dtype="float64"), (2, 3, 3, 4), make_dy=ones_dy)
+    yield _spec("dy_ones_eval", "dy = 1 in inference: dx = gamma / sqrt(running_var + eps), not 0.",
+                Config(channel_axis=1), (5, 3), (EVAL,), make_dy=ones_dy)
+
+
+def _dtypes():
+    for dtype, param in (("float64", "float64"), ("float16", "float32"), ("bfloat16", "float32")):
+        for mode in ("train", "eval"):
+            yield _spec(f"{dtype}_{mode}", f"{dtype} input and dy with {param} parameters ({mode}): the backward "
+                        f"should run in float32 or wider and round dx once to {dtype}.",
+                        Config(channel_axis=1, input_dtype=dtype, param_dtype=param), (4, 3, 2, 2),
+                        (TRAIN,) if mode == "train" else (EVAL,), make_x=normal(1.0, 2.0))
+
+
+def _degenerate():
+    yield _spec("n2_train", "N = 2 per channel: each normalized value is +-1 (up to eps), so dx is small and "
+                "made of nearly cancelling terms.", Config(channel_axis=1), (2, 3))
+    yield _spec("n1_train", "N = 1 per channel in training: y = beta whatever x is, so the model's dx = 0, "
+                "dgamma = 0 and dbeta = dy.", Config(channel_axis=1), (1, 3))
+    yield _spec("n1_eval", "N = 1 in inference: the affine map is defined for one sample; dx = gamma dy / "
+                "sqrt(running_var + eps).", Config(channel_axis=1), (1, 4), (EVAL,))
+    yield _spec("constant_channel_train", "A constant channel (var 0) with eps = 1e-3: xhat = 0, so dgamma = 0, "
+                "dx = gamma (dy - mean(dy)) / sqrt(eps), finite.", Config(channel_axis=1, epsilon=1e-3), (6, 3),
+                make_x=lambda r, s: np.broadcast_to(r.normal(1.0, 1.0, (1, s[1])) * [[1.0, 1.0, 0.0]] +
+                                                    r.normal(0.0, 1.0, s) * [[0.0, 0.0, 1.0]], s))
+    yield _spec("offset_1e4_float32_train", "x = 1e4 + N(0, 1) in float32: the backward must use the centered "
+                "values; E[x^2] - E[x]^2 style shortcuts lose every digit of dx.", Config(channel_axis=1), (16, 3),
+                make_x=normal(1e4, 1.0))
+
+
+def _sequences():
+    yield Spec(FAMILY, "train_then_eval", describe(
+        "A training step (updates the running statistics) then an inference step: the second step's dx "
+        "is gamma dy / sqrt(running_var + eps) with the running statistics the first step left."),
+        Config(channel_axis=1, running_stats=RunningStats(decay=0.5)), [(6, 3, 2)], (TRAIN, EVAL),
+        normal(2.0, 3.0), make_dy=random_dy)
+    yield Spec(FAMILY, "train_train_eval_biased", describe(
+        "Two training steps and an inference step with a biased running variance: each gradient uses "
+        "its own step's statistics."), Config(channel_axis=1, running_stats=RunningStats(decay=0.3,
+        variance="biased")), [(4, 3)], (TRAIN, TRAIN, EVAL), normal(-1.0, 2.0), make_dy=random_dy)
+
+
+def _extensions():
+    for split in ("contiguous", "interleaved"):
+        yield _spec(f"ghost_{split}_train", f"Ghost batches of 2 samples ({split} split): each ghost batch is "
+                    f"differentiated through its own moments; dgamma / dbeta sum over all of them.",
+                    Config(channel_axis=1, virtual_batch_size=2, ghost_split=split), (6, 3))
+    yield _spec("renorm_clipped_train", "Batch Renormalization with r and d clipped: r and d are constants in the "
+                "backward (Ioffe 2017), so dx is gamma r times the BN backward and dgamma = sum(dy (xhat r + d)).",
+                Config(channel_axis=1, renorm=Renorm(rmin=0.8, rmax=1.25, dmax=0.5)), (6, 3), make_x=normal(0.0, 2.0))
+    yield _spec("renorm_unclipped_train", "Batch Renormalization without clipping: r = sigma_B / sigma_R and "
+                "d = (mu_B - mu_R) / sigma_R are still constants in the backward; differentiating through them "
+                "gives dx = gamma dy / sigma_R.", Config(channel_axis=1, renorm=Renorm()), (6, 3))
+    yield _spec("weighted_train", "Sample weights: dmu/dx_i = w_i / W and dvar/dx_i = 2 w_i (x_i - mu) / W.",
+                Config(channel_axis=1, running_stats=RunningStats(variance="biased")), (5, 3),
+                make_weights=lambda r, b, i: r.uniform(0.2, 2.0, b))
+
+
+def specs():
+    yield from _layouts()
+    yield from _epsilon()
+    yield from _affine()
+    yield from _gamma_and_dy()
+    yield from _dtypes()
+    yield from _degenerate()
+    yield from _sequences()
+    yield from _extensions()
