@@ -32,6 +32,8 @@ ROWS: list[tuple[str, str]] = [
     ("float64", "float64 honoured"),
     ("variance_algorithm", "variance vs cancellation"),
     ("train_without_update", "batch stats without update"),
+    ("training_gradient", "training dx through batch stats"),
+    ("inference_gradient", "inference (frozen-layer) gradient"),
 ]
 
 
@@ -128,16 +130,28 @@ class _Facts:
         return self._outcome(cells, "state unchanged", state=True)
 
     def half_moments(self) -> ProfileCell:
-        cells = self._select(lambda m: m["input_dtype"] in HALF and not m["extensions"])
+        cells = self._select(lambda m: m["input_dtype"] in HALF and not m["extensions"] and not _backward(m))
         return self._outcome(cells, "yes", kinds=("dtype", "precision", "defect"))
 
     def float64(self) -> ProfileCell:
-        cells = self._select(lambda m: m["input_dtype"] == "float64" and m["param_dtype"] == "float64")
+        cells = self._select(lambda m: m["input_dtype"] == "float64" and m["param_dtype"] == "float64"
+                             and not _backward(m))
         return self._outcome(cells, "yes", kinds=("dtype",))
 
     def variance_algorithm(self) -> ProfileCell:
-        cells = self._select(lambda m: m["mean_to_spread"] >= CANCELLATION)
+        cells = self._select(lambda m: m["mean_to_spread"] >= CANCELLATION and not _backward(m))
         return self._outcome(cells, "exact (two-pass or Welford)", kinds=("precision", "defect"))
+
+    def training_gradient(self) -> ProfileCell:
+        """The gradients cases of training steps: dx through mu_B and var_B, dgamma, dbeta (N = 1 is
+        the row "training, 1 value/channel")."""
+        cells = self._select(lambda m: "batch" in _backward(m) and min(m["training_n"], default=2) > 1)
+        return self._outcome(cells, "yes, as model")
+
+    def inference_gradient(self) -> ProfileCell:
+        """Inference steps' gradients: the affine map through the running statistics."""
+        cells = self._select(lambda m: "running" in _backward(m))
+        return self._outcome(cells, "running stats, affine (as model)")
 
     # -- shared derivations ---------------------------------------------------------------------
 
@@ -193,6 +207,11 @@ class _Facts:
         on_state = _state_effect(set(effect.get("outputs", [])), declared.get("kind", "?")) if state else None
         text = declared.get("behaviour", name)
         return on_state or f"{declared.get('kind', '?')}: {text if len(text) <= 60 else text[:57] + '...'}"
+
+
+def _backward(meta: dict) -> list[str]:
+    """normalize_with of the case's steps with an upstream gradient (results before gradients: none)."""
+    return meta.get("gradients", [])
 
 
 def _state_effect(outputs: set, kind: str) -> str | None:

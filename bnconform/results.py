@@ -47,7 +47,8 @@ def case_metadata(case) -> dict:
     ``training_n`` / ``update_n``: N per channel of the training / updating steps;
     ``depends_on``: the convention knobs whose value changes the case's expected results (the
     oracle rerun with another value misses the tolerances); ``mean_to_spread``: the largest
-    |mean| / std of a channel in a training batch with N >= 2 (cancellation when >= 1e3).
+    |mean| / std of a channel in a training batch with N >= 2 (cancellation when >= 1e3);
+    ``gradients``: the normalize_with values of the steps that carry an upstream dy.
     """
     cfg, rs = case.config, case.config.running_stats
     counts = case.reduce_counts()
@@ -59,7 +60,8 @@ def case_metadata(case) -> dict:
             "update_n": sorted({n for s, n in zip(case.steps, counts) if s.update_running_stats}),
             "step_kinds": sorted({f"{s.normalize_with}+{'update' if s.update_running_stats else 'no-update'}"
                                   for s in case.steps}),
-            "depends_on": _depends_on(case), "mean_to_spread": _mean_to_spread(case)}
+            "depends_on": _depends_on(case), "mean_to_spread": _mean_to_spread(case),
+            "gradients": sorted(case.gradient_modes)}
 
 
 def _depends_on(case) -> list[str]:
