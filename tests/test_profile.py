@@ -19,7 +19,29 @@ def _row(doc, backend, key):
 def test_rows_are_the_porters_facts():
     keys = [k for k, _ in ROWS]
     assert keys == ["momentum", "epsilon", "running_variance", "zero_debias", "cumulative", "batch_of_one",
-                    "empty_batch", "half_moments", "float64", "variance_algorithm", "train_without_update"]
+                    "empty_batch", "half_moments", "float64", "variance_algorithm", "train_without_update",
+                    "training_gradient", "inference_gradient"]
+
+
+def test_gradient_rows_come_from_the_gradient_cases_and_keep_out_of_forward_rows():
+    """A backward deviation on a float16 gradient case shows in the training-gradient row, not in
+    the half-precision forward row; an N = 1 gradient case belongs to the batch-of-one row."""
+    metas = {"gradients/a": case_meta(gradients=["batch"]),
+             "gradients/h": case_meta(gradients=["batch"], input_dtype="float16"),
+             "gradients/one": case_meta(gradients=["batch"], training_n=[1]),
+             "gradients/e": case_meta(gradients=["running"], step_kinds=["running+no-update"]),
+             "formulas/h": case_meta(input_dtype="float16")}
+    cells = [verdict("gradients/a", "t"), verdict("gradients/h", "t", "deviation", ["slow-dx"], ["precision"]),
+             verdict("gradients/one", "t", "deviation", ["raises"], ["edge"]), verdict("gradients/e", "t"),
+             verdict("formulas/h", "t")]
+    devs = [deviation("slow-dx", "precision", {"outputs": ["dx"]}, "dx rounded in float16"),
+            deviation("raises", "edge", {"raises": "ValueError"})]
+    doc = document({"t": adapter(deviations=devs)}, metas, cells)
+    training = _row(doc, "t", "training_gradient")
+    assert "dx rounded in float16" in training.value and training.evidence == ["gradients/h"]
+    assert _row(doc, "t", "half_moments").value == "yes"
+    assert _row(doc, "t", "inference_gradient").value.startswith("running stats")
+    assert "gradients/one" not in training.evidence
 
 
 def test_momentum_reads_spelling_and_default_and_counts_passing_cases():
