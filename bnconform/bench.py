@@ -29,18 +29,27 @@ from .execution.plan import adapter_class, discover_cases, missing_requirement, 
 from .execution.scheduler import Progress, run_cells
 
 
-def _table(verdicts, infos) -> list[str]:
+def _table(verdicts, infos, gradient_cases=frozenset()) -> list[str]:
+    """One row per backend and device: all cases ran, median and p90 ms, import seconds, and the
+    median ms of the forward-only cases vs the cases with gradients (``gradient_cases``: ids)."""
     rows = {}
     for v in verdicts:
         if v.status in ("pass", "fail", "deviation"):
-            rows.setdefault((v.adapter, v.device), []).append(v.seconds * 1000)
-    lines = [f"{'backend':28} {'device':8} {'cases':>5} {'median ms':>10} {'p90 ms':>8} {'import s':>9}"]
-    for (name, device), times in sorted(rows.items()):
-        times.sort()
+            rows.setdefault((v.adapter, v.device), []).append((v.seconds * 1000, v.case in gradient_cases))
+    lines = [f"{'backend':28} {'device':8} {'cases':>5} {'median ms':>10} {'p90 ms':>8} {'import s':>9} "
+             f"{'fwd ms':>7} {'grad ms':>8} {'grad/fwd':>8}"]
+    for (name, device), timed in sorted(rows.items()):
+        times = sorted(t for t, _ in timed)
         p90 = times[int(0.9 * (len(times) - 1))]
+        forward, backward = _median([t for t, g in timed if not g]), _median([t for t, g in timed if g])
         lines.append(f"{name:28} {device:8} {len(times):5d} {statistics.median(times):10.2f} {p90:8.2f} "
-                     f"{infos.get(name, {}).get('import_seconds', float('nan')):9.1f}")
+                     f"{infos.get(name, {}).get('import_seconds', float('nan')):9.1f} {forward:7.2f} {backward:8.2f} "
+                     f"{backward / forward if forward > 0 else float('nan'):8.2f}")
     return lines
+
+
+def _median(values) -> float:
+    return statistics.median(values) if values else float("nan")
 
 
 def cold_import_seconds(name: str) -> float:
@@ -111,6 +120,6 @@ def bench(args) -> int:
     start = time.perf_counter()
     cells = plan(cases, names, ["cpu"])
     verdicts, infos = run_cells(cells, jobs=1, progress=Progress(len(cells)))
-    print("\n".join(_table(verdicts, infos)))
+    print("\n".join(_table(verdicts, infos, frozenset(c.id for c in cases if c.gradient_modes))))
     print(f"sequential run of {len(cells)} cells: {time.perf_counter() - start:.1f} s wall (one host at a time)")
     return 0
