@@ -28,6 +28,7 @@ FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 HALF_DTYPES = ("float16", "bfloat16")
 STEP_KINDS = tuple((n, u) for n in NORMALIZE_WITH for u in (True, False))
 CHANNEL_POSITIONS = ("first", "last", "other")  # axis 1; axis rank-1; any other axis
+REPLICA_SPLITS = ("equal", "unequal", "empty")
 
 
 def dtype_pairs(inputs=FLOAT_DTYPES, half_params=("float32",), same=True) -> frozenset:
@@ -74,6 +75,10 @@ class Capabilities:
     # normalize_with values ("batch", "running") of steps whose dx, dgamma, dbeta the API's own
     # autodiff computes; empty = forward only (a case whose steps carry dy is then unsupported)
     gradients: frozenset = frozenset()
+    # cross-replica BN (extension "replicas"): how many replicas, and which splits of the batch
+    # ("equal" sizes, "unequal" sizes, some replica "empty")
+    replica_counts: frozenset = frozenset({2, 4, 8})
+    replica_splits: frozenset = frozenset(REPLICA_SPLITS)
     when: tuple = field(default=())  # ((Selector, {knob: values}), ...): conditional overrides
 
     def for_case(self, case: Case, device: str) -> "Capabilities":
@@ -115,6 +120,10 @@ def _structural_reason(caps: Capabilities, case: Case, api: str) -> str | None:
         (case.gradient_modes <= caps.gradients, "gradients (steps with an upstream dy)",
          _gradient_words(caps.gradients), _gradient_words(case.gradient_modes)),
     ]
+    for sizes in {s.replica_sizes for s in case.steps if s.replica_sizes is not None}:
+        checks.append((len(sizes) in caps.replica_counts, "replica counts", sorted(caps.replica_counts), len(sizes)))
+        checks.append((replica_split(sizes) in caps.replica_splits, "replica splits", sorted(caps.replica_splits),
+                       f"{replica_split(sizes)} {list(sizes)}"))
     if cfg.virtual_batch_size is not None:
         checks.append((cfg.ghost_split in caps.ghost_splits, "ghost batch splits", sorted(caps.ghost_splits), cfg.ghost_split))
     for step in case.steps:
@@ -125,6 +134,13 @@ def _structural_reason(caps: Capabilities, case: Case, api: str) -> str | None:
         if not ok:
             return f"{api} cannot express these {what}. Expected: {expected}. Received: {received}"
     return None
+
+
+def replica_split(sizes) -> str:
+    """"empty" if a replica holds no sample, "unequal" if sizes differ, else "equal"."""
+    if 0 in sizes:
+        return "empty"
+    return "equal" if len(set(sizes)) == 1 else "unequal"
 
 
 def _gradient_words(modes) -> str:
@@ -197,7 +213,9 @@ def describe(caps: Capabilities) -> dict[str, str]:
         "dtypes": ", ".join(f"{i}/{p}" if i != p else i for i, p in sorted(caps.dtypes)),
         "extensions": values("extensions"), "ghost_splits": values("ghost_splits"),
         "resumes_counter": "yes" if caps.resumes_counter else "no",
-        "gradients": _gradient_words(caps.gradients)})
+        "gradients": _gradient_words(caps.gradients),
+        "replicas": (f"{values('replica_counts')} replicas; splits: {values('replica_splits')}"
+                     if "replicas" in caps.extensions else "no")})
     for selector, changes in caps.when:
         for knob, value in changes.items():
             shown = ", ".join(str(VALUE_WORDS.get(knob, {}).get(v, v)).split(" (")[0] for v in sorted(_frozen(value), key=str))

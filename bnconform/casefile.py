@@ -69,6 +69,8 @@ def _step_to_json(step: Step, cfg: Config) -> dict:
         obj["sample_weights"] = encode_array(step.sample_weights, cfg.input_dtype)
     if step.dy is not None:
         obj["dy"] = encode_array(step.dy, cfg.input_dtype)
+    if step.replica_sizes is not None:
+        obj["replica_sizes"] = [int(n) for n in step.replica_sizes]
     obj["expected"] = _expected_to_json(step.expected, step.dy is not None)
     obj["tolerance"] = step.tolerance
     return obj
@@ -128,8 +130,9 @@ def case_from_json(obj: dict, path: str | None = None) -> Case:
                          for k in RENORM_STATE_KEYS + GRADIENT_KEYS if k in s["expected"]})
         expected["num_updates"] = s["expected"]["num_updates"]
         optional = {k: None if s.get(k) is None else decode_array(s[k], f"{where}/{k}") for k in ("sample_weights", "dy")}
-        steps.append(Step(s["normalize_with"], s["update_running_stats"],
-                          decode_array(s["x"], f"{where}/x"), expected, s.get("tolerance", {}), **optional))
+        replicas = None if s.get("replica_sizes") is None else tuple(s["replica_sizes"])
+        steps.append(Step(s["normalize_with"], s["update_running_stats"], decode_array(s["x"], f"{where}/x"),
+                          expected, s.get("tolerance", {}), **optional, replica_sizes=replicas))
     return Case(obj["id"], obj["family"], obj["description"], config_from_json(obj["config"]),
                 state, steps, path)
 

@@ -95,11 +95,16 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
             found = compare_output(i, key, expected[key], got[key], tol, dtype)
             if found:
                 mismatches.append(found)
+        if step.replica_sizes is not None and got.get("replicas") is not None:
+            compared.add("replicas")  # how many devices the adapter really ran the step on
+            if int(got["replicas"]) != len(step.replica_sizes):
+                mismatches.append(Mismatch(i, "replicas", [], float(len(step.replica_sizes)), float(got["replicas"]),
+                                           float("nan"), float("nan"), float("nan"), "ran on another number of devices"))
         counter = _compare_count(i, expected.get("num_updates"), got.get("num_updates"))
         if counter is not None:
             compared.add("num_updates")
             mismatches += [counter] if counter else []
-    return mismatches, sorted(compared, key=(*COMPARED_KEYS, "num_updates").index)
+    return mismatches, sorted(compared, key=(*COMPARED_KEYS, "num_updates", "replicas").index)
 
 
 def _require_outputs(i: int, step, expected: dict, got: dict) -> None:

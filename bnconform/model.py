@@ -23,7 +23,7 @@ Running statistics (when ``Step.update_running_stats``; v is the batch variance,
 
 A batch with N == 0 carries no information: y is empty and the running state is unchanged.
 
-Three optional extensions (absent = off; at most one per case; see EXTENSIONS):
+Four optional extensions (absent = off; at most one per case; see EXTENSIONS):
 
 * ``Config.renorm`` (Batch Renormalization, Ioffe 2017). With sigma_B = sqrt(v_B + eps_eff) and
   the renorm statistics (m_R, s_R) from BEFORE the step, s = max(s_R, sqrt(eps_eff))::
@@ -44,6 +44,12 @@ Three optional extensions (absent = off; at most one per case; see EXTENSIONS):
 * ``Step.sample_weights`` (tf.nn.weighted_moments): w_i >= 0 per sample, broadcast over every
   non-channel axis: mu = sum(w x) / sum(w), v = sum(w (x - mu)^2) / sum(w) (biased; the Bessel
   variance is undefined for weights), used both to normalize and to update.
+* ``Step.replica_sizes`` (cross-replica / synchronized BN): the batch (axis 0) is split into R
+  consecutive replicas of the given sizes (unequal and 0 allowed; they sum to B). Statistics are
+  the exact moments of the union, i.e. of the whole batch, so y, the batch moments and the
+  running update (Bessel factor from the GLOBAL N) equal the unreplicated ones; what is tested is
+  that a framework combining per-replica moments gets there. Every replica empty is the empty
+  batch (y empty, state unchanged).
 
 Gradients (a step with an upstream gradient ``dy``, same shape as x): the derivatives of
 ``sum(dy * y)`` with respect to x, gamma and beta, through exactly the function that produced y.
@@ -77,7 +83,7 @@ RUNNING_RULES = ("ema", "cumulative")
 VARIANCE_KINDS = ("biased", "bessel")
 NORMALIZE_WITH = ("batch", "running")
 OUTPUT_KEYS = ("y", "batch_mean", "batch_var", "running_mean", "running_var")
-EXTENSIONS = ("renorm", "virtual_batch_size", "sample_weights")
+EXTENSIONS = ("renorm", "virtual_batch_size", "sample_weights", "replicas")
 GHOST_SPLITS = ("contiguous", "interleaved")
 RENORM_STATE_KEYS = ("renorm_mean", "renorm_stddev", "running_stddev")  # state and outputs
 GRADIENT_KEYS = ("dx", "dgamma", "dbeta")  # outputs of a step that carries an upstream gradient dy
@@ -177,6 +183,7 @@ class Step:
     tolerance: dict = field(default_factory=dict)
     sample_weights: np.ndarray | None = None
     dy: np.ndarray | None = None
+    replica_sizes: tuple[int, ...] | None = None  # samples per replica (cross-replica BN), summing to B
 
     @property
     def is_training(self) -> bool:
@@ -213,7 +220,8 @@ class Case:
         """The EXTENSIONS this case uses (an adapter must opt in to each; see adapters.base)."""
         used = {"renorm": self.config.renorm is not None,
                 "virtual_batch_size": self.config.virtual_batch_size is not None,
-                "sample_weights": any(s.sample_weights is not None for s in self.steps)}
+                "sample_weights": any(s.sample_weights is not None for s in self.steps),
+                "replicas": any(s.replica_sizes is not None for s in self.steps)}
         return tuple(name for name in EXTENSIONS if used[name])
 
     @property

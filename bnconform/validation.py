@@ -148,8 +148,8 @@ def _check_step(case: Case, i: int) -> None:
 def _check_extension_knobs(case: Case) -> None:
     """renorm / virtual_batch_size / sample_weights: one per case, with the knobs they need."""
     cfg, rs, state = case.config, case.config.running_stats, case.initial_state
-    _check(len(case.extensions) <= 1, "/config", "at most one of renorm, virtual_batch_size, sample_weights "
-           "(their combinations are not defined)", list(case.extensions))
+    _check(len(case.extensions) <= 1, "/config", "at most one of renorm, virtual_batch_size, sample_weights, "
+           "replica_sizes (their combinations are not defined)", list(case.extensions))
     for key in RENORM_STATE_KEYS:
         array = getattr(state, key)
         _check((array is not None) == (cfg.renorm is not None), f"/initial_state/{key}",
@@ -164,9 +164,9 @@ def _check_extension_knobs(case: Case) -> None:
                "a plain EMA with renorm (no cumulative rule, zero_debias or schedule)", rs)
         low, high = cfg.renorm.rmin, cfg.renorm.rmax
         _check(low is None or high is None or low <= high, "/config/renorm/rmin", f"<= rmax {high}", low)
-    if cfg.virtual_batch_size is not None or "sample_weights" in case.extensions:
-        _check(cfg.channel_axis != 0, "/config/channel_axis", "not 0 with ghost batches or sample weights "
-               "(axis 0 holds the samples)", cfg.channel_axis)
+    if set(case.extensions) & {"virtual_batch_size", "sample_weights", "replicas"}:
+        _check(cfg.channel_axis != 0, "/config/channel_axis", "not 0 with ghost batches, sample weights or "
+               "replicas (axis 0 holds the samples)", cfg.channel_axis)
     if "sample_weights" in case.extensions:
         _check(rs.variance == "biased", "/config/running_stats/variance", "'biased' with sample weights (a "
                "Bessel correction is undefined for weighted moments)", rs.variance)
@@ -175,7 +175,7 @@ def _check_extension_knobs(case: Case) -> None:
 def _check_step_extensions(case: Case, i: int) -> None:
     step, cfg, where = case.steps[i], case.config, f"/steps/{i}"
     takes_moments = step.is_training or step.update_running_stats
-    if case.extensions and takes_moments:
+    if case.extensions and case.extensions != ("replicas",) and takes_moments:
         _check(count_per_channel(step.x.shape, cfg.channel_axis) > 0, f"{where}/x/shape",
                f"a non-empty batch when {case.extensions[0]} is set", list(step.x.shape))
     size = cfg.virtual_batch_size
@@ -192,6 +192,18 @@ def _check_step_extensions(case: Case, i: int) -> None:
             _check(key in step.tolerance, f"{where}/tolerance", f"an entry for {key!r}", sorted(step.tolerance))
     if step.sample_weights is not None:
         _check_weights(step, cfg, where, takes_moments)
+    if "replicas" in case.extensions:
+        _check_replicas(case, i)
+
+
+def _check_replicas(case: Case, i: int) -> None:
+    """Every step is replicated, over the same number of replicas, with sizes summing to the batch."""
+    sizes, first, where = case.steps[i].replica_sizes, case.steps[0].replica_sizes, f"/steps/{i}/replica_sizes"
+    _check(sizes is not None, where, "present on every step when one step has it (a replicated layer runs "
+           "every call on all replicas)", "absent")
+    _check(len(sizes) == len(first), where, f"{len(first)} replicas like step 0", len(sizes))
+    _check(sum(sizes) == case.steps[i].x.shape[0], where, f"sizes summing to the batch size {case.steps[i].x.shape[0]}",
+           list(sizes))
 
 
 def _check_weights(step, cfg, where: str, takes_moments: bool) -> None:

@@ -23,7 +23,7 @@ from ..model import Case, Config, State, Step, count_per_channel
 from ..model import RENORM_STATE_KEYS
 from ..tolerance import step_tolerance
 
-FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "renorm", "ghost", "weighted", "gradients")
+FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "renorm", "ghost", "weighted", "gradients", "replicas")
 
 # Step kinds: (normalize_with, update_running_stats).
 TRAIN = ("batch", True)
@@ -74,6 +74,7 @@ class Spec:
     renorm_stddev: Callable | None = None
     seed_id: str | None = None  # draw from another case's seed (a mirror shares its original's inputs)
     make_dy: Callable | None = None  # (rng, shape, step_index) -> upstream gradient or None (forward only)
+    replica_sizes: Sequence[Sequence[int]] | None = None  # per step: samples per replica (cross-replica BN)
 
     @property
     def id(self) -> str:
@@ -115,6 +116,8 @@ def _make_steps(spec: Spec, rng, shapes) -> list[Step]:
         weights = spec.make_weights(rng, shape[0], i) if spec.make_weights and computes_moments else None
         weights = None if weights is None else quantize(weights, spec.config.input_dtype)
         steps.append(Step(kind[0], kind[1], x, sample_weights=weights))
+    for step, sizes in zip(steps, spec.replica_sizes or ()):  # no draw: other cases never change
+        step.replica_sizes = tuple(sizes)
     for i, step in enumerate(steps if spec.make_dy else ()):  # drawn last: forward-only cases never change
         dy = spec.make_dy(rng, step.x.shape, i)
         step.dy = None if dy is None else quantize(dy, spec.config.input_dtype)
@@ -168,11 +171,11 @@ def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
     """Every spec of the named families, in a stable order; each family of MIRRORED_FAMILIES is
     followed by its running-variance mirrors, and the momentum family by zero-debiased twins of its
     plain-EMA sequences (see :mod:`bnconform.specs.mirrors`)."""
-    from . import degenerate, epsilon, formulas, ghost, gradients, momentum, renorm, weighted
+    from . import degenerate, epsilon, formulas, ghost, gradients, momentum, renorm, replicas, weighted
     from .mirrors import MIRRORED_FAMILIES, ZERO_DEBIAS_FAMILIES, variance_mirrors, zero_debias_mirrors
 
     modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate,
-               "renorm": renorm, "ghost": ghost, "weighted": weighted, "gradients": gradients}
+               "renorm": renorm, "ghost": ghost, "weighted": weighted, "gradients": gradients, "replicas": replicas}
     found = []
     for family in families:
         specs = list(modules[family].specs())
