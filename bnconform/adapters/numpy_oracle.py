@@ -1,10 +1,14 @@
-"""The NumPy float64 oracle as an adapter: the reference row of the matrix (must pass 100%)."""
+"""The NumPy float64 oracle as an adapter: the reference row of the matrix (must pass 100%).
+
+Gradients: for a step with an upstream dy, :func:`bnconform.oracle.run_case` also returns the
+oracle's dx, dgamma, dbeta (bnconform.oracle_gradients), for both normalize_with values.
+"""
 
 from __future__ import annotations
 
 from .. import oracle
 from ..capabilities import Capabilities
-from ..model import EXTENSIONS
+from ..model import EXTENSIONS, NORMALIZE_WITH
 from .base import Adapter
 
 
@@ -15,7 +19,8 @@ class OracleAdapter(Adapter):
     framework = "numpy"
     extra = "test"
     requires = ("numpy",)
-    capabilities = Capabilities(extensions=frozenset(EXTENSIONS))  # every knob, every extension
+    # every knob, every extension; run_case returns the oracle's dx, dgamma, dbeta for a step with dy
+    capabilities = Capabilities(extensions=frozenset(EXTENSIONS), gradients=frozenset(NORMALIZE_WITH))
     notes = "the float64 reference itself; a failure here means the case file is stale"
 
     def run(self, case, device):

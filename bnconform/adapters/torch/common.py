@@ -14,6 +14,16 @@
 - ``shared_deviations(...)``       -> the deviations both adapters show (same F.batch_norm code).
 - ``TorchAdapter``                 -> the class attributes and devices() both adapters share.
 - ``state_tensors(case, device)``  -> the case's initial gamma, beta and running statistics as tensors.
+- ``input_tensor(step, dtype, dev)`` / ``gradient_context(step)`` / ``vjp(y, step, wrt, dev)``
+  -> the gradient plumbing both adapters share (below).
+
+Gradients: for a step with an upstream ``dy`` the input is a leaf tensor with
+``requires_grad``, the call runs under ``torch.enable_grad()`` (inside the adapter's no-grad
+device context, so cuDNN stays on or off as the device says) and ``torch.autograd.grad(y, [x,
+weight, bias], grad_outputs=dy)`` returns the VJP of that same call: dx in the input dtype and
+layout (autograd goes through the movedim), dgamma / dbeta in the param dtype. ``autograd.grad``
+accumulates nothing into ``.grad``, so cached modules carry no state between cases. Forward-only
+steps build no graph.
 
 Importing this module does not import torch.
 """
@@ -103,6 +113,29 @@ def state_tensors(case, device: str) -> dict:
             for name in ("gamma", "beta", "running_mean", "running_var")}
 
 
+def input_tensor(step, dtype_name: str, device: str):
+    """The step's x as a tensor; a leaf that requires grad when the step carries an upstream dy."""
+    x = to_tensor(step.x, dtype_name, device)
+    return x.requires_grad_() if step.dy is not None else x
+
+
+def gradient_context(step):
+    """``torch.enable_grad()`` for a step with dy (the graph is recorded), else nothing at all."""
+    return torch().enable_grad() if step.dy is not None else contextlib.nullcontext()
+
+
+def vjp(y, step, wrt: dict, device: str) -> dict:
+    """dx, dgamma, dbeta: d(sum(dy * y)) / d(wrt[...]) by ``torch.autograd.grad`` with cotangent dy.
+
+    ``wrt`` maps "dx" / "dgamma" / "dbeta" to the leaf tensors y was computed from (None = absent:
+    that parameter is off); dy travels in y's dtype (the input dtype), in y's layout.
+    """
+    names = [key for key, tensor in wrt.items() if tensor is not None]
+    dy = to_tensor(step.dy, str(y.dtype).removeprefix("torch."), device)
+    grads = torch().autograd.grad(y, [wrt[key] for key in names], grad_outputs=dy)
+    return {key: to_numpy(grad) for key, grad in zip(names, grads)}
+
+
 def to_numpy(tensor) -> np.ndarray:
     """NumPy value of a tensor (a copy on the host); bfloat16 widened to float32 exactly."""
     tensor = tensor.detach()
@@ -123,10 +156,12 @@ def from_channels_first(y, channel_axis: int):
 
 # torch's conventions: eps inside the square root, a Bessel-corrected running variance, a plain
 # EMA with a constant momentum (no zero-debias, no num_updates schedule); ranks 2..5 (1d/2d/3d).
+# autograd differentiates both the training and the inference call (see vjp).
 TORCH_CAPABILITIES = Capabilities(
     epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"bessel"}),
     zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}),
-    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}),
+    gradients=frozenset({"batch", "running"}))
 
 
 def shared_deviations(api: str) -> tuple[Deviation, ...]:

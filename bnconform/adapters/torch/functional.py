@@ -20,6 +20,10 @@ momentum=None raises TypeError; the 1/num_batches_tracked average lives in nn.Ba
 forward(), not in the functional API); no eval step with an update. Conventions: eps inside the
 square root, Bessel running variance, no zero-debias, no num_updates schedule.
 F.batch_norm keeps no update counter, so no num_updates is returned.
+
+Gradients: a step with an upstream dy runs the same F.batch_norm call with x, weight and bias
+as leaves that require grad and returns ``torch.autograd.grad`` of y with cotangent dy (dx, and
+dgamma / dbeta where weight / bias are passed); see ``common.vjp``.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from dataclasses import replace
 
 from ... import model
 from .common import (
-    TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, shared_deviations, signature_defaults,
-    state_tensors, to_channels_first, to_numpy, to_tensor, torch,
+    TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, gradient_context, input_tensor,
+    shared_deviations, signature_defaults, state_tensors, to_channels_first, to_numpy, torch, vjp,
 )
 
 
@@ -51,23 +55,30 @@ class TorchFunctionalAdapter(TorchAdapter):
             return [self._step(case, params, step, device) for step in case.steps]
 
     def _step(self, case: model.Case, params: "_Params", step: model.Step, device: str) -> dict:
-        """One F.batch_norm call; running stats are passed only where the step uses or updates them."""
+        """One F.batch_norm call; running stats are passed only where the step uses or updates them.
+        With dy, the VJP of that call (dx, dgamma, dbeta) comes back too."""
         config = case.config
         track = step.update_running_stats or not step.is_training
-        x = to_channels_first(to_tensor(step.x, config.input_dtype, device), config.channel_axis)
-        y = torch().nn.functional.batch_norm(
-            x, params.running_mean if track else None, params.running_var if track else None,
-            params.weight, params.bias, training=step.is_training,
-            momentum=1.0 - config.running_stats.decay, eps=config.effective_epsilon)
-        return {"y": to_numpy(from_channels_first(y, config.channel_axis)),
+        x = input_tensor(step, config.input_dtype, device)
+        with gradient_context(step):
+            y = torch().nn.functional.batch_norm(
+                to_channels_first(x, config.channel_axis),
+                params.running_mean if track else None, params.running_var if track else None,
+                params.weight, params.bias, training=step.is_training,
+                momentum=1.0 - config.running_stats.decay, eps=config.effective_epsilon)
+            y = from_channels_first(y, config.channel_axis)
+        wrt = {"dx": x, "dgamma": params.weight, "dbeta": params.bias}
+        return {"y": to_numpy(y), **(vjp(y, step, wrt, device) if step.dy is not None else {}),
                 "running_mean": to_numpy(params.running_mean), "running_var": to_numpy(params.running_var)}
 
 
 class _Params:
-    """The case's initial weight/bias (None where scale/center is off) and running-stat tensors."""
+    """The case's initial weight/bias (None where scale/center is off; leaves that require grad when
+    some step carries dy) and running-stat tensors."""
 
     def __init__(self, case: model.Case, device: str):
         config, tensors = case.config, state_tensors(case, device)
-        self.weight = tensors["gamma"] if config.scale else None
-        self.bias = tensors["beta"] if config.center else None
+        differentiates = bool(case.gradient_modes)
+        self.weight = tensors["gamma"].requires_grad_(differentiates) if config.scale else None
+        self.bias = tensors["beta"].requires_grad_(differentiates) if config.center else None
         self.running_mean, self.running_var = tensors["running_mean"], tensors["running_var"]

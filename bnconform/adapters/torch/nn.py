@@ -21,6 +21,11 @@ flag); no training step without an update (train() always updates while track_ru
 and track_running_stats=False would drop the running stats that the eval steps need); no eval
 step with an update. Conventions: eps inside the square root, Bessel running variance, no
 zero-debias, no num_updates schedule.
+
+Gradients: a step with an upstream dy calls the module on a leaf x that requires grad, with
+autograd on, and returns ``torch.autograd.grad`` of y with cotangent dy w.r.t. x and the
+module's own ``weight`` / ``bias`` Parameters (dgamma, dbeta; none when affine=False); see
+``common.vjp``. Nothing accumulates into ``.grad`` of the cached module.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from ... import model
 from ...selectors import training_step, updates_on_empty_batch, where
 from .common import (
     TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, shared_deviations, signature_defaults,
-    state_tensors, to_channels_first, to_numpy, to_tensor, torch, torch_device, torch_dtype,
+    gradient_context, input_tensor, state_tensors, to_channels_first, to_numpy, torch, torch_device, torch_dtype,
+    vjp,
 )
 from ..base import Deviation, Mismatches
 
@@ -124,10 +130,14 @@ class TorchModuleAdapter(TorchAdapter):
         module.num_batches_tracked.fill_(case.initial_state.num_updates)
 
     def _step(self, module, case: model.Case, step: model.Step, device: str) -> dict:
+        """One module call (train() or eval()); with dy, the VJP of that call comes back too."""
         axis = case.config.channel_axis
         module.train(step.is_training)
-        x = to_channels_first(to_tensor(step.x, case.config.input_dtype, device), axis)
-        y = from_channels_first(module(x), axis)
-        return {"y": to_numpy(y), "running_mean": to_numpy(module.running_mean),
+        x = input_tensor(step, case.config.input_dtype, device)
+        with gradient_context(step):
+            y = from_channels_first(module(to_channels_first(x, axis)), axis)
+        wrt = {"dx": x, "dgamma": module.weight, "dbeta": module.bias}
+        return {"y": to_numpy(y), **(vjp(y, step, wrt, device) if step.dy is not None else {}),
+                "running_mean": to_numpy(module.running_mean),
                 "running_var": to_numpy(module.running_var),
                 "num_updates": int(module.num_batches_tracked.item())}
