@@ -115,12 +115,32 @@ def pytest_collection_modifyitems(config, items):
     once and unit tests and skips fill the other workers around them."""
     if not getattr(config, "workerinput", {}).get("bnconform_loadgroup"):
         return
+    _apply_xdist_group_marks(items)
+
     def group(item):
         return item.nodeid.rpartition("@")[2] if isinstance(item, CellItem) and item.settled is None else ""
     sizes = collections.Counter(group(item) for item in items)
     order = {item.nodeid: n for n, item in enumerate(items)}
     items.sort(key=lambda item: (0, -sizes[group(item)], group(item), order[item.nodeid]) if group(item)
                else (1, 0, "", order[item.nodeid]))
+
+
+def _apply_xdist_group_marks(items) -> None:
+    """Give every item marked ``xdist_group(name)`` (a unit-test module that imports a framework
+    in-process) the "@name" node-id suffix that loadgroup schedules by, so the whole module runs
+    on one worker and the framework is imported once. xdist writes the suffix into the legacy
+    ``_nodeid``, which pytest >= 9 no longer reads (pytest-dev/pytest-xdist#1386): the mark was
+    silently ignored. Where xdist's own suffix took effect (pytest < 9), the id is left alone."""
+    for item in items:
+        if isinstance(item, CellItem):
+            continue
+        names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                        for m in item.iter_markers("xdist_group")})
+        suffix = "@" + "_".join(names)
+        if names and not item.nodeid.endswith(suffix) and hasattr(item, "_id"):
+            from _pytest.nodeid import coerce_node_id  # pytest >= 9: the structured id
+
+            item._id = coerce_node_id(item.nodeid + suffix)
 
 
 class InvalidCase(Exception):

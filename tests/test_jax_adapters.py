@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import requires
 
-pytestmark = requires("jax", "flax")
+pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax")]  # one worker imports JAX
 
 from bnconform.adapters.jax.common import flax_state, jax_device  # noqa: E402
 from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter  # noqa: E402

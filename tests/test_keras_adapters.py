@@ -1,12 +1,13 @@
 """Fast checks of the Keras adapters (tf_keras and Keras 3): capability data, selectors, layer reuse.
 
 The capability and selector tests are pure Python (no framework import); the layer tests import
-tf_keras in this process, and Keras 3 in a subprocess (KERAS_BACKEND is read once per process).
+tf_keras, and Keras 3 on its tensorflow backend, in this process, under the TensorFlow host's
+environment (KERAS_BACKEND is read once per process). The module shares the "tensorflow" xdist
+group with test_tf_adapters, so one worker imports TensorFlow for both.
 """
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +23,8 @@ from bnconform.judge import cannot_express
 from bnconform.selectors import Selector
 from bnconform.validation import load_case
 from bnconform.verdict import DEVIATION_KINDS
+
+pytestmark = [pytest.mark.xdist_group("tensorflow"), pytest.mark.usefixtures("tf_host_environment")]
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = (TfKerasAutoAdapter, TfKerasFusedAdapter, TfKerasNonFusedAdapter, TfKerasBackendAdapter,
@@ -122,29 +125,25 @@ def test_tf_keras_framework_defaults_are_the_layers_own():
     assert TfKerasAutoAdapter().framework_defaults() == {"decay_parameter": layer.momentum, "epsilon": layer.epsilon}
 
 
-_KERAS3_SCRIPT = """
-import numpy as np
-from bnconform.adapters.keras3 import Keras3TorchAdapter
-from bnconform.validation import load_case
-first, second = (load_case(f"cases/momentum/decay_{d}_biased_3steps.json") for d in ("0.1", "0.9"))
-reused = Keras3TorchAdapter()
-reused.run(first, "cpu")
-got, fresh = reused.run(second, "cpu"), Keras3TorchAdapter().run(second, "cpu")
-assert len(reused._layers) == 1, reused._layers
-assert all(np.array_equal(a[k], b[k]) for a, b in zip(got, fresh) for k in b)
-import keras
-layer = keras.layers.BatchNormalization()
-assert reused.framework_defaults() == {"decay_parameter": layer.momentum, "epsilon": layer.epsilon}
-print("ok")
-"""
-
-
+# keras' tensorflow backend calls np.array(tensor) without copy=: numpy 2 warns, nothing else changes
+@pytest.mark.filterwarnings("ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning")
 def test_keras3_layer_is_reused_across_decays_and_matches_a_fresh_layer():
-    pytest.importorskip("keras")
-    pytest.importorskip("torch")
-    env = dict(os.environ, **Keras3TorchAdapter.environment)
-    out = subprocess.run([sys.executable, "-c", _KERAS3_SCRIPT], capture_output=True, text=True, cwd=ROOT, env=env)
-    assert out.returncode == 0 and out.stdout.strip().endswith("ok"), out.stderr[-2000:]
+    """On the tensorflow backend, in this process: tf_keras imports Keras 3 with it here anyway
+    (no extra framework import), and the layer reuse is _Keras3Adapter's, the same code on every
+    backend (each calls the layer eagerly, reading momentum and epsilon at call time)."""
+    pytest.importorskip("tensorflow")
+    keras = pytest.importorskip("keras")
+    first, second = _case("momentum/decay_0.1_biased_3steps"), _case("momentum/decay_0.9_biased_3steps")
+    assert first.config.running_stats.decay != second.config.running_stats.decay
+    reused = Keras3TensorflowAdapter()
+    reused.run(first, "cpu")
+    got, fresh = reused.run(second, "cpu"), Keras3TensorflowAdapter().run(second, "cpu")
+    assert len(reused._layers) == 1, reused._layers
+    for a, b in zip(got, fresh):
+        for key in b:
+            np.testing.assert_array_equal(a[key], b[key])
+    layer = keras.layers.BatchNormalization()
+    assert reused.framework_defaults() == {"decay_parameter": layer.momentum, "epsilon": layer.epsilon}
 
 
 def test_cannot_express_uses_no_framework_for_a_structural_reason():

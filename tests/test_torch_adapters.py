@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from conftest import requires
 
-pytestmark = requires("torch")
+pytestmark = [requires("torch"), pytest.mark.xdist_group("torch")]  # one worker imports torch
 
 from bnconform.adapters.torch.common import from_channels_first, to_channels_first, to_tensor  # noqa: E402
 from bnconform.adapters.torch.functional import TorchFunctionalAdapter  # noqa: E402
