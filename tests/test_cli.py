@@ -1,4 +1,9 @@
-"""CLI behaviour: one clear line and exit 2 for bad input; reports, merge and diff round trip."""
+"""CLI behaviour: one clear line and exit 2 for bad input; reports, merge and diff round trip.
+
+Most tests call ``cli.main`` -- what the console script runs -- in this process (its return value
+is the exit status; argparse's SystemExit is caught like the interpreter would); hosts are still
+real processes. test_console_script_* run the installed script and ``python -m bnconform`` for the
+process-level promise: the exit status, and one line on stderr with no traceback."""
 
 from __future__ import annotations
 
@@ -7,14 +12,40 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from bnconform import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "cases" / "degenerate" / "c1_rank2.json"
 
 
-def bnconform(*args, cwd=ROOT):
-    return subprocess.run([sys.executable, "-m", "bnconform", *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+@pytest.fixture
+def bnconform(capsys, monkeypatch):
+    """``bnconform ARGS`` in this process, from ``cwd``: returncode, stdout, stderr."""
+    from bnconform.execution.scheduler import Progress
+
+    # Progress binds sys.stderr when its module is imported (a default argument); in this process
+    # that can be an earlier test's capture, closed by now: give it this test's stderr.
+    defaults = Progress.__init__.__defaults__
+
+    def run(*args, cwd=ROOT):
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(Progress.__init__, "__defaults__", (sys.stderr, *defaults[1:]))
+        capsys.readouterr()
+        try:
+            code = cli.main(list(map(str, args)))
+        except SystemExit as exc:  # argparse: --help, --version, bad syntax
+            code = exc.code
+        out, err = capsys.readouterr()
+        return SimpleNamespace(returncode=code, stdout=out, stderr=err)
+    return run
+
+
+def _process(*command, cwd=ROOT):
+    return subprocess.run([*map(str, command)], cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 def _one_clear_line(result, *fragments):
@@ -24,33 +55,44 @@ def _one_clear_line(result, *fragments):
     assert all(f in lines[0] for f in fragments), lines[0]
 
 
-def test_unknown_backend_lists_known_ones():
+def test_unknown_backend_lists_known_ones(bnconform):
     _one_clear_line(bnconform("run", "--backend", "pytorch"), "unknown backend 'pytorch'", "numpy.oracle", "torch.nn")
 
 
-def test_bad_adhoc_adapter_path():
+def test_bad_adhoc_adapter_path(bnconform):
     _one_clear_line(bnconform("check", CASE, "--adapter", "nowhere.at_all:Nope"), "nowhere.at_all:Nope", "Expected")
     _one_clear_line(bnconform("check", CASE, "--adapter", "json:JSONDecoder"), "subclass of bnconform.adapters.Adapter")
 
 
-def test_check_missing_file_and_invalid_case(tmp_path):
+def test_check_missing_file_and_invalid_case(bnconform, tmp_path):
     _one_clear_line(bnconform("check", tmp_path / "absent.json", "--backend", "numpy.oracle"), "absent.json", "no such path")
     bad = tmp_path / "bad.json"
     bad.write_text(CASE.read_text().replace('"format_version": 1', '"format_version": 7'))
     _one_clear_line(bnconform("check", bad, "--backend", "numpy.oracle"), "bad.json", "/format_version")
 
 
-def test_check_exit_codes(tmp_path):
+def test_console_script_exit_status_is_mains_and_an_error_is_one_line():
+    """The installed script (user error: 2, one line, no traceback, nothing else on stderr) and
+    ``python -m bnconform`` (a failing check: 1) exit with what main returns."""
+    script = Path(sys.executable).with_name("bnconform")
+    if script.exists():  # an installed checkout; `python -m` below covers the rest everywhere
+        _one_clear_line(_process(script, "run", "--backend", "pytorch"), "unknown backend 'pytorch'", "torch.nn")
+    wrong = _process(sys.executable, "-m", "bnconform", "check", CASE, "--adapter", "faulty_adapters:IgnoresBeta",
+                     cwd=ROOT / "tests")
+    assert wrong.returncode == 1 and "fail" in wrong.stdout, wrong
+
+
+def test_check_exit_codes(bnconform, tmp_path):
     assert bnconform("check", CASE, "--backend", "numpy.oracle").returncode == 0
     wrong = bnconform("check", CASE, "--adapter", "faulty_adapters:IgnoresBeta", cwd=ROOT / "tests")
     assert wrong.returncode == 1 and "fail" in wrong.stdout
 
 
-def test_unknown_family_is_named(tmp_path):
+def test_unknown_family_is_named(bnconform, tmp_path):
     _one_clear_line(bnconform("run", "--backend", "numpy.oracle", "--family", "nope", "--reports", tmp_path), "--family", "nope")
 
 
-def test_run_report_merge_and_diff(tmp_path):
+def test_run_report_merge_and_diff(bnconform, tmp_path):
     first = bnconform("run", "--backend", "numpy.oracle", "--family", "epsilon", "--out", tmp_path / "a")
     assert first.returncode == 0, first.stderr
     report = (tmp_path / "a" / "conformance.md").read_text()
@@ -66,7 +108,7 @@ def test_run_report_merge_and_diff(tmp_path):
     assert merged.returncode == 0 and "1✗" in (tmp_path / "m.md").read_text()
 
 
-def test_report_rejects_non_results_file(tmp_path):
+def test_report_rejects_non_results_file(bnconform, tmp_path):
     junk = tmp_path / "junk.json"
     junk.write_text("[1, 2]")
     _one_clear_line(bnconform("report", junk, "-o", tmp_path / "x.md"), "junk.json", "Expected: a results document")
@@ -95,7 +137,7 @@ def test_family_glob_and_exact_selection():
     assert select_backends([], []) == list(known())
 
 
-def test_adapter_alone_runs_only_that_adapter(tmp_path):
+def test_adapter_alone_runs_only_that_adapter(bnconform, tmp_path):
     from bnconform.selection import select_backends
 
     assert select_backends([], [ORACLE_PATH]) == [ORACLE_PATH]
@@ -105,14 +147,14 @@ def test_adapter_alone_runs_only_that_adapter(tmp_path):
     assert {v["adapter"] for v in json.loads((tmp_path / "results.json").read_text())["verdicts"]} == {"numpy.oracle"}
 
 
-def test_misspelt_backend_or_family_suggests_the_nearest():
+def test_misspelt_backend_or_family_suggests_the_nearest(bnconform):
     _one_clear_line(bnconform("run", "--backend", "torhc"), "unknown backend 'torhc'",
                     "Did you mean: torch.functional, torch.nn?", "Expected one of:")
     _one_clear_line(bnconform("check", CASE, "--backend", "kears3"), "unknown backend 'kears3'",
                     "keras3.jax, keras3.tensorflow, keras3.torch")
 
 
-def test_bad_device_and_bad_results_file(tmp_path):
+def test_bad_device_and_bad_results_file(bnconform, tmp_path):
     from bnconform import results
 
     _one_clear_line(bnconform("check", CASE, "--backend", "torch.nn", "--device", "gpu"), "--device", "'gpu'", "cuda")
@@ -139,7 +181,7 @@ def test_devices_default_to_those_present():
 # --- check exit codes -------------------------------------------------------------------------
 
 
-def test_check_conforms_with_an_absent_device():
+def test_check_conforms_with_an_absent_device(bnconform):
     from bnconform.selection import nvidia_present
 
     done = bnconform("check", CASE, "--backend", "torch", "--device", "cpu", "--device", "cuda")
@@ -151,7 +193,7 @@ def test_check_conforms_with_an_absent_device():
     assert len(cuda) == 2 and (nvidia_present() or all(line.startswith("unavailable") for line in cuda))
 
 
-def test_check_exits_1_when_nothing_could_run():
+def test_check_exits_1_when_nothing_could_run(bnconform):
     ghost = ROOT / "cases" / "ghost" / "bessel_per_ghost_batch.json"  # torch has no ghost batches
     done = bnconform("check", ghost, "--backend", "torch.nn")
     assert done.returncode == 1, done
@@ -159,13 +201,13 @@ def test_check_exits_1_when_nothing_could_run():
     assert len(lines) == 1 and "nothing could run" in lines[0] and "virtual_batch_size" in lines[0], done.stderr
 
 
-def test_check_help_states_the_exit_codes():
+def test_check_help_states_the_exit_codes(bnconform):
     text = " ".join(bnconform("check", "--help").stdout.split())
     assert "exit 0 when every cell that could run conforms" in text
     assert "1 when a cell fails or errors or nothing could run" in text and "2 for invalid input" in text
 
 
-def test_run_torch_family_exits_0(tmp_path):
+def test_run_torch_family_exits_0(bnconform, tmp_path):
     done = bnconform("run", "--backend", "torch", "--family", "epsilon", "--out", tmp_path, "--jobs", "2")
     assert done.returncode == 0, done.stderr
     assert set(json.loads((tmp_path / "results.json").read_text())["adapters"]) == {"torch.functional", "torch.nn"}
@@ -178,7 +220,7 @@ def _snapshot(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in folder.glob("*") if p.is_file()}
 
 
-def test_partial_run_writes_under_partial_and_leaves_reports_untouched(tmp_path):
+def test_partial_run_writes_under_partial_and_leaves_reports_untouched(bnconform, tmp_path):
     reports = tmp_path / "reports"
     done = bnconform("run", "--backend", "numpy.oracle", "--family", "epsilon", "--reports", reports)
     assert done.returncode == 0, done.stderr
