@@ -1,6 +1,11 @@
 """The pytest plugin: case files are test files, ids read path::backend-device, presettled cells
 skip without a host, outcomes map verdict -> pytest status, bad options fail once, reports go
-to a partial directory for a partial selection."""
+to a partial directory for a partial selection.
+
+Runs that start no host (collection, a bad option) are nested ``pytest.main`` calls in this
+process; runs that reach hosts are real ``python -m pytest`` processes. One ``-n 2`` run of two
+case files serves three tests (outcomes and reports, the declared deviation's xfail, one worker
+per host): a process and a torch import each instead of three."""
 
 from __future__ import annotations
 
@@ -10,8 +15,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 CASE = "cases/degenerate/c1_rank2.json"
+N1 = "cases/degenerate/n1_rank2_train.json"
 
 
 def pytest_run(*args, env=None):
@@ -21,59 +29,88 @@ def pytest_run(*args, env=None):
                           capture_output=True, text=True, timeout=300, env=environment)
 
 
-def test_case_file_items_are_named_path_backend_device_and_select_with_k():
-    listed = pytest_run("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", "--bn-backend", "torch",
-                        "--bn-device", "cpu")
-    ids = [line for line in listed.stdout.splitlines() if "::" in line]
-    assert ids == [f"{CASE}::numpy.oracle-cpu", f"{CASE}::torch.functional-cpu", f"{CASE}::torch.nn-cpu"], listed.stdout
-    picked = pytest_run("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", "--bn-backend", "torch",
-                        "--bn-device", "cpu", "-k", "torch.nn")
-    assert [line for line in picked.stdout.splitlines() if "::" in line] == [f"{CASE}::torch.nn-cpu"]
+@pytest.fixture
+def pytest_inprocess(capsys, monkeypatch):
+    """``pytest ARGS`` from the checkout, as a nested session in this process: (exit code, the
+    lines it wrote to stdout and stderr)."""
+    def run(*args):
+        monkeypatch.chdir(ROOT)
+        capsys.readouterr()
+        code = pytest.main(["-p", "no:randomly", *map(str, args)])
+        out, err = capsys.readouterr()
+        return code, out.splitlines() + err.splitlines()
+    return run
 
 
-def test_bad_option_fails_once_with_one_line():
-    result = pytest_run(CASE, "--bn-backend", "pytorch")
-    assert result.returncode == 4, result
-    errors = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+def test_case_file_items_are_named_path_backend_device_and_select_with_k(pytest_inprocess):
+    code, listed = pytest_inprocess("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", "--bn-backend", "torch",
+                                    "--bn-device", "cpu")
+    ids = [line for line in listed if "::" in line]
+    assert code == 0 and ids == [f"{CASE}::numpy.oracle-cpu", f"{CASE}::torch.functional-cpu", f"{CASE}::torch.nn-cpu"], listed
+    code, picked = pytest_inprocess("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", "--bn-backend", "torch",
+                                    "--bn-device", "cpu", "-k", "torch.nn")
+    assert [line for line in picked if "::" in line] == [f"{CASE}::torch.nn-cpu"], picked
+
+
+def test_bad_option_fails_once_with_one_line(pytest_inprocess):
+    code, lines = pytest_inprocess(CASE, "--bn-backend", "pytorch")
+    errors = [line for line in lines if line.strip()]
+    assert code == 4, lines
     assert len(errors) == 1 and "unknown backend 'pytorch'" in errors[0], errors
 
 
-def test_verdicts_map_to_pytest_outcomes_and_reports_go_to_a_partial_directory(tmp_path):
-    marker = tmp_path / "ran"
-    result = pytest_run(CASE, "cases/degenerate/n1_rank2_train.json", "-rfsx", "--bn-reports", tmp_path / "reports",
-                        "--bn-backend", "numpy.oracle", "--bn-adapter", "faulty_adapters:RaisingAdapter",
+@pytest.fixture(scope="module")
+def two_workers(tmp_path_factory):
+    """Two case files x (torch.nn, torch.functional, numpy.oracle and three faulty ad hoc adapters)
+    on two xdist workers: (the finished process, its reports directory, the marker file that a
+    host running the unavailable adapter would write)."""
+    tmp = tmp_path_factory.mktemp("two_workers")
+    marker = tmp / "ran"
+    result = pytest_run("-n", "2", "-v", CASE, N1, "-rfsx", "--bn-reports", tmp / "reports",
+                        "--bn-backend", "torch", "--bn-backend", "numpy.oracle", "--bn-device", "cpu",
+                        "--bn-adapter", "faulty_adapters:RaisingAdapter",
                         "--bn-adapter", "faulty_adapters:MissingFrameworkAdapter",
                         "--bn-adapter", "faulty_adapters:StaleDeviationAdapter",
                         env={"BNCONFORM_TEST_MARKER": str(marker)})
+    return result, tmp / "reports", marker
+
+
+def test_verdicts_map_to_pytest_outcomes_and_reports_go_to_a_partial_directory(two_workers):
+    result, reports, marker = two_workers
     out = result.stdout
     assert result.returncode == 1, out
     assert "error: RuntimeError: kernel exploded [degenerate/c1_rank2[faulty_adapters:RaisingAdapter-cpu]]" in out
     assert "fail: declared deviation not observed (n1-raises" in out
     assert "unavailable: bnconform_no_such_framework is not installed" in out
-    assert "3 failed, 3 passed, 2 skipped" in out, out.splitlines()[-1]
+    # failed: RaisingAdapter x 2, the stale n1 deviation; passed: numpy.oracle x 2, StaleDeviation
+    # on c1, torch x 2 on c1; skipped: the unavailable adapter x 2; xfailed: torch x 2 on n1
+    assert "3 failed, 5 passed, 2 skipped, 2 xfailed" in out, out.splitlines()[-1]
     assert not marker.exists()  # the unavailable cells never reached a host
-    written = [p.parent for p in (tmp_path / "reports").rglob("results.json")]
+    written = [p.parent for p in reports.rglob("results.json")]
     assert len(written) == 1 and written[0].parent.name == "partial", written
 
 
-def test_declared_deviation_is_an_xfail_naming_the_deviation_and_its_kind(tmp_path):
-    result = pytest_run("cases/degenerate/n1_rank2_train.json", "--bn-backend", "torch.nn", "--bn-device", "cpu",
-                        "-rx", "--bn-reports", tmp_path)
-    xfails = [line for line in result.stdout.splitlines() if line.startswith("XFAIL")]
-    assert result.returncode == 0 and len(xfails) == 1, result.stdout
-    assert "declared deviation single-value-per-channel-raises (edge)" in xfails[0]
+def test_declared_deviation_is_an_xfail_naming_the_deviation_and_its_kind(two_workers):
+    xfails = [line for line in two_workers[0].stdout.splitlines() if line.startswith("XFAIL")]
+    torch_nn = [line for line in xfails if f"{N1}::torch.nn-cpu" in line]
+    assert len(xfails) == 2 and len(torch_nn) == 1, xfails
+    assert "declared deviation single-value-per-channel-raises (edge)" in torch_nn[0]
 
 
-def test_each_host_runs_on_one_xdist_worker(tmp_path):
-    result = pytest_run("-n", "2", "-v", "cases/degenerate", "--bn-backend", "torch", "--bn-backend", "numpy.oracle",
-                        "--bn-device", "cpu", "--bn-reports", tmp_path)
+def test_each_host_runs_on_one_xdist_worker(two_workers):
     workers = {}
-    for line in result.stdout.splitlines():  # "[gw0] [ 93%] PASSED cases/x.json::torch.nn-cpu@torch..."
+    for line in two_workers[0].stdout.splitlines():  # "[gw0] [ 93%] PASSED cases/x.json::torch.nn-cpu@torch..."
         ran = re.match(r"\[(gw\d+)\] \[ *\d+%\] (PASSED|XFAIL|FAILED) \S+::(\S+)-cpu", line)
         if ran:
-            workers.setdefault(ran.group(3).replace("functional", "nn"), set()).add(ran.group(1))
-    assert set(workers) == {"torch.nn", "numpy.oracle"}, result.stdout[-2000:]
+            workers.setdefault(_host_of(ran.group(3)), set()).add(ran.group(1))
+    assert set(workers) == {"torch", "numpy.oracle", "faulty_adapters"}, two_workers[0].stdout[-2000:]
     assert all(len(ran_on) == 1 for ran_on in workers.values()), workers
+
+
+def _host_of(adapter: str) -> str:
+    """The host an adapter's cells run in: torch.nn and torch.functional share one, and so do
+    the faulty adapters (one module, no environment)."""
+    return adapter.partition(":")[0] if adapter.startswith("faulty_adapters:") else re.sub(r"^torch\..*", "torch", adapter)
 
 
 def test_an_existing_reports_directory_as_option_value_keeps_the_matrix(tmp_path):
