@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import progress_to_this_tests_stderr
 
 from bnconform import cli
 
@@ -25,15 +26,9 @@ CASE = ROOT / "cases" / "degenerate" / "c1_rank2.json"
 @pytest.fixture
 def bnconform(capsys, monkeypatch):
     """``bnconform ARGS`` in this process, from ``cwd``: returncode, stdout, stderr."""
-    from bnconform.execution.scheduler import Progress
-
-    # Progress binds sys.stderr when its module is imported (a default argument); in this process
-    # that can be an earlier test's capture, closed by now: give it this test's stderr.
-    defaults = Progress.__init__.__defaults__
-
     def run(*args, cwd=ROOT):
         monkeypatch.chdir(cwd)
-        monkeypatch.setattr(Progress.__init__, "__defaults__", (sys.stderr, *defaults[1:]))
+        progress_to_this_tests_stderr(monkeypatch)
         capsys.readouterr()
         try:
             code = cli.main(list(map(str, args)))

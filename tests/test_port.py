@@ -11,11 +11,10 @@ variance (tf_keras' fused kernel: Bessel); flax momentum=0.99 (old), epsilon=1e-
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import progress_to_this_tests_stderr
 
 from bnconform import results
 from bnconform.capabilities import Capabilities, describe
@@ -159,21 +158,24 @@ def test_cli_reads_the_document_and_unknown_name_exits_2(tmp_path, capsys):
     assert "'torch' names 2 backends" in capsys.readouterr().err
 
 
-def test_real_run_of_the_torch_backends(tmp_path):
+def test_real_run_of_the_torch_backends(tmp_path, monkeypatch, capsys):
+    """``bnconform port`` in this process (no results file: it runs the cells itself, in a torch host)."""
     pytest.importorskip("torch")
-    run = subprocess.run([sys.executable, "-m", "bnconform", "port", "torch.nn", "torch.functional", "--results",
-                          str(tmp_path / "absent.json"), "--cases", str(ROOT / "cases"), "--family", "formulas",
-                          "--family", "momentum"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr
+    monkeypatch.chdir(tmp_path)
+    progress_to_this_tests_stderr(monkeypatch)
+    code = main(["port", "torch.nn", "torch.functional", "--results", str(tmp_path / "absent.json"), "--cases",
+                 str(ROOT / "cases"), "--family", "formulas", "--family", "momentum"])
+    run = capsys.readouterr()
+    assert code == 0, run.err
     assert ("torch.nn momentum=0.1 (weight on the new batch) -> torch.functional momentum=0.1 (weight on the new "
-            "batch) (also torch.functional's default)") in run.stdout
-    assert "eps default 1e-05 in both" in run.stdout
+            "batch) (also torch.functional's default)") in run.out
+    assert "eps default 1e-05 in both" in run.out
     # F.batch_norm takes a float momentum only (no cumulative average); nn.BatchNorm has one affine flag
-    assert "momentum/cumulative_bessel_5steps [cpu]" in _cases_after(run.stdout, "    torch.functional: torch.functional "
+    assert "momentum/cumulative_bessel_5steps [cpu]" in _cases_after(run.out, "    torch.functional: torch.functional "
                                                                    "cannot express these running-statistics rules")
-    assert "formulas/scale_on_center_off_train [cpu]" in _cases_after(run.stdout, "    torch.nn: torch.nn cannot "
+    assert "formulas/scale_on_center_off_train [cpu]" in _cases_after(run.out, "    torch.nn: torch.nn cannot "
                                                                     "express these scale/center settings")
-    assert "running them now" in run.stderr and not (tmp_path / "reports").exists()
+    assert "running them now" in run.err and not (tmp_path / "reports").exists()
 
 
 def _cases_after(text: str, start: str) -> str:
