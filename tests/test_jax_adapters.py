@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from conftest import requires
 
-pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax")]  # one worker imports JAX
+# One worker imports JAX for the module, under the environment of the matrix's JAX host.
+pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
 
 from bnconform.adapters.jax.common import flax_state, jax_device  # noqa: E402
 from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter  # noqa: E402
