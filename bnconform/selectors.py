@@ -89,6 +89,11 @@ def training_without_update(case: Case) -> bool:
     return any(s.is_training and not s.update_running_stats for s in case.steps)
 
 
+@where("a step with an upstream gradient dy")
+def has_gradient_step(case: Case) -> bool:
+    return any(s.dy is not None for s in case.steps)
+
+
 @where("a case resuming from num_updates > 0")
 def resumes_from_count(case: Case) -> bool:
     return case.initial_state.num_updates > 0

@@ -32,6 +32,14 @@ Capabilities: the running variance is the EMA of what ``tf.nn.moments`` returns,
 variance (a convention); zero_debias and the num_updates schedule both ways; the EMA rule only
 (decay is a fixed weight, optionally capped by num_updates); epsilon inside the sqrt; no
 inference step that updates (not translated: no case asks for one); no model extensions.
+
+Gradients: the first step with an upstream ``dy`` adds to the case's graph a ``dy`` placeholder
+and ``tf.gradients(y, [x, gamma, beta], grad_ys=dy)`` for the batch-normalized y (through
+``tf.nn.moments``: dx carries the terms through the batch mean and variance) and for the y
+normalized with the EMA averages (constants for x); gamma and beta are the 1-D fed placeholders,
+reshaped inside the graph. Those are fetched in the same session run that produces y (and, on
+an updating step, runs apply()), by their own session callables: forward-only steps run exactly
+the ops they ran before.
 """
 
 from __future__ import annotations
@@ -42,9 +50,11 @@ import numpy as np
 
 from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from ...selectors import input_dtype_in, squares_overflow, updates_on_empty_batch, updates_running_stats, where
+from ...selectors import (input_dtype_in, param_dtype_in, squares_overflow, updates_on_empty_batch, updates_running_stats,
+                          where)
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
-from .common import (TF_ENVIRONMENT, EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy,
+from .common import (TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape, graph_gradients,
+                     half_parameter_gradients, signature_default, tf, tf_device_scope, tf_devices, to_numpy,
                      to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
 
@@ -53,7 +63,8 @@ NN_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/pyt
 
 EMA_CAPABILITIES = Capabilities(
     epsilon_modes=EPS_INSIDE, running_variance=frozenset({"biased"}), running_rules=frozenset({"ema"}),
-    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}),
+    gradients=frozenset({"batch", "running"}))
 
 # tf.nn.moments squares float16 input in float32 but returns float16 (variances overflow at 65504);
 # float32 and bfloat16 input it squares in its own dtype (both overflow near 3.4e38).
@@ -122,13 +133,14 @@ class TfEmaAdapter(Adapter):
         Deviation(
             name="tf-ema-half-precision-running-stats",
             kind="dtype",
-            applies=input_dtype_in("float16", "bfloat16") & updates_running_stats,
+            applies=input_dtype_in("float16", "bfloat16") & param_dtype_in("float32") & updates_running_stats,
             behaviour=Mismatches(("running_mean", "running_var"),
                                  "running statistics carry half-precision rounding (~1e-3 relative)"),
             explanation="tf.nn.moments returns float16/bfloat16 moments for half inputs and "
                         "ExponentialMovingAverage keeps its shadows (and does its arithmetic) in the dtype of "
                         "the tensors it averages, while the case expects float32 running statistics",
             link=EMA_SOURCE),
+        half_parameter_gradients("tf.nn+ema"),
     )
 
     def __init__(self):
@@ -163,7 +175,8 @@ class _EmaGraph:
     """One TF1 graph and session; x, decay, epsilon, gamma and beta are fed per call."""
 
     def __init__(self, case, device):
-        self.graph = tf().Graph()
+        self.graph, self.device = tf().Graph(), device
+        self.dy, self._gradients, self._gradient_runs = None, {}, {}  # gradient ops: added on first use
         with self.graph.as_default(), tf_device_scope(device):
             self._inputs(case)
             self._model(case)
@@ -241,6 +254,30 @@ class _EmaGraph:
         for run in (self._eval, self._train, self._update):
             run(*args)
 
+    def _gradient_callable(self, case, training: bool, update: bool):
+        """A callable returning {output name: value}: the step's forward outputs plus dx, dgamma,
+        dbeta (those the case defines). The gradient ops of y_batch / y_running and the callable of
+        each step kind are added to the graph the first time a step of that kind asks for them
+        (building them costs tens of milliseconds); the update fetches the step counter only to
+        run its increment."""
+        if (training, update) not in self._gradient_runs:
+            y = self.y_batch if training else self.y_running
+            if training not in self._gradients:
+                with self.graph.as_default(), tf_device_scope(self.device):
+                    if self.dy is None:
+                        self.dy = tf().compat.v1.placeholder(self.x.dtype, self.x.shape, name="dy")
+                    sources = (self.gamma if case.config.scale else None, self.beta if case.config.center else None)
+                    self._gradients[training] = graph_gradients(y, self.dy, self.x, *sources)
+            fetches = {"y": y, **self._gradients[training]}
+            if training:
+                fetches.update(batch_mean=self.mean, batch_var=self.var)
+            if update:
+                count, running_mean, running_var = self.updated
+                fetches.update(_count=count, running_mean=running_mean, running_var=running_var)
+            inputs = [self.x, self.decay, self.epsilon, self.gamma, self.beta, self.dy]
+            self._gradient_runs[training, update] = caller_thread_callable(self.session, fetches, inputs)
+        return self._gradient_runs[training, update]
+
     def reset(self, case):
         state = case.initial_state
         self._reset(*_as_fed([self.initial_mean, self.initial_var, self.initial_count],
@@ -250,6 +287,8 @@ class _EmaGraph:
         config, state = case.config, case.initial_state
         args = _as_fed([self.x, self.decay, self.epsilon, self.gamma, self.beta],
                        [step.x, config.running_stats.decay, config.effective_epsilon, state.gamma, state.beta])
+        if step.dy is not None:
+            return self._gradient_step(case, step, args)
         if not step.is_training:
             return {"y": to_numpy(self._eval(*args))}
         if not step.update_running_stats:
@@ -259,6 +298,12 @@ class _EmaGraph:
         y, mean, var, _count, running_mean, running_var = self._update(*args)
         return {"y": to_numpy(y), "batch_mean": to_numpy(mean), "batch_var": to_numpy(var),
                 "running_mean": to_numpy(running_mean), "running_var": to_numpy(running_var)}
+
+    def _gradient_step(self, case, step, args) -> dict:
+        """The step's forward outputs and its gradients, from one session run."""
+        run = self._gradient_callable(case, step.is_training, step.update_running_stats)
+        fetched = run(*args, *_as_fed([self.dy], [step.dy]))
+        return {**dict.fromkeys(GRADIENT_NAMES), **{k: to_numpy(v) for k, v in fetched.items() if k != "_count"}}
 
 
 def _as_fed(placeholders, values) -> list:

@@ -25,13 +25,23 @@ scale/offset/mean/variance (no float64 kernel); epsilon inside the sqrt; a plain
 fixed factor (no cumulative rule, zero-debias or num_updates schedule); a Bessel-corrected
 running variance (a convention: biased cases whose results depend on it are unsupported); no
 inference step that updates; no model extensions.
+
+Gradients: a step with an upstream ``dy`` makes the same call under a ``tf.GradientTape``
+watching x, scale and offset (the ones / zeros stand-ins of a switched-off gamma / beta are not
+watched: no dgamma / dbeta). TensorFlow's registered gradient of the op is its own kernel,
+FusedBatchNormGradV3: with ``is_training=True`` it reads the batch mean and variance the forward
+saved (reserve_space_1 / 2; on CPU the biased variance) and gives the full derivative
+through the batch moments; with ``is_training=False`` it runs on the running statistics passed in
+(the inference formula dx = dy * scale * rsqrt(var + eps)), transposing NCHW / NCDHW to
+channels-last first. Forward-only steps run no tape.
 """
 
 from __future__ import annotations
 
 from ...capabilities import Capabilities
 from ...selectors import updates_on_empty_batch
-from .common import TF_ENVIRONMENT, PLAIN_EMA, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import (TF_ENVIRONMENT, PLAIN_EMA, signature_default, tape_gradients, tf, tf_device_scope, tf_devices,
+                     to_numpy, to_tensor)
 from ..base import Adapter, Deviation, Mismatches
 
 API = "tf.compat.v1.nn.fused_batch_norm"
@@ -42,7 +52,8 @@ FUSED_CAPABILITIES = Capabilities(
     **PLAIN_EMA, running_variance=frozenset({"bessel"}), ranks=frozenset({4, 5}),
     channel_positions=frozenset({"first", "last"}),
     dtypes=frozenset({("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32")}),
-    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
+    step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}),
+    gradients=frozenset({"batch", "running"}))
 
 
 class TfFusedBatchNormAdapter(Adapter):
@@ -111,13 +122,25 @@ class _FusedState:
 
     def step(self, step):
         x = to_tensor(step.x, self.case.config.input_dtype)
+        if step.dy is None:
+            y, reported = self._call_for(step, x)
+            return {"y": to_numpy(y), **reported}
+        config = self.case.config
+        gamma, beta = self.scale if config.scale else None, self.offset if config.center else None
+        with tf().GradientTape() as tape:
+            tape.watch([v for v in (x, gamma, beta) if v is not None])
+            y, reported = self._call_for(step, x)
+        grads = tape_gradients(tape, y, to_tensor(step.dy, config.input_dtype), x, gamma, beta)
+        return {"y": to_numpy(y), **reported, **grads}
+
+    def _call_for(self, step, x) -> tuple:
+        """One call of the op as the step says: y (a tensor) and the other outputs it reports."""
         if not step.is_training:
             y, _, _ = self._call(x, self.running_mean, self.running_var, False, 1.0)
-            return {"y": to_numpy(y)}
+            return y, {}
         if not step.update_running_stats:
             y, batch_mean, _unbiased_var = self._call(x, None, None, True, 1.0)
-            return {"y": to_numpy(y), "batch_mean": to_numpy(batch_mean)}
+            return y, {"batch_mean": to_numpy(batch_mean)}
         y, self.running_mean, self.running_var = self._call(x, self.running_mean, self.running_var,
                                                             True, self.factor)
-        return {"y": to_numpy(y), "running_mean": to_numpy(self.running_mean),
-                "running_var": to_numpy(self.running_var)}
+        return y, {"running_mean": to_numpy(self.running_mean), "running_var": to_numpy(self.running_var)}

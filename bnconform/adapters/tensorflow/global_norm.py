@@ -19,12 +19,18 @@ dtypes                      x in the input dtype; m, v, beta, gamma in the param
 
 Capabilities: inference steps only (no batch statistics, no state, so the running-statistics
 conventions never matter); epsilon inside the sqrt only; no model extensions.
+
+Gradients (inference steps, the only kind): a step with an upstream ``dy`` makes the same call,
+transposes included, under a ``tf.GradientTape`` watching x, gamma (only when
+``scale_after_normalization``: otherwise the op ignores it) and beta (when passed), and returns
+``tape.gradient(y, [x, gamma, beta], output_gradients=dy)``. Forward-only steps run no tape.
 """
 
 from __future__ import annotations
 
 from ...capabilities import Capabilities
-from .common import TF_ENVIRONMENT, EPS_INSIDE, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import (TF_ENVIRONMENT, EPS_INSIDE, half_parameter_gradients, signature_default, tape_gradients, tf,
+                     tf_device_scope, tf_devices, to_numpy, to_tensor)
 from ..base import Adapter
 
 API = "tf.compat.v1.nn.batch_norm_with_global_normalization"
@@ -42,7 +48,9 @@ class TfGlobalNormalizationAdapter(Adapter):
     notes = "inference only; channels-first inputs transposed to channels-last (params follow the last axis)"
 
     # Inference only: it normalizes with the mean/variance passed in and computes no batch statistics.
-    capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("running", False)}))
+    capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("running", False)}),
+                                gradients=frozenset({"running"}))
+    deviations = (half_parameter_gradients("tf.global_normalization"),)
 
     def devices(self):
         return tf_devices()
@@ -55,13 +63,23 @@ class TfGlobalNormalizationAdapter(Adapter):
     def run(self, case, device):
         with tf_device_scope(device):
             args = _arguments(case)
-            return [{"y": to_numpy(self._normalize(case, step.x, args))} for step in case.steps]
+            return [self._step(case, step, args) for step in case.steps]
+
+    def _step(self, case, step, args) -> dict:
+        x = to_tensor(step.x, case.config.input_dtype)
+        if step.dy is None:
+            return {"y": to_numpy(self._normalize(case, x, args))}
+        gamma = args["gamma"] if case.config.scale else None  # ignored by the op when scale is off
+        with tf().GradientTape() as tape:
+            tape.watch([v for v in (x, gamma, args["beta"]) if v is not None])
+            y = self._normalize(case, x, args)
+        grads = tape_gradients(tape, y, to_tensor(step.dy, case.config.input_dtype), x, gamma, args["beta"])
+        return {"y": to_numpy(y), **grads}
 
     def _normalize(self, case, x, args):
         order = _channels_last_order(case.rank, case.config.channel_axis)
         inverse = [order.index(axis) for axis in range(case.rank)]
-        x = tf().transpose(to_tensor(x, case.config.input_dtype), order)
-        y = tf().compat.v1.nn.batch_norm_with_global_normalization(t=x, **args)
+        y = tf().compat.v1.nn.batch_norm_with_global_normalization(t=tf().transpose(x, order), **args)
         return tf().transpose(y, inverse)
 
 

@@ -23,6 +23,12 @@ The update ops the layer put in ``tf.GraphKeys.UPDATE_OPS`` run only when a step
 update (TF1 semantics: nothing updates unless you run the ops); the running statistics are read
 after them through reads that carry a control dependency on those ops.
 
+Gradients: the first step with an upstream ``dy`` adds a ``dy`` placeholder and
+``tf.gradients(y, [x, gamma, beta], grad_ys=dy)`` for the training and the inference output to
+the graph (gamma / beta: the layer's variables, absent when the layer has none), fetched by
+their own session callables in the same run as y and the update ops: forward-only steps keep
+running exactly the ops they ran before.
+
 Importing this module does not import TensorFlow.
 """
 
@@ -36,7 +42,7 @@ import numpy as np
 
 from ...dtypes import numpy_dtype
 from ..base import Adapter
-from .common import tf, tf_device_scope, tf_devices, to_tf_dtype
+from .common import GRADIENT_NAMES, graph_gradients, tf, tf_device_scope, tf_devices, to_tf_dtype
 
 # Canonical state names -> the names the layers give their variables.
 VARIABLE_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -110,6 +116,7 @@ class GraphLayer:
                  device: str, decay: DecayFeed):
         v1 = tf().compat.v1
         GraphLayer.builds += 1
+        self.device, self.dy, self._gradients, self._gradient_runs = device, None, {}, {}  # gradient ops: on first use
         self.graph, self.input_dtype = tf().Graph(), numpy_dtype(input_dtype)
         with self.graph.as_default(), tf_device_scope(device):
             shape = [None] * rank
@@ -169,21 +176,44 @@ class GraphLayer:
         for training, update in STEP_SIGNATURES:
             self.step(x, training, update, decay=0.5)
 
+    def _gradient_callable(self, training: bool, update: bool):
+        """A callable returning {output name: value}: y, the running statistics and the gradients.
+        The gradient ops of y_train / y_eval and each step kind's callable are added to the graph
+        the first time a step of that kind asks for them (module docstring)."""
+        if (training, update) not in self._gradient_runs:
+            y = self.built.y_train if training else self.built.y_eval
+            if training not in self._gradients:
+                variables = self.built.variables
+                with self.graph.as_default(), tf_device_scope(self.device):
+                    if self.dy is None:
+                        self.dy = tf().compat.v1.placeholder(self.x.dtype, self.x.shape, name="dy")
+                    self._gradients[training] = graph_gradients(y, self.dy, self.x, variables.get("gamma"),
+                                                                variables.get("beta"))
+            mean, var = self.reads_after_update if update else self.reads
+            fetches = {"y": y, "running_mean": mean, "running_var": var, **self._gradients[training]}
+            self._gradient_runs[training, update] = caller_thread_callable(self.session, fetches,
+                                                                           self._inputs() + [self.dy])
+        return self._gradient_runs[training, update]
+
     def load(self, state, param_dtype: str) -> None:
         """Assign gamma, beta, moving mean and variance from a canonical :class:`State`."""
         dtype = numpy_dtype(param_dtype)
         self._load(*[np.asarray(getattr(state, STATE_OF_ROLE[role]), dtype=dtype) for role, _ in self.load_feeds])
 
-    def step(self, x, training: bool, update: bool, weights=None, decay: float | None = None) -> dict:
-        """Run one call; ``update`` runs the UPDATE_OPS in the same session run."""
+    def step(self, x, training: bool, update: bool, weights=None, decay: float | None = None, dy=None) -> dict:
+        """Run one call; ``update`` runs the UPDATE_OPS in the same session run; with ``dy`` the
+        same run also returns dx, dgamma, dbeta (None for a parameter the layer does not have)."""
         args = [x]
         if self.decay is not None:
             args.append(np.asarray(decay, self.decay.dtype.as_numpy_dtype))
         if self.built.weights is not None:
             # A weighted layer always takes weights; a step without them weighs every sample 1.
             args.append(np.ones(x.shape[0], x.dtype) if weights is None else weights)
-        y, mean, var = self._steps[training, update](*args)
-        return {"y": _plain(y), "running_mean": _plain(mean), "running_var": _plain(var)}
+        if dy is None:
+            y, mean, var = self._steps[training, update](*args)
+            return {"y": _plain(y), "running_mean": _plain(mean), "running_var": _plain(var)}
+        fetched = self._gradient_callable(training, update)(*args, dy)
+        return {**dict.fromkeys(GRADIENT_NAMES), **{k: _plain(v) for k, v in fetched.items()}}
 
 
 def _plain(value) -> np.ndarray:
@@ -211,7 +241,9 @@ def run_case(layer: GraphLayer, case) -> list[dict]:
     results = []
     for s in case.steps:
         weights = None if s.sample_weights is None else np.asarray(s.sample_weights, dtype=dtype)
-        results.append(layer.step(np.asarray(s.x, dtype=dtype), s.is_training, s.update_running_stats, weights, decay))
+        dy = None if s.dy is None else np.asarray(s.dy, dtype=dtype)
+        results.append(layer.step(np.asarray(s.x, dtype=dtype), s.is_training, s.update_running_stats, weights, decay,
+                                  dy))
     return results
 
 

@@ -18,13 +18,22 @@ input / param dtype         x in the input dtype; params in the param dtype; the
 Capabilities: no step that updates running statistics (this API keeps none: see ``tf.nn+ema``),
 so the running-statistics conventions never matter; epsilon inside the square root only
 (``rsqrt(variance + variance_epsilon)``); no model extensions.
+
+Gradients: a step with an upstream ``dy`` runs the same call under a ``tf.GradientTape`` that
+watches x and the 1-D gamma / beta (reshaped inside the tape) and returns
+``tape.gradient(y, [x, gamma, beta], output_gradients=dy)``. In a training step the tape runs
+through ``tf.nn.moments``, so dx carries the terms through the batch mean and variance; in an
+eval step the running statistics are constants. Forward-only steps run no tape.
 """
 
 from __future__ import annotations
 
+import copy
+
 from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from .common import TF_ENVIRONMENT, EPS_INSIDE, channel_shape, signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import (TF_ENVIRONMENT, EPS_INSIDE, channel_shape, half_parameter_gradients, signature_default,
+                     tape_gradients, tf, tf_device_scope, tf_devices, to_numpy, to_tensor)
 from ..base import Adapter
 
 
@@ -40,7 +49,9 @@ class TfNnAdapter(Adapter):
     notes = ("stateless: training steps use tf.nn.moments, eval steps the case's initial running stats; "
              "half-input moments cast to float32 params")
 
-    capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("batch", False), ("running", False)}))
+    capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("batch", False), ("running", False)}),
+                                gradients=frozenset({"batch", "running"}))
+    deviations = (half_parameter_gradients("tf.nn"),)
 
     def devices(self):
         return tf_devices()
@@ -56,12 +67,23 @@ class TfNnAdapter(Adapter):
 
     def _step(self, case, params, step):
         x = to_tensor(step.x, case.config.input_dtype)
+        if step.dy is None:
+            return {k: to_numpy(v) for k, v in self._forward(params, step, x).items()}
+        with tf().GradientTape() as tape:
+            tape.watch([v for v in (x, params.gamma, params.beta) if v is not None])
+            outputs = self._forward(params.reshaped_in_tape(), step, x)
+        grads = tape_gradients(tape, outputs["y"], to_tensor(step.dy, case.config.input_dtype), x,
+                               params.gamma, params.beta)
+        return {**{k: to_numpy(v) for k, v in outputs.items()}, **grads}
+
+    @staticmethod
+    def _forward(params, step, x) -> dict:
+        """y (and the batch moments of a training step) as tensors."""
         if not step.is_training:
-            return {"y": to_numpy(params.normalize(x, params.running_mean, params.running_var))}
+            return {"y": params.normalize(x, params.running_mean, params.running_var)}
         mean, var = tf().nn.moments(x, axes=list(params.axes), keepdims=True)
         y = params.normalize(x, params.as_param(mean), params.as_param(var))
-        return {"y": to_numpy(y), "batch_mean": to_numpy(tf().reshape(mean, [-1])),
-                "batch_var": to_numpy(tf().reshape(var, [-1]))}
+        return {"y": y, "batch_mean": tf().reshape(mean, [-1]), "batch_var": tf().reshape(var, [-1])}
 
 
 class _Params:
@@ -73,13 +95,25 @@ class _Params:
         self.shape = channel_shape(case.rank, config.channel_axis, case.channels)
         self.dtype = config.param_dtype
         self.epsilon = config.effective_epsilon
-        self.scale = self._vector(state.gamma) if config.scale else None
-        self.offset = self._vector(state.beta) if config.center else None
+        # 1-D gamma / beta: what a gradient is taken with respect to (None when switched off).
+        self.gamma = to_tensor(state.gamma, self.dtype) if config.scale else None
+        self.beta = to_tensor(state.beta, self.dtype) if config.center else None
+        self.scale, self.offset = self._reshaped(self.gamma), self._reshaped(self.beta)
         self.running_mean = self._vector(state.running_mean)
         self.running_var = self._vector(state.running_var)
 
     def _vector(self, values):
         return tf().reshape(to_tensor(values, self.dtype), self.shape)
+
+    def _reshaped(self, vector):
+        return None if vector is None else tf().reshape(vector, self.shape)
+
+    def reshaped_in_tape(self) -> "_Params":
+        """These params with scale / offset reshaped again (call inside a tape): the tape then
+        links the broadcast shapes to the watched 1-D gamma and beta."""
+        clone = copy.copy(self)
+        clone.scale, clone.offset = self._reshaped(self.gamma), self._reshaped(self.beta)
+        return clone
 
     def as_param(self, moment):
         """tf.nn.moments returns the input dtype; batch_normalization needs params of one dtype."""

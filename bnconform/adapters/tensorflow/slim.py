@@ -38,6 +38,12 @@ axis 1); no inference step that updates; variables in the input dtype (float32 f
 sample weights (``batch_weights``) but not renorm or ghost batches (renorm exists in tf-slim via
 the v1 Keras layer, not translated here). Running variance, a convention that follows the path
 above: biased, Bessel on the fused paths (``when`` override).
+
+Gradients: ``tf.gradients(y, [x, gamma, beta], grad_ys=dy)`` in the layer's graph (see
+:mod:`.graph`), with gamma / beta the layer's variables, on whichever path the call took: the
+FusedBatchNormGradV3 kernel on the fused paths, autodiff of the moments (weighted moments with
+``batch_weights``) and ``tf.nn.batch_normalization`` elsewhere. The sample weights are fed, not
+differentiated.
 """
 
 from __future__ import annotations
@@ -83,7 +89,7 @@ SLIM_CAPABILITIES = Capabilities(
     epsilon_modes=EPS_INSIDE, running_rules=frozenset({"ema"}), num_updates_schedule=frozenset({False}),
     running_variance=frozenset({"biased"}), step_kinds=LAYER_STEP_KINDS, dtypes=LAYER_DTYPES,
     channel_positions=frozenset({"first", "last"}), extensions=frozenset({"sample_weights"}),
-    when=((fused_path, {"running_variance": {"bessel"}}),))
+    gradients=frozenset({"batch", "running"}), when=((fused_path, {"running_variance": {"bessel"}}),))
 
 EMPTY_BATCH_NAN = Deviation(
     name="tf_slim: an empty batch makes the moving statistics NaN",
@@ -109,8 +115,9 @@ ZERO_DEBIAS_MEAN_ONLY = Deviation(
     name="tf_slim: zero_debias_moving_mean debiases only the mean",
     kind="defect",
     applies=_zero_debias_update & ~updates_on_empty_batch,
-    behaviour=Mismatches(("running_var", "y"), "running_var is a plain EMA from its initial value "
-                                               "(and eval y uses it); running_mean matches"),
+    behaviour=Mismatches(("running_var", "y", "dx", "dgamma"),
+                         "running_var is a plain EMA from its initial value (and eval y, dx and dgamma use it); "
+                         "running_mean matches"),
     explanation="batch_norm calls assign_moving_average(moving_variance, ..., zero_debias=False): only the "
                 "mean gets the biased/local_step accumulators, so the pair mixes two update rules and the "
                 "variance keeps the bias the option exists to remove",

@@ -25,6 +25,11 @@ for half inputs); no model extensions (renorm and virtual batches exist in the l
 not translated here). Running variance, a convention that depends on the path: the fused path
 folds in the Bessel-corrected variance FusedBatchNormV3 returns (``when`` override), the
 non-fused path the biased one from ``tf.nn.moments``.
+
+Gradients: ``tf.gradients(y, [x, gamma, beta], grad_ys=dy)`` in the layer's graph (see
+:mod:`.graph`), with gamma / beta the layer's variables: on the fused path TensorFlow's gradient
+of FusedBatchNormV3 (the FusedBatchNormGradV3 kernel, training or inference form), on the
+non-fused path the autodiff of ``tf.nn.moments`` + ``tf.nn.batch_normalization``.
 """
 
 from __future__ import annotations
@@ -52,7 +57,8 @@ def takes_fused_path(case) -> bool:
 fused_path = where("the fused kernel (fused=None: 4-D/5-D half/float32 input, channel axis 1 or last)")(takes_fused_path)
 
 V1_CAPABILITIES = Capabilities(**PLAIN_EMA, running_variance=frozenset({"biased"}), step_kinds=LAYER_STEP_KINDS,
-                               dtypes=LAYER_DTYPES, when=((fused_path, {"running_variance": {"bessel"}}),))
+                               dtypes=LAYER_DTYPES, gradients=frozenset({"batch", "running"}),
+                               when=((fused_path, {"running_variance": {"bessel"}}),))
 
 EMPTY_BATCH_NAN = Deviation(
     name="tf.v1.layers: an empty batch makes the moving statistics NaN",
