@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import EVAL, TRAIN, Spec, normal
+from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
 from ..model import Config, Renorm, RunningStats
 from ..oracle import broadcast, inverse_std
 
@@ -155,6 +155,15 @@ def _sequences():
         variance="biased")), [(4, 3)], (TRAIN, TRAIN, EVAL), normal(-1.0, 2.0), make_dy=random_dy)
 
 
+def _without_update():
+    yield _spec("batch_no_update_nc", "Batch statistics without a running update (training mode with the "
+                "running statistics frozen, e.g. tf.nn.batch_normalization on tf.nn.moments): dx still flows "
+                "through the batch mean and variance.", Config(channel_axis=1), (6, 3), (TRAIN_NO_UPDATE,))
+    yield _spec("batch_no_update_nhwc_float16", "Batch statistics without an update, float16 input with float32 "
+                "parameters, channels last.", Config(channel_axis=3, input_dtype="float16", param_dtype="float32"),
+                (2, 3, 2, 4), (TRAIN_NO_UPDATE,), make_x=normal(1.0, 2.0))
+
+
 def _extensions():
     for split in ("contiguous", "interleaved"):
         yield _spec(f"ghost_{split}_train", f"Ghost batches of 2 samples ({split} split): each ghost batch is "
@@ -179,4 +188,5 @@ def specs():
     yield from _dtypes()
     yield from _degenerate()
     yield from _sequences()
+    yield from _without_update()
     yield from _extensions()

@@ -3,7 +3,7 @@
 Frameworks fix the running-variance convention (torch keeps a Bessel-corrected one, ONNX
 BatchNormalization a biased one). A framework can only run a case in its own kind, or one whose
 expected results do not depend on the kind (bnconform.capabilities). So every formulas,
-momentum and degenerate case whose expectations change when ``running_stats.variance`` is
+epsilon, momentum, degenerate and gradients case whose expectations change when ``running_stats.variance`` is
 flipped gets a twin with the other kind: the same inputs and state (drawn from the original's
 seed), the same steps, only the variance kind flipped.
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
-MIRRORED_FAMILIES = ("formulas", "epsilon", "momentum", "degenerate")
+MIRRORED_FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "gradients")
 ZERO_DEBIAS_FAMILIES = ("momentum",)  # haiku always zero-debiases: its convention needs EMA sequences too
 OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
 KIND_WORDS = {"bessel": "a Bessel-corrected running variance (N/(N-1))",
@@ -69,6 +69,8 @@ def variance_mirrors(specs) -> list:
 
     names, twins = {s.name for s in specs}, []
     for spec in specs:
+        if spec.make_weights is not None:
+            continue  # weighted moments have no Bessel variance: the twin would be invalid
         twin = mirror_spec(spec)
         if twin.name not in names and depends_on_kind(build(spec), build(twin)):
             twins.append(twin)
