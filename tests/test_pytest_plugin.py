@@ -36,18 +36,22 @@ def pytest_inprocess(capsys, monkeypatch):
     def run(*args):
         monkeypatch.chdir(ROOT)
         capsys.readouterr()
-        code = pytest.main(["-p", "no:randomly", *map(str, args)])
+        # the outer session imported the plugin already: the inner one cannot assert-rewrite it
+        code = pytest.main(["-p", "no:randomly", "-W", "ignore::pytest.PytestAssertRewriteWarning", *map(str, args)])
         out, err = capsys.readouterr()
         return code, out.splitlines() + err.splitlines()
     return run
 
 
+TORCH = ("--bn-backend", "torch.nn", "--bn-backend", "torch.functional")  # not the family: it grows
+
+
 def test_case_file_items_are_named_path_backend_device_and_select_with_k(pytest_inprocess):
-    code, listed = pytest_inprocess("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", "--bn-backend", "torch",
+    code, listed = pytest_inprocess("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", *TORCH,
                                     "--bn-device", "cpu")
     ids = [line for line in listed if "::" in line]
     assert code == 0 and ids == [f"{CASE}::numpy.oracle-cpu", f"{CASE}::torch.functional-cpu", f"{CASE}::torch.nn-cpu"], listed
-    code, picked = pytest_inprocess("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", "--bn-backend", "torch",
+    code, picked = pytest_inprocess("--collect-only", "-q", CASE, "--bn-backend", "numpy.oracle", *TORCH,
                                     "--bn-device", "cpu", "-k", "torch.nn")
     assert [line for line in picked if "::" in line] == [f"{CASE}::torch.nn-cpu"], picked
 
@@ -67,7 +71,7 @@ def two_workers(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("two_workers")
     marker = tmp / "ran"
     result = pytest_run("-n", "2", "-v", CASE, N1, "-rfsx", "--bn-reports", tmp / "reports",
-                        "--bn-backend", "torch", "--bn-backend", "numpy.oracle", "--bn-device", "cpu",
+                        *TORCH, "--bn-backend", "numpy.oracle", "--bn-device", "cpu",
                         "--bn-adapter", "faulty_adapters:RaisingAdapter",
                         "--bn-adapter", "faulty_adapters:MissingFrameworkAdapter",
                         "--bn-adapter", "faulty_adapters:StaleDeviationAdapter",
