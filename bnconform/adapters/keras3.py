@@ -35,9 +35,26 @@ statistics without update" either, which stays unsupported.
 
 Speed: layers are built once per (device, rank, C, axis, dtypes, scale, center); per case only
 their variables are re-assigned and momentum / epsilon set (plain floats read by call()).
-Every backend uses the eager layer call: jax.jit(layer.stateless_call) compiles one program per
-input shape (~110 ms CPU each), more than the eager per-op compiles it replaces (~75 ms median
-per case), since the suite runs most shapes once.
+Every backend uses the eager layer call for the forward: jax.jit(layer.stateless_call) compiles one
+program per input shape (~110 ms CPU each), more than the eager per-op compiles it replaces (~75 ms
+median per case), since the suite runs most shapes once. Gradient steps on JAX are jitted (below).
+
+Gradients (steps with an upstream ``dy``; forward-only steps are unchanged): each backend's own
+autodiff on the call that produces y, for training and inference steps.
+
+* tensorflow: ``tf.GradientTape`` over the eager call, w.r.t. x and the tf.Variables behind gamma
+  and beta (``keras_common.tape_vjp``).
+* torch: ``torch.autograd.grad(y, [x, gamma, beta], grad_outputs=dy)``; x requires grad, and the
+  trainable Keras variables are torch Parameters.
+* jax: ``jax.vjp`` over ``layer.stateless_call`` (x and the trainable variables in; y, and the
+  updated moving statistics as aux, out), assigning those statistics back as the stateful call
+  would. Jitted per layer, mode, momentum and epsilon (call() reads the two floats, so a trace
+  bakes them in): an eager vjp compiles every forward and backward primitive per shape, ~2.8x the
+  forward's first-pass cost, against ~1.2x for one jitted program.
+
+A frozen layer (``trainable=False``) takes the inference branch (``training and self.trainable``),
+so its gradient is the inference one. The float64 and torch one-pass-variance deviations reach the
+gradients too (their Mismatches name dx and dgamma).
 
 Model extensions: renorm, virtual_batch_size and sample_weights are not translated here (Keras 3
 has renorm=..., but no ghost batches and only a boolean mask, not real-valued weights).
@@ -69,7 +86,7 @@ from .tensorflow.common import TF_ENVIRONMENT
 from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
 from ..selectors import case_in, input_dtype_in, squares_overflow, updates_on_empty_batch
 from .base import Adapter, Deviation, Mismatches
-from .tensorflow.keras_common import KERAS_DTYPES, layer_defaults
+from .tensorflow.keras_common import GRADIENTS, KERAS_DTYPES, layer_defaults, tape_vjp
 
 KERAS_BN_SOURCE = ("https://github.com/keras-team/keras/blob/master/"
                    "keras/src/layers/normalization/batch_normalization.py")
@@ -96,7 +113,7 @@ def _dtype_policy(config) -> str:
 KERAS3_CAPABILITIES = Capabilities(
     epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"biased"}),
     zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
-    step_kinds=frozenset({("batch", True), ("running", False)}), dtypes=KERAS_DTYPES)
+    step_kinds=frozenset({("batch", True), ("running", False)}), dtypes=KERAS_DTYPES, gradients=GRADIENTS)
 
 EMPTY_BATCH_NAN = Deviation(
     name="keras3-empty-batch-nan-moving-stats",
@@ -126,8 +143,8 @@ FLOAT64_AS_FLOAT32 = Deviation(
     name="keras3-float64-computed-in-float32",
     kind="dtype",
     applies=input_dtype_in("float64"),
-    behaviour=Mismatches(("y", "running_mean", "running_var"),
-                         "y and the moving statistics carry float32 (not float64) precision"),
+    behaviour=Mismatches(("y", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
+                         "y, the moving statistics and the gradients carry float32 (not float64) precision"),
     explanation=("call() computes in backend.result_type(inputs.dtype, 'float32'), and Keras maps "
                  "float64 to float32 on every backend but TensorFlow, so a float64 layer normalizes "
                  "in float32 (errors ~1e-7 relative; 1e150-scale inputs overflow to NaN)"),
@@ -139,8 +156,10 @@ FLOAT64_AS_FLOAT32 = Deviation(
 TORCH_ONE_PASS_VARIANCE = Deviation(
     name="keras3-torch-one-pass-variance",
     kind="precision",
-    applies=case_in("degenerate/cancellation_float32_1e4_biased", "momentum/decay_0.9_biased_n2"),
-    behaviour=Mismatches(("y", "running_var"), "y (and running_var) lose precision to cancellation, down to NaN"),
+    applies=case_in("degenerate/cancellation_float32_1e4_biased", "momentum/decay_0.9_biased_n2",
+                    "gradients/offset_1e4_float32_train_biased"),
+    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
+                         "y (and running_var, dx, dgamma) lose precision to cancellation, down to NaN"),
     explanation=("the torch backend's ops.moments computes variance as mean(x^2) - mean(x)^2 in float32, "
                  "which cancels (negative variance -> NaN y for mean/std ~ 1e4; 2.6e-4 relative y error "
                  "for N=2 with variance near epsilon) where the two-pass TF/JAX moments do not"),
@@ -159,6 +178,7 @@ class _Keras3Adapter(Adapter):
 
     def __init__(self):
         self._layers: dict = {}
+        self._programs: dict = {}  # jitted VJP programs (JAX backend only)
 
     def keras(self):
         return _keras(self.backend)
@@ -231,9 +251,21 @@ class _Keras3Adapter(Adapter):
 
     def _run_step(self, layer, step) -> dict[str, np.ndarray]:
         to_numpy = self.keras().ops.convert_to_numpy
-        y = layer(self._input(step.x), training=step.is_training)
+        if step.dy is None:  # forward only: no tape, autograd graph or vjp
+            y, grads = layer(self._input(step.x), training=step.is_training), {}
+        else:
+            y, grads = self._vjp(layer, step)
         return {"y": to_numpy(y), "running_mean": to_numpy(layer.moving_mean.value),
-                "running_var": to_numpy(layer.moving_variance.value)}
+                "running_var": to_numpy(layer.moving_variance.value), **grads}
+
+    def _vjp(self, layer, step) -> tuple:
+        """(y, {"dx", "dgamma", "dbeta"}) from the backend's own autodiff on the call producing y."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _parameters(layer) -> dict:
+        """{"dgamma": gamma, "dbeta": beta} for the variables the layer has (scale / center on)."""
+        return {k: v for k, v in (("dgamma", layer.gamma), ("dbeta", layer.beta)) if v is not None}
 
 
 class Keras3TensorflowAdapter(_Keras3Adapter):
@@ -255,6 +287,11 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
 
         return ["cpu"] + (["cuda"] if tf.config.list_physical_devices("GPU") else [])
 
+    def _vjp(self, layer, step) -> tuple:
+        """tf.GradientTape over the eager call, w.r.t. x and the tf.Variables behind gamma / beta."""
+        params = {k: v.value for k, v in self._parameters(layer).items()}
+        return tape_vjp(lambda x: layer(x, training=step.is_training), self._input(step.x), params, step.dy)
+
 
 class Keras3JaxAdapter(_Keras3Adapter):
     """keras.layers.BatchNormalization with KERAS_BACKEND=jax, eager layer call."""
@@ -268,7 +305,9 @@ class Keras3JaxAdapter(_Keras3Adapter):
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"))
     notes = "Keras 3 layer on the JAX backend (JAX_ENABLE_X64=1), eager call; any channel axis natively"
     speed_note = ("~1.5 ms per case once compiled; its first-pass median (~75 ms CPU) is XLA compiling each "
-                  "eager op for every new input shape, and jitting the whole call per shape costs more (~110 ms)")
+                  "eager op for every new input shape, and jitting the whole call per shape costs more (~110 ms); "
+                  "a gradient step is one jitted forward+VJP program per shape (~200 ms CPU first pass, an eager "
+                  "vjp ~2x that; ~40 ms from the persistent cache, which skips XLA but not Keras' tracing)")
 
     def devices(self) -> list[str]:
         import jax
@@ -278,6 +317,36 @@ class Keras3JaxAdapter(_Keras3Adapter):
         except RuntimeError:  # no GPU backend in this jaxlib
             has_gpu = False
         return ["cpu"] + (["cuda"] if has_gpu else [])
+
+    def _vjp(self, layer, step) -> tuple:
+        """jax.vjp over ``layer.stateless_call`` (x and the trainable variables in; y, and the
+        updated moving statistics as aux, out), jitted; the updates are assigned back as the
+        stateful call would."""
+        ops, trainable, stats = self.keras().ops, layer.trainable_variables, layer.non_trainable_variables
+        program = self._vjp_program(layer, step.is_training)
+        y, dx, dweights, updated = program(self._input(step.x), [v.value for v in trainable],
+                                           [v.value for v in stats], ops.convert_to_tensor(step.dy))
+        for variable, value in zip(stats, updated):
+            variable.assign(value)
+        position = {id(v): i for i, v in enumerate(trainable)}
+        grads = {k: np.asarray(dweights[position[id(v)]]) for k, v in self._parameters(layer).items()}
+        return y, {"dx": ops.convert_to_numpy(dx), **grads}
+
+    def _vjp_program(self, layer, training: bool):
+        """jit(forward + VJP) per layer, mode, momentum and epsilon (plain floats that call() reads,
+        so tracing bakes them in). Jitted, not eager: an eager jax.vjp compiles every forward and
+        backward primitive per shape (~2.8x the forward's first-pass cost here, ~1.2x jitted)."""
+        import jax
+
+        key = (id(layer), training, layer.momentum, layer.epsilon)
+        if key not in self._programs:
+            def program(x, weights, stats, dy):
+                call = lambda x, weights: layer.stateless_call(weights, stats, x, training=training)  # noqa: E731
+                y, vjp, updated = jax.vjp(call, x, weights, has_aux=True)
+                return (y, *vjp(dy.astype(y.dtype)), updated)
+
+            self._programs[key] = jax.jit(program)
+        return self._programs[key]
 
 
 class Keras3TorchAdapter(_Keras3Adapter):
@@ -296,3 +365,16 @@ class Keras3TorchAdapter(_Keras3Adapter):
         import torch
 
         return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+    def _vjp(self, layer, step) -> tuple:
+        """torch.autograd.grad of the eager call, w.r.t. x and the Parameters behind gamma / beta
+        (trainable Keras variables are torch Parameters with requires_grad)."""
+        import torch
+
+        ops, params = self.keras().ops, {k: v.value for k, v in self._parameters(layer).items()}
+        x = self._input(step.x).detach().requires_grad_(True)
+        with torch.enable_grad():
+            y = layer(x, training=step.is_training)
+        dy = ops.cast(ops.convert_to_tensor(step.dy), y.dtype)
+        grads = torch.autograd.grad(y, [x, *params.values()], grad_outputs=dy)
+        return y, {k: ops.convert_to_numpy(g) for k, g in zip(["dx", *params], grads)}

@@ -49,6 +49,29 @@ def layer_defaults(layer_class) -> dict[str, float]:
     return {"decay_parameter": parameters["momentum"].default, "epsilon": parameters["epsilon"].default}
 
 
+def tape_vjp(call, x, params: dict, dy) -> tuple:
+    """``y = call(x)`` and the VJP of y with cotangent ``dy`` by ``tf.GradientTape``: the
+    derivatives of sum(dy * y) w.r.t. x (``dx``) and each tensor or variable in ``params``
+    (``{"dgamma": gamma, ...}``; None entries are skipped), as flat NumPy arrays for the params.
+
+    The tape records exactly the call that produced y (and whatever updates it runs, which are
+    not on y's path); gradients w.r.t. variables come back in the variables' dtype.
+    """
+    from .common import to_numpy
+
+    params = {k: v for k, v in params.items() if v is not None}
+    with tf().GradientTape(watch_accessed_variables=False) as tape:
+        tape.watch([x, *params.values()])
+        y = call(x)
+    grads = tape.gradient(y, [x, *params.values()], output_gradients=tf().constant(np.asarray(dy), dtype=y.dtype))
+    names = ["dx", *params]
+    if any(g is None for g in grads):
+        raise RuntimeError(f"Expected: gradients {names}. Received: None for "
+                           f"{[n for n, g in zip(names, grads) if g is None]} (not connected to y)")
+    # params may be (1, .., C, ..) (ghost batches, broadcast shapes): flattened to (C,)
+    return y, {n: to_numpy(g) if n == "dx" else to_numpy(g).reshape(-1) for n, g in zip(names, grads)}
+
+
 # --- Which path runs -----------------------------------------------------------------------------
 
 
@@ -72,6 +95,10 @@ def ghost_splits_agree(case) -> bool:
     return all(not s.is_training or size in (1, s.x.shape[0]) for s in case.steps)
 
 
+# tf.GradientTape differentiates both calls: training=True through the batch moments, training=False
+# (also what a frozen layer, trainable=False, runs) through the moving statistics as constants.
+GRADIENTS = frozenset({"batch", "running"})
+
 # Conventions: eps inside the sqrt, a plain constant-momentum EMA, training=True always updates;
 # the running variance is biased on the non-fused path (tf.nn.moments), Bessel on the fused one.
 LAYER_CAPABILITIES = Capabilities(
@@ -79,7 +106,7 @@ LAYER_CAPABILITIES = Capabilities(
     zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
     step_kinds=frozenset({("batch", True), ("running", False)}), dtypes=KERAS_DTYPES,
     extensions=frozenset({"renorm", "virtual_batch_size"}), ghost_splits=frozenset({"interleaved"}),
-    when=((ghost_splits_agree, {"ghost_splits": GHOST_SPLITS}),))
+    gradients=GRADIENTS, when=((ghost_splits_agree, {"ghost_splits": GHOST_SPLITS}),))
 
 
 def layer_capabilities(fused: bool | None) -> Capabilities:
