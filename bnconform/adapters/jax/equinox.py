@@ -26,6 +26,10 @@ plain EMA, "batch" is always zero-debiased and cannot resume a counter (the orac
 a nonzero count is not an equinox state); both a biased running variance, eps inside the sqrt,
 no cumulative rule, no schedule, updates only with inference=False. Batch moments are not exposed.
 
+Gradients (both modes): jax.vjp of the same vmapped model call that produced y, with respect to
+x and the (weight, bias) set by eqx.tree_at, the returned State an auxiliary output
+(common.differentiated); the channel moves are inside the differentiated function.
+
 Speed: the model is built inside one jitted step per (mode, channel_axis, affine, dtype); eps and
 momentum are traced scalars held in equinox's static fields for the duration of that trace (its
 "JAX array set as static" warning is silenced there), so cases of one input shape share a program.
@@ -43,8 +47,8 @@ import numpy as np
 from ... import model
 from ...dtypes import numpy_dtype
 from ...selectors import input_dtype_in, squares_overflow, training_step, updates_on_empty_batch, where
-from .common import (JAX_CAPABILITIES, JaxAdapter, JitCache, fetch, jax_device, load_jax, put_inputs, put_state,
-                     signature_defaults)
+from .common import (JAX_CAPABILITIES, JaxAdapter, JitCache, fetch, gradient_cache, gradient_outputs, gradient_step,
+                     in_mode, jax_device, load_jax, program, put_inputs, put_state, signature_defaults)
 from ..base import Deviation, Mismatches, Raises
 
 EQUINOX_BATCHNORM_SOURCE = "https://github.com/patrick-kidger/equinox/blob/main/equinox/nn/_batch_norm.py"
@@ -80,7 +84,8 @@ def build_step(mode: str, channel_axis: int, affine: bool, dtype: str, training:
 
     ``marker`` is the first-time flag ("ema") or the update counter ("batch"). With ``training``
     None both modes are compiled into one program (lax.cond on the traced flag); True / False
-    trace one mode only, for layers that fail to trace in the other mode.
+    trace one mode only (common.in_mode), for layers that fail to trace in the other mode and
+    for the differentiated steps.
     """
     jax, eqx = load_jax(), load_equinox()
     jnp = jax.numpy
@@ -101,18 +106,18 @@ def build_step(mode: str, channel_axis: int, affine: bool, dtype: str, training:
                 return jnp.moveaxis(y, 1, channel_axis), s.get(stats_index), s.get(marker_index)
             return branch
 
-        if training is not None:
-            return run(not training)(state)
-        return jax.lax.cond(is_training, run(False), run(True), state)
+        return in_mode(training, is_training, run(False), run(True), state)
 
     return step
 
 
-@where("decay > 0 and some gamma != 0 (the running statistics enter the blend and y depends on it)")
+@where("decay > 0 and (some gamma != 0 or a training step with dy and scale on): the running statistics enter "
+       "the blend and y or dgamma depends on it")
 def _blend_visible(case: model.Case) -> bool:
-    """The blend differs from the batch moments (decay > 0) and reaches y (gamma == 0 gives y = beta)."""
+    """The blend differs from the batch moments (decay > 0) and reaches y (gamma == 0 gives y = beta)
+    or dgamma = sum(dy * xhat) (which does not depend on gamma)."""
     gamma_matters = not case.config.scale or bool(np.any(case.initial_state.gamma != 0))
-    return case.config.running_stats.decay > 0.0 and gamma_matters
+    return case.config.running_stats.decay > 0.0 and (gamma_matters or gradient_step("batch")(case, ""))
 
 
 EQUINOX_CAPABILITIES = replace(JAX_CAPABILITIES, separate_scale_center=False)
@@ -127,10 +132,12 @@ class _EquinoxAdapter(JaxAdapter):
     capabilities = EQUINOX_CAPABILITIES
     mode = ""
     speed_note = ("~0.5-1.3 ms per case once compiled; the first-pass median is XLA compile time (~0.5 s per new "
-                  "input shape, the per-example vmap makes programs larger than flax's)")
+                  "input shape, the per-example vmap makes programs larger than flax's); a gradient case compiles per "
+                  "shape and mode, ~1.3 x that in training, ~0.6 x in inference")
 
     def __init__(self):
         self._steps = JitCache(build_step)
+        self._gradient_steps = gradient_cache(build_step, x_at=3)  # compiled only for steps with dy
         self._split_modes: set[tuple] = set()  # (structural key, input dtype) failing to trace both modes
 
     def framework_defaults(self):
@@ -149,27 +156,36 @@ class _EquinoxAdapter(JaxAdapter):
         marker = load_jax().device_put(self.initial_marker(case), where_)
         eps, momentum = float(config.effective_epsilon), float(config.running_stats.decay)
         results = []
-        for step, x in zip(case.steps, put_inputs(case, where_)):
-            y, stats_after, marker_after = self.call_step(case, (params, stats, marker, x, step.is_training, eps, momentum))
+        for step, (x, dy) in zip(case.steps, put_inputs(case, where_)):
+            cotangent = () if dy is None else (dy,)
+            arguments = (params, stats, marker, x, step.is_training, eps, momentum, *cotangent)
+            y, stats_after, marker_after, *grads = self.call_step(case, step, arguments)
             if step.update_running_stats:
                 stats, marker = stats_after, marker_after
-            results.append(self.outputs(y, stats, marker))
+            found = self.outputs(y, stats, marker)
+            if grads:  # dparams is the (weight, bias) pair; both exist only when channelwise_affine
+                dx, (dweight, dbias) = grads
+                found.update(gradient_outputs(step, config, dx, dweight, dbias))
+            results.append(found)
         return [self.finish(r) for r in fetch(results)]
 
-    def call_step(self, case, arguments):
-        """Run the two-mode program; if it fails to trace, run the step's own mode alone.
+    def call_step(self, case, step, arguments):
+        """Run the two-mode program (a step with dy: the differentiated program of its own mode,
+        common.program); if the two-mode one fails to trace, run the step's own mode alone.
 
         A layer that cannot trace one mode (equinox "ema" with half inputs and float32 state) must
         still answer the steps of the other mode, and raise in the steps of the failing one.
         """
         config = case.config
         key = (self.mode, config.channel_axis, config.scale, config.param_dtype)
+        if step.dy is not None:
+            return program(self._steps, self._gradient_steps, key, step)(*arguments)
         if key + (config.input_dtype,) not in self._split_modes:
             try:
                 return self._steps.get(*key)(*arguments)
             except TypeError:
                 self._split_modes.add(key + (config.input_dtype,))
-        return self._steps.get(*key, arguments[4])(*arguments)
+        return self._steps.get(*key, step.is_training)(*arguments)
 
     def outputs(self, y, stats, marker) -> dict:
         return {"y": y, "running_mean": stats[0], "running_var": stats[1]}
@@ -212,10 +228,13 @@ EMA_BLENDED_NORMALIZATION = Deviation(
     name="equinox-ema-blended-training-normalization",
     kind="defect",
     applies=training_step(1) & _blend_visible & ~input_dtype_in("float16", "bfloat16") & ~squares_overflow("float32"),
-    behaviour=Mismatches(("y",), "training y is normalized with the updated running statistics, not the batch's"),
+    behaviour=Mismatches(("y", "dx", "dgamma"), "training y (and dx, dgamma) come from normalizing with the updated "
+                         "running statistics, not the batch's"),
     explanation="mode 'ema' normalizes a training batch with (1 - momentum) * batch + momentum * running "
                 "statistics (the freshly updated EMA), not with the batch moments, even for a training step "
-                "whose update is discarded; equinox itself recommends mode='batch' for new code",
+                "whose update is discarded; equinox itself recommends mode='batch' for new code. The backward "
+                "differentiates that blend: only (1 - momentum) of the dependence on the batch moments is left, "
+                "so dx is not the model's (N = 1 gives dx != 0)",
     link=EQUINOX_EMA_MODE_ISSUE,
 )
 
@@ -263,13 +282,27 @@ BATCH_FLOAT32_OVERFLOW = Deviation(
 )
 
 
+HALF_PRECISION_NORMALIZATION_GRADIENT = Deviation(
+    name="equinox-batch-half-precision-normalization-gradient",
+    kind="dtype",
+    applies=input_dtype_in("float16", "bfloat16") & gradient_step("batch"),
+    behaviour=Mismatches(("dgamma",), "dgamma carries float16 / bfloat16 rounding of the normalized input"),
+    explanation="in training eqx.nn.BatchNorm takes the batch mean and variance with jnp.mean of the half-precision "
+                "input and normalizes (y - mean) / sqrt(var + eps) in that dtype, so dgamma = sum(dy * xhat), a "
+                "float32 parameter gradient, is off by ~u(half) relative (6 x its float32 tolerance for float16, "
+                "50 x for bfloat16 in the gradients family); y and dx stay within their half-precision tolerance, "
+                "inference (float32 state) is exact",
+    link=EQUINOX_BATCHNORM_SOURCE,
+)
+
+
 class EquinoxBatchModeAdapter(_EquinoxAdapter):
     """eqx.nn.BatchNorm(mode="batch"): batch statistics in training, zero-debiased EMA at inference."""
 
     name = "equinox.batch"
     mode = "batch"
     capabilities = replace(EQUINOX_CAPABILITIES, zero_debias=frozenset({True}), resumes_counter=False)
-    deviations = (BATCH_EMPTY_BATCH, HALF_SQUARES_OVERFLOW, BATCH_FLOAT32_OVERFLOW)
+    deviations = (BATCH_EMPTY_BATCH, HALF_SQUARES_OVERFLOW, BATCH_FLOAT32_OVERFLOW, HALF_PRECISION_NORMALIZATION_GRADIENT)
     notes = ("per-example call under jax.vmap(axis_name='batch'), channel axis moved to 1; "
              "hidden EMA = 0 and counter = 0 (zero-debias), or the running stats when nothing updates them")
 

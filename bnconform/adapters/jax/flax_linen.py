@@ -22,6 +22,10 @@ EMA with a constant momentum (no zero-debias, no schedule, no cumulative rule), 
 training mode. flax keeps no update counter, so num_updates is not returned, and the batch moments
 are not exposed by the layer.
 
+Gradients (both modes): jax.vjp of the same ``apply`` that produced y, with respect to x and
+``params`` (scale, bias), the mutable ``batch_stats`` an auxiliary output (common.differentiated);
+flax puts no stop_gradient on the batch mean or variance, so training dx flows through both.
+
 Speed: variables are built from the case (no ``init``); one jitted step function per
 (axis, use_scale, use_bias, use_fast_variance) runs both modes through ``lax.cond`` and takes
 decay and epsilon as traced scalars, so cases of the same input shape share one compiled program.
@@ -32,8 +36,8 @@ from __future__ import annotations
 import functools
 
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
-                     FlaxAdapter, JitCache, dataclass_defaults, fast_variance_cancels, load_jax,
-                     run_flax_steps)
+                     FlaxAdapter, JitCache, dataclass_defaults, fast_variance_cancels, gradient_cache, in_mode,
+                     load_jax, run_flax_steps)
 
 
 @functools.lru_cache(maxsize=None)
@@ -44,9 +48,10 @@ def load_linen():
     return flax.linen
 
 
-def build_step(axis: int, use_scale: bool, use_bias: bool, use_fast_variance: bool):
-    """A pure step: (params, batch_stats, x, training, momentum, epsilon) -> (y, batch_stats after)."""
-    jax, nn = load_jax(), load_linen()
+def build_step(axis: int, use_scale: bool, use_bias: bool, use_fast_variance: bool, static: bool | None = None):
+    """A pure step: (params, batch_stats, x, training, momentum, epsilon) -> (y, batch_stats after);
+    both modes behind the traced ``training`` unless ``static`` fixes one (common.in_mode)."""
+    nn = load_linen()
 
     def step(params, stats, x, training, momentum, epsilon):
         layer = nn.BatchNorm(axis=axis, momentum=momentum, epsilon=epsilon, use_scale=use_scale,
@@ -59,7 +64,7 @@ def build_step(axis: int, use_scale: bool, use_bias: bool, use_fast_variance: bo
         def infer(v):
             return layer.apply(v, x, use_running_average=True), v["batch_stats"]
 
-        return jax.lax.cond(training, train, infer, {"params": params, "batch_stats": stats})
+        return in_mode(static, training, train, infer, {"params": params, "batch_stats": stats})
 
     return step
 
@@ -69,7 +74,8 @@ FAST_VARIANCE_CANCELS = fast_variance_cancels(
     "flax-fast-variance-cancellation",
     "use_fast_variance=True (the default) computes max(0, E[x^2] - E[x]^2): for 1e4 + N(0,1) in float32 y is "
     "off by up to 362 (|y| ~ 1), for 1e8 + N(0,1) in float64 by up to 992, and N=2 float32 batches by ~2.4e3 "
-    "ulp; use_fast_variance=False passes them",
+    "ulp; the backward differentiates the same E[x^2] - E[x]^2, so dx and dgamma inherit it (dx off by up to 558 "
+    "on the 1e4 + N(0,1) float32 data of gradients/offset_1e4_float32_train); use_fast_variance=False passes them",
     FLAX_NORMALIZATION_SOURCE)
 
 
@@ -84,14 +90,15 @@ class FlaxLinenAdapter(FlaxAdapter):
 
     def __init__(self):
         self._steps = JitCache(build_step)
+        self._gradient_steps = gradient_cache(build_step, x_at=2)  # compiled only for steps with dy
 
     def framework_defaults(self):
         return dataclass_defaults(load_linen().BatchNorm, "momentum", "epsilon")
 
     def run(self, case, device):
         config = case.config
-        step_fn = self._steps.get(config.channel_axis, config.scale, config.center, self.use_fast_variance)
-        return run_flax_steps(step_fn, case, device)
+        key = (config.channel_axis, config.scale, config.center, self.use_fast_variance)
+        return run_flax_steps(self._steps, self._gradient_steps, key, case, device)
 
 
 class FlaxLinenExactVarianceAdapter(FlaxLinenAdapter):

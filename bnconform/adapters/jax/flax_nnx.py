@@ -18,6 +18,10 @@ the square root, a biased running variance, a plain EMA with a constant momentum
 training mode. No update counter is kept and the batch moments are not exposed, so num_updates /
 batch_mean / batch_var are not returned.
 
+Gradients (both modes): jax.vjp of the same layer call that produced y, with respect to x and the
+values set into the scale / bias Params (the layer is built from them inside the differentiated
+function), the BatchStats read after the call an auxiliary output (common.differentiated).
+
 Speed: the layer is constructed inside one jitted step per (axis, use_scale, use_bias,
 param_dtype) -- its initializers are dead code that XLA drops -- both modes go through
 ``lax.cond``, decay and epsilon are traced scalars, so cases of one input shape share a program.
@@ -29,7 +33,8 @@ import functools
 
 from ...dtypes import numpy_dtype
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FlaxAdapter,
-                     JitCache, fast_variance_cancels, load_jax, run_flax_steps, signature_defaults)
+                     JitCache, fast_variance_cancels, gradient_cache, in_mode, load_jax, run_flax_steps,
+                     signature_defaults)
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
 
@@ -42,9 +47,10 @@ def load_nnx():
     return nnx
 
 
-def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str):
-    """A pure step: (params, stats, x, training, momentum, epsilon) -> (y, stats after)."""
-    jax, nnx = load_jax(), load_nnx()
+def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str, static: bool | None = None):
+    """A pure step: (params, stats, x, training, momentum, epsilon) -> (y, stats after); both modes
+    behind the traced ``training`` unless ``static`` fixes one (common.in_mode)."""
+    nnx = load_nnx()
 
     def make_layer(params, stats, momentum, epsilon):
         layer = nnx.BatchNorm(stats["mean"].shape[0], axis=axis, momentum=momentum, epsilon=epsilon,
@@ -64,7 +70,7 @@ def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str):
                 return y, {"mean": layer.mean.get_value(), "var": layer.var.get_value()}
             return branch
 
-        return jax.lax.cond(training, run(False), run(True), (params, stats))
+        return in_mode(static, training, run(False), run(True), (params, stats))
 
     return step
 
@@ -73,7 +79,8 @@ NNX_FAST_VARIANCE_CANCELS = fast_variance_cancels(
     "nnx-fast-variance-cancellation",
     "nnx.BatchNorm defaults to use_fast_variance=True ('faster, but less numerically stable'): "
     "max(0, E[x^2] - E[x]^2) loses every digit for 1e4 + N(0,1) in float32 and 1e8 + N(0,1) "
-    "in float64, and ~2.4e3 ulp on N=2 float32 batches (|mean| ~100 x spread)",
+    "in float64, and ~2.4e3 ulp on N=2 float32 batches (|mean| ~100 x spread); dx and dgamma, differentiated "
+    "through the same formula, inherit it (dx off by up to 558 for 1e4 + N(0,1) in float32)",
     NNX_NORMALIZATION_DOCS)
 
 
@@ -87,11 +94,12 @@ class FlaxNnxAdapter(FlaxAdapter):
 
     def __init__(self):
         self._steps = JitCache(build_step)
+        self._gradient_steps = gradient_cache(build_step, x_at=2)  # compiled only for steps with dy
 
     def framework_defaults(self):
         return signature_defaults(load_nnx().BatchNorm.__init__, "momentum", "epsilon")
 
     def run(self, case, device):
         config = case.config
-        step_fn = self._steps.get(config.channel_axis, config.scale, config.center, config.param_dtype)
-        return run_flax_steps(step_fn, case, device)
+        key = (config.channel_axis, config.scale, config.center, config.param_dtype)
+        return run_flax_steps(self._steps, self._gradient_steps, key, case, device)

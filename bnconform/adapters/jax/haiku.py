@@ -24,6 +24,10 @@ depend on that; no cumulative rule, no schedule; no resumed counter (hidden / co
 half-debiased average are not in the canonical state); updates only with is_training=True.
 Batch moments are not exposed.
 
+Gradients (both modes): jax.vjp of the same ``transformed.apply`` that produced y, with respect
+to x and params (scale, offset), the EMA state an auxiliary output (common.differentiated);
+hk.BatchNorm puts no stop_gradient on the batch moments.
+
 Speed: one jitted step per (axes, create_scale, create_offset) runs both modes through
 ``lax.cond``; decay and eps are traced scalars, so cases of one input shape share a program. All
 inputs go to the device in one transfer and all outputs come back in one, after the last step.
@@ -37,8 +41,8 @@ from dataclasses import replace
 
 from ...selectors import (case_in, input_dtype_in, mean_far_from_spread, squares_overflow, updates_on_empty_batch,
                           updates_running_stats)
-from .common import (JAX_CAPABILITIES, JaxAdapter, JitCache, fetch, jax_device, load_jax, put_inputs, put_state,
-                     signature_defaults)
+from .common import (JAX_CAPABILITIES, JaxAdapter, JitCache, fetch, gradient_cache, gradient_outputs, gradient_step,
+                     in_mode, jax_device, load_jax, program, put_inputs, put_state, signature_defaults)
 from ..base import Deviation, Mismatches
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
@@ -54,9 +58,10 @@ def load_haiku():
     return haiku
 
 
-def build_step(reduce_axes: tuple[int, ...], create_scale: bool, create_offset: bool):
-    """A pure step: (params, state, x, training, decay, eps) -> (y, state after)."""
-    jax, hk = load_jax(), load_haiku()
+def build_step(reduce_axes: tuple[int, ...], create_scale: bool, create_offset: bool, static: bool | None = None):
+    """A pure step: (params, state, x, training, decay, eps) -> (y, state after); both modes behind
+    the traced ``training`` unless ``static`` fixes one (common.in_mode)."""
+    hk = load_haiku()
 
     def forward(x, is_training, decay, eps):
         layer = hk.BatchNorm(create_scale, create_offset, decay_rate=decay, eps=eps, axis=list(reduce_axes))
@@ -68,7 +73,7 @@ def build_step(reduce_axes: tuple[int, ...], create_scale: bool, create_offset: 
         def run(is_training):
             return lambda s: transformed.apply(params, s, None, x, is_training, decay, eps)
 
-        return jax.lax.cond(training, run(True), run(False), state)
+        return in_mode(static, training, run(True), run(False), state)
 
     return step
 
@@ -109,9 +114,11 @@ ONE_PASS_VARIANCE_CANCELS = Deviation(
     name="haiku-one-pass-variance-cancellation",
     kind="precision",
     applies=mean_far_from_spread(50, constant=False),
-    behaviour=Mismatches(("y", "running_var"), "y and running_var carry the cancellation error of E[x^2] - E[x]^2"),
+    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
+                         "y, running_var (and dx, dgamma) carry the cancellation error of E[x^2] - E[x]^2"),
     explanation="var = mean(x^2) - mean(x)^2 in the input dtype: 1e4 + N(0,1) in float32 gives var 8 or -4.6, "
-                "1e8 + N(0,1) in float64 gives -6, N=2 float32 batches (|mean| ~100 x spread) are off by ~2.4e3 ulp",
+                "1e8 + N(0,1) in float64 gives -6, N=2 float32 batches (|mean| ~100 x spread) are off by ~2.4e3 ulp; "
+                "the backward differentiates the same formula, so dx and dgamma inherit the error",
     link=HAIKU_BATCHNORM_SOURCE,
 )
 
@@ -120,13 +127,15 @@ ONE_PASS_VARIANCE_CANCELS = Deviation(
 # of the batch statistics alone selects these cells).
 NEGATIVE_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float32_1e4_biased",
                            "degenerate/cancellation_float64_1e8", "degenerate/cancellation_float64_1e8_biased",
-                           "degenerate/large_constant_channel", "degenerate/large_constant_channel_biased")
+                           "degenerate/large_constant_channel", "degenerate/large_constant_channel_biased",
+                           "gradients/offset_1e4_float32_train")  # (its data run as a zero-debiased twin: var -8)
 
 UNCLAMPED_NEGATIVE_VARIANCE = Deviation(
     name="haiku-unclamped-negative-variance",
     kind="defect",
     applies=case_in(*NEGATIVE_VARIANCE_CASES),
-    behaviour=Mismatches(("y", "running_var"), "y is NaN where the one-pass variance goes negative"),
+    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
+                         "y (and dx, dgamma) are NaN where the one-pass variance goes negative"),
     explanation="the one-pass variance is not clamped at 0 (flax clamps it): a negative value (-4.6 for "
                 "1e4 + N(0,1) in float32, -6 for 1e8 + N(0,1) in float64, -16 for a constant channel of 1e4) "
                 "gives rsqrt(var + eps) = NaN on valid finite input, and a negative running variance",
@@ -164,6 +173,21 @@ HALF_PRECISION_MOMENTS = Deviation(
     link=HAIKU_BATCHNORM_SOURCE,
 )
 
+HALF_PRECISION_NORMALIZATION_GRADIENT = Deviation(
+    name="haiku-half-precision-normalization-gradient",
+    kind="dtype",
+    applies=(input_dtype_in("float16", "bfloat16") & gradient_step("batch"))
+    | (input_dtype_in("bfloat16") & gradient_step("running")),
+    behaviour=Mismatches(("dgamma",), "dgamma carries float16 / bfloat16 rounding of the normalized input"),
+    explanation="hk.BatchNorm normalizes in the input dtype: the batch moments (training) or the running statistics "
+                "cast by .astype(inputs.dtype) (inference), x - mean and rsqrt(var + eps) are all rounded to float16 / "
+                "bfloat16, so dgamma = sum(dy * xhat), a float32 parameter gradient, is off by ~u(half) relative "
+                "(4-9 x its float32 tolerance in training, 5 x for bfloat16 inference; float16 inference, one rounding "
+                "of 2^-11 per channel, stayed within it at 0.85 x in gradients/float16_eval); y and dx stay within "
+                "their half-precision tolerance",
+    link=HAIKU_BATCHNORM_SOURCE,
+)
+
 # haiku's conventions: its EMA is always zero-debiased (hk.ExponentialMovingAverage's default
 # zero_debias=True, which hk.BatchNorm does not expose) and folds in the biased variance; the EMA
 # state (hidden, counter) of an average resumed after n updates is not in the canonical state.
@@ -179,31 +203,51 @@ class HaikuAdapter(JaxAdapter):
     capabilities = HAIKU_CAPABILITIES
     decay_parameter = ("decay_rate", "old")
     deviations = (EMPTY_BATCH_POISONS_EMA, ONE_PASS_VARIANCE_CANCELS, UNCLAMPED_NEGATIVE_VARIANCE,
-                  FLOAT32_SQUARES_OVERFLOW, HALF_SQUARES_OVERFLOW, HALF_PRECISION_MOMENTS)
+                  FLOAT32_SQUARES_OVERFLOW, HALF_SQUARES_OVERFLOW, HALF_PRECISION_MOMENTS,
+                  HALF_PRECISION_NORMALIZATION_GRADIENT)
     notes = ("params/state built from the case (EMA hidden = counter = 0, average = running stats); "
              "zero-debiasing is always on; training without update keeps the old state")
     speed_note = ("~1-2 ms per case once compiled; its first-pass median is XLA compile time (~0.3-1.3 s per new "
-                  "input shape) because most cases it can express have an input shape of their own")
+                  "input shape) because most cases it can express have an input shape of their own; a gradient case "
+                  "compiles per shape and mode, ~1.3 x that in training, ~0.6 x in inference")
 
     def __init__(self):
         self._steps = JitCache(build_step)
+        self._gradient_steps = gradient_cache(build_step, x_at=2)  # compiled only for steps with dy
 
     def framework_defaults(self):
         return signature_defaults(load_haiku().BatchNorm.__init__, "decay_rate", "eps")
 
     def run(self, case, device):
         config, where = case.config, jax_device(device)
-        reduce_axes = tuple(a for a in range(case.rank) if a != config.channel_axis)
-        step_fn = self._steps.get(reduce_axes, config.scale, config.center)
+        key = (tuple(a for a in range(case.rank) if a != config.channel_axis), config.scale, config.center)
         params, state = build_params_and_state(case, where)
         decay, eps = float(config.running_stats.decay), float(config.effective_epsilon)
         results = []
-        for step, x in zip(case.steps, put_inputs(case, where)):
-            y, state_after = step_fn(params, state, x, step.is_training, decay, eps)
+        for step, (x, dy) in zip(case.steps, put_inputs(case, where)):
+            cotangent = () if dy is None else (dy,)
+            y, state_after, *grads = program(self._steps, self._gradient_steps, key, step)(
+                params, state, x, step.is_training, decay, eps, *cotangent)
             if step.update_running_stats:
                 state = state_after
             mean_ema, var_ema = (state[name] for name in EMA_NAMES)
             results.append({"y": y, "running_mean": mean_ema["average"], "running_var": var_ema["average"],
-                            "num_updates": mean_ema["counter"]})
-        return [{**r, "running_mean": r["running_mean"].reshape(-1), "running_var": r["running_var"].reshape(-1),
-                 "num_updates": int(r["num_updates"])} for r in fetch(results)]
+                            "num_updates": mean_ema["counter"], **_gradients(step, config, grads)})
+        return [_flattened(r) for r in fetch(results)]
+
+
+def _gradients(step, config, grads) -> dict:
+    """dx and the scale / offset gradients of a step with dy (haiku's params dict is empty when
+    neither exists, and has no "batch_norm" entry then)."""
+    if not grads:
+        return {}
+    dx, dparams = grads
+    found = dparams.get("batch_norm", {})
+    return gradient_outputs(step, config, dx, found.get("scale"), found.get("offset"))
+
+
+def _flattened(fetched: dict) -> dict:
+    """Per-channel outputs as [C] (haiku shapes them like the mean: 1 on every reduced axis)."""
+    per_channel = ("running_mean", "running_var", "dgamma", "dbeta")
+    return {**fetched, **{k: fetched[k].reshape(-1) for k in per_channel if k in fetched},
+            "num_updates": int(fetched["num_updates"])}
