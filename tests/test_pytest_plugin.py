@@ -119,7 +119,9 @@ def _host_of(adapter: str) -> str:
 
 def test_an_existing_reports_directory_as_option_value_keeps_the_matrix(tmp_path):
     """pytest takes `--bn-reports DIR` (DIR existing) for a path when it picks the rootdir, which
-    then lands in DIR without the project's configfile; the case files must still be collected."""
+    then lands in DIR without the project's configfile; the case files must still be collected.
+    (--ignore=tests: without testpaths the run collects the whole checkout, and importing every
+    unit-test module is not the point; an `=` value is never taken for a path.)"""
     listed = pytest_run("--collect-only", "-q", "--bn-backend", "numpy.oracle", "--bn-family", "degenerate",
-                        "--bn-reports", tmp_path)
+                        "--bn-reports", tmp_path, "--ignore=tests")
     assert "cases/degenerate/c1_rank2.json::numpy.oracle-cpu" in listed.stdout, listed.stdout[-1500:]
