@@ -171,7 +171,7 @@ TWIN_FINDINGS = [
     ("flax.linen", "gradients/offset_1e4_float32_train_biased", None, ["flax-fast-variance-cancellation"]),
     ("haiku", "gradients/bfloat16_train", {"zero_debias": True},
      ["haiku-half-precision-moments", "haiku-half-precision-normalization-gradient"]),
-    ("haiku", "gradients/offset_1e4_float32_train", {"zero_debias": True},
+    ("haiku", "gradients/offset_1e4_float32_train_biased_zero_debias", None,
      ["haiku-one-pass-variance-cancellation", "haiku-unclamped-negative-variance"]),
     ("equinox.batch", "gradients/float16_train", {"zero_debias": True},
      ["equinox-batch-half-precision-normalization-gradient"]),

@@ -172,7 +172,9 @@ def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
     followed by its running-variance mirrors, and the momentum family by zero-debiased twins of its
     plain-EMA sequences (see :mod:`bnconform.specs.mirrors`)."""
     from . import degenerate, epsilon, formulas, ghost, gradients, momentum, renorm, replicas, weighted
-    from .mirrors import MIRRORED_FAMILIES, ZERO_DEBIAS_FAMILIES, variance_mirrors, zero_debias_mirrors
+    from .mirrors import (
+        MIRRORED_FAMILIES, ZERO_DEBIAS_FAMILIES, ZERO_DEBIAS_ONLY_VARIANCE, variance_mirrors, zero_debias_mirrors,
+    )
 
     modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate,
                "renorm": renorm, "ghost": ghost, "weighted": weighted, "gradients": gradients, "replicas": replicas}
@@ -180,5 +182,7 @@ def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
     for family in families:
         specs = list(modules[family].specs())
         specs += variance_mirrors(specs) if family in MIRRORED_FAMILIES else []
-        found += specs + (zero_debias_mirrors(specs) if family in ZERO_DEBIAS_FAMILIES else [])
+        kind = ZERO_DEBIAS_ONLY_VARIANCE.get(family)
+        debiased = [s for s in specs if kind is None or s.config.running_stats.variance == kind]
+        found += specs + (zero_debias_mirrors(debiased) if family in ZERO_DEBIAS_FAMILIES else [])
     return found
