@@ -1,5 +1,7 @@
 """``bnconform bench``: median milliseconds per case per backend and device (framework import
-excluded: the clock runs around ``adapter.run`` only).
+excluded: the clock runs around ``adapter.run`` only), plus the cost of gradients: the median of
+the gradient cases against the forward-only cases, and against the same gradient cases run without
+their dy (written to a temporary folder and run just before them: same shapes and knobs).
 
 ``--matrix`` also measures, in one run, what bounds the whole matrix under ``pytest -n auto``:
 
@@ -29,23 +31,62 @@ from .execution.plan import adapter_class, discover_cases, missing_requirement, 
 from .execution.scheduler import Progress, run_cells
 
 
+FORWARD_TWINS = "gradients_forward"  # family of the gradient cases with dy stripped (bench only)
+
+
+def _kind(case_id: str, gradient_cases) -> str:
+    if case_id.startswith(FORWARD_TWINS + "/"):
+        return "twin"
+    return "grad" if case_id in gradient_cases else "fwd"
+
+
 def _table(verdicts, infos, gradient_cases=frozenset()) -> list[str]:
-    """One row per backend and device: all cases ran, median and p90 ms, import seconds, and the
-    median ms of the forward-only cases vs the cases with gradients (``gradient_cases``: ids)."""
+    """One row per backend and device: cases ran, median and p90 ms, import seconds; the median ms
+    of the forward-only cases, of the gradient cases (``gradient_cases``: ids), grad/fwd, and the
+    gradient cases' median over the same cases run without dy (their FORWARD_TWINS) with that ratio."""
     rows = {}
     for v in verdicts:
         if v.status in ("pass", "fail", "deviation"):
-            rows.setdefault((v.adapter, v.device), []).append((v.seconds * 1000, v.case in gradient_cases))
+            rows.setdefault((v.adapter, v.device), []).append((v.seconds * 1000, _kind(v.case, gradient_cases)))
     lines = [f"{'backend':28} {'device':8} {'cases':>5} {'median ms':>10} {'p90 ms':>8} {'import s':>9} "
-             f"{'fwd ms':>7} {'grad ms':>8} {'grad/fwd':>8}"]
+             f"{'fwd ms':>7} {'grad ms':>8} {'grad/fwd':>8} {'same w/o dy':>11} {'grad/same':>9}"]
     for (name, device), timed in sorted(rows.items()):
-        times = sorted(t for t, _ in timed)
+        times = sorted(t for t, k in timed if k != "twin")
+        if not times:
+            continue
         p90 = times[int(0.9 * (len(times) - 1))]
-        forward, backward = _median([t for t, g in timed if not g]), _median([t for t, g in timed if g])
+        forward, backward, same = (_median([t for t, k in timed if k == kind]) for kind in ("fwd", "grad", "twin"))
         lines.append(f"{name:28} {device:8} {len(times):5d} {statistics.median(times):10.2f} {p90:8.2f} "
                      f"{infos.get(name, {}).get('import_seconds', float('nan')):9.1f} {forward:7.2f} {backward:8.2f} "
-                     f"{backward / forward if forward > 0 else float('nan'):8.2f}")
+                     f"{_ratio(backward, forward):8.2f} {same:11.2f} {_ratio(backward, same):9.2f}")
     return lines
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
+def forward_twins(cases, root: Path) -> list:
+    """Copies of the cases with gradients, dy and the gradient outputs stripped, written under
+    ``root/FORWARD_TWINS`` (the host loads cases from files) and loaded back."""
+    from dataclasses import replace
+
+    from .casefile import dumps_case
+    from .model import GRADIENT_KEYS
+    from .validation import load_case
+
+    folder = root / FORWARD_TWINS
+    folder.mkdir(parents=True, exist_ok=True)
+    twins = []
+    for case in (c for c in cases if c.gradient_modes):
+        steps = [replace(s, dy=None, expected={k: v for k, v in s.expected.items() if k not in GRADIENT_KEYS},
+                         tolerance={k: v for k, v in s.tolerance.items() if k not in GRADIENT_KEYS})
+                 for s in case.steps]
+        name = case.id.split("/", 1)[1]
+        path = folder / f"{name}.json"
+        path.write_text(dumps_case(replace(case, id=f"{FORWARD_TWINS}/{name}", family=FORWARD_TWINS, steps=steps)))
+        twins.append(load_case(path))
+    return twins
 
 
 def _median(values) -> float:
@@ -118,7 +159,10 @@ def bench(args) -> int:
         print("\n".join(matrix_report(names, os.cpu_count() or 1)))
         return 0
     start = time.perf_counter()
-    cells = plan(cases, names, ["cpu"])
+    # Gradient cases also run without dy (their forward twins, just before them), so grad/same
+    # compares the same shapes and knobs: the other families reuse a few shapes that stay compiled.
+    twins = forward_twins(cases, Path(tempfile.mkdtemp(prefix="bnconform-bench-")))
+    cells = plan(twins + cases, names, ["cpu"])
     verdicts, infos = run_cells(cells, jobs=1, progress=Progress(len(cells)))
     print("\n".join(_table(verdicts, infos, frozenset(c.id for c in cases if c.gradient_modes))))
     print(f"sequential run of {len(cells)} cells: {time.perf_counter() - start:.1f} s wall (one host at a time)")
