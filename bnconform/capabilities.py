@@ -79,6 +79,9 @@ class Capabilities:
     # ("equal" sizes, "unequal" sizes, some replica "empty")
     replica_counts: frozenset = frozenset({2, 4, 8})
     replica_splits: frozenset = frozenset(REPLICA_SPLITS)
+    # False: a synchronized-BN API that only runs replicated steps (a case without replica_sizes
+    # is one device's batch, which the framework's plain BN row already covers)
+    unreplicated: bool = True
     when: tuple = field(default=())  # ((Selector, {knob: values}), ...): conditional overrides
 
     def for_case(self, case: Case, device: str) -> "Capabilities":
@@ -120,6 +123,9 @@ def _structural_reason(caps: Capabilities, case: Case, api: str) -> str | None:
         (case.gradient_modes <= caps.gradients, "gradients (steps with an upstream dy)",
          _gradient_words(caps.gradients), _gradient_words(case.gradient_modes)),
     ]
+    if not caps.unreplicated:
+        checks.append(("replicas" in case.extensions, "batches on one device",
+                       "steps split over replicas (replica_sizes)", "no replica_sizes"))
     for sizes in {s.replica_sizes for s in case.steps if s.replica_sizes is not None}:
         checks.append((len(sizes) in caps.replica_counts, "replica counts", sorted(caps.replica_counts), len(sizes)))
         checks.append((replica_split(sizes) in caps.replica_splits, "replica splits", sorted(caps.replica_splits),
@@ -215,6 +221,7 @@ def describe(caps: Capabilities) -> dict[str, str]:
         "resumes_counter": "yes" if caps.resumes_counter else "no",
         "gradients": _gradient_words(caps.gradients),
         "replicas": (f"{values('replica_counts')} replicas; splits: {values('replica_splits')}"
+                     + ("" if caps.unreplicated else "; replicated cases only")
                      if "replicas" in caps.extensions else "no")})
     for selector, changes in caps.when:
         for knob, value in changes.items():

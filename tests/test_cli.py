@@ -125,7 +125,8 @@ def test_family_glob_and_exact_selection():
     from bnconform.adapters.registry import known
     from bnconform.selection import select_backends
 
-    assert select_backends(["torch"], []) == ["torch.functional", "torch.nn"]
+    assert select_backends(["torch"], []) == ["torch.functional", "torch.gloo_sync", "torch.nn", "torch.nn.SyncBatchNorm"]
+    assert select_backends(["torch.nn"], []) == ["torch.nn"]  # not also torch.nn.SyncBatchNorm
     assert select_backends(["keras3.*"], []) == ["keras3.jax", "keras3.tensorflow", "keras3.torch"]
     assert select_backends(["flax.linen"], []) == ["flax.linen"]  # an exact name is not also a family
     assert select_backends(["flax.linen*"], []) == ["flax.linen", "flax.linen.exact_variance"]
@@ -144,7 +145,8 @@ def test_adapter_alone_runs_only_that_adapter(bnconform, tmp_path):
 
 def test_misspelt_backend_or_family_suggests_the_nearest(bnconform):
     _one_clear_line(bnconform("run", "--backend", "torhc"), "unknown backend 'torhc'",
-                    "Did you mean: torch.functional, torch.nn?", "Expected one of:")
+                    "Did you mean: torch.functional, torch.gloo_sync, torch.nn, torch.nn.SyncBatchNorm?",
+                    "Expected one of:")
     _one_clear_line(bnconform("check", CASE, "--backend", "kears3"), "unknown backend 'kears3'",
                     "keras3.jax, keras3.tensorflow, keras3.torch")
 
@@ -185,7 +187,7 @@ def test_check_conforms_with_an_absent_device(bnconform):
     assert any(line.startswith("pass") and "[torch.nn-cpu]" in line for line in lines)
     assert any("[torch.functional-cpu]" in line for line in lines)
     cuda = [line for line in lines if "-cuda]" in line]
-    assert len(cuda) == 2 and (nvidia_present() or all(line.startswith("unavailable") for line in cuda))
+    assert len(cuda) == 3 and (nvidia_present() or all(line.startswith("unavailable") for line in cuda))
 
 
 def test_check_exits_1_when_nothing_could_run(bnconform):
@@ -205,7 +207,11 @@ def test_check_help_states_the_exit_codes(bnconform):
 def test_run_torch_family_exits_0(bnconform, tmp_path):
     done = bnconform("run", "--backend", "torch", "--family", "epsilon", "--out", tmp_path, "--jobs", "2")
     assert done.returncode == 0, done.stderr
-    assert set(json.loads((tmp_path / "results.json").read_text())["adapters"]) == {"torch.functional", "torch.nn"}
+    from bnconform.selection import nvidia_present
+
+    cuda_only = {"torch.nn.SyncBatchNorm"} if nvidia_present() else set()  # no cell on a CPU-only machine
+    assert set(json.loads((tmp_path / "results.json").read_text())["adapters"]) == {
+        "torch.functional", "torch.gloo_sync", "torch.nn"} | cuda_only
 
 
 # --- where reports go -------------------------------------------------------------------------

@@ -155,7 +155,7 @@ def test_cli_reads_the_document_and_unknown_name_exits_2(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown backend 'torch.nnn'" in err[0] and "did you mean: torch.nn" in err[0].lower()
     assert main(["port", "torch", "keras3.jax", "--results", str(path)]) == 2  # a family is not one backend
-    assert "'torch' names 2 backends" in capsys.readouterr().err
+    assert "'torch' names 4 backends" in capsys.readouterr().err
 
 
 def test_real_run_of_the_torch_backends(tmp_path, monkeypatch, capsys):

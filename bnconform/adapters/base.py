@@ -113,6 +113,7 @@ class Adapter:
     extra: ClassVar[str] = ""  # pip extra that installs it: bnconform[<extra>]
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules the adapter needs
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)  # every device it can ever use
+    device_note: ClassVar[str] = ""  # why it needs those devices (added to a "device not present" reason)
     environment: ClassVar[dict[str, str]] = {}  # process environment it needs (adapters with equal ones share a host process)
     isolated: ClassVar[bool] = False  # True: never share a host process with other adapters
     deviations: ClassVar[tuple[Deviation, ...]] = ()

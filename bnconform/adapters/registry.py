@@ -41,7 +41,9 @@ BUILTIN = {
     "tf_slim+compat": "bnconform.adapters.tensorflow.slim:TfSlimCompatAdapter",
     "tflearn": "bnconform.adapters.tensorflow.legacy_wrappers:TflearnAdapter",
     "torch.functional": "bnconform.adapters.torch.functional:TorchFunctionalAdapter",
+    "torch.gloo_sync": "bnconform.adapters.torch.gloo_sync:TorchGlooSyncAdapter",
     "torch.nn": "bnconform.adapters.torch.nn:TorchModuleAdapter",
+    "torch.nn.SyncBatchNorm": "bnconform.adapters.torch.gloo_sync:TorchSyncBatchNormAdapter",
 }
 
 

@@ -60,8 +60,9 @@ class Hosted:
         if self.unavailable:
             return Verdict(**base, status="unavailable", detail=self.unavailable)
         if device not in self.devices:
+            note = f"; {self.adapter.device_note}" if self.adapter.device_note else ""
             return Verdict(**base, status="unavailable", detail=f"device {device!r} not present here "
-                           f"(usable: {', '.join(self.devices)})")
+                           f"(usable: {', '.join(self.devices) or 'none'}){note}")
         return judge(self.adapter, case, device)
 
 

@@ -122,7 +122,8 @@ def presettle(cell: Cell, case=None) -> Verdict | None:
     if missing:
         return Verdict(**base, status="unavailable", detail=missing)
     if not device_present(cell.device):
-        return Verdict(**base, status="unavailable", detail=f"device {cell.device!r} not present here (no NVIDIA GPU)")
+        note = f"; {cls.device_note}" if cls.device_note else ""
+        return Verdict(**base, status="unavailable", detail=f"device {cell.device!r} not present here (no NVIDIA GPU){note}")
     from ..capabilities import unsupported_reason
 
     reason = unsupported_reason(cls.capabilities, case or load_case(cell.case_path), cell.device, cls.name)
