@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
-from bnconform import oracle
+from bnconform import cli, oracle
 from bnconform.adapters.base import variant
 from bnconform.casefile import dumps_case
 from bnconform.compare import compare_case
@@ -25,22 +24,25 @@ MIRRORED = ("formulas", "epsilon", "momentum", "degenerate")
 OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
 
 
-def bnconform(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "bnconform", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+def generate_check(cases: Path, capsys) -> SimpleNamespace:
+    """``bnconform generate --check --cases CASES`` in this process (an exception fails the test)."""
+    capsys.readouterr()
+    code = cli.main(["generate", "--check", "--cases", str(cases)])
+    out, err = capsys.readouterr()
+    return SimpleNamespace(returncode=code, stdout=out, stderr=err)
 
 
 def case_files() -> list[Path]:
     return sorted(p for p in CASES.rglob("*.json") if p.name != "schema.json")
 
 
-def test_check_passes_on_the_repository_cases():
-    result = bnconform("generate", "--check", "--cases", str(CASES))
+def test_check_passes_on_the_repository_cases(capsys):
+    result = generate_check(CASES, capsys)
     assert result.returncode == 0, result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_check_names_every_edited_deleted_and_stale_file(tmp_path):
+def test_check_names_every_edited_deleted_and_stale_file(tmp_path, capsys):
     copy = tmp_path / "cases"
     shutil.copytree(CASES, copy)
     edited = copy / "formulas" / "rank2_nc_train.json"
@@ -51,7 +53,7 @@ def test_check_names_every_edited_deleted_and_stale_file(tmp_path):
     stale = copy / "degenerate" / "no_longer_a_spec.json"
     stale.write_text("{}", encoding="utf-8")
 
-    result = bnconform("generate", "--check", "--cases", str(copy))
+    result = generate_check(copy, capsys)
     assert result.returncode == 1
     lines = result.stderr.splitlines()
     for path, word in ((edited, "differs"), (deleted, "missing"), (stale, "stale")):

@@ -9,8 +9,6 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jsonschema
@@ -76,27 +74,27 @@ def test_validate_reports_one_line_naming_file_and_location(name, capsys):
     assert "Received" in lines[0] and "Traceback" not in err
 
 
-def test_validate_directory_checks_every_file_and_continues_past_bad_ones(tmp_path):
+def test_validate_directory_checks_every_file_and_continues_past_bad_ones(tmp_path, capsys):
     for breakage in MAKE.BREAKAGES[:5]:
         (tmp_path / f"{breakage.name}.json").write_text(MAKE.fixture_text(breakage), encoding="utf-8")
     good = tmp_path / "zz_good.json"  # sorts after the bad ones: validation must get there
     good.write_text(MAKE.BASE.read_text(encoding="utf-8"), encoding="utf-8")
-    result = subprocess.run([sys.executable, "-m", "bnconform", "validate", str(tmp_path)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stdout.strip() == "1 valid, 5 invalid"
-    lines = result.stderr.splitlines()
-    assert len(lines) == 5 and "Traceback" not in result.stderr
+    status = cli.main(["validate", str(tmp_path)])  # an exception would fail the test, not print
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out.strip() == "1 valid, 5 invalid"
+    lines = err.splitlines()
+    assert len(lines) == 5 and "Traceback" not in err
     assert sorted(line.split(": ")[0] for line in lines) == sorted(
         str(tmp_path / f"{b.name}.json") for b in MAKE.BREAKAGES[:5])
 
 
-def test_validate_all_fixtures_in_one_process_without_traceback():
-    result = subprocess.run([sys.executable, "-m", "bnconform", "validate", str(MALFORMED)], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2
-    assert result.stdout.strip() == f"0 valid, {len(BREAKAGES)} invalid"
-    assert len(result.stderr.splitlines()) == len(BREAKAGES) and "Traceback" not in result.stderr
+def test_validate_all_fixtures_in_one_process_without_traceback(capsys):
+    status = cli.main(["validate", str(MALFORMED)])
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out.strip() == f"0 valid, {len(BREAKAGES)} invalid"
+    assert len(err.splitlines()) == len(BREAKAGES) and "Traceback" not in err
 
 
 def test_validate_missing_path_is_a_usage_error(tmp_path, capsys):
