@@ -34,6 +34,9 @@ ROWS: list[tuple[str, str]] = [
     ("train_without_update", "batch stats without update"),
     ("training_gradient", "training dx through batch stats"),
     ("inference_gradient", "inference (frozen-layer) gradient"),
+    ("replica_equal", "cross-replica, equal replicas"),
+    ("replica_unequal", "cross-replica, unequal sizes"),
+    ("replica_empty", "cross-replica, an empty replica"),
 ]
 
 
@@ -152,6 +155,20 @@ class _Facts:
         """Inference steps' gradients: the affine map through the running statistics."""
         cells = self._select(lambda m: "running" in _backward(m))
         return self._outcome(cells, "running stats, affine (as model)")
+
+    def replica_equal(self) -> ProfileCell:
+        """Synchronized moments over equal replicas: the combination rule (means far apart, Bessel N)."""
+        return self._replicas("equal", "moments of the union")
+
+    def replica_unequal(self) -> ProfileCell:
+        return self._replicas("unequal", "count-weighted (as model)")
+
+    def replica_empty(self) -> ProfileCell:
+        return self._replicas("empty", "contributes nothing (as model)")
+
+    def _replicas(self, split: str, as_model: str) -> ProfileCell:
+        cells = self._select(lambda m: split in m.get("replica_splits", []))
+        return self._outcome(cells, as_model, state=True)
 
     # -- shared derivations ---------------------------------------------------------------------
 

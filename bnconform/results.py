@@ -48,7 +48,8 @@ def case_metadata(case) -> dict:
     ``depends_on``: the convention knobs whose value changes the case's expected results (the
     oracle rerun with another value misses the tolerances); ``mean_to_spread``: the largest
     |mean| / std of a channel in a training batch with N >= 2 (cancellation when >= 1e3);
-    ``gradients``: the normalize_with values of the steps that carry an upstream dy.
+    ``gradients``: the normalize_with values of the steps that carry an upstream dy;
+    ``replica_splits``: how replicated steps split the batch (bnconform.capabilities.replica_split).
     """
     cfg, rs = case.config, case.config.running_stats
     counts = case.reduce_counts()
@@ -61,7 +62,14 @@ def case_metadata(case) -> dict:
             "step_kinds": sorted({f"{s.normalize_with}+{'update' if s.update_running_stats else 'no-update'}"
                                   for s in case.steps}),
             "depends_on": _depends_on(case), "mean_to_spread": _mean_to_spread(case),
-            "gradients": sorted(case.gradient_modes)}
+            "gradients": sorted(case.gradient_modes), "replica_splits": _replica_splits(case)}
+
+
+def _replica_splits(case) -> list[str]:
+    """How the replicated steps split the batch: "equal", "unequal", "empty" (none: not replicated)."""
+    from .capabilities import replica_split
+
+    return sorted({replica_split(s.replica_sizes) for s in case.steps if s.replica_sizes is not None})
 
 
 def _depends_on(case) -> list[str]:

@@ -20,7 +20,19 @@ def test_rows_are_the_porters_facts():
     keys = [k for k, _ in ROWS]
     assert keys == ["momentum", "epsilon", "running_variance", "zero_debias", "cumulative", "batch_of_one",
                     "empty_batch", "half_moments", "float64", "variance_algorithm", "train_without_update",
-                    "training_gradient", "inference_gradient"]
+                    "training_gradient", "inference_gradient", "replica_equal", "replica_unequal", "replica_empty"]
+
+
+def test_replica_rows_read_the_split_and_name_a_state_finding():
+    metas = {"replicas/e": case_meta(replica_splits=["equal"]), "replicas/u": case_meta(replica_splits=["unequal"]),
+             "replicas/z": case_meta(replica_splits=["empty"]), "formulas/a": case_meta()}
+    cells = [verdict("replicas/e", "t"), verdict("replicas/u", "t", "unsupported"),
+             verdict("replicas/z", "t", "deviation", ["empty-updates"], ["defect"]), verdict("formulas/a", "t")]
+    devs = [deviation("empty-updates", "defect", {"outputs": ["running_mean", "running_var"]}, "stats move")]
+    doc = document({"t": adapter(deviations=devs)}, metas, cells)
+    assert _row(doc, "t", "replica_equal").value == "moments of the union"
+    assert _row(doc, "t", "replica_unequal").status == "not measured"
+    assert _row(doc, "t", "replica_empty").value == "running stats corrupted (defect)"
 
 
 def test_gradient_rows_come_from_the_gradient_cases_and_keep_out_of_forward_rows():

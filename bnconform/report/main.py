@@ -57,12 +57,20 @@ def _profile(document: dict) -> list[str]:
     profile = build_profile(document)
     lines = ["## Semantics profile (measured)", "",
              "Each value is derived from this run's verdicts (evidence case ids in the details page); "
-             "*italics*: declared capability, no case ran.", "",
-             "| backend | " + " | ".join(title for _, title in ROWS) + " |", "|---" * (len(ROWS) + 1) + "|"]
-    for name, row in profile.items():
-        cells = [_cell_text(row[key]) for key, _ in ROWS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines + [""]
+             "*italics*: declared capability, no case ran.", ""]
+    for title, keys in _profile_tables():
+        lines += [f"**{title}**", "", "| backend | " + " | ".join(dict(ROWS)[k] for k in keys) + " |",
+                  "|---" * (len(keys) + 1) + "|"]
+        lines += [f"| {name} | " + " | ".join(_cell_text(row[k]) for k in keys) + " |" for name, row in profile.items()]
+        lines.append("")
+    return lines
+
+
+def _profile_tables() -> list[tuple[str, list[str]]]:
+    """The profile in two tables that fit a page: the forward facts, then gradients and replicas."""
+    later = [k for k, _ in ROWS if k.endswith("_gradient") or k.startswith("replica_")]
+    return [("Forward pass and running statistics", [k for k, _ in ROWS if k not in later]),
+            ("Gradients and cross-replica statistics", later)]
 
 
 def _cell_text(cell) -> str:
