@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.metadata
 
+from .adapters.base import install_advice
 from .adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
 from .selection import missing_module, nvidia_present, present_device_kinds
 
@@ -38,7 +39,7 @@ def metadata_row(name: str, source: str) -> str:
     except RegistryError as exc:  # a module broken mid-edit: its cells will be errors saying so
         return f"{name:26} {'?':12} {'?':14} {'-':18} {source:30} adapter does not load: {exc}"
     missing = missing_module(cls.requires)
-    status = (f"not installed: no module {missing}; pip install 'bnconform[{cls.extra}]'" if missing
+    status = (f"not installed: no module {missing}" + install_advice(cls) if missing
               else "installed (bnconform list --probe imports it)")
     devices = ",".join(present_device_kinds(cls.device_kinds)) or "-"
     return f"{name:26} {cls.framework:12} {_version(cls.framework):14} {devices:18} {source:30} {status}"

@@ -111,6 +111,7 @@ class Adapter:
     name: ClassVar[str] = ""  # registry name, e.g. "torch.nn"
     framework: ClassVar[str] = ""  # distribution whose version is reported, e.g. "torch"
     extra: ClassVar[str] = ""  # pip extra that installs it: bnconform[<extra>]
+    install_hint: ClassVar[str] = ""  # a plug-in's own install command (else "pip install 'bnconform[<extra>]'")
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules the adapter needs
     device_kinds: ClassVar[tuple[str, ...]] = ("cpu",)  # every device it can ever use
     device_note: ClassVar[str] = ""  # why it needs those devices (added to a "device not present" reason)
@@ -133,7 +134,7 @@ class Adapter:
                 importlib.import_module(module)
             except Exception as exc:  # ImportError, or a broken install raising anything
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                return f"cannot import {module} ({first}); install it with: pip install 'bnconform[{self.extra}]'"
+                return f"cannot import {module} ({first})" + install_advice(type(self))
         return None
 
     def framework_version(self) -> str:
@@ -163,6 +164,12 @@ class Adapter:
         dtype; compared in float64). Raise :class:`Unsupported` for knobs discovered late.
         """
         raise NotImplementedError
+
+
+def install_advice(cls: type[Adapter]) -> str:
+    """"; install it with: <command>" from the adapter's own hint or its bnconform extra ("" if neither)."""
+    command = cls.install_hint or (f"pip install 'bnconform[{cls.extra}]'" if cls.extra else "")
+    return f"; install it with: {command}" if command else ""
 
 
 def variant(case: Case, running_stats: dict | None = None, **config_changes) -> Case:

@@ -79,6 +79,9 @@ def load_class(target: str) -> type[Adapter]:
     cls = getattr(module, class_name, None)
     if not (isinstance(cls, type) and issubclass(cls, Adapter)):
         raise RegistryError(f"{target}: Expected: a subclass of bnconform.adapters.Adapter. Received: {cls!r}")
+    if "name" not in vars(cls) or not cls.name:  # an inherited name would merge its verdicts with the parent's
+        raise RegistryError(f"{target}: Expected: a class attribute `name` of its own. Received: "
+                            f"{'inherited ' + repr(cls.name) if cls.name else 'no name'}")
     return cls
 
 

@@ -106,7 +106,9 @@ def missing_requirement(name: str) -> str | None:
     module = missing_module(cls.requires) if cls is not None else None
     if module is None:
         return None
-    return f"{module} is not installed" + (f"; install it with: pip install 'bnconform[{cls.extra}]'" if cls.extra else "")
+    from ..adapters.base import install_advice
+
+    return f"{module} is not installed" + install_advice(cls)
 
 
 def presettle(cell: Cell, case=None) -> Verdict | None:
