@@ -98,6 +98,17 @@ class RunningStats:
     variance: str = "bessel"
     zero_debias: bool = False
     num_updates_schedule: bool = False
+    decay_dtype: str | None = None  # the precision the framework stores decay in (None: exact)
+    stated: bool = True  # False: an inference-only case that states no running-update knobs (defaults here)
+
+    @property
+    def stored_decay(self) -> float | None:
+        """decay as the framework holds it: rounded to ``decay_dtype`` when that is set."""
+        if self.decay is None or self.decay_dtype is None:
+            return self.decay
+        from .dtypes import quantize
+
+        return float(quantize(np.asarray([self.decay]), self.decay_dtype)[0])
 
 
 @dataclass(frozen=True)
@@ -129,10 +140,17 @@ class Config:
     renorm: Renorm | None = None
     virtual_batch_size: int | None = None
     ghost_split: str = "contiguous"
+    epsilon_dtype: str | None = None  # the precision the framework stores epsilon in (None: exact)
 
     @property
     def effective_epsilon(self) -> float:
-        return max(self.epsilon, self.epsilon_floor)
+        """max(epsilon, epsilon_floor), rounded to ``epsilon_dtype`` when that is set."""
+        eps = max(self.epsilon, self.epsilon_floor)
+        if self.epsilon_dtype is None:
+            return eps
+        from .dtypes import quantize
+
+        return float(quantize(np.asarray([eps]), self.epsilon_dtype)[0])
 
     def with_running(self, **changes) -> "Config":
         """A copy with some running-statistics knobs changed (used by declared deviations)."""

@@ -157,7 +157,7 @@ class _RunningState:
 
     def _renorm_update(self, mean, biased_var, var) -> None:
         """Renorm stats track sigma_B; inference tracks the stddev sqrt(var + eps) (tf_keras, paper)."""
-        eps, keep, keep_renorm = self.config.effective_epsilon, self.rules.decay, self.config.renorm.decay
+        eps, keep, keep_renorm = self.config.effective_epsilon, self.rules.stored_decay, self.config.renorm.decay
         self.renorm_mean = keep_renorm * self.renorm_mean + (1.0 - keep_renorm) * mean
         self.renorm_stddev = keep_renorm * self.renorm_stddev + (1.0 - keep_renorm) * np.sqrt(biased_var + eps)
         self.mean = keep * self.mean + (1.0 - keep) * mean
@@ -173,8 +173,8 @@ class _RunningState:
     def _decay(self) -> float:
         rs = self.rules
         if rs.num_updates_schedule:
-            return min(rs.decay, (1.0 + self.count) / (10.0 + self.count))
-        return rs.decay
+            return min(rs.stored_decay, (1.0 + self.count) / (10.0 + self.count))
+        return rs.stored_decay
 
     def _ema(self, mean, var, decay: float) -> None:
         if not self.rules.zero_debias:

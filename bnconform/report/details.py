@@ -55,4 +55,15 @@ def _cells(verdicts) -> list[str]:
     lines = [unexpected_line(v) for v in verdicts if v["status"] in ("fail", "error")]
     reasons = collections.Counter((v["status"], v["detail"]) for v in verdicts if v["status"] in ("unsupported", "unavailable"))
     lines += [f"- {status} ({count} cell(s)): {reason}" for (status, reason), count in reasons.most_common()]
-    return lines + [""]
+    return lines + _compared(verdicts) + [""]
+
+
+def _compared(verdicts) -> list[str]:
+    """Which outputs the cells that ran compared (a case may omit outputs; an API may not expose some)."""
+    groups = collections.defaultdict(list)
+    for v in verdicts:
+        if v["status"] in ("pass", "deviation"):
+            groups[tuple(v.get("compared", []))].append(v["case"])
+    return [f"- compared {', '.join(outputs) or 'nothing'} in {len(cases)} cell(s)"
+            + (f" (e.g. `{cases[0]}`)" if len(groups) > 1 else "")
+            for outputs, cases in sorted(groups.items(), key=lambda kv: -len(kv[1]))]

@@ -96,7 +96,8 @@ BREAKAGES = [
     Breakage("channel_axis_beyond_rank", "/config/channel_axis", _set("config/channel_axis", 2)),
     Breakage("channel_axis_float", "/config/channel_axis", _set("config/channel_axis", 1.0)),
     Breakage("rank6", "/steps/0/x/shape", _set("steps/0/x/shape", [8, 3, 1, 1, 1, 1])),
-    Breakage("missing_expected_running_var", "/steps/0/expected", _delete("steps/0/expected/running_var")),
+    # (an omitted output is allowed: not compared) but the update knobs of an updating case are required
+    Breakage("missing_running_stats_with_update", "/config/running_stats", _delete("config/running_stats")),
     Breakage("missing_step", "/steps", _set("steps", [])),
     Breakage("batch_mean_null_in_training", "/steps/0/expected/batch_mean",
               _set("steps/0/expected/batch_mean", None)),
