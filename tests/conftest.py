@@ -1,4 +1,6 @@
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,3 +56,37 @@ def progress_to_this_tests_stderr(monkeypatch):
 
     defaults = Progress.__init__.__defaults__
     monkeypatch.setattr(Progress.__init__, "__defaults__", (sys.stderr, *defaults[1:]))
+
+
+# Stages a fresh interpreter imports in this order (fresh_imports); each names what it loads.
+IMPORT_STAGES = {
+    "commands": ("bnconform.commands",),
+    "cli": ("bnconform", "bnconform.cli", "bnconform.adapters.registry", "bnconform.pytest_plugin"),
+    "keras adapters": ("bnconform.adapters.keras3", "bnconform.adapters.tensorflow.keras"),
+    "torch adapters": ("bnconform.adapters.torch.nn", "bnconform.adapters.torch.functional"),
+    "jax adapters": ("bnconform.adapters.jax.flax_linen", "bnconform.adapters.jax.flax_nnx",
+                     "bnconform.adapters.jax.haiku", "bnconform.adapters.jax.equinox"),
+}
+FRAMEWORKS = ("torch", "tensorflow", "tf_keras", "keras", "jax", "flax", "haiku", "equinox", "onnxruntime")
+_FRESH_IMPORTS = """
+import importlib, json, sys
+stages, frameworks, report = json.loads(sys.argv[1]), json.loads(sys.argv[2]), {}
+for stage, modules in stages.items():
+    for module in modules:
+        importlib.import_module(module)
+    report[stage] = {"frameworks": sorted(m for m in frameworks if m in sys.modules),
+                     "bnconform.cli": "bnconform.cli" in sys.modules}
+print(json.dumps(report))
+"""
+
+
+@pytest.fixture(scope="session")
+def fresh_imports():
+    """What one fresh interpreter has loaded after each of IMPORT_STAGES, imported in order: for
+    each stage, the framework modules (FRAMEWORKS) in sys.modules, and whether bnconform.cli is.
+    Cumulative: a framework that an earlier stage imported shows in every later one, so a stage's
+    list is empty only if nothing up to it imported a framework (one process, not one per test)."""
+    done = subprocess.run([sys.executable, "-c", _FRESH_IMPORTS, json.dumps(IMPORT_STAGES), json.dumps(FRAMEWORKS)],
+                          cwd=TESTS.parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout)
