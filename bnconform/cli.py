@@ -33,15 +33,36 @@ def _cmd_validate(args) -> int:
     from .validation import CaseError, load_case
 
     paths = case_paths(args.paths or [DEFAULT_CASES])
-    bad = 0
+    bad, disagree = 0, 0
     for path in paths:
         try:
-            load_case(path)
+            case = load_case(path)
         except CaseError as exc:
             print(exc, file=sys.stderr)
             bad += 1
-    print(f"{len(paths) - bad} valid, {bad} invalid")
-    return 2 if bad else 0
+            continue
+        if args.oracle:
+            from .authoring import oracle_disagreement
+
+            found = oracle_disagreement(case)
+            if found:
+                print(f"{path}: {found}", file=sys.stderr)
+                disagree += 1
+    print(f"{len(paths) - bad} valid, {bad} invalid" + (f"; {disagree} disagree with the oracle" if args.oracle else ""))
+    return 2 if bad else 1 if disagree else 0
+
+
+def _cmd_authoring(args) -> int:
+    from .validation import CaseError
+
+    try:
+        return args.run(args)
+    except CaseError as exc:
+        print(f"bnconform {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"bnconform {args.command}: Expected: a readable file. Received: {exc}", file=sys.stderr)
+        return 2
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,7 +75,20 @@ def _parser() -> argparse.ArgumentParser:
     gen.set_defaults(func=_cmd_generate)
     val = sub.add_parser("validate", help="check case files against the schema and their meaning")
     val.add_argument("paths", nargs="*", help="case files or directories (default: cases)")
+    val.add_argument("--oracle", action="store_true", help="also recompute each case with the oracle and name the "
+                     "file, step, output and the knob that would explain a difference (exit 1)")
     val.set_defaults(func=_cmd_validate)
+    from . import authoring
+
+    new = sub.add_parser("new", help="build a case file from a readable YAML/JSON description")
+    new.add_argument("description", help="YAML or JSON with decimal numbers (see docs/case-format.md, 'Writing a case by hand')")
+    new.add_argument("-o", "--output", help="case file to write (default: the description's name with .json)")
+    new.add_argument("--expect", choices=("oracle", "given"), default="oracle",
+                     help="oracle: compute every output; given: keep the outputs the description states")
+    new.set_defaults(func=_cmd_authoring, run=authoring.new)
+    show = sub.add_parser("show", help="print a case file in the readable form `bnconform new` reads")
+    show.add_argument("case")
+    show.set_defaults(func=_cmd_authoring, run=authoring.show)
     from .commands import register
 
     register(sub)

@@ -44,3 +44,70 @@ def test_a_plugin_names_its_own_install_command():
     assert Plugin().unavailable_reason().endswith("install it with: pip install mybn-bnconform")
     assert "bnconform[mybn]" not in Plugin().unavailable_reason()
     assert Builtin().unavailable_reason().endswith("pip install 'bnconform[torch]'")
+
+
+# -- cases written by hand: bnconform new / show / validate --oracle ---------------------------------
+
+import json  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from bnconform.cli import main  # noqa: E402
+from bnconform.judge import judge  # noqa: E402
+from bnconform.validation import load_case  # noqa: E402
+
+PUBLISHED = Path(__file__).resolve().parents[1] / "examples" / "published"
+UPDATING = """id: hand/two_steps
+description: a training step with an update, then inference, written by hand
+config: {channel_axis: 1, epsilon: 0.001, running_stats: {rule: ema, decay: 0.5, variance: bessel,
+         zero_debias: false, num_updates_schedule: false}}
+steps:
+  - {normalize_with: batch, update_running_stats: true, x: [[0.1, 2], [0.5, -1], [3, 0]]}
+  - {normalize_with: running, update_running_stats: false, x: [[1, 1]]}
+"""
+
+
+def test_the_published_case_is_what_new_builds_and_passes_on_the_oracle(tmp_path, capsys):
+    out = tmp_path / "case.json"
+    assert main(["new", str(PUBLISHED / "keras_inference_so47567655.yaml"), "--expect", "given", "-o", str(out)]) == 0
+    assert out.read_text() == (PUBLISHED / "keras_inference_so47567655.json").read_text()
+    printed = capsys.readouterr().out
+    assert "half a unit of the last printed digit" in printed and "outputs: y" in printed
+    case = load_case(out)
+    assert sorted(case.steps[0].expected) == ["y"] and not case.config.running_stats.stated
+    assert judge(OracleAdapter(), case, "cpu").compared == ["y"]
+
+
+def test_show_then_new_round_trips_exactly(tmp_path, capsys):
+    source = tmp_path / "hand.yaml"
+    source.write_text(UPDATING)
+    first = tmp_path / "first.json"
+    assert main(["new", str(source), "-o", str(first)]) == 0
+    capsys.readouterr()
+    assert main(["show", str(first)]) == 0
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(capsys.readouterr().out)
+    second = tmp_path / "second.json"
+    assert main(["new", str(shown), "--expect", "given", "-o", str(second)]) == 0
+    assert json.loads(second.read_text()) == json.loads(first.read_text())
+
+
+def test_validate_oracle_names_the_knob_that_explains_a_difference(tmp_path, capsys):
+    source = tmp_path / "hand.yaml"
+    source.write_text(UPDATING)
+    case_file = tmp_path / "hand.json"
+    assert main(["new", str(source), "-o", str(case_file)]) == 0
+    obj = json.loads(case_file.read_text())
+    obj["config"]["running_stats"]["variance"] = "biased"  # the knob now contradicts the numbers
+    case_file.write_text(json.dumps(obj))
+    capsys.readouterr()
+    assert main(["validate", "--oracle", str(case_file)]) == 1
+    err = capsys.readouterr().err
+    assert "running_var" in err and "running_stats.variance = 'bessel' (the knob says 'biased')" in err
+
+
+def test_new_rejects_a_bad_description_in_one_line(tmp_path, capsys):
+    source = tmp_path / "bad.yaml"
+    source.write_text(UPDATING.replace("[[1, 1]]", "[[1, oops]]"))
+    assert main(["new", str(source)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "/steps/1/x: Expected: numbers" in err[0]
