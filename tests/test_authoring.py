@@ -111,3 +111,29 @@ def test_new_rejects_a_bad_description_in_one_line(tmp_path, capsys):
     assert main(["new", str(source)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "/steps/1/x: Expected: numbers" in err[0]
+
+
+def test_the_docs_example_builds_as_a_plugin_and_runs_through_its_entry_point(tmp_path):
+    """examples/my_numpy_bn.py (the docs' worked example, verbatim) packaged with its own pyproject,
+    built into a wheel, unpacked onto PYTHONPATH (the venv is not touched) and found by entry point."""
+    import shutil
+    import subprocess
+    import zipfile
+
+    package = tmp_path / "mybn"
+    package.mkdir()
+    shutil.copy(Path(__file__).resolve().parents[1] / "examples" / "my_numpy_bn.py", package / "mybn_plugin.py")
+    (package / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["setuptools>=61"]\nbuild-backend = "setuptools.build_meta"\n'
+        '[project]\nname = "mybn-plugin"\nversion = "0.1"\n[tool.setuptools]\npy-modules = ["mybn_plugin"]\n'
+        '[project.entry-points."bnconform.adapters"]\n"example.my_numpy_bn" = "mybn_plugin:MyNumpyBN"\n')
+    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
+                            "-w", str(tmp_path / "wheels"), str(package)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    site = tmp_path / "site"
+    zipfile.ZipFile(next((tmp_path / "wheels").glob("*.whl"))).extractall(site)
+    case = Path(__file__).resolve().parents[1] / "cases" / "formulas" / "rank2_nc_train.json"
+    env = {**__import__("os").environ, "PYTHONPATH": str(site)}
+    run = subprocess.run([sys.executable, "-m", "bnconform", "check", str(case), "--backend", "example.my_numpy_bn"],
+                         capture_output=True, text=True, env=env)
+    assert run.returncode == 0 and "1 conform" in run.stdout, run.stdout + run.stderr
