@@ -95,7 +95,9 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
-def test_ctrl_c_kills_the_hosts_writes_nothing_and_exits_130(tmp_path):
+def test_ctrl_c_kills_the_hosts_writes_nothing_and_exits_130(tmp_path, monkeypatch):
+    hanging = tmp_path / "hanging"  # HangingAdapter writes it as it starts hanging in its cell
+    monkeypatch.setenv("BNCONFORM_TEST_MARKER", str(hanging))
     command = [sys.executable, "-m", "bnconform", "run", "--adapter", "faulty_adapters:HangingAdapter",
                "--family", "degenerate", "--reports", str(tmp_path / "reports"), "--timeout", "600"]
     proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -103,7 +105,9 @@ def test_ctrl_c_kills_the_hosts_writes_nothing_and_exits_130(tmp_path):
     while not (hosts := _host_children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)
     assert hosts, "the run never started a host process"
-    time.sleep(1.0)  # the host is now serving (or hanging in) its cells
+    while not hanging.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert hanging.exists(), "the host never reached the hanging cell"
     os.kill(proc.pid, signal.SIGINT)
     start = time.monotonic()
     try:
