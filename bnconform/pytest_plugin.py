@@ -7,7 +7,9 @@ a case file ``cases/momentum/x.json`` yields items ``cases/momentum/x.json::torc
 Cells the controller can decide alone (unavailable, unsupported: bnconform.execution.plan)
 are skipped at setup without touching a host process; the rest run in host processes shared by
 adapters of one package and environment, each host's items kept on one xdist worker
-(``xdist_group``) so each framework is imported once there. Verdicts travel to the controller
+(``xdist_group``) so each framework is imported once there; unit-test modules marked
+``xdist_group(name)`` (those that import a framework in-process) likewise run on one worker per
+name. Verdicts travel to the controller
 in ``user_properties``; at the end it writes the reports through bnconform.reports_io (the whole
 registered matrix replaces reports/, a partial selection goes to reports/partial/<slug>/).
 pass -> passed; deviation -> xfail naming the deviations and kinds; unsupported/unavailable ->
