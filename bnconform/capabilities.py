@@ -225,6 +225,8 @@ def describe(caps: Capabilities) -> dict[str, str]:
                      if "replicas" in caps.extensions else "no")})
     for selector, changes in caps.when:
         for knob, value in changes.items():
-            shown = ", ".join(str(VALUE_WORDS.get(knob, {}).get(v, v)).split(" (")[0] for v in sorted(_frozen(value), key=str))
+            values = sorted(_frozen(value), key=str)
+            shown = (_gradient_words(values) if knob == "gradients" else
+                     ", ".join(str(VALUE_WORDS.get(knob, {}).get(v, v)).split(" (")[0] for v in values) or "none")
             table[knob] += f"; {shown} when {selector.describe()}"
     return table
