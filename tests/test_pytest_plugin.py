@@ -17,6 +17,9 @@ from pathlib import Path
 
 import pytest
 
+# One worker runs the module, so its module-scoped -n 2 run happens once per run, not per worker.
+pytestmark = pytest.mark.xdist_group("pytest_plugin")
+
 ROOT = Path(__file__).resolve().parents[1]
 CASE = "cases/degenerate/c1_rank2.json"
 N1 = "cases/degenerate/n1_rank2_train.json"
