@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import progress_to_this_tests_stderr
+from conftest import progress_to_this_tests_stderr, requires
 
 from bnconform import results
 from bnconform.capabilities import Capabilities, describe
@@ -158,9 +158,9 @@ def test_cli_reads_the_document_and_unknown_name_exits_2(tmp_path, capsys):
     assert "'torch' names 4 backends" in capsys.readouterr().err
 
 
+@requires("torch")  # without importing torch here: only the host needs it
 def test_real_run_of_the_torch_backends(tmp_path, monkeypatch, capsys):
     """``bnconform port`` in this process (no results file: it runs the cells itself, in a torch host)."""
-    pytest.importorskip("torch")
     monkeypatch.chdir(tmp_path)
     progress_to_this_tests_stderr(monkeypatch)
     code = main(["port", "torch.nn", "torch.functional", "--results", str(tmp_path / "absent.json"), "--cases",

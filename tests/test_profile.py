@@ -150,6 +150,7 @@ def test_unavailable_backends_have_no_profile():
     assert list(build_profile(doc)) == ["t"]
 
 
+@pytest.mark.xdist_group("torch")  # imports torch in this process: on the worker that has it already
 def test_deleting_a_real_declaration_turns_the_profile_cell_into_a_failure():
     """torch.nn counts an empty batch in num_batches_tracked (declared). Judge the real case with and
     without that declaration: the profile goes from the counter skew to an unexpected failure."""
