@@ -29,6 +29,7 @@ FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "renorm", "ghost", 
 TRAIN = ("batch", True)
 EVAL = ("running", False)
 TRAIN_NO_UPDATE = ("batch", False)
+EVAL_UPDATE = ("running", True)  # normalize with the running statistics from before the step, then update them
 
 
 def normal(loc: float = 0.0, scale: float = 1.0) -> Callable:

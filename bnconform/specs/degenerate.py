@@ -58,6 +58,12 @@ def _empty():
                "next running stats are scaled by (1-d^2)/(1-d^3).",
                Config(channel_axis=1, running_stats=RunningStats(decay=0.9, zero_debias=True)),
                [(4, 3), (0, 3), (4, 3)], (TRAIN, TRAIN, EVAL), normal(1.0, 2.0))
+    yield Spec(FAMILY, "n0_zero_debias_then_train",
+               "Zero-debiased EMA: a batch, an empty batch, another batch, then eval: after the third step the "
+               "running stats divide by 1 - d^2, not 1 - d^3 (the empty batch must not advance t), so an "
+               "implementation that counts it normalizes the eval step with statistics about 0.7x too small.",
+               Config(channel_axis=1, running_stats=RunningStats(decay=0.9, zero_debias=True)),
+               [(4, 3), (0, 3), (4, 3), (4, 3)], (TRAIN, TRAIN, TRAIN, EVAL), normal(1.0, 2.0))
 
 
 def _constant():

@@ -2,13 +2,18 @@
 
 Covers ranks 2-5, channel axis first and last (and in the middle), gamma/beta on and off,
 negative and zero gamma, input scales 1e-3 ... 1e3, and float64/float32/float16/bfloat16 inputs
-(half inputs with float32 parameters, as frameworks keep them).
+(half inputs with float32 parameters, as frameworks keep them), including half batches of a
+conv layer's size (N = 1024, 2048 per channel) with a post-activation offset, where moments summed
+in the half dtype move y beyond its tolerance.
 """
 
 from __future__ import annotations
 
-from . import EVAL, TRAIN, Spec, normal
+import numpy as np
+
+from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
 from ..model import Config
+from ..oracle import normalize
 
 FAMILY = "formulas"
 
@@ -109,9 +114,37 @@ def _dtypes():
                            [shape], _mode_steps(mode), normal(1.0, 2.0))
 
 
+def _half_sum_gap(case) -> str:
+    """How far y lands when the batch mean is summed in a running half-precision accumulator."""
+    step, axis = case.steps[0], case.config.channel_axis
+    values = np.moveaxis(step.x, axis, 0).reshape(case.channels, -1)
+    total = np.zeros_like(values[:, 0])
+    for column in values.T:  # every partial sum rounded to the half dtype
+        total = total + column
+    mean = total.astype(np.float64) / values.shape[1]
+    y = normalize(step.x, mean, step.expected["batch_var"], case.initial_state, case.config)
+    return (f"a {case.config.input_dtype} running sum of the mean alone puts y off by up to "
+            f"{np.abs(y - step.expected['y']).max():.3g} (y tolerance about {step.tolerance['y']['atol']:.3g})")
+
+
+def _half_batches():
+    """Half inputs the size of a conv layer's batch, with the offset of post-activation features."""
+    for dtype, shape, loc, scale, steps in (("float16", (32, 8, 8, 2), 3.0, 1.0, (TRAIN_NO_UPDATE,)),
+                                            ("bfloat16", (16, 8, 8, 2), 4.0, 1.5, (TRAIN,))):
+        n, updates = shape[0] * shape[1] * shape[2], steps[0][1]
+        yield Spec(FAMILY, f"{dtype}_nhwc_n{n}_offset_{'train' if updates else 'batch_no_update'}",
+                   lambda c, d=dtype, n=n, mode="a training step" if updates else "batch statistics, no update": (
+                       f"{d} NHWC input {list(c.steps[0].x.shape)} with a post-activation offset ({mode}; "
+                       f"N = {n} values per channel): the moments must be accumulated in float32 or wider; "
+                       f"{_half_sum_gap(c)}."),
+                   Config(channel_axis=3, input_dtype=dtype, param_dtype="float32"), [shape], steps,
+                   normal(loc, scale))
+
+
 def specs():
     yield from _layouts()
     yield from _affine()
     yield from _gamma_values()
     yield from _scales()
     yield from _dtypes()
+    yield from _half_batches()

@@ -88,6 +88,29 @@ def _sizes():
                _config(4), [(8, 3)], (TRAIN, TRAIN, TRAIN, EVAL), _drifting)
 
 
+def _whole_batch_bessel_gap(case) -> str:
+    """running_var's distance to an update whose Bessel factor uses the whole batch's N.
+
+    The EMA is linear in its increments and the Bessel part of each is (factor - 1) times the mean
+    ghost variance, so that distance is the biased kind's times 1 - (m - 1) / (n - 1)."""
+    from .. import oracle
+
+    m = case.config.virtual_batch_size * case.steps[0].x[0].size // case.channels
+    n = case.steps[0].x.shape[0] * m // case.config.virtual_batch_size
+    biased = oracle.run_steps(case.config.with_running(variance="biased"), case.initial_state, case.steps)
+    far = max(float(np.abs(b["running_var"] - s.expected["running_var"]).max()) for b, s in zip(biased, case.steps))
+    return (f"Bessel factor {m}/{m - 1} (elements per channel of one ghost batch), not {n}/{n - 1} of the whole "
+            f"batch, which puts running_var off by up to {far * (1 - (m - 1) / (n - 1)):.3g}")
+
+
+def _bessel_ghosts():
+    for size, split, shape, axis in ((2, "interleaved", (8, 2, 2, 3), 3), (4, "contiguous", (8, 2, 3), 1)):
+        yield Spec(FAMILY, f"bessel_{split}_vbs{size}_b{shape[0]}_rank{len(shape)}",
+                   lambda c, s=size, sp=split: (f"Ghost batches of {s} ({sp}) with a Bessel running variance, "
+                                                f"then eval: {_whole_batch_bessel_gap(c)}."),
+                   _config(size, split, variance="bessel", axis=axis), [shape], (TRAIN, TRAIN, EVAL), _drifting)
+
+
 def _steps():
     yield Spec(FAMILY, "train_without_update",
                lambda c: "A ghost-normalized step without update, then eval: running stats stay the initial ones; "
@@ -109,3 +132,4 @@ def specs():
     yield from _splits()
     yield from _sizes()
     yield from _steps()
+    yield from _bessel_ghosts()

@@ -2,12 +2,14 @@
 
 Each batch has its own mean and spread, so a wrong decay convention (weight on the new batch
 instead of the old statistic), a missing Bessel correction, or an extra update shows up in the
-running statistics and in the final eval output.
+running statistics and in the final eval output. Steps that normalize with the running
+statistics and update them pin the order (normalize first), and sequences resumed from
+num_updates > 0 pin the counter the cumulative rule and the decay schedule read.
 """
 
 from __future__ import annotations
 
-from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec
+from . import EVAL, EVAL_UPDATE, TRAIN, TRAIN_NO_UPDATE, Spec
 from ..model import Config, RunningStats
 
 FAMILY = "momentum"
@@ -101,8 +103,54 @@ def _no_update_steps():
                (TRAIN, TRAIN, TRAIN, EVAL), _shifting)
 
 
+def _update_first_gap(case) -> str:
+    """How far y lands when a step that normalizes with the running statistics and updates them
+    normalizes with the statistics AFTER its own update."""
+    from .. import oracle
+
+    far = max(float(abs(oracle.normalize(s.x, s.expected["running_mean"], s.expected["running_var"],
+                                         case.initial_state, case.config) - s.expected["y"]).max())
+              for s in case.steps if s.normalize_with == "running" and s.update_running_stats)
+    return f"updating first and normalizing with the new statistics puts y off by up to {far:.3g}"
+
+
+def _restart_gap(case) -> str:
+    """running_mean's distance to a run that ignores the resumed counter (num_updates = 0)."""
+    from dataclasses import replace
+
+    from .. import oracle
+
+    theirs = oracle.run_steps(case.config, replace(case.initial_state, num_updates=0), case.steps)
+    return f"{max(float(abs(s.expected['running_mean'] - t['running_mean']).max()) for s, t in zip(case.steps, theirs)):.3g}"
+
+
+def _running_updates_and_resumes():
+    yield Spec(FAMILY, "normalize_running_then_update",
+               lambda c: "Steps that normalize with the running statistics AND update them (the model's fourth step "
+                         "kind: an inference-mode call that still tracks statistics): y uses the statistics from "
+                         f"before the step, then the batch is folded in; {_update_first_gap(c)}.",
+               _config(0.9), [(6, 3)], (TRAIN, EVAL_UPDATE, EVAL_UPDATE, EVAL), _shifting)
+    yield Spec(FAMILY, "cumulative_normalize_running_then_update",
+               lambda c: "Cumulative average resumed at num_updates = 2 with steps that normalize with the running "
+                         f"statistics and then update them; {_update_first_gap(c)}.",
+               _config(rule="cumulative"), [(5, 3)], (EVAL_UPDATE, EVAL_UPDATE, TRAIN, EVAL), _shifting,
+               num_updates=2)
+    yield Spec(FAMILY, "num_updates_schedule_decay_0.99_from_20",
+               lambda c: "TF num_updates schedule resumed at n = 20: decay_n = min(0.99, (1+n)/(10+n)) = 0.7, 0.71, "
+                         "0.719 for the three batches; restarting the count at 0 (0.1, 0.182, 0.25) puts running_mean "
+                         f"off by up to {_restart_gap(c)}.",
+               _config(0.99, num_updates_schedule=True), [(6, 3)], (TRAIN, TRAIN, TRAIN, EVAL), _shifting,
+               num_updates=20)
+    yield Spec(FAMILY, "cumulative_resume_from_1_eval_between",
+               lambda c: "Cumulative average resumed at num_updates = 1 with an eval step between the updates: the "
+                         "batches get weights 1/2 and 1/3; restarting the count (1, then 1/2) puts running_mean off by "
+                         f"up to {_restart_gap(c)}.",
+               _config(rule="cumulative"), [(5, 3)], (TRAIN, EVAL, TRAIN, EVAL), _shifting, num_updates=1)
+
+
 def specs():
     yield from _decays()
     yield from _cumulative()
     yield from _debias_and_schedule()
     yield from _no_update_steps()
+    yield from _running_updates_and_resumes()

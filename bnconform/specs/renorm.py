@@ -3,7 +3,8 @@
 y = gamma * ((x - mu_B) / sigma_B * r + d) + beta with r = clip(sigma_B / s_R, rmin, rmax) and
 d = clip((mu_B - m_R) / s_R, -dmax, dmax) from the renorm statistics BEFORE the step's update.
 The renorm statistics follow the renorm decay; inference uses running_mean and running_var,
-where running_var = S^2 - eps and the running stddev S is an EMA of sqrt(v + eps). Each
+where running_var = S^2 - eps and the running stddev S is an EMA of sqrt(v + eps). Renorm
+stddevs below sqrt(eps) (down to 0) pin tf_keras' guard max(s_R, sqrt(eps)). Each
 description quotes how far a specific mistake lands (computed by the oracle on that mistake).
 """
 
@@ -126,6 +127,29 @@ def _statistics():
                _config(variance="bessel", rmax=3.0, dmax=2.0), [(4, 3)], THREE_TRAIN_EVAL, _shifting)
 
 
+def _guards():
+    """Renorm stddevs below sqrt(eps), where tf_keras' max(s_R, sqrt(eps)) guard decides r and d."""
+    yield Spec(FAMILY, "renorm_stddev_zero_start",
+               lambda c: "Renorm stddev starting at 0 (a zero-initialized moving stddev), no clipping, renorm decay "
+                         "0.5 and decay 0.9: step 0 divides by max(0, sqrt(eps)) = 0.0316, so r = sigma_B / 0.0316 "
+                         "and d = (mu_B - m_R) / 0.0316 are large but finite; without the guard they are Inf and y is "
+                         "NaN or Inf.",
+               _config(renorm_decay=0.5), [(6, 3)], THREE_TRAIN_EVAL, _shifting,
+               renorm_stddev=lambda rng, c: np.zeros(c))
+    yield Spec(FAMILY, "renorm_stddev_below_sqrt_eps_nhwc",
+               lambda c: "NHWC input with renorm stddev 1e-3 < sqrt(eps) = 0.0316 (rmax 100, dmax 100, renorm decay "
+                         f"0.99, decay 0.9; {_clip_counts(c)}): step 0's r and d divide by the guard 0.0316, not by "
+                         "1e-3, which would make them 31.6x larger and clip them at the bounds.",
+               _config(rmax=100.0, dmax=100.0, renorm_decay=0.99, axis=3), [(2, 2, 2, 3)], THREE_TRAIN_EVAL,
+               _shifting, renorm_stddev=lambda rng, c: np.full(c, 1e-3))
+    yield Spec(FAMILY, "renorm_stddev_below_sqrt_eps_float64",
+               lambda c: "float64 with renorm stddevs 1e-4 ... 1e-2 (below sqrt(eps) = 0.0316 on every channel), "
+                         f"rmax 1e3, dmax 1e3, renorm decay 0.7, decay 0.9; {_clip_counts(c)}): r and d divide by "
+                         "the guard; dividing by s_R itself makes step 0's 3x to 300x larger.",
+               _config(rmax=1e3, dmax=1e3, renorm_decay=0.7, input_dtype="float64", param_dtype="float64"), [(6, 3)],
+               THREE_TRAIN_EVAL, _shifting, renorm_stddev=lambda rng, c: np.logspace(-4, -2, c))
+
+
 def _layouts():
     clip = dict(rmin=0.5, rmax=2.0, dmax=1.0)
     for name, axis, shape in (("rank4_nchw", 1, (2, 3, 2, 2)), ("rank4_nhwc", 3, (2, 2, 3, 3))):
@@ -150,3 +174,4 @@ def specs():
     yield from _clipping()
     yield from _statistics()
     yield from _layouts()
+    yield from _guards()

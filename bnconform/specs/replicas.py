@@ -104,3 +104,20 @@ def specs():
                 "running state unchanged.", (0, 0), means=[0.0, 0.0], steps=(TRAIN, EVAL))
     yield _spec("r2_float64_train", "float64 inputs and parameters on two unequal replicas with far means.",
                 (5, 3), means=[-3.0, 3.0], input_dtype="float64", param_dtype="float64")
+    yield from _bessel_then_inference()
+
+
+def _bessel_then_inference():
+    """Bessel running variances read back by inference: the factor must use the global N."""
+    bessel = RunningStats(decay=0.5, variance="bessel")
+    yield _spec("r2_unequal_bessel_then_eval", "Replicas of 5 and 3 samples, Bessel running variance, then "
+                "inference with it: the factor is 8/7 (global N), not 5/4 or 3/2 (one replica's N).", (5, 3),
+                means=[-1.0, 2.0], steps=(TRAIN, EVAL), running_stats=bessel)
+    yield _spec("r4_nhwc_bessel_train_train_eval", "Four NHWC replicas of 2 images (2 x 2 positions), two "
+                "synchronized steps with a Bessel running variance, then inference: the factor is 32/31 "
+                "(global N), not 8/7 (one replica's N).", (2, 2, 2, 2), channels=3, inner=(2, 2), axis=3,
+                means=[0.0, 1.0, -1.0, 2.0], steps=(TRAIN, TRAIN, EVAL), running_stats=bessel)
+    yield _spec("r8_one_sample_each_bessel_then_eval", "Eight replicas of one sample each, Bessel running "
+                "variance, then inference: the factor is 8/7 (global N); one replica's N = 1 gives factor 1 "
+                "(guarded) or 1/0.", (1,) * 8, means=np.linspace(-2, 2, 8), steps=(TRAIN, EVAL),
+                running_stats=bessel)
