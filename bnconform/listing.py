@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.metadata
 
 from .adapters.base import install_advice
+from .adapters.exec_backend import ExecAdapter
 from .adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
 from .selection import missing_module, nvidia_present, present_device_kinds
 
@@ -41,8 +42,12 @@ def metadata_row(name: str, source: str) -> str:
     missing = missing_module(cls.requires)
     status = (f"not installed: no module {missing}" + install_advice(cls) if missing
               else "installed (bnconform list --probe imports it)")
+    version = _version(cls.framework)
+    if issubclass(cls, ExecAdapter):  # an executable (docs/protocol.md): its manifest says what it needs
+        reason, version = cls.missing(), cls.listed_version()
+        status = f"not installed: {reason}" if reason else "installed (bnconform list --probe starts it)"
     devices = ",".join(present_device_kinds(cls.device_kinds)) or "-"
-    return f"{name:26} {cls.framework:12} {_version(cls.framework):14} {devices:18} {source:30} {status}"
+    return f"{name:26} {cls.framework:12} {version:14} {devices:18} {source:30} {status}"
 
 
 def list_metadata() -> int:

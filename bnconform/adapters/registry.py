@@ -3,6 +3,9 @@
 * Built-in adapters: ``BUILTIN`` below (name -> "module:Class"); nothing is imported until used.
 * Third-party adapters: the entry-point group ``bnconform.adapters`` (name -> "module:Class").
 * Ad hoc: ``--adapter package.module:ClassName`` on the CLI and in pytest.
+* Executables in any language (docs/protocol.md): ``exec:FOLDER`` or ``exec:FOLDER#NAME`` wherever
+  a "module:Class" path goes, FOLDER holding a ``bnconform-backend.json`` manifest; the built-in
+  ones live in the repository's ``backends/`` folder.
 """
 
 from __future__ import annotations
@@ -11,12 +14,15 @@ import importlib
 import importlib.metadata
 import os
 import sys
+from pathlib import Path
 
 from .base import Adapter
 
 ENTRY_POINT_GROUP = "bnconform.adapters"
+BACKENDS = Path(__file__).resolve().parents[2] / "backends"  # executables speaking docs/protocol.md
 
 BUILTIN = {
+    "c.reference": f"exec:{BACKENDS / 'c_reference'}",
     "equinox.batch": "bnconform.adapters.jax.equinox:EquinoxBatchModeAdapter",
     "equinox.ema": "bnconform.adapters.jax.equinox:EquinoxEmaAdapter",
     "flax.linen": "bnconform.adapters.jax.flax_linen:FlaxLinenAdapter",
@@ -42,6 +48,8 @@ BUILTIN = {
     "tf_keras.nonfused": "bnconform.adapters.tensorflow.keras:TfKerasNonFusedAdapter",
     "tf_slim": "bnconform.adapters.tensorflow.slim:TfSlimAdapter",
     "tf_slim+compat": "bnconform.adapters.tensorflow.slim:TfSlimCompatAdapter",
+    "tfjs.batchNorm": f"exec:{BACKENDS / 'tfjs'}#tfjs.batchNorm",
+    "tfjs.layers": f"exec:{BACKENDS / 'tfjs'}#tfjs.layers",
     "tflearn": "bnconform.adapters.tensorflow.legacy_wrappers:TflearnAdapter",
     "torch.functional": "bnconform.adapters.torch.functional:TorchFunctionalAdapter",
     "torch.gloo_sync": "bnconform.adapters.torch.gloo_sync:TorchGlooSyncAdapter",
@@ -68,7 +76,15 @@ def known() -> dict[str, str]:
 
 
 def load_class(target: str) -> type[Adapter]:
-    """Import "package.module:ClassName" and check it is an Adapter subclass."""
+    """Import "package.module:ClassName" and check it is an Adapter subclass (or read the manifest
+    of "exec:FOLDER[#NAME]")."""
+    if target.startswith("exec:"):
+        from .exec_backend import ManifestError, adapter_class
+
+        try:
+            return adapter_class(target)
+        except ManifestError as exc:
+            raise RegistryError(str(exc)) from None
     module_name, _, class_name = target.partition(":")
     if not module_name or not class_name:
         raise RegistryError(f"--adapter: Expected: package.module:ClassName. Received: {target!r}")

@@ -19,6 +19,7 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..adapters.exec_backend import ExecAdapter
 from ..adapters.registry import known, load_class, resolve
 from ..selection import device_present, missing_module
 from ..validation import load_case
@@ -103,6 +104,8 @@ def plan(cases, adapters, devices=None) -> list[Cell]:
 def missing_requirement(name: str) -> str | None:
     """Why the adapter cannot run here for lack of an installed module, without importing it."""
     cls = adapter_class(name)
+    if cls is not None and issubclass(cls, ExecAdapter):  # an executable: its manifest says what it needs
+        return cls.missing()
     module = missing_module(cls.requires) if cls is not None else None
     if module is None:
         return None
