@@ -228,3 +228,6 @@ def register(sub) -> None:
     ben.add_argument("--family", action="append")
     ben.add_argument("--matrix", action="store_true", help="also time `pytest -n auto` over the matrix")
     ben.set_defaults(func=cmd_bench)
+    from .fuzz import register as register_fuzz
+
+    register_fuzz(sub)

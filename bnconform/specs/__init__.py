@@ -37,6 +37,24 @@ def normal(loc: float = 0.0, scale: float = 1.0) -> Callable:
     return lambda rng, shape: rng.normal(loc, scale, size=shape)
 
 
+def drawn(inputs: Sequence[tuple[float, float]], points: Sequence[tuple] = ()) -> Callable:
+    """Input maker written by ``bnconform fuzz``: step i ~ N(inputs[i][0], inputs[i][1]^2), then each
+    ``(step, index, value)`` of ``points`` sets one element (a NaN, an Inf, an outlier)."""
+    def make(rng, shape, index):
+        loc, scale = inputs[index]
+        x = rng.normal(loc, scale, size=shape)
+        for step, where, value in points:
+            if step == index and x.size:
+                x[tuple(where)] = value
+        return x
+    return per_step(make)
+
+
+def fixed(*values: float) -> Callable:
+    """Parameter maker: exactly these per-channel values (gamma=fixed(-1.5, 0.0, 2.0))."""
+    return lambda rng, channels: np.asarray(values[:channels], dtype=np.float64)
+
+
 def per_step(make: Callable) -> Callable:
     """Mark an input maker that takes the step index: ``make(rng, shape, step_index)``."""
     make.per_step = True
