@@ -82,7 +82,7 @@ import numpy as np
 from ..capabilities import Capabilities
 from ..model import Case
 from .jax.common import X64_ENVIRONMENT
-from .tensorflow.common import TF_ENVIRONMENT
+from .tensorflow.common import TF_ENVIRONMENT, tf, tf_devices
 from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
 from ..selectors import case_in, input_dtype_in, squares_overflow, updates_on_empty_batch
 from .base import Adapter, Deviation, Mismatches
@@ -282,10 +282,13 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
                   "structure costs ~3-6 ms of variable creation; a tf.function traces in ~40-60 ms per layer and "
                   "shape, more than the ~2-3 cases each layer serves")
 
-    def devices(self) -> list[str]:
-        import tensorflow as tf
+    def keras(self):
+        tf()  # TensorFlow through bnconform first: its CPU is split into logical devices (the synchronized
+        # rows' replicas) before Keras' first op starts the runtime, whichever adapter the host loads first
+        return super().keras()
 
-        return ["cpu"] + (["cuda"] if tf.config.list_physical_devices("GPU") else [])
+    def devices(self) -> list[str]:
+        return tf_devices()
 
     def _vjp(self, layer, step) -> tuple:
         """tf.GradientTape over the eager call, w.r.t. x and the tf.Variables behind gamma / beta."""
