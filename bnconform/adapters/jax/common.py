@@ -22,9 +22,15 @@ alone (:func:`in_mode`): its forward-plus-backward then compiles in ~1.3 x the t
 forward program for a training step and ~0.6 x for an inference one, where differentiating both
 branches of the ``lax.cond`` cost ~2.3 x.
 
+Devices: the JAX host starts with ``HOST_DEVICE_COUNT`` (8) CPU devices (``XLA_FLAGS`` in
+``X64_ENVIRONMENT``, added to any flags the user set), so that replicated cases (``replica_sizes``)
+run one replica per device (:mod:`.replicas`: placement, shard_map, the compiled-program caches).
+Every other case runs on the first device of its kind, JAX's default, exactly as with one device.
+
 Capabilities and deviations that several of these adapters share live here too:
-``JAX_CAPABILITIES`` (each adapter narrows it) and the flax statistics findings, with the flax
-state layout and step loop that linen and nnx share (:func:`flax_state`, :func:`run_flax_steps`).
+``JAX_CAPABILITIES`` (each adapter narrows it), the selectors of replicated cases, and the flax
+statistics findings (cross-replica ones included), with the flax state layout and step loop that
+linen and nnx share (:func:`flax_state`, :func:`run_flax_steps`).
 """
 
 from __future__ import annotations
@@ -37,15 +43,31 @@ from typing import Callable
 
 import numpy as np
 
-from ...capabilities import Capabilities
+from ...capabilities import Capabilities, replica_split
 from ...dtypes import numpy_dtype
 from ...model import Case
-from ...selectors import Selector, mean_far_from_spread, squares_overflow, updates_on_empty_batch
-from ..base import Adapter, Deviation, Mismatches
+from ...selectors import Selector, mean_far_from_spread, squares_overflow, updates_on_empty_batch, where
+from ..base import Adapter, Deviation, Mismatches, Unsupported
 
-# KERAS_BACKEND=jax: Keras 3 on its jax backend declares the same environment and so shares the
-# JAX family's host process (jax imported once); flax, haiku and equinox never read it.
-X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1", "KERAS_BACKEND": "jax"}
+# Host CPU devices JAX creates (XLA reads the flag when JAX starts its CPU backend): replicated cases
+# run one replica per device (replicas.py); every other case runs on CPU 0, JAX's default device.
+HOST_DEVICE_COUNT = 8
+HOST_DEVICES_FLAG = "--xla_force_host_platform_device_count"
+
+
+def with_host_devices(flags: str) -> str:
+    """``flags`` (the user's XLA_FLAGS) plus the host device count, unless they already set one."""
+    if HOST_DEVICES_FLAG in flags:
+        return flags
+    return f"{flags} {HOST_DEVICES_FLAG}={HOST_DEVICE_COUNT}".strip()
+
+
+# The JAX family's host environment (the name predates the device flag; Keras 3 and the tests import
+# it): 64-bit mode, HOST_DEVICE_COUNT CPU devices, and KERAS_BACKEND=jax, so Keras 3 on its jax backend
+# declares the same environment and shares the JAX family's host process (jax imported once); flax,
+# haiku and equinox never read KERAS_BACKEND.
+X64_ENVIRONMENT = {"JAX_ENABLE_X64": "1", "KERAS_BACKEND": "jax",
+                   "XLA_FLAGS": with_host_devices(os.environ.get("XLA_FLAGS", ""))}
 
 
 class JaxAdapter(Adapter):
@@ -139,12 +161,6 @@ def gradient_cache(build: Callable[..., Callable], x_at: int) -> "JitCache":
     return JitCache(lambda *key: differentiated(build(*key), x_at))
 
 
-def program(steps: "JitCache", gradient_steps: "JitCache", key: tuple, step):
-    """The compiled program for one step: the two-mode forward one without dy (shared with the
-    forward-only cases), the differentiated one of the step's own mode with dy."""
-    return steps.get(*key) if step.dy is None else gradient_steps.get(*key, step.is_training)
-
-
 def gradient_step(normalize_with: str) -> Selector:
     """Some step normalizing with ``normalize_with`` ("batch" / "running") carries dy, and the
     layer has a scale (so dgamma is an output)."""
@@ -199,12 +215,15 @@ class JitCache:
 # num_updates schedule), no zero-debias (haiku and equinox "batch" narrow that), and the running
 # statistics updated only while normalizing with batch statistics; discarding the returned state
 # expresses a training step without an update. Any rank, any channel axis, every dtype pair.
-# Every one is a pure function that jax.vjp differentiates, in both modes.
+# Every one is a pure function that jax.vjp differentiates, in both modes, and synchronizes its
+# statistics over a named axis (cross-replica BN on 2, 4 or 8 host devices: replicas.py); haiku and
+# equinox, which have no mask, narrow the splits to equal ones.
 JAX_CAPABILITIES = Capabilities(
     epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"biased"}),
     zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
     step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}),
-    gradients=frozenset({"batch", "running"}))
+    gradients=frozenset({"batch", "running"}), extensions=frozenset({"replicas"}),
+    replica_counts=frozenset({2, 4, 8}))
 
 
 def signature_defaults(signature_of, decay: str, epsilon: str) -> dict[str, float | None]:
@@ -224,6 +243,7 @@ def dataclass_defaults(cls, decay: str, epsilon: str) -> dict[str, float | None]
 
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
+NNX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/nnx/nn/normalization.py"
 
 # flax linen and nnx share the statistics code (flax/linen/normalization.py: _compute_stats).
 FLAX_FLOAT32_VARIANCE_OVERFLOW = Deviation(
@@ -247,6 +267,73 @@ FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
                 "corrupted state (the model keeps the state unchanged for N == 0)",
     link=FLAX_NORMALIZATION_SOURCE,
 )
+
+
+def case_replica_sizes(case: Case) -> tuple[int, ...] | None:
+    """The case's split over replicas (every step of a replicated case is split alike), or None."""
+    sizes = {None if s.replica_sizes is None else tuple(s.replica_sizes) for s in case.steps}
+    if len(sizes) > 1:
+        raise Unsupported(f"steps split differently. Expected: one replica_sizes for every step. Received: {sizes}")
+    return sizes.pop() if sizes else None
+
+
+def _training_split(case: Case) -> str | None:
+    """replica_split of a replicated case with a training step on a non-empty batch, else None."""
+    sizes = case_replica_sizes(case)
+    if sizes is None or sum(sizes) == 0 or not any(s.is_training for s in case.steps):
+        return None
+    return replica_split(sizes)
+
+
+@where("a training step split over replicas")
+def replicated_training(case: Case) -> bool:
+    return _training_split(case) is not None
+
+
+@where("a training step split over replicas of unequal sizes, none empty")
+def unequal_replicas(case: Case) -> bool:
+    return _training_split(case) == "unequal"
+
+
+@where("a training step split over replicas, some but not all of them empty")
+def some_replica_empty(case: Case) -> bool:
+    return _training_split(case) == "empty"
+
+
+def flax_replica_deviations(prefix: str, link: str) -> tuple[Deviation, Deviation]:
+    """flax's cross-replica findings (linen and nnx each have this _compute_stats): with
+    ``axis_name`` the statistics are ``lax.pmean`` of each device's (masked) means, every device
+    weighing 1/R whatever its count; unequal replicas, expressed with the documented ``mask``, get
+    the mean of the replicas' moments, and an empty replica's 0/0 reaches every device."""
+    unweighted = Deviation(
+        name=f"{prefix}-cross-replica-mean-of-means", kind="defect", applies=unequal_replicas,
+        behaviour=Mismatches(("y", "running_mean", "running_var", "dx", "dgamma"),
+                             "y, the running statistics (and dx, dgamma) come from the unweighted mean of the "
+                             "replicas' moments"),
+        explanation="BatchNorm(axis_name=...) combines replicas with lax.pmean of each device's mean(x, where=mask) "
+                    "(and of its E[x^2] or E[(x - mu)^2]): every replica weighs 1/R, so replicas of unequal sizes "
+                    "(padded and masked) get the mean of their means, not the mean of the union, and a variance "
+                    "off accordingly (replicas of 6 and 2 samples around -5 and +5: mean -0.43 for -3.06, y off "
+                    "by up to 0.9); the backward differentiates the same statistics",
+        link=link)
+    empty = Deviation(
+        name=f"{prefix}-cross-replica-empty-replica-nan", kind="defect", applies=some_replica_empty,
+        behaviour=Mismatches(("y", "running_mean", "running_var", "dx", "dgamma"),
+                             "y, the running statistics (and dx, dgamma) are NaN on every replica"),
+        explanation="an empty replica's mean(x, where=mask) over no element is 0/0 = NaN, and lax.pmean sums it into "
+                    "every device's statistics: y and the running statistics are NaN everywhere, where the model lets "
+                    "an empty replica contribute nothing",
+        link=link)
+    return unweighted, empty
+
+
+# Cross-replica findings the shipped replicas family cannot show yet: its unequal and empty splits all
+# keep a Bessel running variance, which flax cannot express (unsupported cells), so as declarations
+# they would select no cell (tests/test_declarations.py). tests/test_jax_replicas.py verifies them on
+# biased twins of those cases; they join the adapters' ``deviations`` once the family has such cases.
+AWAITING_BIASED_CASES = {"flax.linen": flax_replica_deviations("flax", FLAX_NORMALIZATION_SOURCE),
+                         "flax.nnx": flax_replica_deviations("nnx", NNX_NORMALIZATION_SOURCE)}
+AWAITING_BIASED_CASES["flax.linen.exact_variance"] = AWAITING_BIASED_CASES["flax.linen"]
 
 
 class FlaxAdapter(JaxAdapter):
@@ -286,23 +373,24 @@ def flax_state(case: Case, device) -> tuple[dict, dict]:
     return params, {"mean": state["running_mean"], "var": state["running_var"]}
 
 
-def run_flax_steps(steps: JitCache, gradient_steps: JitCache, key: tuple, case: Case, device: str) -> list[dict]:
-    """Run the case through ``step_fn(params, stats, x, training, momentum, epsilon) -> (y, stats
-    after)``, keeping the returned statistics only where a step updates (flax is functional:
-    discarding them is how a training step without an update is expressed). A step with dy runs
-    the :func:`differentiated` program instead, with dy appended (see :func:`program`)."""
-    where, config = jax_device(device), case.config
-    params, stats = flax_state(case, where)
+def run_flax_steps(programs, key: tuple, case: Case, place) -> list[dict]:
+    """Run the case through ``step_fn(params, stats, x, training, momentum, epsilon, mask) -> (y,
+    stats after)``, keeping the returned statistics only where a step updates (flax is functional:
+    discarding them is how a training step without an update is expressed). ``place`` (replicas.py)
+    says where: one device, or R devices with the batch split (``mask``: the padding rows of unequal
+    replicas, else None). A step with dy runs the :func:`differentiated` program, dy appended."""
+    config = case.config
+    params, stats = flax_state(case, place.at)
     decay, epsilon = float(config.running_stats.decay), float(config.effective_epsilon)
     results = []
-    for step, (x, dy) in zip(case.steps, put_inputs(case, where)):
+    for step, (x, dy) in zip(case.steps, place.inputs(case)):
         cotangent = () if dy is None else (dy,)
-        y, after, *grads = program(steps, gradient_steps, key, step)(
-            params, stats, x, step.is_training, decay, epsilon, *cotangent)
+        y, after, *grads = programs.for_step(key, place, step)(
+            params, stats, x, step.is_training, decay, epsilon, place.mask, *cotangent)
         stats = after if step.update_running_stats else stats
         found = {"y": y, "running_mean": stats["mean"], "running_var": stats["var"]}
         if grads:
             dx, dparams = grads
             found.update(gradient_outputs(step, config, dx, dparams.get("scale"), dparams.get("bias")))
-        results.append(found)
-    return fetch(results)
+        results.append(place.mark(found))
+    return place.gather(fetch(results))

@@ -11,6 +11,9 @@ Translation (canonical knob -> equinox.nn.BatchNorm argument or state entry):
     gamma, beta             -> weight, bias (eqx.tree_at)
     normalize_with          -> inference=False (batch) / True (running)
     update_running_stats    -> keep the returned State (False: keep the old one)
+    replica_sizes           -> axis_name = ("batch", "replicas") (the documented sequence of
+                               names): the vmapped call under jax.shard_map over R host CPU devices,
+                               the model and State built outside it (replicas.py); equal only
     mode "ema":   running_mean / var -> ema_state_index, ema_first_time_index = False: the case's
                   running statistics are populated ones (equinox's documented warm-up, "the batch
                   statistics are used to fill in the running statistics until they are populated",
@@ -25,6 +28,8 @@ Capabilities (``JAX_CAPABILITIES`` narrowed): scale and center switch together; 
 plain EMA, "batch" is always zero-debiased and cannot resume a counter (the oracle's z_0 = 0 with
 a nonzero count is not an equinox state); both a biased running variance, eps inside the sqrt,
 no cumulative rule, no schedule, updates only with inference=False. Batch moments are not exposed.
+Replicas: equal splits only (no mask). Mode "ema" cannot train under shard_map or pmap (State.set
+rejects its untraced first-time flag: EMA_REPLICATED_TRAINING_RAISES).
 
 Gradients (both modes): jax.vjp of the same vmapped model call that produced y, with respect to
 x and the (weight, bias) set by eqx.tree_at, the returned State an auxiliary output
@@ -47,12 +52,14 @@ import numpy as np
 from ... import model
 from ...dtypes import numpy_dtype
 from ...selectors import input_dtype_in, squares_overflow, training_step, updates_on_empty_batch, where
-from .common import (JAX_CAPABILITIES, JaxAdapter, JitCache, fetch, gradient_cache, gradient_outputs, gradient_step,
-                     in_mode, jax_device, load_jax, program, put_inputs, put_state, signature_defaults)
+from .common import (JAX_CAPABILITIES, JaxAdapter, fetch, gradient_outputs, gradient_step, in_mode,
+                     load_jax, put_state, replicated_training, signature_defaults)
+from .replicas import REPLICA_AXIS, Programs, placement, sharded
 from ..base import Deviation, Mismatches, Raises
 
 EQUINOX_BATCHNORM_SOURCE = "https://github.com/patrick-kidger/equinox/blob/main/equinox/nn/_batch_norm.py"
 EQUINOX_EMA_MODE_ISSUE = "https://github.com/patrick-kidger/equinox/issues/659"
+EQUINOX_STATE_SOURCE = "https://github.com/patrick-kidger/equinox/blob/main/equinox/nn/_stateful.py"
 
 
 @functools.lru_cache(maxsize=None)
@@ -63,13 +70,13 @@ def load_equinox():
     return equinox
 
 
-def make_model(mode, channels, affine, dtype, eps, momentum):
+def make_model(mode, channels, affine, dtype, eps, momentum, axis_name="batch"):
     """eqx.nn.BatchNorm and its State, built inside a trace (eps / momentum may be tracers)."""
     eqx = load_equinox()
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="A JAX array is being set as static")
         return eqx.nn.make_with_state(eqx.nn.BatchNorm)(
-            channels, axis_name="batch", eps=eps, channelwise_affine=affine, momentum=momentum,
+            channels, axis_name=axis_name, eps=eps, channelwise_affine=affine, momentum=momentum,
             mode=mode, dtype=numpy_dtype(dtype))
 
 
@@ -79,19 +86,22 @@ def _stat_indices(model, mode):
     return model.batch_state_index, model.batch_counter
 
 
-def build_step(mode: str, channel_axis: int, affine: bool, dtype: str, training: bool | None = None):
+def build_step(mode: str, channel_axis: int, affine: bool, dtype: str, training: bool | None = None, mesh=None):
     """A pure step: (params, stats, marker, x, training, eps, momentum) -> (y, stats, marker after).
 
     ``marker`` is the first-time flag ("ema") or the update counter ("batch"). With ``training``
     None both modes are compiled into one program (lax.cond on the traced flag); True / False
     trace one mode only (common.in_mode), for layers that fail to trace in the other mode and
-    for the differentiated steps.
+    for the differentiated steps. With a ``mesh`` the layer's ``axis_name`` is ("batch",
+    REPLICA_AXIS), the documented sequence of named axes: the vmapped call runs under shard_map
+    (:func:`_replicated`), the model and its State built outside it.
     """
     jax, eqx = load_jax(), load_equinox()
     jnp = jax.numpy
+    axis_name = "batch" if mesh is None else ("batch", REPLICA_AXIS)
 
     def step(params, stats, marker, x, is_training, eps, momentum):
-        model, state = make_model(mode, stats[0].shape[0], affine, dtype, eps, momentum)
+        model, state = make_model(mode, stats[0].shape[0], affine, dtype, eps, momentum, axis_name)
         if affine:
             model = eqx.tree_at(lambda m: (m.weight, m.bias), model, tuple(params))
         stats_index, marker_index = _stat_indices(model, mode)
@@ -102,13 +112,22 @@ def build_step(mode: str, channel_axis: int, affine: bool, dtype: str, training:
             def branch(s):
                 call = jax.vmap(functools.partial(model, inference=inference), axis_name="batch",
                                 in_axes=(0, None), out_axes=(0, None))
-                y, s = call(examples, s)
+                y, s = call(examples, s) if mesh is None else _replicated(call, mesh)(examples, s)
                 return jnp.moveaxis(y, 1, channel_axis), s.get(stats_index), s.get(marker_index)
             return branch
 
         return in_mode(training, is_training, run(False), run(True), state)
 
     return step
+
+
+def _replicated(call, mesh):
+    """The vmapped call under shard_map, examples split over the replicas, the State replicated.
+    check_vma off: equinox's lax.pmean over ("batch", REPLICA_AXIS) names a vmap axis and a mesh
+    axis at once, which shard_map's varying-axes check rejects in JAX 0.10 ("psum can only accept
+    axis_name which corresponds to one of varying ... state of the input"); the collective itself is
+    the one pmap runs (pmap does not check either)."""
+    return sharded(call, mesh, sharded_at=(0,), check_vma=False)
 
 
 @where("decay > 0 and (some gamma != 0 or a training step with dy and scale on): the running statistics enter "
@@ -120,7 +139,8 @@ def _blend_visible(case: model.Case) -> bool:
     return case.config.running_stats.decay > 0.0 and (gamma_matters or gradient_step("batch")(case, ""))
 
 
-EQUINOX_CAPABILITIES = replace(JAX_CAPABILITIES, separate_scale_center=False)
+# eqx.nn.BatchNorm has no mask, so shard_map's equal shards are the only replica splits it can run.
+EQUINOX_CAPABILITIES = replace(JAX_CAPABILITIES, separate_scale_center=False, replica_splits=frozenset({"equal"}))
 
 
 class _EquinoxAdapter(JaxAdapter):
@@ -136,9 +156,9 @@ class _EquinoxAdapter(JaxAdapter):
                   "shape and mode, ~1.3 x that in training, ~0.6 x in inference")
 
     def __init__(self):
-        self._steps = JitCache(build_step)
-        self._gradient_steps = gradient_cache(build_step, x_at=3)  # compiled only for steps with dy
-        self._split_modes: set[tuple] = set()  # (structural key, input dtype) failing to trace both modes
+        self._programs = Programs(build_step, x_at=3)  # gradient programs compiled only for steps with dy
+        self._steps, self._gradient_steps = self._programs.steps, self._programs.gradient_steps
+        self._split_modes: set[tuple] = set()  # (key, replicated, input dtype) failing to trace both modes
 
     def framework_defaults(self):
         return signature_defaults(load_equinox().nn.BatchNorm.__init__, "momentum", "eps")
@@ -150,42 +170,44 @@ class _EquinoxAdapter(JaxAdapter):
         return state["running_mean"], state["running_var"]
 
     def run(self, case, device):
-        config, where_ = case.config, jax_device(device)
-        state = put_state(case, where_)
+        config, place = case.config, placement(case, device)
+        state = put_state(case, place.at)
         params, stats = (state["gamma"], state["beta"]), self.initial_stats(case, state)
-        marker = load_jax().device_put(self.initial_marker(case), where_)
+        marker = load_jax().device_put(self.initial_marker(case), place.at)
         eps, momentum = float(config.effective_epsilon), float(config.running_stats.decay)
         results = []
-        for step, (x, dy) in zip(case.steps, put_inputs(case, where_)):
+        for step, (x, dy) in zip(case.steps, place.inputs(case)):
             cotangent = () if dy is None else (dy,)
             arguments = (params, stats, marker, x, step.is_training, eps, momentum, *cotangent)
-            y, stats_after, marker_after, *grads = self.call_step(case, step, arguments)
+            y, stats_after, marker_after, *grads = self.call_step(case, step, place, arguments)
             if step.update_running_stats:
                 stats, marker = stats_after, marker_after
             found = self.outputs(y, stats, marker)
             if grads:  # dparams is the (weight, bias) pair; both exist only when channelwise_affine
                 dx, (dweight, dbias) = grads
                 found.update(gradient_outputs(step, config, dx, dweight, dbias))
-            results.append(found)
-        return [self.finish(r) for r in fetch(results)]
+            results.append(place.mark(found))
+        return [self.finish(r) for r in place.gather(fetch(results))]
 
-    def call_step(self, case, step, arguments):
+    def call_step(self, case, step, place, arguments):
         """Run the two-mode program (a step with dy: the differentiated program of its own mode,
-        common.program); if the two-mode one fails to trace, run the step's own mode alone.
+        Programs.for_step); if the two-mode one fails to trace, run the step's own mode alone.
 
-        A layer that cannot trace one mode (equinox "ema" with half inputs and float32 state) must
-        still answer the steps of the other mode, and raise in the steps of the failing one.
+        A layer that cannot trace one mode (equinox "ema" with half inputs and float32 state, or
+        training over replicas) must still answer the steps of the other mode, and raise in the
+        steps of the failing one.
         """
         config = case.config
         key = (self.mode, config.channel_axis, config.scale, config.param_dtype)
         if step.dy is not None:
-            return program(self._steps, self._gradient_steps, key, step)(*arguments)
-        if key + (config.input_dtype,) not in self._split_modes:
+            return self._programs.for_step(key, place, step)(*arguments)
+        split = (key, place.mesh is not None, config.input_dtype)
+        if split not in self._split_modes:
             try:
-                return self._steps.get(*key)(*arguments)
-            except TypeError:
-                self._split_modes.add(key + (config.input_dtype,))
-        return self._steps.get(*key, step.is_training)(*arguments)
+                return self._programs.forward(key, place)(*arguments)
+            except (TypeError, ValueError):  # ValueError: mode "ema" training under shard_map (EMA_REPLICATED_...)
+                self._split_modes.add(split)
+        return self._programs.forward(key, place, step.is_training)(*arguments)
 
     def outputs(self, y, stats, marker) -> dict:
         return {"y": y, "running_mean": stats[0], "running_var": stats[1]}
@@ -239,14 +261,30 @@ EMA_BLENDED_NORMALIZATION = Deviation(
 )
 
 
+EMA_REPLICATED_TRAINING_RAISES = Deviation(
+    name="equinox-ema-replicated-training-value-error",
+    kind="defect",
+    applies=replicated_training,
+    behaviour=Raises("ValueError", "Old and new values have different structures/shapes/dtypes"),
+    explanation="mode 'ema' cannot train under shard_map (or pmap, which fails the same way): __call__ stores its "
+                "first-time flag with state.set(ema_first_time_index, jnp.array(False)), and State.set compares "
+                "jax.eval_shape of the old and new values, sharding included; inside the mapped function the stored "
+                "flag is traced with the replica mesh's sharding and the new constant has none, so the two bool[] "
+                "compare unequal and it raises. Mode 'batch' stores traced values only and synchronizes",
+    link=EQUINOX_STATE_SOURCE,
+)
+
+
 class EquinoxEmaAdapter(_EquinoxAdapter):
     """eqx.nn.BatchNorm(mode="ema"): running statistics blended into training normalization."""
 
     name = "equinox.ema"
     mode = "ema"
-    deviations = (EMA_HALF_INPUT_RAISES, EMA_EMPTY_BATCH, EMA_FLOAT32_OVERFLOW, EMA_BLENDED_NORMALIZATION)
+    deviations = (EMA_HALF_INPUT_RAISES, EMA_EMPTY_BATCH, EMA_FLOAT32_OVERFLOW, EMA_BLENDED_NORMALIZATION,
+                  EMA_REPLICATED_TRAINING_RAISES)
     notes = ("per-example call under jax.vmap(axis_name='batch'), channel axis moved to 1; "
-             "first-time flag off: the case's running statistics are populated")
+             "first-time flag off: the case's running statistics are populated; replicas: shard_map on R CPU "
+             "devices, equal splits only")
 
     def initial_marker(self, case):
         return load_jax().numpy.asarray(False)
@@ -304,7 +342,8 @@ class EquinoxBatchModeAdapter(_EquinoxAdapter):
     capabilities = replace(EQUINOX_CAPABILITIES, zero_debias=frozenset({True}), resumes_counter=False)
     deviations = (BATCH_EMPTY_BATCH, HALF_SQUARES_OVERFLOW, BATCH_FLOAT32_OVERFLOW, HALF_PRECISION_NORMALIZATION_GRADIENT)
     notes = ("per-example call under jax.vmap(axis_name='batch'), channel axis moved to 1; "
-             "hidden EMA = 0 and counter = 0 (zero-debias), or the running stats when nothing updates them")
+             "hidden EMA = 0 and counter = 0 (zero-debias), or the running stats when nothing updates them; "
+             "replicas: axis_name ('batch', 'replicas') under shard_map on R CPU devices, equal splits only")
 
     def supports(self, case, device):
         """equinox shows hidden as is while counter == 0, so hidden cannot be both the running

@@ -12,11 +12,19 @@ Translation (canonical knob -> flax.nnx.BatchNorm argument):
     normalize_with "batch"  -> layer(x, use_running_average=False)  (updates mean / var)
     normalize_with "running"-> layer(x, use_running_average=True)
     update_running_stats    -> keep the BatchStats read after the call (False: keep the old ones)
+    replica_sizes           -> axis_name = "replicas", the step under jax.shard_map over R host CPU
+                               devices (replicas.py); unequal or empty replicas padded to the largest
+                               with mask=False rows (the documented ``mask``), dropped from y
 
 Capabilities (``JAX_CAPABILITIES``, as flax.linen: nnx shares linen's statistics code): eps inside
 the square root, a biased running variance, a plain EMA with a constant momentum, updates only in
 training mode. No update counter is kept and the batch moments are not exposed, so num_updates /
 batch_mean / batch_var are not returned.
+
+Cross-replica findings (common.AWAITING_BIASED_CASES, verified on biased twins until the family
+has biased unequal splits): nnx has its own copy of _compute_stats with linen's lax.pmean of the
+per-device masked means: unequal replicas get the mean of their moments,
+an empty one NaN everywhere.
 
 Gradients (both modes): jax.vjp of the same layer call that produced y, with respect to x and the
 values set into the scale / bias Params (the layer is built from them inside the differentiated
@@ -33,8 +41,8 @@ import functools
 
 from ...dtypes import numpy_dtype
 from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FlaxAdapter,
-                     JitCache, fast_variance_cancels, gradient_cache, in_mode, load_jax, run_flax_steps,
-                     signature_defaults)
+                     fast_variance_cancels, in_mode, load_jax, run_flax_steps, signature_defaults)
+from .replicas import REPLICA_AXIS, Programs, placement, sharded
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
 
@@ -47,32 +55,34 @@ def load_nnx():
     return nnx
 
 
-def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str, static: bool | None = None):
-    """A pure step: (params, stats, x, training, momentum, epsilon) -> (y, stats after); both modes
-    behind the traced ``training`` unless ``static`` fixes one (common.in_mode)."""
+def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str, static: bool | None = None, mesh=None):
+    """A pure step: (params, stats, x, training, momentum, epsilon, mask) -> (y, stats after); both
+    modes behind the traced ``training`` unless ``static`` fixes one (common.in_mode). With a
+    ``mesh`` the layer synchronizes over its axis (``axis_name``) under shard_map (replicas.sharded)."""
     nnx = load_nnx()
+    axis_name = None if mesh is None else REPLICA_AXIS
 
     def make_layer(params, stats, momentum, epsilon):
         layer = nnx.BatchNorm(stats["mean"].shape[0], axis=axis, momentum=momentum, epsilon=epsilon,
                               use_scale=use_scale, use_bias=use_bias, param_dtype=numpy_dtype(param_dtype),
-                              rngs=nnx.Rngs(0))
+                              axis_name=axis_name, rngs=nnx.Rngs(0))
         for name, value in params.items():
             getattr(layer, name).set_value(value)
         layer.mean.set_value(stats["mean"])
         layer.var.set_value(stats["var"])
         return layer
 
-    def step(params, stats, x, training, momentum, epsilon):
+    def step(params, stats, x, training, momentum, epsilon, mask=None):
         def run(use_running_average):
             def branch(operands):
                 layer = make_layer(*operands, momentum, epsilon)
-                y = layer(x, use_running_average=use_running_average)
+                y = layer(x, use_running_average=use_running_average, mask=mask)
                 return y, {"mean": layer.mean.get_value(), "var": layer.var.get_value()}
             return branch
 
         return in_mode(static, training, run(False), run(True), (params, stats))
 
-    return step
+    return step if mesh is None else sharded(step, mesh, sharded_at=(2, 6))
 
 
 NNX_FAST_VARIANCE_CANCELS = fast_variance_cancels(
@@ -88,13 +98,15 @@ class FlaxNnxAdapter(FlaxAdapter):
     """flax.nnx.BatchNorm with its defaults (use_fast_variance=True)."""
 
     name = "flax.nnx"
+    # + common.AWAITING_BIASED_CASES[name] once the replicas family has biased unequal / empty splits
     deviations = (NNX_FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
     notes = ("layer built in a jitted step with Params/BatchStats set from the case; training without "
-             "update keeps the old BatchStats; use_fast_variance=True (default)")
+             "update keeps the old BatchStats; use_fast_variance=True (default); replicas: axis_name under "
+             "shard_map on R CPU devices, unequal ones padded with mask=False rows")
 
     def __init__(self):
-        self._steps = JitCache(build_step)
-        self._gradient_steps = gradient_cache(build_step, x_at=2)  # compiled only for steps with dy
+        self._programs = Programs(build_step, x_at=2)  # gradient programs compiled only for steps with dy
+        self._steps, self._gradient_steps = self._programs.steps, self._programs.gradient_steps
 
     def framework_defaults(self):
         return signature_defaults(load_nnx().BatchNorm.__init__, "momentum", "epsilon")
@@ -102,4 +114,4 @@ class FlaxNnxAdapter(FlaxAdapter):
     def run(self, case, device):
         config = case.config
         key = (config.channel_axis, config.scale, config.center, config.param_dtype)
-        return run_flax_steps(self._steps, self._gradient_steps, key, case, device)
+        return run_flax_steps(self._programs, key, case, placement(case, device, masked=True))

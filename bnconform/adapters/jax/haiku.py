@@ -14,6 +14,8 @@ Translation (canonical knob -> hk.BatchNorm argument or state entry):
     num_updates             -> the EMA ``counter`` (returned after each step)
     normalize_with          -> is_training (True: batch moments and an EMA update)
     update_running_stats    -> keep the returned state (False: keep the old one)
+    replica_sizes           -> cross_replica_axis = "replicas", the step under jax.shard_map over R
+                               host CPU devices (replicas.py); equal replicas only (no mask)
 
 With hidden = 0 and counter = 0 the state is exactly the canonical zero-debias state (z_0 = 0), and
 ``average`` holds the case's running statistics until the first update.
@@ -22,7 +24,8 @@ Capabilities (``HAIKU_CAPABILITIES``): eps inside the square root; conventions z
 on and a biased running variance, so a plain-EMA or Bessel case is unsupported where its results
 depend on that; no cumulative rule, no schedule; no resumed counter (hidden / counter of a
 half-debiased average are not in the canonical state); updates only with is_training=True.
-Batch moments are not exposed.
+Batch moments are not exposed. Replicas: equal splits only, shard_map's equal shards (hk.BatchNorm
+has no mask); it lax.pmean's mean(x) and mean(x^2), the one-pass variance across replicas.
 
 Gradients (both modes): jax.vjp of the same ``transformed.apply`` that produced y, with respect
 to x and params (scale, offset), the EMA state an auxiliary output (common.differentiated);
@@ -41,8 +44,9 @@ from dataclasses import replace
 
 from ...selectors import (case_in, input_dtype_in, mean_far_from_spread, squares_overflow, updates_on_empty_batch,
                           updates_running_stats)
-from .common import (JAX_CAPABILITIES, JaxAdapter, JitCache, fetch, gradient_cache, gradient_outputs, gradient_step,
-                     in_mode, jax_device, load_jax, program, put_inputs, put_state, signature_defaults)
+from .common import (JAX_CAPABILITIES, JaxAdapter, fetch, gradient_outputs, gradient_step, in_mode, load_jax, put_state,
+                     signature_defaults)
+from .replicas import REPLICA_AXIS, Programs, placement, sharded
 from ..base import Deviation, Mismatches
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
@@ -58,13 +62,16 @@ def load_haiku():
     return haiku
 
 
-def build_step(reduce_axes: tuple[int, ...], create_scale: bool, create_offset: bool, static: bool | None = None):
+def build_step(reduce_axes: tuple[int, ...], create_scale: bool, create_offset: bool, static: bool | None = None,
+               mesh=None):
     """A pure step: (params, state, x, training, decay, eps) -> (y, state after); both modes behind
-    the traced ``training`` unless ``static`` fixes one (common.in_mode)."""
+    the traced ``training`` unless ``static`` fixes one (common.in_mode). With a ``mesh`` the layer
+    synchronizes over its axis (``cross_replica_axis``) under shard_map (replicas.sharded)."""
     hk = load_haiku()
 
     def forward(x, is_training, decay, eps):
-        layer = hk.BatchNorm(create_scale, create_offset, decay_rate=decay, eps=eps, axis=list(reduce_axes))
+        layer = hk.BatchNorm(create_scale, create_offset, decay_rate=decay, eps=eps, axis=list(reduce_axes),
+                             cross_replica_axis=None if mesh is None else REPLICA_AXIS)
         return layer(x, is_training=is_training)
 
     transformed = hk.transform_with_state(forward)
@@ -75,7 +82,7 @@ def build_step(reduce_axes: tuple[int, ...], create_scale: bool, create_offset: 
 
         return in_mode(static, training, run(True), run(False), state)
 
-    return step
+    return step if mesh is None else sharded(step, mesh, sharded_at=(2,))
 
 
 def build_params_and_state(case, device) -> tuple[dict, dict]:
@@ -191,7 +198,9 @@ HALF_PRECISION_NORMALIZATION_GRADIENT = Deviation(
 # haiku's conventions: its EMA is always zero-debiased (hk.ExponentialMovingAverage's default
 # zero_debias=True, which hk.BatchNorm does not expose) and folds in the biased variance; the EMA
 # state (hidden, counter) of an average resumed after n updates is not in the canonical state.
-HAIKU_CAPABILITIES = replace(JAX_CAPABILITIES, zero_debias=frozenset({True}), resumes_counter=False)
+# hk.BatchNorm has no mask, so shard_map's equal shards are the only replica splits it can run.
+HAIKU_CAPABILITIES = replace(JAX_CAPABILITIES, zero_debias=frozenset({True}), resumes_counter=False,
+                             replica_splits=frozenset({"equal"}))
 
 
 class HaikuAdapter(JaxAdapter):
@@ -206,34 +215,35 @@ class HaikuAdapter(JaxAdapter):
                   FLOAT32_SQUARES_OVERFLOW, HALF_SQUARES_OVERFLOW, HALF_PRECISION_MOMENTS,
                   HALF_PRECISION_NORMALIZATION_GRADIENT)
     notes = ("params/state built from the case (EMA hidden = counter = 0, average = running stats); "
-             "zero-debiasing is always on; training without update keeps the old state")
+             "zero-debiasing is always on; training without update keeps the old state; replicas: "
+             "cross_replica_axis under shard_map on R CPU devices, equal splits only")
     speed_note = ("~1-2 ms per case once compiled; its first-pass median is XLA compile time (~0.3-1.3 s per new "
                   "input shape) because most cases it can express have an input shape of their own; a gradient case "
                   "compiles per shape and mode, ~1.3 x that in training, ~0.6 x in inference")
 
     def __init__(self):
-        self._steps = JitCache(build_step)
-        self._gradient_steps = gradient_cache(build_step, x_at=2)  # compiled only for steps with dy
+        self._programs = Programs(build_step, x_at=2)  # gradient programs compiled only for steps with dy
+        self._steps, self._gradient_steps = self._programs.steps, self._programs.gradient_steps
 
     def framework_defaults(self):
         return signature_defaults(load_haiku().BatchNorm.__init__, "decay_rate", "eps")
 
     def run(self, case, device):
-        config, where = case.config, jax_device(device)
+        config, place = case.config, placement(case, device)
         key = (tuple(a for a in range(case.rank) if a != config.channel_axis), config.scale, config.center)
-        params, state = build_params_and_state(case, where)
+        params, state = build_params_and_state(case, place.at)
         decay, eps = float(config.running_stats.decay), float(config.effective_epsilon)
         results = []
-        for step, (x, dy) in zip(case.steps, put_inputs(case, where)):
+        for step, (x, dy) in zip(case.steps, place.inputs(case)):
             cotangent = () if dy is None else (dy,)
-            y, state_after, *grads = program(self._steps, self._gradient_steps, key, step)(
+            y, state_after, *grads = self._programs.for_step(key, place, step)(
                 params, state, x, step.is_training, decay, eps, *cotangent)
             if step.update_running_stats:
                 state = state_after
             mean_ema, var_ema = (state[name] for name in EMA_NAMES)
-            results.append({"y": y, "running_mean": mean_ema["average"], "running_var": var_ema["average"],
-                            "num_updates": mean_ema["counter"], **_gradients(step, config, grads)})
-        return [_flattened(r) for r in fetch(results)]
+            results.append(place.mark({"y": y, "running_mean": mean_ema["average"], "running_var": var_ema["average"],
+                                       "num_updates": mean_ema["counter"], **_gradients(step, config, grads)}))
+        return [_flattened(r) for r in place.gather(fetch(results))]
 
 
 def _gradients(step, config, grads) -> dict:
