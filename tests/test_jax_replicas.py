@@ -75,10 +75,9 @@ def adapter(name: str):
 
 @functools.lru_cache(maxsize=None)
 def with_findings(name: str):
-    """The adapter with the cross-replica findings the shipped family cannot show yet attached
-    (common.AWAITING_BIASED_CASES): judge verifies each where its selector applies, as on a run."""
-    base = type(adapter(name))
-    return type(base.__name__, (base,), {"deviations": base.deviations + common.AWAITING_BIASED_CASES[name]})()
+    """The adapter with its declared cross-replica findings (common.REPLICA_FINDINGS are part of its
+    deviations): judge verifies each where its selector applies, as on a run."""
+    return adapter(name)
 
 
 def _case(name: str):

@@ -64,9 +64,9 @@ ALL_EMPTY_DECAYS_TO_ZERO = Deviation(
     link=TF_SOURCE)
 
 
-# Findings checked by tests/test_keras_replicas.py on cases the shipped replicas family lacks (a
-# biased running variance; for JAX, float64 with an equal split): attached when cells can show them.
-AWAITING_BIASED_CASES = {
+# Findings re-verified on the replicas family's biased twins (and, for JAX, its float64 equal split),
+# and checked by hand-computed numbers in tests/test_keras_replicas.py.
+FINDINGS = {
     "keras3.tensorflow.synchronized": (one_pass_variance("Keras 3 BatchNormalization(synchronized=True)", TF_SOURCE),),
     "keras3.jax.DataParallel": (FLOAT64_AS_FLOAT32,),
 }
@@ -115,7 +115,7 @@ class Keras3TensorflowSyncAdapter(_Keras3ReplicatedAdapter):
     synchronized = True
     capabilities = replace(KERAS3_CAPABILITIES, **REPLICATED,
                            replica_counts=frozenset(r for r in (2, 4, 8) if r <= LOGICAL_CPUS))
-    deviations = (ALL_EMPTY_DECAYS_TO_ZERO,)  # + AWAITING_BIASED_CASES[name] (keras_sync says why)
+    deviations = (ALL_EMPTY_DECAYS_TO_ZERO,) + FINDINGS["keras3.tensorflow.synchronized"]
     notes = (f"synchronized=True; MirroredStrategy over R of {LOGICAL_CPUS} logical CPU devices, one replica's "
              "samples each")
     speed_note = ("~50 ms CPU per case first pass, ~25 warm: eager strategy.run runs one thread per replica and "
@@ -152,7 +152,7 @@ class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
     environment = X64_ENVIRONMENT  # shares the JAX family's host (x64, host platform devices)
     capabilities = replace(KERAS3_CAPABILITIES, **REPLICATED, replica_splits=frozenset({"equal"}),
                            replica_counts=frozenset({2, 4, 8}))
-    deviations = ()  # + AWAITING_BIASED_CASES[name]: no shipped float64 case has an equal split
+    deviations = FINDINGS["keras3.jax.DataParallel"]
     notes = ("keras.distribution.DataParallel over R JAX CPU devices: the batch sharded evenly, one replica's "
              "samples per device; moments of the global array (synchronized=True is TensorFlow-only)")
     speed_note = ("~130 ms CPU per case first pass (one jitted SPMD program per layer, mode and shape; the eager "

@@ -18,10 +18,10 @@ import re
 from dataclasses import replace
 
 MIRRORED_FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "gradients", "replicas")
-ZERO_DEBIAS_FAMILIES = ("momentum", "gradients", "replicas")  # haiku and equinox always zero-debias: their convention needs EMA cases too
+ZERO_DEBIAS_FAMILIES = ("momentum", "degenerate", "gradients", "replicas")  # haiku and equinox always zero-debias: their convention needs EMA cases too
 # families whose zero-debias twins are made only of the specs with this running-variance kind (the
 # frameworks that always zero-debias, haiku and equinox, keep a biased one), not of every spec
-ZERO_DEBIAS_ONLY_VARIANCE = {"gradients": "biased", "replicas": "biased"}
+ZERO_DEBIAS_ONLY_VARIANCE = {"degenerate": "biased", "gradients": "biased", "replicas": "biased"}
 OTHER_KIND = {"bessel": "biased", "biased": "bessel"}
 KIND_WORDS = {"bessel": "a Bessel-corrected running variance (N/(N-1))",
               "biased": "a biased running variance (divide by N)"}

@@ -104,6 +104,9 @@ def specs():
                 "running state unchanged.", (0, 0), means=[0.0, 0.0], steps=(TRAIN, EVAL))
     yield _spec("r2_float64_train", "float64 inputs and parameters on two unequal replicas with far means.",
                 (5, 3), means=[-3.0, 3.0], input_dtype="float64", param_dtype="float64")
+    yield _spec("r4_equal_float64_train", "float64 inputs and parameters on four equal replicas (the split every "
+                "sharded data-parallel API can express): float64 must stay float64 across the all-reduce.",
+                (2, 2, 2, 2), means=[-3.0, -1.0, 1.0, 3.0], input_dtype="float64", param_dtype="float64")
     yield from _bessel_then_inference()
 
 

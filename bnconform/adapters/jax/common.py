@@ -327,13 +327,11 @@ def flax_replica_deviations(prefix: str, link: str) -> tuple[Deviation, Deviatio
     return unweighted, empty
 
 
-# Cross-replica findings the shipped replicas family cannot show yet: its unequal and empty splits all
-# keep a Bessel running variance, which flax cannot express (unsupported cells), so as declarations
-# they would select no cell (tests/test_declarations.py). tests/test_jax_replicas.py verifies them on
-# biased twins of those cases; they join the adapters' ``deviations`` once the family has such cases.
-AWAITING_BIASED_CASES = {"flax.linen": flax_replica_deviations("flax", FLAX_NORMALIZATION_SOURCE),
+# Cross-replica findings, re-verified on the replicas family's biased twins (flax keeps a biased
+# running variance) and checked against a NumPy mean of means in tests/test_jax_replicas.py.
+REPLICA_FINDINGS = {"flax.linen": flax_replica_deviations("flax", FLAX_NORMALIZATION_SOURCE),
                          "flax.nnx": flax_replica_deviations("nnx", NNX_NORMALIZATION_SOURCE)}
-AWAITING_BIASED_CASES["flax.linen.exact_variance"] = AWAITING_BIASED_CASES["flax.linen"]
+REPLICA_FINDINGS["flax.linen.exact_variance"] = REPLICA_FINDINGS["flax.linen"]
 
 
 class FlaxAdapter(JaxAdapter):

@@ -25,10 +25,9 @@ EMA with a constant momentum (no zero-debias, no schedule, no cumulative rule), 
 training mode. flax keeps no update counter, so num_updates is not returned, and the batch moments
 are not exposed by the layer.
 
-Cross-replica findings (common.AWAITING_BIASED_CASES, verified on biased twins until the family
-has biased unequal splits): the statistics are lax.pmean of each device's
-masked means, so unequal replicas get the mean of the replicas' moments and an empty replica's NaN
-reaches every device.
+Cross-replica findings (common.REPLICA_FINDINGS, re-verified on the replicas family's biased twins):
+the statistics are lax.pmean of each device's masked means, so unequal replicas get the mean of the
+replicas' moments and an empty replica's NaN reaches every device.
 
 Gradients (both modes): jax.vjp of the same ``apply`` that produced y, with respect to x and
 ``params`` (scale, bias), the mutable ``batch_stats`` an auxiliary output (common.differentiated);
@@ -43,7 +42,7 @@ from __future__ import annotations
 
 import functools
 
-from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
+from .common import (REPLICA_FINDINGS, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
                      FlaxAdapter, dataclass_defaults, fast_variance_cancels, in_mode, load_jax, run_flax_steps)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
 
@@ -96,8 +95,8 @@ class FlaxLinenAdapter(FlaxAdapter):
 
     name = "flax.linen"
     use_fast_variance = True
-    # + common.AWAITING_BIASED_CASES[name] once the replicas family has biased unequal / empty splits
-    deviations = (FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
+    deviations = (FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS,
+                  *REPLICA_FINDINGS["flax.linen"])
     notes = ("variables built from the case, no init; training without update discards the "
              "returned batch_stats; use_fast_variance=True (flax default); replicas: axis_name under shard_map "
              "on R CPU devices, unequal ones padded with mask=False rows")
@@ -120,7 +119,8 @@ class FlaxLinenExactVarianceAdapter(FlaxLinenAdapter):
 
     name = "flax.linen.exact_variance"
     use_fast_variance = False
-    deviations = (FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)  # + AWAITING_BIASED_CASES
+    deviations = (FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS,
+                  *REPLICA_FINDINGS["flax.linen.exact_variance"])
     notes = ("variables built from the case, no init; training without update discards the "
              "returned batch_stats; use_fast_variance=False; replicas: axis_name under shard_map on R CPU "
              "devices, unequal ones padded with mask=False rows")

@@ -21,10 +21,9 @@ the square root, a biased running variance, a plain EMA with a constant momentum
 training mode. No update counter is kept and the batch moments are not exposed, so num_updates /
 batch_mean / batch_var are not returned.
 
-Cross-replica findings (common.AWAITING_BIASED_CASES, verified on biased twins until the family
-has biased unequal splits): nnx has its own copy of _compute_stats with linen's lax.pmean of the
-per-device masked means: unequal replicas get the mean of their moments,
-an empty one NaN everywhere.
+Cross-replica findings (common.REPLICA_FINDINGS, re-verified on the replicas family's biased twins):
+nnx has its own copy of _compute_stats with linen's lax.pmean of the per-device masked means:
+unequal replicas get the mean of their moments, an empty one NaN everywhere.
 
 Gradients (both modes): jax.vjp of the same layer call that produced y, with respect to x and the
 values set into the scale / bias Params (the layer is built from them inside the differentiated
@@ -40,7 +39,7 @@ from __future__ import annotations
 import functools
 
 from ...dtypes import numpy_dtype
-from .common import (FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FlaxAdapter,
+from .common import (REPLICA_FINDINGS, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FlaxAdapter,
                      fast_variance_cancels, in_mode, load_jax, run_flax_steps, signature_defaults)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
 
@@ -98,8 +97,8 @@ class FlaxNnxAdapter(FlaxAdapter):
     """flax.nnx.BatchNorm with its defaults (use_fast_variance=True)."""
 
     name = "flax.nnx"
-    # + common.AWAITING_BIASED_CASES[name] once the replicas family has biased unequal / empty splits
-    deviations = (NNX_FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS)
+    deviations = (NNX_FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS,
+                  *REPLICA_FINDINGS["flax.nnx"])
     notes = ("layer built in a jitted step with Params/BatchStats set from the case; training without "
              "update keeps the old BatchStats; use_fast_variance=True (default); replicas: axis_name under "
              "shard_map on R CPU devices, unequal ones padded with mask=False rows")

@@ -135,6 +135,7 @@ ONE_PASS_VARIANCE_CANCELS = Deviation(
 NEGATIVE_VARIANCE_CASES = ("degenerate/cancellation_float32_1e4", "degenerate/cancellation_float32_1e4_biased",
                            "degenerate/cancellation_float64_1e8", "degenerate/cancellation_float64_1e8_biased",
                            "degenerate/large_constant_channel", "degenerate/large_constant_channel_biased",
+                           "degenerate/large_constant_channel_biased_zero_debias",
                            "gradients/offset_1e4_float32_train_biased_zero_debias")  # var -8 on this data
 
 UNCLAMPED_NEGATIVE_VARIANCE = Deviation(

@@ -81,12 +81,9 @@ EMPTY_REPLICA_DILUTES = Deviation(
     link=BN_SOURCE)
 
 
-# Findings of this row, each checked on biased-variance replicated cases by tests/test_keras_replicas.py.
-# The shipped replicas family asks for a Bessel running variance in every case they select, which
-# this layer (biased, its convention) cannot express, so no shipped cell would re-verify them and
-# tests/test_declarations.py would call them dead. They belong in ``deviations`` as soon as the
-# family has biased twins (specs.mirrors.MIRRORED_FAMILIES).
-AWAITING_BIASED_CASES = {
+# Findings of this row, re-verified on the replicas family's biased twins (its convention) and checked
+# by hand-computed numbers in tests/test_keras_replicas.py.
+FINDINGS = {
     "tf_keras.SyncBatchNormalization": (one_pass_variance(API, BN_SOURCE), EMPTY_REPLICA_DILUTES,
                                         float64_decay_deviation(API)),
 }
@@ -105,7 +102,7 @@ class TfKerasSyncAdapter(Adapter):
     notes = f"MirroredStrategy over R of {LOGICAL_CPUS} logical CPU devices, one replica's samples each; eager"
     speed_note = ("~60 ms CPU per case first pass, ~30 warm: eager strategy.run runs one thread per replica and "
                   "all-reduces three tensors; a tf.function would trace per layer, shape and split (each once here)")
-    deviations = ()  # + AWAITING_BIASED_CASES[name]: its findings await cells that can show them
+    deviations = FINDINGS["tf_keras.SyncBatchNormalization"]
 
     def __init__(self):
         self._layers = {}
