@@ -1,0 +1,1 @@
+"""MindSpore adapter: mindspore.nn.BatchNorm1d / BatchNorm2d cells (module nn)."""

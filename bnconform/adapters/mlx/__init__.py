@@ -1,0 +1,1 @@
+"""MLX adapter: mlx.nn.BatchNorm driven through train() and eval() (module nn)."""

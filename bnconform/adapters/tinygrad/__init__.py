@@ -1,0 +1,1 @@
+"""tinygrad adapter: tinygrad.nn.BatchNorm under its TRAINING context switch (module nn)."""

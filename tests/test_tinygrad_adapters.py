@@ -1,0 +1,92 @@
+"""Fast checks of the tinygrad adapter's translation (skipped without tinygrad, or without the clang
+its CPU device compiles every kernel with)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import requires
+
+pytestmark = [requires("tinygrad"), pytest.mark.xdist_group("tinygrad"),
+              pytest.mark.skipif(shutil.which(os.environ.get("CC", "clang")) is None,
+                                 reason="tinygrad's CPU device needs clang on PATH")]
+
+from bnconform.adapters.tinygrad.nn import (  # noqa: E402
+    ENVIRONMENT, TinygradBatchNormAdapter, channels_first_order, inverse,
+)
+from bnconform.judge import judge  # noqa: E402
+from bnconform.validation import load_case  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ROOT / "cases"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tinygrad_host_environment():
+    """The matrix host's environment (DEV=CPU:CLANG, ...), set before tinygrad is first imported:
+    tinygrad reads it into its context variables at import."""
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in ENVIRONMENT.items():
+            patch.setenv(key, value)
+        yield
+
+
+def _case(name: str):
+    return load_case(CASES / f"{name}.json")
+
+
+def test_importing_the_adapter_module_does_not_import_tinygrad():
+    code = "import sys, bnconform.adapters.tinygrad.nn; print('tinygrad' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert json.loads(out.stdout.strip().lower()) is False
+
+
+@pytest.mark.parametrize("rank, axis", [(2, 0), (3, 2), (4, 3), (5, 4), (4, 2)])
+def test_channel_axis_moves_to_1_and_back(rank, axis):
+    order = channels_first_order(rank, axis)
+    assert order[1] == axis and sorted(order) == list(range(rank))
+    shape = np.arange(2, 2 + rank)
+    assert list(shape[order][inverse(order)]) == list(shape)
+
+
+def test_decay_becomes_the_momentum_on_the_new_statistic():
+    adapter, case = TinygradBatchNormAdapter(), _case("momentum/decay_0.9_bessel_3steps")
+    assert adapter._module(case).momentum == pytest.approx(0.1)
+    verdict = judge(adapter, case, "cpu")
+    assert verdict.status == "pass", verdict.detail
+    assert {"running_var", "num_updates"} <= set(verdict.compared)
+
+
+def test_channels_last_float64_case_runs_in_float64():
+    case = _case("formulas/float64_nhwc_train")
+    results = TinygradBatchNormAdapter().run(case, "cpu")
+    assert results[0]["y"].dtype == np.float64 and results[0]["y"].shape == case.steps[0].x.shape
+    assert judge(TinygradBatchNormAdapter(), case, "cpu").status == "pass"
+
+
+def test_gradients_of_training_then_inference_steps_pass():
+    verdict = judge(TinygradBatchNormAdapter(), _case("gradients/train_train_eval_bessel"), "cpu")
+    assert verdict.status == "pass", verdict.detail
+    assert {"dx", "dgamma", "dbeta"} <= set(verdict.compared)
+
+
+@pytest.mark.parametrize("name, deviation", [("degenerate/n1_rank2_train", "single-value-per-channel-raises"),
+                                             ("degenerate/n0_rank2_train", "empty-batch-nan-running-stats"),
+                                             ("formulas/float16_nc_train", "half-batch-statistics")])
+def test_declared_deviations_are_observed(name, deviation):
+    verdict = judge(TinygradBatchNormAdapter(), _case(name), "cpu")
+    assert verdict.status == "deviation", verdict.detail
+    assert deviation in verdict.deviations
+
+
+def test_missing_clang_makes_the_backend_unavailable(monkeypatch):
+    monkeypatch.setenv("CC", "no-such-clang-for-bnconform")
+    reason = TinygradBatchNormAdapter().unavailable_reason()
+    assert reason and "'no-such-clang-for-bnconform'" in reason and "apt-get install clang" in reason
