@@ -145,6 +145,27 @@ def _with_momentum():
                _nan_in_first_step)
 
 
+def _inf_then_cumulative():
+    """Found by `bnconform fuzz` on torch.nn (promoted): the cumulative rule's form decides what an
+    infinite running mean becomes."""
+    yield Spec(FAMILY, "inf_batch_then_clean_batch_cumulative",
+               "+Inf in channel 1 of the first batch under the cumulative rule: that channel's batch mean and "
+               "running mean become +Inf (its variance NaN), then a clean batch folds in with weight 1/2: "
+               "r + (b - r) / 2 = Inf + (-Inf) = NaN (IEEE, the model's form), where the equal "
+               "(1 - 1/2) r + b / 2 keeps +Inf; other channels stay exact.",
+               Config(channel_axis=1, running_stats=RunningStats(rule="cumulative", decay=None)), [(6, 3)],
+               (TRAIN, TRAIN, EVAL), _inf_in_first_step)
+
+
+@per_step
+def _inf_in_first_step(rng, shape, index):
+    """Channel 1 of the first batch holds one +Inf; later batches are clean."""
+    x = rng.normal(0.5, 1.0, size=shape)
+    if index == 0:
+        x[0, 1] = np.inf
+    return x
+
+
 @per_step
 def _nan_in_first_step(rng, shape, index):
     """Channel 1 of the first batch holds one NaN; later batches are clean."""
@@ -162,3 +183,4 @@ def specs():
     yield from _precision()
     yield from _single_channel()
     yield from _with_momentum()
+    yield from _inf_then_cumulative()

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from ... import model
 from ...selectors import training_step, updates_on_empty_batch, where
 from .common import (
@@ -43,6 +45,19 @@ from ..base import Deviation, Mismatches
 
 _MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 _SOURCE_FORWARD = "https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/batchnorm.py"
+
+
+@where("the cumulative rule with a running mean that is +-Inf after an update and a later non-empty update")
+def _infinite_running_mean_updated_again(case: model.Case) -> bool:
+    """Cumulative rule; some update leaves a running mean of +-Inf, and a later step updates again."""
+    if case.config.running_stats.rule != "cumulative":
+        return False
+    infinite = False
+    for step, n in zip(case.steps, case.reduce_counts()):
+        if step.update_running_stats and n > 0 and infinite:
+            return True
+        infinite = infinite or bool(np.isinf(step.expected["running_mean"]).any())
+    return False
 
 
 @where("the cumulative rule with an empty training batch (N == 0) followed by another update")
@@ -80,6 +95,16 @@ class TorchModuleAdapter(TorchAdapter):
                                  "running stats (and eval outputs using them) after the empty batch"),
             explanation="forward() increments num_batches_tracked even for an empty batch (the stats stay put), "
                         "so the next cumulative factor is 1/(n+2) instead of 1/(n+1)",
+            link=_SOURCE_FORWARD,
+        ),
+        Deviation(
+            name="cumulative-average-keeps-infinite-mean",
+            kind="edge",
+            applies=_infinite_running_mean_updated_again,
+            behaviour=Mismatches(("running_mean",), "an infinite running mean stays infinite (the model's is NaN)"),
+            explanation="with momentum=None forward() passes 1/num_batches_tracked as F.batch_norm's momentum, "
+                        "whose update is (1 - m) * running + m * batch: (1/2) Inf + b / 2 = Inf, where the "
+                        "model's cumulative form r + (b - r) / n gives Inf - Inf = NaN (found by bnconform fuzz)",
             link=_SOURCE_FORWARD,
         ),
         Deviation(
