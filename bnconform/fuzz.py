@@ -42,14 +42,19 @@ class _OutOfTime(BaseException):
     """Ends a search that has no finding to shrink (not an Exception: hypothesis lets it through)."""
 
 
-def signature(verdict: Verdict) -> tuple[str, str]:
-    """What makes two disagreements the same: the status and the first differing output (or the
-    exception, or the declaration found stale)."""
+def signature(verdict: Verdict, dtypes: tuple = ()) -> tuple:
+    """What makes two disagreements the same: the status and the first differing output (with
+    whether the value received is finite, and the dtype pair), or the exception, or the
+    declaration found stale. Coarse on purpose: one finding per cause, not per example."""
     if verdict.status == "error":
         return "error", verdict.detail.split(":")[0][:80]
     if verdict.detail.startswith("declared deviation not observed"):
         return "fail", "stale " + verdict.detail[len("declared deviation not observed ("):].split(":")[0]
-    return "fail", str(verdict.mismatches[0]["output"]) if verdict.mismatches else verdict.detail[:40]
+    if not verdict.mismatches:
+        return "fail", verdict.detail[:40]
+    first = verdict.mismatches[0]
+    finite = isinstance(first["got"], float) and isinstance(first["expected"], float)
+    return "fail", str(first["output"]), "finite" if finite else "non-finite", *dtypes
 
 
 class InProcess:
@@ -161,7 +166,8 @@ class _Search:
         verdict = self.seen[key]
         if verdict.status in ("unsupported", "unavailable"):
             reject()
-        found = signature(verdict) if verdict.status in ("fail", "error") else None
+        dtypes = (draw.config.input_dtype, draw.config.param_dtype)
+        found = signature(verdict, dtypes) if verdict.status in ("fail", "error") else None
         if found and found not in self.known and self.wanted in (None, found):
             self.wanted, self.best = found, (draw, verdict)
             raise _Disagreement(found)

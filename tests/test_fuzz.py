@@ -141,13 +141,13 @@ def test_the_search_is_deterministic_for_a_seed(tmp_path):
     runs = {}
     for label, seed in (("first", 3), ("again", 3), ("other", 4)):
         runs[label] = Recording()
-        fuzz([runs[label]], 60.0, 40, seed, tmp_path, stream=io.StringIO(), progress=Progress(stream=io.StringIO()))
-    assert len(runs["first"].asked) == 40 and runs["first"].asked == runs["again"].asked
+        fuzz([runs[label]], 60.0, 25, seed, tmp_path, stream=io.StringIO(), progress=Progress(stream=io.StringIO()))
+    assert len(runs["first"].asked) == 25 and runs["first"].asked == runs["again"].asked
     assert runs["other"].asked != runs["first"].asked
 
 
 def test_a_right_implementation_has_no_finding(tmp_path):
-    found, printed = _fuzz(OracleAdapter(), tmp_path, max_examples=150, max_findings=None)
+    found, printed = _fuzz(OracleAdapter(), tmp_path, max_examples=100, max_findings=None)
     assert (found, printed) == ([], "")
 
 
@@ -174,7 +174,7 @@ def test_the_command_runs_a_backend_in_its_host_process(tmp_path, capsys, monkey
 
     tests = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
-    code = cli.main(["fuzz", "--adapter", "faulty_adapters:IgnoresBeta", "--max-examples", "30", "--out",
+    code = cli.main(["fuzz", "--adapter", "faulty_adapters:IgnoresBeta", "--max-examples", "10", "--out",
                      str(tmp_path)])
     out = capsys.readouterr()
     lines = out.out.splitlines()
