@@ -183,3 +183,23 @@ def mean_far_from_spread(ratio: float, constant: bool = True) -> Selector:
                    for mean, std in training_channel_moments(case))
     which = "a training batch" if constant else "a training batch with a non-constant channel"
     return Selector(f"{which} whose |mean| exceeds {ratio:g} x its spread", test)
+
+
+# --- Observable declarations ----------------------------------------------------------------------
+
+_CHANGES: dict[tuple, bool] = {}  # (case id, path, text) -> answer; cases are immutable once loaded
+
+
+def changes_results(make_variant: Callable[[Case], Case], text: str) -> Selector:
+    """Cases whose expected results the oracle, run on ``make_variant(case)``, misses beyond the
+    case's tolerances: the only cells where a MatchesVariant of that variant can be observed (with a
+    zero-debiased EMA, say, a float32-rounded decay cancels out of the first update)."""
+    def test(case: Case, device: str) -> bool:
+        from . import oracle
+        from .compare import compare_case
+
+        key = (case.id, case.path, text)
+        if key not in _CHANGES:
+            _CHANGES[key] = bool(compare_case(case, oracle.run_case(make_variant(case)))[0])
+        return _CHANGES[key]
+    return Selector(text, test)

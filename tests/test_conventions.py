@@ -61,8 +61,9 @@ def test_right_under_its_own_convention_never_fails(knob, value):
     assert bad == errors_from_resume and len(errors_from_resume) <= resumed, bad[:3]
     counts = collections.Counter(v.status for v in verdicts)
     # The convention's own cases exist and pass: mirrors give each variance kind its cases, and
-    # the momentum family has zero-debiased twins of its EMA sequences (haiku's convention).
-    assert counts["pass"] >= (20 if (knob, value) == ("zero_debias", True) else len(CASES) // 3), counts
+    # momentum, degenerate, gradients and replicas have zero-debiased twins (haiku's and equinox's
+    # convention; biased only, so a quarter rather than a third of all cases is the floor for each).
+    assert counts["pass"] >= (20 if (knob, value) == ("zero_debias", True) else len(CASES) // 4), counts
 
 
 @pytest.mark.parametrize("knob,declared,computes", [("running_variance", "biased", "bessel"),

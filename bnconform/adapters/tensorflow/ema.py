@@ -50,8 +50,8 @@ import numpy as np
 
 from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from ...selectors import (input_dtype_in, param_dtype_in, squares_overflow, updates_on_empty_batch, updates_running_stats,
-                          where)
+from ...selectors import (changes_results, input_dtype_in, param_dtype_in, squares_overflow, updates_on_empty_batch,
+                          updates_running_stats, where)
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from .common import (TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape, graph_gradients,
                      half_parameter_gradients, signature_default, tf, tf_device_scope, tf_devices, to_numpy,
@@ -125,7 +125,8 @@ class TfEmaAdapter(Adapter):
         Deviation(
             name="tf-ema-float32-decay",
             kind="dtype",
-            applies=_float64_decay_rounds & ~updates_on_empty_batch,
+            applies=_float64_decay_rounds & ~updates_on_empty_batch
+            & changes_results(_float32_decay_variant, "the float32-rounded decay changes the results"),
             behaviour=MatchesVariant("decay rounded to float32 (1 - 0.9 = 0.100000024)", _float32_decay_variant),
             explanation="ExponentialMovingAverage.apply() converts decay to a float32 tensor "
                         "(1 - 0.9 = 0.100000024) before casting it to the float64 variable dtype",

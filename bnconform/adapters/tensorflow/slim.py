@@ -51,7 +51,7 @@ from __future__ import annotations
 import sys
 
 from ...capabilities import Capabilities
-from ...selectors import squares_overflow, updates_on_empty_batch, where
+from ...selectors import changes_results, squares_overflow, updates_on_empty_batch, where
 from . import graph as g
 from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, float64_decay_rounds, rounded_decay_variant,
                      signature_default, updating_counts)
@@ -127,7 +127,8 @@ ZERO_DEBIAS_MEAN_ONLY = Deviation(
 FLOAT64_DECAY_ROUNDED = Deviation(
     name="tf_slim float64: 1 - decay rounded to float32",
     kind="dtype",
-    applies=float64_decay_rounds & ~updates_on_empty_batch,
+    applies=float64_decay_rounds & ~updates_on_empty_batch
+    & changes_results(rounded_decay_variant, "the float32-rounded decay changes the results"),
     behaviour=MatchesVariant("decay' = 1 - float32(1 - decay)", rounded_decay_variant),
     explanation="assign_moving_average / _assign_moving_average build convert_to_tensor(1.0 - decay), a "
                 "float32 constant, then cast it: float64 moving statistics drift ~1.5e-8 relative per update",
