@@ -48,16 +48,6 @@ def jax_host_environment(monkeypatch):
             monkeypatch.setenv(key, value)
 
 
-def progress_to_this_tests_stderr(monkeypatch):
-    """Call right before running cells in this process (cli.main): Progress takes sys.stderr as a
-    default argument, bound when bnconform.execution.scheduler is first imported, which may be
-    during an earlier test whose captured stderr is closed by now; this points it at the current one."""
-    from bnconform.execution.scheduler import Progress
-
-    defaults = Progress.__init__.__defaults__
-    monkeypatch.setattr(Progress.__init__, "__defaults__", (sys.stderr, *defaults[1:]))
-
-
 # Stages a fresh interpreter imports in this order (fresh_imports); each names what it loads.
 IMPORT_STAGES = {
     "commands": ("bnconform.commands",),

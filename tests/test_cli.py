@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from conftest import progress_to_this_tests_stderr
 
 from bnconform import cli
 
@@ -28,7 +27,6 @@ def bnconform(capsys, monkeypatch):
     """``bnconform ARGS`` in this process, from ``cwd``: returncode, stdout, stderr."""
     def run(*args, cwd=ROOT):
         monkeypatch.chdir(cwd)
-        progress_to_this_tests_stderr(monkeypatch)
         capsys.readouterr()
         try:
             code = cli.main(list(map(str, args)))

@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import progress_to_this_tests_stderr, requires
+from conftest import requires
 
 from bnconform import results
 from bnconform.capabilities import Capabilities, describe
@@ -162,7 +162,6 @@ def test_cli_reads_the_document_and_unknown_name_exits_2(tmp_path, capsys):
 def test_real_run_of_the_torch_backends(tmp_path, monkeypatch, capsys):
     """``bnconform port`` in this process (no results file: it runs the cells itself, in a torch host)."""
     monkeypatch.chdir(tmp_path)
-    progress_to_this_tests_stderr(monkeypatch)
     code = main(["port", "torch.nn", "torch.functional", "--results", str(tmp_path / "absent.json"), "--cases",
                  str(ROOT / "cases"), "--family", "formulas", "--family", "momentum"])
     run = capsys.readouterr()

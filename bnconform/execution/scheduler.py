@@ -24,7 +24,9 @@ class Progress:
     """A one-line progress bar on stderr; when stderr is not a terminal, one plain line every
     ``interval`` seconds (and at the end), so logs stay short."""
 
-    def __init__(self, total: int, stream=sys.stderr, interval: float = 5.0):
+    def __init__(self, total: int, stream=None, interval: float = 5.0):
+        # stream=None: the sys.stderr of the moment (a default of sys.stderr would bind the one at import)
+        stream = sys.stderr if stream is None else stream
         self.total, self.done, self.stream, self.interval = total, 0, stream, interval
         self.counts = collections.Counter()
         self.lock = threading.Lock()
