@@ -204,11 +204,11 @@ def test_check_help_states_the_exit_codes(bnconform):
 def test_run_torch_family_exits_0(bnconform, tmp_path):
     done = bnconform("run", "--backend", "torch", "--family", "epsilon", "--out", tmp_path, "--jobs", "2")
     assert done.returncode == 0, done.stderr
-    from bnconform.selection import nvidia_present
-
-    cuda_only = {"torch.nn.SyncBatchNorm"} if nvidia_present() else set()  # no cell on a CPU-only machine
-    assert set(json.loads((tmp_path / "results.json").read_text())["adapters"]) == {
-        "torch.functional", "torch.gloo_sync", "torch.nn"} | cuda_only
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert set(results["adapters"]) == {"torch.functional", "torch.gloo_sync", "torch.nn", "torch.nn.SyncBatchNorm"}
+    # the CUDA-only row never vanishes: on a machine without a GPU its cells say why they did not run
+    sync = {v["status"] for v in results["verdicts"] if v["adapter"] == "torch.nn.SyncBatchNorm"}
+    assert sync <= {"unavailable", "unsupported", "pass", "deviation"} and sync
 
 
 # --- where reports go -------------------------------------------------------------------------

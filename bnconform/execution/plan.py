@@ -92,10 +92,15 @@ def device_kinds(name: str) -> tuple[str, ...]:
 
 
 def plan(cases, adapters, devices=None) -> list[Cell]:
-    """Cells for every adapter x device kind of that adapter (filtered by ``devices``) x case."""
+    """Cells for every adapter x device kind of that adapter (filtered by ``devices``) x case.
+
+    An adapter none of whose device kinds is among ``devices`` (torch.nn.SyncBatchNorm on a machine
+    without a GPU) gets the cells of its first kind, which settle as unavailable with the reason,
+    so a selected backend never vanishes from a report."""
     cells = []
     for name in adapters:
-        for device in [d for d in device_kinds(name) if not devices or d in devices]:
+        kinds = [d for d in device_kinds(name) if not devices or d in devices] or list(device_kinds(name))[:1]
+        for device in kinds:
             cells += [Cell(str(c.path), c.id, c.family, name, device) for c in cases]
     return cells
 
