@@ -1,7 +1,8 @@
 """``bnconform bench``: median milliseconds per case per backend and device (framework import
 excluded: the clock runs around ``adapter.run`` only), plus the cost of gradients: the median of
 the gradient cases against the forward-only cases, and against the same gradient cases run without
-their dy (written to a temporary folder and run just before them: same shapes and knobs).
+their dy (written with their own ids to a temporary folder and run in a second pass: same
+shapes and knobs, and a declaration that names a case still selects its copy).
 
 ``--matrix`` also measures, in one run, what bounds the whole matrix under ``pytest -n auto``:
 
@@ -31,23 +32,22 @@ from .execution.plan import adapter_class, discover_cases, missing_requirement, 
 from .execution.scheduler import Progress, run_cells
 
 
-FORWARD_TWINS = "gradients_forward"  # family of the gradient cases with dy stripped (bench only)
-
-
-def _kind(case_id: str, gradient_cases) -> str:
-    if case_id.startswith(FORWARD_TWINS + "/"):
-        return "twin"
-    return "grad" if case_id in gradient_cases else "fwd"
-
-
-def _table(verdicts, infos, gradient_cases=frozenset()) -> list[str]:
-    """One row per backend and device: cases ran, median and p90 ms, import seconds; the median ms
-    of the forward-only cases, of the gradient cases (``gradient_cases``: ids), grad/fwd, and the
-    gradient cases' median over the same cases run without dy (their FORWARD_TWINS) with that ratio."""
+def _ran(verdicts, kind_of) -> dict:
+    """(adapter, device) -> [(ms, kind)] over the cells that ran."""
     rows = {}
     for v in verdicts:
         if v.status in ("pass", "fail", "deviation"):
-            rows.setdefault((v.adapter, v.device), []).append((v.seconds * 1000, _kind(v.case, gradient_cases)))
+            rows.setdefault((v.adapter, v.device), []).append((v.seconds * 1000, kind_of(v.case)))
+    return rows
+
+
+def _table(verdicts, infos, gradient_cases=frozenset(), twin_verdicts=()) -> list[str]:
+    """One row per backend and device: cases ran, median and p90 ms, import seconds; the median ms
+    of the forward-only cases, of the gradient cases (``gradient_cases``: ids), grad/fwd, and the
+    gradient cases' median over the same cases run without dy (``twin_verdicts``) with that ratio."""
+    rows = _ran(verdicts, lambda case: "grad" if case in gradient_cases else "fwd")
+    for key, timed in _ran(twin_verdicts, lambda case: "twin").items():
+        rows.setdefault(key, []).extend(timed)
     lines = [f"{'backend':28} {'device':8} {'cases':>5} {'median ms':>10} {'p90 ms':>8} {'import s':>9} "
              f"{'fwd ms':>7} {'grad ms':>8} {'grad/fwd':>8} {'same w/o dy':>11} {'grad/same':>9}"]
     for (name, device), timed in sorted(rows.items()):
@@ -68,23 +68,22 @@ def _ratio(a: float, b: float) -> float:
 
 def forward_twins(cases, root: Path) -> list:
     """Copies of the cases with gradients, dy and the gradient outputs stripped, written under
-    ``root/FORWARD_TWINS`` (the host loads cases from files) and loaded back."""
+    ``root`` with their own ids (the host loads cases from files; a declaration that names a case
+    still selects its twin) and loaded back."""
     from dataclasses import replace
 
     from .casefile import dumps_case
     from .model import GRADIENT_KEYS
     from .validation import load_case
 
-    folder = root / FORWARD_TWINS
-    folder.mkdir(parents=True, exist_ok=True)
     twins = []
     for case in (c for c in cases if c.gradient_modes):
         steps = [replace(s, dy=None, expected={k: v for k, v in s.expected.items() if k not in GRADIENT_KEYS},
                          tolerance={k: v for k, v in s.tolerance.items() if k not in GRADIENT_KEYS})
                  for s in case.steps]
-        name = case.id.split("/", 1)[1]
-        path = folder / f"{name}.json"
-        path.write_text(dumps_case(replace(case, id=f"{FORWARD_TWINS}/{name}", family=FORWARD_TWINS, steps=steps)))
+        path = root / f"{case.id}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps_case(replace(case, steps=steps)))
         twins.append(load_case(path))
     return twins
 
@@ -159,11 +158,13 @@ def bench(args) -> int:
         print("\n".join(matrix_report(names, os.cpu_count() or 1)))
         return 0
     start = time.perf_counter()
-    # Gradient cases also run without dy (their forward twins, just before them), so grad/same
-    # compares the same shapes and knobs: the other families reuse a few shapes that stay compiled.
-    twins = forward_twins(cases, Path(tempfile.mkdtemp(prefix="bnconform-bench-")))
-    cells = plan(twins + cases, names, ["cpu"])
+    cells = plan(cases, names, ["cpu"])
     verdicts, infos = run_cells(cells, jobs=1, progress=Progress(len(cells)))
-    print("\n".join(_table(verdicts, infos, frozenset(c.id for c in cases if c.gradient_modes))))
-    print(f"sequential run of {len(cells)} cells: {time.perf_counter() - start:.1f} s wall (one host at a time)")
+    # The gradient cases again without dy, in a run of their own (same ids), so grad/same compares
+    # the same shapes and knobs: the other families reuse a few shapes that stay compiled.
+    twins = forward_twins(cases, Path(tempfile.mkdtemp(prefix="bnconform-bench-")))
+    twin_verdicts, _ = run_cells(plan(twins, names, ["cpu"]), jobs=1, progress=Progress(len(twins) * len(names)))
+    print("\n".join(_table(verdicts, infos, frozenset(c.id for c in cases if c.gradient_modes), twin_verdicts)))
+    print(f"sequential runs of {len(cells)} cells and {len(twins)} cases without dy: "
+          f"{time.perf_counter() - start:.1f} s wall (one host at a time)")
     return 0
