@@ -17,7 +17,7 @@ from ...capabilities import HALF_DTYPES, Capabilities, dtype_pairs
 from ...model import GHOST_SPLITS
 from ...selectors import Selector, param_dtype_in, squares_overflow, updates_on_empty_batch, uses_extension, where
 from ..base import Deviation, MatchesVariant, Mismatches, Raises, variant
-from .common import tf
+from .common import float32_rounded_decay, tf
 
 # tf-keras source (same code as the installed tf_keras/src/layers/normalization/batch_normalization.py):
 # non-fused updates use tf.nn.moments (biased) and _assign_moving_average; the fused path keeps
@@ -146,11 +146,6 @@ def overflow_deviation(api: str, outputs: tuple[str, ...]) -> Deviation:
                      "differences overflow to inf), where the float64 oracle stays finite"),
         link=MOMENTS_DOC,
     )
-
-
-def float32_rounded_decay(decay: float) -> float:
-    """The decay implied by the update when 1 - momentum is first made a float32 tensor."""
-    return 1.0 - float(np.float32(1.0 - decay))
 
 
 @where("float64 variables updated with a decay whose 1 - decay is inexact in float32 (e.g. 0.9)")
