@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from .model import EPSILON_MODES, EXTENSIONS, GHOST_SPLITS, NORMALIZE_WITH, RUNNING_RULES, VARIANCE_KINDS, Case
-from .selectors import Selector
+from .selectors import Selector, oracle_reproduces
 
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 HALF_DTYPES = ("float16", "bfloat16")
@@ -168,22 +168,9 @@ def _with_value(case: Case, knob: str, value) -> Case:
     return variant(case, running_stats={{"running_variance": "variance"}.get(knob, knob): value})
 
 
-_REPRODUCES: dict[tuple, bool] = {}  # (case id, case path, knob, value) -> answer; cases are immutable once loaded
-
-
 def reproduces(case: Case, knob: str, value) -> bool:
     """The oracle run with ``knob = value`` matches the case's expected results (tolerances)."""
-    from . import oracle
-    from .compare import compare_case
-
-    key = (case.id, case.path, knob, value)
-    if key not in _REPRODUCES:
-        try:
-            mismatches, _ = compare_case(case, oracle.run_case(_with_value(case, knob, value)))
-        except (ValueError, ZeroDivisionError, FloatingPointError):
-            mismatches = [None]
-        _REPRODUCES[key] = not mismatches
-    return _REPRODUCES[key]
+    return oracle_reproduces(case, lambda: _with_value(case, knob, value), (case.id, case.path, knob, value))
 
 
 def _convention_reason(caps: Capabilities, case: Case, api: str) -> str | None:
