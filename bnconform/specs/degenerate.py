@@ -157,6 +157,18 @@ def _inf_then_cumulative():
                (TRAIN, TRAIN, EVAL), _inf_in_first_step)
 
 
+def _inf_then_ema():
+    """Found by `bnconform fuzz` on tf_keras (promoted): the EMA's form decides what an infinite
+    running mean becomes."""
+    yield Spec(FAMILY, "inf_batch_then_clean_batch",
+               "+Inf in channel 1 of the first batch under the EMA rule (decay 0.5): that channel's batch mean "
+               "and running mean become +Inf (its variance NaN), then a clean batch: d r + (1 - d) b = Inf "
+               "stays +Inf (the model's form), where the equal r - (r - b)(1 - d) gives Inf - Inf = NaN; "
+               "other channels stay exact. pos_inf_in_one_channel updates only once, so it cannot see this.",
+               Config(channel_axis=1, running_stats=RunningStats(decay=0.5)), [(6, 3)], (TRAIN, TRAIN),
+               _inf_in_first_step)
+
+
 @per_step
 def _inf_in_first_step(rng, shape, index):
     """Channel 1 of the first batch holds one +Inf; later batches are clean."""
@@ -184,3 +196,4 @@ def specs():
     yield from _single_channel()
     yield from _with_momentum()
     yield from _inf_then_cumulative()
+    yield from _inf_then_ema()
