@@ -79,6 +79,18 @@ def updates_running_stats(case: Case) -> bool:
     return any(s.update_running_stats and n > 0 for s, n in _steps_with_counts(case))
 
 
+@where("a non-empty update of a running mean that an earlier update left at +-Inf")
+def updates_infinite_running_mean(case: Case) -> bool:
+    """Some update of a non-empty batch follows an update whose expected running mean holds +-Inf:
+    there the update's form decides between Inf (d r + (1 - d) b) and NaN (r - (r - b)(1 - d))."""
+    infinite = False
+    for step, n in _steps_with_counts(case):
+        if step.update_running_stats and n > 0 and infinite:
+            return True
+        infinite = infinite or bool(np.isinf(step.expected["running_mean"]).any())
+    return False
+
+
 @where("a step that normalizes with the running statistics while updating them")
 def updates_in_inference(case: Case) -> bool:
     return any(s.update_running_stats and not s.is_training for s in case.steps)

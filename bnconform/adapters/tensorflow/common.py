@@ -49,11 +49,14 @@ import os
 import numpy as np
 
 from ...capabilities import HALF_DTYPES, dtype_pairs
-from ...selectors import has_gradient_step, input_dtype_in, param_dtype_in, where
+from ...selectors import has_gradient_step, input_dtype_in, param_dtype_in, updates_infinite_running_mean, where
 from ..base import Deviation, Mismatches, variant
 
 _DEVICE_NAMES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 NN_IMPL_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
+# update_fn of tf.compat.v1.train.assign_moving_average (line checked in the installed 2.21.0 file).
+ASSIGN_MOVING_AVERAGE_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
+                              "tensorflow/python/training/moving_averages.py#L93")
 
 # KERAS_BACKEND=tensorflow: Keras 3 on its tensorflow backend declares the same environment and
 # so shares the TensorFlow adapters' host process (TensorFlow is imported once); tf.nn, the TF1
@@ -229,3 +232,17 @@ def half_parameter_gradients(api: str) -> Deviation:
                     "batch in the half input dtype (a float16 / bfloat16 Sum) and only then casts to float32, and "
                     "dgamma = f (sum(dy x) - mean sum(dy)) cancels in that precision",
         link=NN_IMPL_SOURCE)
+
+
+def infinite_mean_nan(name: str, route: str) -> Deviation:
+    """assign_moving_average's subtractive form on a +-Inf running mean (a fuzz finding, promoted);
+    ``route`` says how the API reaches it."""
+    return Deviation(
+        name=name,
+        kind="edge",
+        applies=updates_infinite_running_mean,
+        behaviour=Mismatches(("running_mean",), "an infinite running mean becomes NaN (the model's stays infinite)"),
+        explanation=(f"{route}: variable -= (variable - value) * (1 - decay) (zero_debias does the same to its "
+                     "biased accumulator) is Inf - Inf = NaN for variable = +-Inf, where the model's "
+                     "decay * r + (1 - decay) * b keeps +-Inf (found by bnconform fuzz)"),
+        link=ASSIGN_MOVING_AVERAGE_LINE)

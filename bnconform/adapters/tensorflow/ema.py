@@ -54,8 +54,8 @@ from ...selectors import (changes_results, input_dtype_in, param_dtype_in, squar
                           updates_running_stats, where)
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from .common import (TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape, graph_gradients,
-                     half_parameter_gradients, signature_default, tf, tf_device_scope, tf_devices, to_numpy,
-                     to_tf_dtype)
+                     half_parameter_gradients, infinite_mean_nan, signature_default, tf, tf_device_scope,
+                     tf_devices, to_numpy, to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
@@ -142,6 +142,8 @@ class TfEmaAdapter(Adapter):
                         "the tensors it averages, while the case expects float32 running statistics",
             link=EMA_SOURCE),
         half_parameter_gradients("tf.nn+ema"),
+        infinite_mean_nan("tf-ema-infinite-mean-nan",
+                          "ExponentialMovingAverage.apply() updates each shadow with assign_moving_average"),
     )
 
     def __init__(self):

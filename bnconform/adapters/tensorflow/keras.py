@@ -74,11 +74,12 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...capabilities import HALF_DTYPES, Capabilities
+from ...selectors import updates_infinite_running_mean
 from ..base import Adapter, Unsupported, has_training_step
 from .common import TF_ENVIRONMENT, channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
 from .keras_common import (GRADIENTS, KERAS_DTYPES, LAYER, backend_deviations, empty_batch_deviation,
-                           float64_decay_deviation, fused_path, layer_capabilities, layer_defaults, overflow_deviation,
-                           renorm_float64_deviation, tape_vjp, tf_keras)
+                           float64_decay_deviation, fused_path, infinite_mean_deviation, layer_capabilities,
+                           layer_defaults, overflow_deviation, renorm_float64_deviation, tape_vjp, tf_keras)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -197,6 +198,8 @@ class TfKerasAutoAdapter(_TfKerasLayerAdapter):
         renorm_float64_deviation(LAYER),
         overflow_deviation(f"{LAYER}(fused=None)", ("y", "running_var")),
         float64_decay_deviation(f"{LAYER}(fused=None)"),
+        # The fused path (eager, float momentum) assigns the kernel's (1 - f) old + f batch instead.
+        infinite_mean_deviation(f"{LAYER}(fused=None)", updates_infinite_running_mean & ~fused_path),
     )
 
 
@@ -222,6 +225,7 @@ class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
         renorm_float64_deviation(f"{LAYER}(fused=False)"),
         overflow_deviation(f"{LAYER}(fused=False)", ("y", "running_var")),
         float64_decay_deviation(f"{LAYER}(fused=False)"),
+        infinite_mean_deviation(f"{LAYER}(fused=False)"),
     )
 
 

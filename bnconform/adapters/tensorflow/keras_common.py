@@ -15,7 +15,8 @@ import numpy as np
 
 from ...capabilities import HALF_DTYPES, Capabilities, dtype_pairs
 from ...model import GHOST_SPLITS
-from ...selectors import Selector, param_dtype_in, squares_overflow, updates_on_empty_batch, uses_extension, where
+from ...selectors import (Selector, param_dtype_in, squares_overflow, updates_infinite_running_mean,
+                          updates_on_empty_batch, uses_extension, where)
 from ..base import Deviation, MatchesVariant, Mismatches, Raises, variant
 from .common import float32_rounded_decay, tf
 
@@ -133,6 +134,20 @@ def empty_batch_deviation(api: str) -> Deviation:
         explanation=(f"{api} folds the NaN moments of an empty batch into the moving statistics; the "
                      "zero-size guard (_support_zero_size_input) only exists under a tf.distribute strategy"),
         link=BN_SOURCE,
+    )
+
+
+def infinite_mean_deviation(api: str, applies: Selector = updates_infinite_running_mean) -> Deviation:
+    """_assign_moving_average's subtractive form on a +-Inf moving mean (fuzz finding, promoted)."""
+    return Deviation(
+        name="moving-average-turns-infinite-mean-nan",
+        kind="edge",
+        applies=applies,
+        behaviour=Mismatches(("running_mean",), "an infinite moving_mean becomes NaN (the model's stays infinite)"),
+        explanation=(f"{api} _assign_moving_average computes moving -= (moving - batch) * (1 - momentum): with "
+                     "moving = +-Inf that is Inf - Inf = NaN, where the model's momentum * moving + "
+                     "(1 - momentum) * batch keeps +-Inf (found by bnconform fuzz)"),
+        link=f"{BN_SOURCE}#L870",
     )
 
 

@@ -53,8 +53,8 @@ import sys
 from ...capabilities import Capabilities
 from ...selectors import changes_results, squares_overflow, updates_on_empty_batch, where
 from . import graph as g
-from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, float64_decay_rounds, rounded_decay_variant,
-                     signature_default, updating_counts)
+from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, float64_decay_rounds, infinite_mean_nan,
+                     rounded_decay_variant, signature_default, updating_counts)
 from ..base import Deviation, MatchesVariant, Mismatches
 
 _API = "tf_slim.layers.batch_norm"
@@ -135,7 +135,13 @@ FLOAT64_DECAY_ROUNDED = Deviation(
     link=_SOURCE,
 )
 
-DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY, FLOAT64_DECAY_ROUNDED)
+INFINITE_MEAN_NAN = infinite_mean_nan(
+    "tf_slim: an infinite moving mean becomes NaN on the next update",
+    "batch_norm updates through assign_moving_average (its own path: rank 2, zero_debias_moving_mean) or "
+    "through the Keras layer's _assign_moving_average (rank 4/5, graph mode), the same arithmetic")
+
+DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY, FLOAT64_DECAY_ROUNDED,
+              INFINITE_MEAN_NAN)
 
 
 def _data_format(case) -> str | None:

@@ -35,7 +35,7 @@ non-fused path the autodiff of ``tf.nn.moments`` + ``tf.nn.batch_normalization``
 from __future__ import annotations
 
 from ...capabilities import Capabilities
-from ...selectors import squares_overflow, updates_on_empty_batch, where
+from ...selectors import squares_overflow, updates_infinite_running_mean, updates_on_empty_batch, where
 from . import graph as g
 from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, float64_decay_rounds, rounded_decay_variant,
                      signature_default)
@@ -92,7 +92,19 @@ FLOAT64_DECAY_ROUNDED = Deviation(
     link=_SOURCE,
 )
 
-DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED)
+INFINITE_MEAN_NAN = Deviation(
+    name="tf.v1.layers: an infinite moving mean becomes NaN on the next update",
+    kind="edge",
+    applies=updates_infinite_running_mean,
+    behaviour=Mismatches(("running_mean",), "an infinite moving_mean becomes NaN (the model's stays infinite)"),
+    explanation="both paths update through _assign_moving_average in graph mode (the fused kernel's own "
+                "average is used only eagerly): moving -= (moving - batch) * (1 - momentum) is Inf - Inf = NaN "
+                "for moving = +-Inf, where the model's momentum * moving + (1 - momentum) * batch keeps +-Inf "
+                "(found by bnconform fuzz)",
+    link=f"{_SOURCE}#L870",
+)
+
+DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED, INFINITE_MEAN_NAN)
 
 
 def _graph_key(case, device):
