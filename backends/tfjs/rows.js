@@ -153,6 +153,16 @@ const LAYERS_DEVIATIONS = [
       + 'and then the moving variance are Infinity',
     link: 'https://github.com/tensorflow/tfjs/blob/tfjs-v4.22.0/tfjs-core/src/ops/moments.ts',
   },
+  {
+    name: 'moving-average-turns-infinite-mean-nan',
+    kind: 'edge',
+    applies: { selector: 'updates_infinite_running_mean' },
+    behaviour: { mismatches: ['running_mean'], text: 'an infinite moving mean becomes NaN (the model\'s stays infinite)' },
+    explanation: 'doMovingAverage writes origValue - (origValue - value) * (1 - momentum), a port of Keras\' '
+      + 'subtractive update: Infinity - Infinity = NaN for a moving mean of +-Infinity, where the model\'s '
+      + 'momentum * moving + (1 - momentum) * batch keeps it infinite (found by bnconform fuzz on tf_keras)',
+    link: 'https://github.com/tensorflow/tfjs/blob/tfjs-v4.22.0/tfjs-layers/src/layers/normalization.ts#L380',
+  },
 ];
 
 module.exports = { ROWS: { batchNorm: BATCH_NORM, layers: LAYERS }, Unsupported };

@@ -70,6 +70,7 @@ SELECTORS = {
     "training_step": (sel.training_step, (0, 2)),
     "updates_on_empty_batch": (lambda: sel.updates_on_empty_batch, (0, 0)),
     "updates_running_stats": (lambda: sel.updates_running_stats, (0, 0)),
+    "updates_infinite_running_mean": (lambda: sel.updates_infinite_running_mean, (0, 0)),
     "updates_in_inference": (lambda: sel.updates_in_inference, (0, 0)),
     "training_without_update": (lambda: sel.training_without_update, (0, 0)),
     "has_gradient_step": (lambda: sel.has_gradient_step, (0, 0)),
