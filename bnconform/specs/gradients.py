@@ -4,7 +4,7 @@ Every step carries an upstream gradient dy; the oracle's gradients are the chain
 exactly the forward pass (formulas in bnconform.model). The family covers ranks 2-5, channels
 first and last, every epsilon placement, scale / center on and off, negative and zero gamma,
 dy all-ones (training dx ~ 0: the mean and variance absorb any per-channel constant), float64 /
-float32 / float16 / bfloat16, N = 2, N = 1 in inference and training, a constant channel,
+float32 / float16 / bfloat16, N = 2, N = 1 in inference and training, N = 0, a constant channel,
 1e4 + N(0, 1) in float32, inference after training (the second gradient depends on the running
 statistics the first step updated), ghost batches, renorm and sample weights.
 
@@ -143,6 +143,19 @@ def _degenerate():
                 make_x=normal(1e4, 1.0))
 
 
+def _empty():
+    """Found by `bnconform fuzz` on tf.v1.layers, tf_keras, keras3, flax and haiku (promoted)."""
+    tail = ("dx is empty and dgamma = sum(dy xhat), dbeta = sum(dy) are sums over no elements: 0. A backward "
+            "that multiplies the empty sum by the batch's rsqrt(var + eps), NaN for var = 0/0, returns "
+            "dgamma = 0 * NaN = NaN.")
+    yield Spec(FAMILY, "n0_train", "An empty training batch (shape [0, 3]) with dy: the running state stays "
+               "unchanged; " + tail, Config(channel_axis=1), [(0, 3)], (TRAIN,), normal(0.6, 1.4),
+               make_dy=random_dy)
+    yield Spec(FAMILY, "n0_batch_no_update", "An empty batch normalized with its own statistics, no running "
+               "update (tf.nn.moments + tf.nn.batch_normalization), so only the gradients are at stake: " + tail,
+               Config(channel_axis=1), [(0, 3)], (TRAIN_NO_UPDATE,), normal(0.6, 1.4), make_dy=random_dy)
+
+
 def _sequences():
     yield Spec(FAMILY, "train_then_eval", describe(
         "A training step (updates the running statistics) then an inference step: the second step's dx "
@@ -187,6 +200,7 @@ def specs():
     yield from _gamma_and_dy()
     yield from _dtypes()
     yield from _degenerate()
+    yield from _empty()
     yield from _sequences()
     yield from _without_update()
     yield from _extensions()
