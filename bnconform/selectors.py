@@ -91,6 +91,13 @@ def updates_infinite_running_mean(case: Case) -> bool:
     return False
 
 
+@where("an empty training batch (N == 0) with an upstream gradient dy and scale on")
+def empty_batch_gamma_gradient(case: Case) -> bool:
+    """dgamma = sum(dy * xhat) over no elements is 0; a backward that multiplies that empty sum by
+    the batch's rsqrt(var + eps) (NaN: var = 0/0) gets 0 * NaN = NaN."""
+    return case.config.scale and any(s.is_training and n == 0 and s.dy is not None for s, n in _steps_with_counts(case))
+
+
 @where("a step that normalizes with the running statistics while updating them")
 def updates_in_inference(case: Case) -> bool:
     return any(s.update_running_stats and not s.is_training for s in case.steps)

@@ -49,11 +49,15 @@ import os
 import numpy as np
 
 from ...capabilities import HALF_DTYPES, dtype_pairs
-from ...selectors import has_gradient_step, input_dtype_in, param_dtype_in, updates_infinite_running_mean, where
+from ...selectors import (empty_batch_gamma_gradient, has_gradient_step, input_dtype_in, param_dtype_in,
+                          updates_infinite_running_mean, where)
 from ..base import Deviation, Mismatches, variant
 
 _DEVICE_NAMES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 NN_IMPL_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
+# inv = rsqrt(variance + epsilon) in tf.nn.batch_normalization (line checked in the installed 2.21.0 file).
+BATCH_NORMALIZATION_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
+                            "tensorflow/python/ops/nn_impl.py#L1491")
 # update_fn of tf.compat.v1.train.assign_moving_average (line checked in the installed 2.21.0 file).
 ASSIGN_MOVING_AVERAGE_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
                               "tensorflow/python/training/moving_averages.py#L93")
@@ -246,3 +250,17 @@ def infinite_mean_nan(name: str, route: str) -> Deviation:
                      "biased accumulator) is Inf - Inf = NaN for variable = +-Inf, where the model's "
                      "decay * r + (1 - decay) * b keeps +-Inf (found by bnconform fuzz)"),
         link=ASSIGN_MOVING_AVERAGE_LINE)
+
+
+def empty_batch_dgamma_nan(name: str, api: str, applies=empty_batch_gamma_gradient) -> Deviation:
+    """tf.nn.batch_normalization's backward on an empty batch (a fuzz finding, promoted)."""
+    return Deviation(
+        name=name,
+        kind="edge",
+        applies=applies,
+        behaviour=Mismatches(("dgamma",), "dgamma is NaN on an empty batch (the model's is 0, an empty sum)"),
+        explanation=(f"{api} normalizes with tf.nn.batch_normalization, x * inv + (offset - mean * inv) with "
+                     "inv = rsqrt(variance + epsilon) * scale; for N == 0 the moments are 0/0 = NaN, and the "
+                     "gradient of scale is rsqrt(variance + epsilon) * (sum(dy x) - mean sum(dy)) = NaN * 0 "
+                     "(found by bnconform fuzz)"),
+        link=BATCH_NORMALIZATION_LINE)

@@ -54,8 +54,8 @@ from ...selectors import (changes_results, input_dtype_in, param_dtype_in, squar
                           updates_running_stats, where)
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from .common import (TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape, graph_gradients,
-                     half_parameter_gradients, infinite_mean_nan, signature_default, tf, tf_device_scope,
-                     tf_devices, to_numpy, to_tf_dtype)
+                     empty_batch_dgamma_nan, half_parameter_gradients, infinite_mean_nan, signature_default, tf,
+                     tf_device_scope, tf_devices, to_numpy, to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
@@ -144,6 +144,7 @@ class TfEmaAdapter(Adapter):
         half_parameter_gradients("tf.nn+ema"),
         infinite_mean_nan("tf-ema-infinite-mean-nan",
                           "ExponentialMovingAverage.apply() updates each shadow with assign_moving_average"),
+        empty_batch_dgamma_nan("tf-ema-empty-batch-dgamma-nan", "tf.nn+ema"),
     )
 
     def __init__(self):

@@ -74,9 +74,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 from ...capabilities import HALF_DTYPES, Capabilities
-from ...selectors import updates_infinite_running_mean
+from ...selectors import empty_batch_gamma_gradient, updates_infinite_running_mean
 from ..base import Adapter, Unsupported, has_training_step
-from .common import TF_ENVIRONMENT, channel_shape, tf, tf_device_scope, tf_devices, to_numpy, to_tensor
+from .common import (TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, tf, tf_device_scope, tf_devices, to_numpy,
+                     to_tensor)
 from .keras_common import (GRADIENTS, KERAS_DTYPES, LAYER, backend_deviations, empty_batch_deviation,
                            float64_decay_deviation, fused_path, infinite_mean_deviation, layer_capabilities,
                            layer_defaults, overflow_deviation, renorm_float64_deviation, tape_vjp, tf_keras)
@@ -200,6 +201,9 @@ class TfKerasAutoAdapter(_TfKerasLayerAdapter):
         float64_decay_deviation(f"{LAYER}(fused=None)"),
         # The fused path (eager, float momentum) assigns the kernel's (1 - f) old + f batch instead.
         infinite_mean_deviation(f"{LAYER}(fused=None)", updates_infinite_running_mean & ~fused_path),
+        # FusedBatchNormGradV3 returns dgamma = 0 for N == 0 (measured on a [0, 3, 2, 2] batch).
+        empty_batch_dgamma_nan("empty-batch-dgamma-nan", f"{LAYER}(fused=None) off its fused path",
+                               empty_batch_gamma_gradient & ~fused_path),
     )
 
 
@@ -226,6 +230,7 @@ class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
         overflow_deviation(f"{LAYER}(fused=False)", ("y", "running_var")),
         float64_decay_deviation(f"{LAYER}(fused=False)"),
         infinite_mean_deviation(f"{LAYER}(fused=False)"),
+        empty_batch_dgamma_nan("empty-batch-dgamma-nan", f"{LAYER}(fused=False)"),
     )
 
 
@@ -258,7 +263,8 @@ class TfKerasBackendAdapter(Adapter):
     speed_note = ("~1.2 ms CPU per forward case (two TF calls, no variables); a gradient case ~3 ms: the tape's eager "
                   "backward runs each forward op's Python gradient function (~2 ms), and a tf.function would trace "
                   "per shape (~40-60 ms)")
-    deviations = backend_deviations(BACKEND, BACKEND_SOURCE, backend_fused_route)
+    deviations = backend_deviations(BACKEND, BACKEND_SOURCE, backend_fused_route) + (
+        empty_batch_dgamma_nan("backend-empty-batch-dgamma-nan", f"{BACKEND}.normalize_batch_in_training"),)
     # eps inside the sqrt (tf.nn.batch_normalization / fused_batch_norm; the batch_normalization
     # docstring's (sqrt(var) + epsilon) is not what runs). No running statistics are kept, so the
     # running-statistics conventions never reach an output (an eval step after an update is

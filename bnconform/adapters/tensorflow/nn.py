@@ -32,8 +32,8 @@ import copy
 
 from ...capabilities import Capabilities
 from ...oracle import reduction_axes
-from .common import (TF_ENVIRONMENT, EPS_INSIDE, channel_shape, half_parameter_gradients, signature_default,
-                     tape_gradients, tf, tf_device_scope, tf_devices, to_numpy, to_tensor)
+from .common import (TF_ENVIRONMENT, EPS_INSIDE, channel_shape, empty_batch_dgamma_nan, half_parameter_gradients,
+                     signature_default, tape_gradients, tf, tf_device_scope, tf_devices, to_numpy, to_tensor)
 from ..base import Adapter
 
 
@@ -51,7 +51,7 @@ class TfNnAdapter(Adapter):
 
     capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("batch", False), ("running", False)}),
                                 gradients=frozenset({"batch", "running"}))
-    deviations = (half_parameter_gradients("tf.nn"),)
+    deviations = (half_parameter_gradients("tf.nn"), empty_batch_dgamma_nan("tf.nn: dgamma of an empty batch is NaN", "tf.nn"))
 
     def devices(self):
         return tf_devices()

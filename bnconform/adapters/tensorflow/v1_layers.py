@@ -35,10 +35,11 @@ non-fused path the autodiff of ``tf.nn.moments`` + ``tf.nn.batch_normalization``
 from __future__ import annotations
 
 from ...capabilities import Capabilities
-from ...selectors import squares_overflow, updates_infinite_running_mean, updates_on_empty_batch, where
+from ...selectors import (empty_batch_gamma_gradient, squares_overflow, updates_infinite_running_mean,
+                          updates_on_empty_batch, where)
 from . import graph as g
-from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, float64_decay_rounds, rounded_decay_variant,
-                     signature_default)
+from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, empty_batch_dgamma_nan, float64_decay_rounds,
+                     rounded_decay_variant, signature_default)
 from ..base import Deviation, MatchesVariant, Mismatches
 
 _API = "tf.compat.v1.layers.batch_normalization"
@@ -104,7 +105,12 @@ INFINITE_MEAN_NAN = Deviation(
     link=f"{_SOURCE}#L870",
 )
 
-DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED, INFINITE_MEAN_NAN)
+# The fused path's FusedBatchNormGradV3 returns dgamma = 0 for N == 0 (measured on a [0, 3, 2, 2] batch).
+EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan("tf.v1.layers: dgamma of an empty batch is NaN",
+                                                f"{_API} (non-fused path)", empty_batch_gamma_gradient & ~fused_path)
+
+DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED, INFINITE_MEAN_NAN,
+              EMPTY_BATCH_DGAMMA_NAN)
 
 
 def _graph_key(case, device):
