@@ -49,9 +49,12 @@ def pytest_configure(config):
     config.pluginmanager.register(_VerdictCollector(config.stash[_VERDICTS]), "bnconform-verdicts")
     if not hasattr(config, "workerinput"):
         _selection(config)  # a bad --bn-* option fails here, once, before any xdist worker starts
-    # Items of one host stay on one xdist worker, so each framework is imported once.
+    # Items of one host stay on one xdist worker, so each framework is imported once; the groups
+    # are scheduled in the order pytest_collection_modifyitems gives (longest first), not by
+    # xdist's item count, which would put thousands of instant skips before the long hosts.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadgroup"
+        config.option.loadscopereorder = False
     if getattr(config, "workerinput", {}).get("bnconform_loadgroup"):
         # A worker decides whether to tag node ids with their group from its own command line,
         # where `-n auto` alone still reads dist=no; the controller says what it really uses.
@@ -113,18 +116,37 @@ def pytest_collect_file(file_path: Path, parent):
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
-    """(xdist workers) The hosts' cells first, biggest host first, so the long groups start at
-    once and unit tests and skips fill the other workers around them."""
+    """(xdist workers) The hosts' cells first, longest host first (seconds per cell of each
+    adapter in the last full report; one cell counts as 10 ms where that report has none), so
+    the long groups start at once and unit tests and skips fill the other workers around them."""
     if not getattr(config, "workerinput", {}).get("bnconform_loadgroup"):
         return
     _apply_xdist_group_marks(items)
 
     def group(item):
         return item.nodeid.rpartition("@")[2] if isinstance(item, CellItem) and item.settled is None else ""
-    sizes = collections.Counter(group(item) for item in items)
+    per_cell = _seconds_per_cell(_default_case_root(config).parent / "reports" / "results.json")
+    cost = collections.Counter()
+    for item in items:
+        if group(item):
+            cost[group(item)] += per_cell.get(item.cell.adapter, 0.01)
     order = {item.nodeid: n for n, item in enumerate(items)}
-    items.sort(key=lambda item: (0, -sizes[group(item)], group(item), order[item.nodeid]) if group(item)
+    items.sort(key=lambda item: (0, -cost[group(item)], group(item), order[item.nodeid]) if group(item)
                else (1, 0, "", order[item.nodeid]))
+
+
+def _seconds_per_cell(results_path: Path) -> dict[str, float]:
+    """Mean seconds of a run cell per adapter in a results.json ({} if there is none)."""
+    try:
+        verdicts = json.loads(results_path.read_text())["verdicts"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    seconds, cells = collections.Counter(), collections.Counter()
+    for verdict in verdicts:
+        if verdict.get("status") not in ("unsupported", "unavailable"):
+            seconds[verdict["adapter"]] += verdict.get("seconds") or 0.0
+            cells[verdict["adapter"]] += 1
+    return {name: seconds[name] / cells[name] for name in cells}
 
 
 def _apply_xdist_group_marks(items) -> None:
@@ -226,6 +248,25 @@ class CellItem(pytest.Item):
 
     def reportinfo(self):
         return self.path, None, self.cell.cell_id
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    """A presettled cell reports its skip directly: one setup report, no exception, no call or
+    teardown phase (pytest's full protocol costs ~1.5 ms per item with xdist, and most of the
+    matrix is settled). The collectors of the item before it are torn down as pytest would."""
+    if not isinstance(item, CellItem) or item.settled is None:
+        return None
+    from _pytest.reports import TestReport
+
+    item.ihook.pytest_runtest_logstart(nodeid=item.nodeid, location=item.location)
+    item.session._setupstate.teardown_exact(nextitem)
+    reason = f"Skipped: {item.settled.status}: {item.settled.detail}"
+    report = TestReport(item.nodeid, item.location, {}, "skipped", (str(item.path), None, reason), "setup",
+                        user_properties=item.user_properties)
+    item.ihook.pytest_runtest_logreport(report=report)
+    item.ihook.pytest_runtest_logfinish(nodeid=item.nodeid, location=item.location)
+    return True
 
 
 def _hosts(config):
