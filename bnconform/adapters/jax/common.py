@@ -46,7 +46,8 @@ import numpy as np
 from ...capabilities import Capabilities, replica_split
 from ...dtypes import numpy_dtype
 from ...model import Case
-from ...selectors import Selector, mean_far_from_spread, squares_overflow, updates_on_empty_batch, where
+from ...selectors import (Selector, empty_batch_gamma_gradient, mean_far_from_spread, squares_overflow,
+                          updates_on_empty_batch, where)
 from ..base import Adapter, Deviation, Mismatches, Unsupported
 
 # Host CPU devices JAX creates (XLA reads the flag when JAX starts its CPU backend): replicated cases
@@ -244,6 +245,23 @@ def dataclass_defaults(cls, decay: str, epsilon: str) -> dict[str, float | None]
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
 NNX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/nnx/nn/normalization.py"
+# A commit whose normalization files equal flax 0.12.8's (the line anchors below are checked there).
+FLAX_AT = "https://github.com/google/flax/blob/18f8f311c275d57f46d95e41b15aa97b454754c0/flax/"
+
+
+def empty_batch_dgamma_nan(name: str, form: str, link: str) -> Deviation:
+    """A JAX normalization whose per-channel factor rsqrt(var + eps) multiplies the sums of the
+    backward, on an empty batch (a fuzz finding, promoted); ``form`` is how the module writes y."""
+    return Deviation(
+        name=name,
+        kind="edge",
+        applies=empty_batch_gamma_gradient,
+        behaviour=Mismatches(("dgamma",), "dgamma is NaN on an empty batch (the model's is 0, an empty sum)"),
+        explanation=(f"{form}; for N == 0 the moments are 0/0 = NaN, and jax.grad gives d/dscale = "
+                     "rsqrt(var + eps) * sum(dy (x - mean)) = NaN * 0 (found by bnconform fuzz)"),
+        link=link,
+    )
+
 
 # flax linen and nnx share the statistics code (flax/linen/normalization.py: _compute_stats).
 FLAX_FLOAT32_VARIANCE_OVERFLOW = Deviation(

@@ -42,9 +42,14 @@ from __future__ import annotations
 
 import functools
 
-from .common import (REPLICA_FINDINGS, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_NORMALIZATION_SOURCE,
-                     FlaxAdapter, dataclass_defaults, fast_variance_cancels, in_mode, load_jax, run_flax_steps)
+from .common import (REPLICA_FINDINGS, FLAX_AT, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW,
+                     FLAX_NORMALIZATION_SOURCE, FlaxAdapter, dataclass_defaults, empty_batch_dgamma_nan,
+                     fast_variance_cancels, in_mode, load_jax, run_flax_steps)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
+
+EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan(
+    "flax-empty-batch-dgamma-nan", "_normalize computes y = (x - mean) * (rsqrt(var + epsilon) * scale) + bias",
+    f"{FLAX_AT}linen/normalization.py#L206")
 
 
 @functools.lru_cache(maxsize=None)
@@ -96,7 +101,7 @@ class FlaxLinenAdapter(FlaxAdapter):
     name = "flax.linen"
     use_fast_variance = True
     deviations = (FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS,
-                  *REPLICA_FINDINGS["flax.linen"])
+                  EMPTY_BATCH_DGAMMA_NAN, *REPLICA_FINDINGS["flax.linen"])
     notes = ("variables built from the case, no init; training without update discards the "
              "returned batch_stats; use_fast_variance=True (flax default); replicas: axis_name under shard_map "
              "on R CPU devices, unequal ones padded with mask=False rows")
@@ -119,7 +124,7 @@ class FlaxLinenExactVarianceAdapter(FlaxLinenAdapter):
 
     name = "flax.linen.exact_variance"
     use_fast_variance = False
-    deviations = (FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS,
+    deviations = (FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, EMPTY_BATCH_DGAMMA_NAN,
                   *REPLICA_FINDINGS["flax.linen.exact_variance"])
     notes = ("variables built from the case, no init; training without update discards the "
              "returned batch_stats; use_fast_variance=False; replicas: axis_name under shard_map on R CPU "

@@ -39,9 +39,14 @@ from __future__ import annotations
 import functools
 
 from ...dtypes import numpy_dtype
-from .common import (REPLICA_FINDINGS, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FlaxAdapter,
-                     fast_variance_cancels, in_mode, load_jax, run_flax_steps, signature_defaults)
+from .common import (REPLICA_FINDINGS, FLAX_AT, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW,
+                     FlaxAdapter, empty_batch_dgamma_nan, fast_variance_cancels, in_mode, load_jax, run_flax_steps,
+                     signature_defaults)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
+
+EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan(
+    "flax-empty-batch-dgamma-nan", "nnx's _normalize computes y = (x - mean) * (rsqrt(var + epsilon) * scale) + bias",
+    f"{FLAX_AT}nnx/nn/normalization.py#L171")
 
 NNX_NORMALIZATION_DOCS = "https://flax.readthedocs.io/en/latest/api_reference/flax.nnx/nn/normalization.html"
 
@@ -98,7 +103,7 @@ class FlaxNnxAdapter(FlaxAdapter):
 
     name = "flax.nnx"
     deviations = (NNX_FAST_VARIANCE_CANCELS, FLAX_FLOAT32_VARIANCE_OVERFLOW, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS,
-                  *REPLICA_FINDINGS["flax.nnx"])
+                  EMPTY_BATCH_DGAMMA_NAN, *REPLICA_FINDINGS["flax.nnx"])
     notes = ("layer built in a jitted step with Params/BatchStats set from the case; training without "
              "update keeps the old BatchStats; use_fast_variance=True (default); replicas: axis_name under "
              "shard_map on R CPU devices, unequal ones padded with mask=False rows")

@@ -44,8 +44,8 @@ from dataclasses import replace
 
 from ...selectors import (case_in, input_dtype_in, mean_far_from_spread, squares_overflow, updates_on_empty_batch,
                           updates_running_stats)
-from .common import (JAX_CAPABILITIES, JaxAdapter, fetch, gradient_outputs, gradient_step, in_mode, load_jax, put_state,
-                     signature_defaults)
+from .common import (JAX_CAPABILITIES, JaxAdapter, empty_batch_dgamma_nan, fetch, gradient_outputs, gradient_step,
+                     in_mode, load_jax, put_state, signature_defaults)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
 from ..base import Deviation, Mismatches
 
@@ -116,6 +116,12 @@ EMPTY_BATCH_POISONS_EMA = Deviation(
                 "advances: corrupted state (the model keeps the state and num_updates unchanged for N == 0)",
     link=HAIKU_EMA_SOURCE,
 )
+
+EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan(
+    "haiku-empty-batch-dgamma-nan", "BatchNorm.__call__ computes inv = scale * rsqrt(var + eps), "
+    "y = (inputs - mean) * inv + offset",
+    "https://github.com/google-deepmind/dm-haiku/blob/f4d858a5cbb29140855d68f81f5fd625e078a5ae/"
+    "haiku/_src/batch_norm.py#L204")
 
 ONE_PASS_VARIANCE_CANCELS = Deviation(
     name="haiku-one-pass-variance-cancellation",
@@ -214,7 +220,7 @@ class HaikuAdapter(JaxAdapter):
     decay_parameter = ("decay_rate", "old")
     deviations = (EMPTY_BATCH_POISONS_EMA, ONE_PASS_VARIANCE_CANCELS, UNCLAMPED_NEGATIVE_VARIANCE,
                   FLOAT32_SQUARES_OVERFLOW, HALF_SQUARES_OVERFLOW, HALF_PRECISION_MOMENTS,
-                  HALF_PRECISION_NORMALIZATION_GRADIENT)
+                  HALF_PRECISION_NORMALIZATION_GRADIENT, EMPTY_BATCH_DGAMMA_NAN)
     notes = ("params/state built from the case (EMA hidden = counter = 0, average = running stats); "
              "zero-debiasing is always on; training without update keeps the old state; replicas: "
              "cross_replica_axis under shard_map on R CPU devices, equal splits only")
