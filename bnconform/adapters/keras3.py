@@ -84,7 +84,7 @@ from ..model import Case
 from .jax.common import X64_ENVIRONMENT
 from .tensorflow.common import TF_ENVIRONMENT, tf, tf_devices
 from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
-from ..selectors import case_in, input_dtype_in, squares_overflow, updates_on_empty_batch
+from ..selectors import case_in, empty_batch_gamma_gradient, input_dtype_in, squares_overflow, updates_on_empty_batch
 from .base import Adapter, Deviation, Mismatches
 from .tensorflow.keras_common import GRADIENTS, KERAS_DTYPES, layer_defaults, tape_vjp
 
@@ -136,6 +136,28 @@ def _overflow_deviation(backend: str, what_happens: str) -> Deviation:
         explanation=("BatchNormalization computes the moments of float32 inputs in float32 "
                      f"(no wider accumulator), so squares of ~1e37 overflow: {what_happens}"),
         link=KERAS_BACKEND_SOURCE.format(backend=backend),
+    )
+
+
+# ops.batch_normalization per backend at keras v3.15.1: the line that applies rsqrt(var + eps) * scale.
+_NORMALIZE_LINES = {"jax": ("x * inv + (offset - mean * inv) with inv = rsqrt(variance + epsilon) * scale", 1080),
+                    "tensorflow": ("tf.nn.batch_normalization, x * inv + (offset - mean * inv) with inv = "
+                                   "rsqrt(variance + epsilon) * scale", 1564),
+                    "torch": ("(x - mean) * (rsqrt(variance + epsilon) * scale) + offset", 1029)}
+
+
+def _empty_batch_dgamma_deviation(backend: str) -> Deviation:
+    """A fuzz finding, promoted: the layer's ops.batch_normalization backward on an empty batch."""
+    form, line = _NORMALIZE_LINES[backend]
+    return Deviation(
+        name="keras3-empty-batch-dgamma-nan",
+        kind="edge",
+        applies=empty_batch_gamma_gradient,
+        behaviour=Mismatches(("dgamma",), "dgamma is NaN on an empty batch (the model's is 0, an empty sum)"),
+        explanation=(f"call() normalizes with ops.batch_normalization, on {backend} {form}; for N == 0 the "
+                     "moments are 0/0 = NaN and d/dscale = rsqrt(variance + epsilon) * (empty sums) = NaN * 0 "
+                     "(found by bnconform fuzz)"),
+        link=f"https://github.com/keras-team/keras/blob/v3.15.1/keras/src/backend/{backend}/nn.py#L{line}",
     )
 
 
@@ -276,7 +298,8 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "keras")
     environment = TF_ENVIRONMENT  # shares the TensorFlow adapters' host
-    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta"))
+    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta"),
+                  _empty_batch_dgamma_deviation("tensorflow"))
     notes = "Keras 3 layer on the TensorFlow backend, eager call; any channel axis natively"
     speed_note = ("~3-4 ms CPU per case: an eager call runs ~30 TF ops (~1-1.5 ms per step) and a new layer "
                   "structure costs ~3-6 ms of variable creation; a tf.function traces in ~40-60 ms per layer and "
@@ -305,7 +328,8 @@ class Keras3JaxAdapter(_Keras3Adapter):
     requires = ("jax", "keras")
     # float64 variables need jax_enable_x64 (else JAX stores them as float32 with a warning)
     environment = X64_ENVIRONMENT  # shares the JAX family's host
-    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"))
+    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"),
+                  _empty_batch_dgamma_deviation("jax"))
     notes = "Keras 3 layer on the JAX backend (JAX_ENABLE_X64=1), eager call; any channel axis natively"
     speed_note = ("~1.5 ms per case once compiled; its first-pass median (~75 ms CPU) is XLA compiling each "
                   "eager op for every new input shape, and jitting the whole call per shape costs more (~110 ms); "
@@ -361,7 +385,8 @@ class Keras3TorchAdapter(_Keras3Adapter):
     requires = ("torch", "keras")
     environment = TORCH_ENVIRONMENT  # shares the torch adapters' host
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, TORCH_ONE_PASS_VARIANCE,
-                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y NaN"))
+                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y NaN"),
+                  _empty_batch_dgamma_deviation("torch"))
     notes = "Keras 3 layer on the PyTorch backend, eager call; any channel axis natively"
 
     def devices(self) -> list[str]:
