@@ -77,9 +77,11 @@ class PaddleFunctionalAdapter(PaddleAdapter):
                 "running_mean": to_numpy(params.running_mean), "running_var": to_numpy(params.running_var)}
 
 
-@where("a training step (batch statistics) that carries an upstream gradient dy")
+@where("a training step (batch statistics) of a non-empty batch that carries an upstream gradient dy")
 def _batch_gradient_step(case: model.Case) -> bool:
-    return any(step.is_training and step.dy is not None for step in case.steps)
+    # On an empty batch dx is empty and dgamma an empty sum (0) whichever statistics the kernel uses.
+    return any(step.is_training and n > 0 and step.dy is not None
+               for step, n in zip(case.steps, case.reduce_counts()))
 
 
 class PaddleGlobalStatsAdapter(PaddleFunctionalAdapter):
