@@ -80,9 +80,10 @@ def cmd_run(args) -> int:
     cells = plan(cases, selected, devices)
     print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on {', '.join(devices)}",
           file=sys.stderr)
+    case_meta = results.CaseMetaInAdvance(Path(args.cases), sorted({cell.case_path for cell in cells}))
     verdicts, infos = _run_cells(cells, args.jobs, args.timeout)
     selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family") if getattr(args, k)}
-    document = results.build(verdicts, infos, selection, Path(args.cases))
+    document = results.build(verdicts, infos, selection, Path(args.cases), case_meta)
     whole = (is_whole_matrix(selected, args.family, args.device, families)
              and Path(args.cases).resolve() == DEFAULT_CASES.resolve())
     target = write_reports(document, Path(args.reports), whole, args.out)

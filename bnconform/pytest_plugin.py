@@ -29,6 +29,7 @@ _VERDICTS = pytest.StashKey[dict]()
 _HOSTS = pytest.StashKey[object]()
 _SELECTION = pytest.StashKey[dict]()
 _WRITTEN = pytest.StashKey[Path]()
+_CASE_META = pytest.StashKey[object]()  # results.CaseMetaInAdvance, started at the first verdict
 _PROPERTY = "bnconform_verdict"
 
 
@@ -46,7 +47,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     config.stash[_VERDICTS] = {}
-    config.pluginmanager.register(_VerdictCollector(config.stash[_VERDICTS]), "bnconform-verdicts")
+    config.pluginmanager.register(_VerdictCollector(config), "bnconform-verdicts")
     if not hasattr(config, "workerinput"):
         _selection(config)  # a bad --bn-* option fails here, once, before any xdist worker starts
     # Items of one host stay on one xdist worker, so each framework is imported once; the groups
@@ -278,15 +279,26 @@ def _hosts(config):
 
 
 class _VerdictCollector:
-    """Receives every test report (from xdist workers too) and keeps one verdict per cell."""
+    """Receives every test report (from xdist workers too) and keeps one verdict per cell; at the
+    controller's first verdict it starts prefetching the cases' report metadata in the background."""
 
-    def __init__(self, sink: dict):
-        self.sink = sink
+    def __init__(self, config):
+        self.config, self.sink = config, config.stash[_VERDICTS]
 
     def pytest_runtest_logreport(self, report):
         for name, value in getattr(report, "user_properties", ()):
             if name == _PROPERTY:
                 self.sink[report.nodeid.split("@")[0]] = json.loads(value)
+                if _CASE_META not in self.config.stash and not hasattr(self.config, "workerinput"):
+                    self.config.stash[_CASE_META] = _prefetch_case_meta(self.config)
+
+
+def _prefetch_case_meta(config):
+    from .execution.plan import case_files
+    from .results import CaseMetaInAdvance
+
+    selection = _selection(config)
+    return CaseMetaInAdvance(selection["root"], case_files(selection["root"], selection["families"]))
 
 
 def pytest_sessionfinish(session):
@@ -311,7 +323,7 @@ def _write_reports(config, verdict_dicts) -> Path:
     verdicts = [Verdict.from_json(v) for v in verdict_dicts]
     options = {k: config.getoption(f"--bn-{k}") for k in ("backend", "adapter", "device", "family")}
     document = results.build(verdicts, {}, {"via": "pytest", **{k: v for k, v in options.items() if v}},
-                             selection["root"])
+                             selection["root"], config.stash.get(_CASE_META, None))
     reports = Path(config.getoption("--bn-reports") or _default_case_root(config).parent / "reports")
     return write_reports(document, reports, _whole_matrix(config, verdicts), None)
 

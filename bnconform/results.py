@@ -14,6 +14,7 @@ import datetime
 import json
 import platform
 import sys
+import threading
 from pathlib import Path
 
 from . import __version__
@@ -112,6 +113,34 @@ def describe_case_meta(verdicts, case_root: Path) -> dict[str, dict]:
     return meta
 
 
+class CaseMetaInAdvance:
+    """:func:`describe_case_meta` of the case files under a root, computed on a background thread
+    while a matrix runs (its controller mostly waits for host processes), so that writing the
+    reports does not add ~2 s of oracle re-runs to the end of the run. Calling it with the
+    verdicts returns their cases' metadata, computing any case it did not prefetch."""
+
+    def __init__(self, case_root: Path, paths):
+        self.case_root, self._meta = Path(case_root), {}
+        self._thread = threading.Thread(target=self._fill, args=(list(paths),), daemon=True)
+        self._thread.start()
+
+    def _fill(self, paths) -> None:
+        from .validation import CaseError, load_case
+
+        for path in paths:
+            try:
+                case = load_case(path)
+                self._meta[case.id] = case_metadata(case)
+            except (CaseError, OSError, ValueError):
+                continue
+
+    def __call__(self, verdicts) -> dict[str, dict]:
+        self._thread.join()
+        missing = [v for v in verdicts if v.case not in self._meta]
+        meta = {v.case: self._meta[v.case] for v in verdicts if v.case in self._meta}
+        return dict(sorted({**meta, **describe_case_meta(missing, self.case_root)}.items()))
+
+
 def _effects(name: str) -> dict[str, dict]:
     """deviation name -> what it declares: {"raises": class} or {"outputs": [...]} or {"variant": text}."""
     from .adapters.base import Mismatches, Raises
@@ -125,8 +154,10 @@ def _effects(name: str) -> dict[str, dict]:
     return effects
 
 
-def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case_root: Path = Path("cases")) -> dict:
-    """The results document; ``infos`` maps adapter name -> worker info (version, devices)."""
+def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case_root: Path = Path("cases"),
+          case_meta: CaseMetaInAdvance | None = None) -> dict:
+    """The results document; ``infos`` maps adapter name -> worker info (version, devices);
+    ``case_meta`` is the prefetch started when the run began (None: computed here)."""
     adapters = {}
     for name in sorted({v.adapter for v in verdicts} | set(infos)):
         meta = adapter_metadata(name) if _resolvable(name) else {}
@@ -141,7 +172,8 @@ def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case
                           "unavailable": info.get("unavailable") or _unavailable(verdicts, name, ran_on)}
     return {"format": RESULTS_FORMAT, "runs": [{**environment(), "selection": selection}],
             "adapters": adapters, "cases": describe_cases(verdicts, Path(case_root)),
-            "case_meta": describe_case_meta(verdicts, Path(case_root)), "verdicts": [v.to_json() for v in verdicts]}
+            "case_meta": case_meta(verdicts) if case_meta else describe_case_meta(verdicts, Path(case_root)),
+            "verdicts": [v.to_json() for v in verdicts]}
 
 
 def _unavailable(verdicts, name: str, ran_on) -> str | None:
