@@ -106,40 +106,50 @@ def channel_positions_of(case: Case) -> set[str]:
 
 
 def _structural_reason(caps: Capabilities, case: Case, api: str) -> str | None:
+    """The first structural knob ``caps`` cannot express, as one line. Expected and received
+    values are sets or functions, turned into words only for the failing check (this runs for
+    every cell at collection)."""
     cfg = case.config
     checks = [
-        (set(case.extensions) <= caps.extensions, "model extensions", sorted(caps.extensions), list(case.extensions)),
-        (case.rank in caps.ranks, "input ranks", sorted(caps.ranks), case.rank),
+        (set(case.extensions) <= caps.extensions, "model extensions", caps.extensions, list(case.extensions)),
+        (case.rank in caps.ranks, "input ranks", caps.ranks, case.rank),
         (bool(channel_positions_of(case) & caps.channel_positions), "channel axis positions",
-         sorted(caps.channel_positions), f"axis {cfg.channel_axis} of rank {case.rank}"),
-        ((cfg.input_dtype, cfg.param_dtype) in caps.dtypes, "(input, parameter) dtypes", sorted(caps.dtypes),
+         caps.channel_positions, lambda: f"axis {cfg.channel_axis} of rank {case.rank}"),
+        ((cfg.input_dtype, cfg.param_dtype) in caps.dtypes, "(input, parameter) dtypes", caps.dtypes,
          (cfg.input_dtype, cfg.param_dtype)),
         (cfg.scale == cfg.center or caps.separate_scale_center, "scale/center settings", "scale and center together",
-         f"scale={cfg.scale}, center={cfg.center}"),
-        (cfg.running_stats.rule in caps.running_rules, "running-statistics rules", sorted(caps.running_rules),
+         lambda: f"scale={cfg.scale}, center={cfg.center}"),
+        (cfg.running_stats.rule in caps.running_rules, "running-statistics rules", caps.running_rules,
          cfg.running_stats.rule),
         (case.initial_state.num_updates == 0 or caps.resumes_counter, "initial update counts", "num_updates = 0",
          case.initial_state.num_updates),
         (case.gradient_modes <= caps.gradients, "gradients (steps with an upstream dy)",
-         _gradient_words(caps.gradients), _gradient_words(case.gradient_modes)),
+         lambda: _gradient_words(caps.gradients), lambda: _gradient_words(case.gradient_modes)),
     ]
     if not caps.unreplicated:
         checks.append(("replicas" in case.extensions, "batches on one device",
                        "steps split over replicas (replica_sizes)", "no replica_sizes"))
     for sizes in {s.replica_sizes for s in case.steps if s.replica_sizes is not None}:
-        checks.append((len(sizes) in caps.replica_counts, "replica counts", sorted(caps.replica_counts), len(sizes)))
-        checks.append((replica_split(sizes) in caps.replica_splits, "replica splits", sorted(caps.replica_splits),
-                       f"{replica_split(sizes)} {list(sizes)}"))
+        checks.append((len(sizes) in caps.replica_counts, "replica counts", caps.replica_counts, len(sizes)))
+        checks.append((replica_split(sizes) in caps.replica_splits, "replica splits", caps.replica_splits,
+                       lambda sizes=sizes: f"{replica_split(sizes)} {list(sizes)}"))
     if cfg.virtual_batch_size is not None:
-        checks.append((cfg.ghost_split in caps.ghost_splits, "ghost batch splits", sorted(caps.ghost_splits), cfg.ghost_split))
+        checks.append((cfg.ghost_split in caps.ghost_splits, "ghost batch splits", caps.ghost_splits, cfg.ghost_split))
     for step in case.steps:
         kind = (step.normalize_with, step.update_running_stats)
-        checks.append((kind in caps.step_kinds, "step kinds", [STEP_NAMES[k] for k in STEP_KINDS if k in caps.step_kinds],
-                       STEP_NAMES[kind]))
+        checks.append((kind in caps.step_kinds, "step kinds",
+                       lambda: [STEP_NAMES[k] for k in STEP_KINDS if k in caps.step_kinds], STEP_NAMES[kind]))
     for ok, what, expected, received in checks:
         if not ok:
-            return f"{api} cannot express these {what}. Expected: {expected}. Received: {received}"
+            return f"{api} cannot express these {what}. Expected: {_words(expected)}. Received: {_words(received)}"
     return None
+
+
+def _words(value):
+    """A check's expected or received value as shown: a set sorted, a function called."""
+    if callable(value):
+        return value()
+    return sorted(value) if isinstance(value, (set, frozenset)) else value
 
 
 def replica_split(sizes) -> str:
