@@ -4,7 +4,8 @@ Covers ranks 2-5, channel axis first and last (and in the middle), gamma/beta on
 negative and zero gamma, input scales 1e-3 ... 1e3, and float64/float32/float16/bfloat16 inputs
 (half inputs with float32 parameters, as frameworks keep them), including half batches of a
 conv layer's size (N = 1024, 2048 per channel) with a post-activation offset, where moments summed
-in the half dtype move y beyond its tolerance.
+in the half dtype move y beyond its tolerance, and half inputs with parameters of the same half
+dtype (a model cast with .half()), whose moments must still be kept in float32.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
+from ..dtypes import quantize
 from ..model import Config
 from ..oracle import normalize
 
@@ -141,6 +143,28 @@ def _half_batches():
                    normal(loc, scale))
 
 
+def _half_mean_gap(case) -> str:
+    """How far y lands when the batch mean is rounded to the half dtype before normalizing."""
+    step, dtype = case.steps[0], case.config.input_dtype
+    mean = quantize(step.expected["batch_mean"], dtype).astype(np.float64)
+    y = normalize(step.x, mean, step.expected["batch_var"], case.initial_state, case.config)
+    return (f"a batch mean rounded to {dtype} before normalizing puts y off by up to "
+            f"{np.abs(y - step.expected['y']).max():.3g} (y tolerance about {step.tolerance['y']['atol']:.3g})")
+
+
+def _half_params():
+    """Found by `bnconform fuzz` on torch (promoted): parameters in the input's half dtype, as after
+    ``model.half()``; the batch moments must not be rounded to that dtype before normalizing."""
+    for dtype in ("float16", "bfloat16"):
+        yield Spec(FAMILY, f"{dtype}_params_offset_train",
+                   lambda c, d=dtype: (
+                       f"{d} input AND parameters (a model cast with .half() / .bfloat16()), x ~ N(20, 0.25^2) "
+                       f"(a training step): the moments must still be computed and applied in float32; "
+                       f"{_half_mean_gap(c)}."),
+                   Config(channel_axis=1, input_dtype=dtype, param_dtype=dtype), [(6, 3)], (TRAIN,),
+                   normal(20.0, 0.25))
+
+
 def specs():
     yield from _layouts()
     yield from _affine()
@@ -148,3 +172,4 @@ def specs():
     yield from _scales()
     yield from _dtypes()
     yield from _half_batches()
+    yield from _half_params()
