@@ -204,6 +204,42 @@ def mean_far_from_spread(ratio: float, constant: bool = True) -> Selector:
     return Selector(f"{which} whose |mean| exceeds {ratio:g} x its spread", test)
 
 
+def _rounded_mean_shift(case: Case, step) -> np.ndarray:
+    """Per channel, how far y moves when the step's batch mean is rounded to the input dtype:
+    |mean - round(mean)| * |gamma| / sqrt(var + eps), the same at every element of the channel."""
+    from .dtypes import quantize
+
+    mean, var = step.expected["batch_mean"], step.expected["batch_var"]
+    gamma = np.abs(case.initial_state.gamma.astype(np.float64)) if case.config.scale else np.ones_like(mean)
+    rounded = quantize(mean, case.config.input_dtype).astype(np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.abs(mean - rounded) * gamma / np.sqrt(var + case.config.effective_epsilon)
+
+
+@where("half input with parameters of the same half dtype, where a batch mean rounded to that dtype "
+       "moves y beyond its tolerance")
+def half_params_rounded_mean_shows(case: Case) -> bool:
+    """A training step whose finite batch mean, rounded to the half input dtype, shifts some
+    channel's y by more than the tolerance allows at that channel's smallest |y| (a shift of every
+    element of a channel is seen where the tolerance is tightest): where keeping the moments in
+    the parameters' half dtype shows."""
+    config = case.config
+    if config.input_dtype not in ("float16", "bfloat16") or config.param_dtype != config.input_dtype:
+        return False
+    for step in case.steps:
+        mean = step.expected.get("batch_mean")
+        if not step.is_training or mean is None or not np.isfinite(mean).all():
+            continue
+        y = np.abs(np.moveaxis(np.asarray(step.expected["y"], dtype=np.float64), config.channel_axis, 0))
+        if y.size == 0:
+            continue
+        tol = step.tolerance["y"]
+        allowed = tol["atol"] + tol["rtol"] * y.reshape(len(mean), -1).min(axis=1)
+        if (_rounded_mean_shift(case, step) > allowed).any():
+            return True
+    return False
+
+
 # --- Observable declarations ----------------------------------------------------------------------
 
 _REPRODUCES: dict[tuple, bool] = {}  # cache key -> answer; cases are immutable once loaded

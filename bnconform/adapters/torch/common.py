@@ -36,7 +36,7 @@ import functools
 import numpy as np
 
 from ...capabilities import Capabilities
-from ...selectors import epsilon_zero, squares_overflow, training_step
+from ...selectors import device_in, epsilon_zero, half_params_rounded_mean_shows, squares_overflow, training_step
 from ..base import Adapter, Deviation, Mismatches, Raises
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
@@ -50,6 +50,9 @@ DOCS_BATCHNORM = "https://docs.pytorch.org/docs/stable/generated/torch.nn.module
 ISSUE_SINGLE_VALUE = "https://github.com/pytorch/pytorch/issues/1381"
 PR_POSITIVE_EPS = "https://github.com/pytorch/pytorch/pull/166756"
 PR_FLOAT32_OVERFLOW = "https://github.com/pytorch/pytorch/pull/178123"
+# The CPU kernel file at the commit the installed torch 2.13.0 was built from (torch.version.git_version).
+BATCH_NORM_KERNEL = ("https://github.com/pytorch/pytorch/blob/cf30153c4c131c8164ee7798e5022d810682e2cb/"
+                     "aten/src/ATen/native/cpu/batch_norm_kernel.cpp")
 
 
 @functools.lru_cache(maxsize=None)
@@ -194,6 +197,22 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
                         "for |x| ~ 1e37 the variance is inf, so y collapses to beta (CPU; NaN on CUDA) and running_var "
                         "is inf where the exact value is ~2e73",
             link=PR_FLOAT32_OVERFLOW,
+        ),
+        Deviation(
+            name="half-parameters-half-batch-moments",
+            kind="dtype",
+            # CUDA allocates save_mean / save_invstd in the accumulate type (batch_norm_cuda in
+            # Normalization.cu): CPU only (not measured on a GPU here).
+            applies=half_params_rounded_mean_shows & device_in("cpu"),
+            behaviour=Mismatches(("y",), "y normalized with the batch mean and 1/sigma rounded to the half dtype"),
+            explanation=f"{api} with weight, bias and running stats in the input's half dtype (model.half()): the "
+                        "CPU kernel is then not 'mixed type', so save_mean / save_invstd are half tensors "
+                        "(batch_norm_cpu_collect_stats_*_internal<scalar_t, scalar_t>: mean_data[c] = "
+                        "param_t(sum / N), and the channels-last path sums the variance about that rounded "
+                        "mean) and y = x * alpha + beta uses the rounded mean and invstd: y moves by up to "
+                        "ulp(mean)/2 * |gamma| / sigma (found by bnconform fuzz; measured: y equals that "
+                        "rounding exactly, float16 and bfloat16)",
+            link=BATCH_NORM_KERNEL,
         ),
     )
 
