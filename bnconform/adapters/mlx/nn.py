@@ -44,8 +44,8 @@ import numpy as np
 from ... import model
 from ...capabilities import Capabilities
 from ...dtypes import numpy_dtype
-from ...selectors import (epsilon_zero, input_dtype_in, param_dtype_in, squares_overflow, training_step,
-                          updates_on_empty_batch)
+from ...selectors import (epsilon_zero, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
+                          squares_overflow, training_step, updates_on_empty_batch)
 from ..base import Adapter, Deviation, Mismatches, Raises
 
 SOURCE = "https://github.com/ml-explore/mlx/blob/main/python/mlx/nn/layers/normalization.py"
@@ -133,6 +133,17 @@ class MlxBatchNormAdapter(Adapter):
                         "half mean and squares in half (inf beyond |x - mean| ~ 256 in float16), and momentum * mean "
                         "is a half product, so the float32 running stats are updated from half-rounded statistics",
             link=SOURCE_VAR,
+        ),
+        Deviation(
+            name="half-parameters-half-arithmetic",
+            kind="dtype",
+            applies=half_params_rounded_mean_shows,
+            behaviour=Mismatches(("y",), "y from the half batch mean and variance, normalized in half arithmetic"),
+            explanation="with weight, bias and running stats in the input's half dtype as well, nothing in __call__ is "
+                        "float32: _calc_stats returns the half mx.mean / mx.var and (x - mean) * mx.rsqrt(var + eps), "
+                        "weight * x + bias are half operations, so y carries the rounded batch mean (|mean - "
+                        "round(mean)| * |gamma| / sigma) plus half rounding of each step (found by bnconform fuzz)",
+            link=SOURCE,
         ),
         Deviation(
             name="float32-variance-overflow",

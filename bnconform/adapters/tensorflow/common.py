@@ -58,6 +58,9 @@ NN_IMPL_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflo
 # inv = rsqrt(variance + epsilon) in tf.nn.batch_normalization (line checked in the installed 2.21.0 file).
 BATCH_NORMALIZATION_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
                             "tensorflow/python/ops/nn_impl.py#L1491")
+# tf.nn.batch_normalization's return, x * inv + (offset - mean * inv) in x's dtype (installed 2.21.0 file).
+BATCH_NORMALIZATION_RETURN_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
+                                   "tensorflow/python/ops/nn_impl.py#L1496")
 # update_fn of tf.compat.v1.train.assign_moving_average (line checked in the installed 2.21.0 file).
 ASSIGN_MOVING_AVERAGE_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
                               "tensorflow/python/training/moving_averages.py#L93")
