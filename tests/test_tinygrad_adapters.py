@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -18,6 +19,7 @@ pytestmark = [requires("tinygrad"), pytest.mark.xdist_group("tinygrad"),
               pytest.mark.skipif(shutil.which(os.environ.get("CC", "clang")) is None,
                                  reason="tinygrad's CPU device needs clang on PATH")]
 
+from bnconform.adapters.tinygrad import program_cache  # noqa: E402
 from bnconform.adapters.tinygrad.nn import (  # noqa: E402
     ENVIRONMENT, TinygradBatchNormAdapter, channels_first_order, inverse,
 )
@@ -90,3 +92,26 @@ def test_missing_clang_makes_the_backend_unavailable(monkeypatch):
     monkeypatch.setenv("CC", "no-such-clang-for-bnconform")
     reason = TinygradBatchNormAdapter().unavailable_reason()
     assert reason and "'no-such-clang-for-bnconform'" in reason and "apt-get install clang" in reason
+
+
+def test_lowered_kernels_are_saved_and_read_back_as_the_same_programs(tmp_path, monkeypatch):
+    TinygradBatchNormAdapter().run(_case("formulas/rank2_nc_train"), "cpu")
+    from tinygrad.codegen import to_program_cache
+    path = tmp_path / "programs.pkl"
+    monkeypatch.setitem(program_cache._STATE, "cache", to_program_cache)
+    monkeypatch.setitem(program_cache._STATE, "path", path)
+    monkeypatch.setitem(program_cache._STATE, "known", set())
+    program_cache.save()
+    saved, whole = program_cache._read(path)
+    assert whole and to_program_cache and saved.keys() == to_program_cache.keys()
+    # UOps are hash-consed: a program read back is the very object tinygrad lowered for that key
+    assert all(saved[key] is program for key, program in to_program_cache.items())
+
+
+def test_program_log_keeps_its_complete_records_and_repairs_a_truncated_tail(tmp_path):
+    path = tmp_path / "programs.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}) + pickle.dumps({"b": 2})[:-3])
+    entries, whole = program_cache._read(path)
+    assert entries == {"a": 1} and not whole
+    program_cache._rewrite(path, entries)
+    assert program_cache._read(path) == ({"a": 1}, True)

@@ -37,7 +37,9 @@ also compiles its queue programs with clang, so without clang tinygrad cannot ru
 all (gcc does not accept clang's ``--target`` nor ``ext_vector_type``). bfloat16 runs as
 tinygrad's emulated dtype (``EMULATED_DTYPES=bfloat16``: stored as 16 bits, computed in float32
 as tinygrad also does for a native ``__bf16`` on CPUs without bf16 arithmetic) because Debian's
-clang 14 has no ``__bf16`` on x86-64.
+clang 14 has no ``__bf16`` on x86-64. Kernels are lowered in the host process (``PARALLEL=0``) and
+kept on disk between runs (:mod:`.program_cache`), so only a shape or dtype not seen before costs
+tinygrad's Python lowering and a clang compile.
 
 Importing this module does not import tinygrad.
 """
@@ -57,21 +59,27 @@ from ...capabilities import Capabilities
 from ...dtypes import numpy_dtype
 from ...selectors import input_dtype_in, param_dtype_in, squares_overflow, training_step, updates_on_empty_batch
 from ..base import Adapter, Deviation, Mismatches, Raises
+from . import program_cache
 
 SOURCE = "https://github.com/tinygrad/tinygrad/blob/master/tinygrad/nn/__init__.py"
 SOURCE_SUM = "https://github.com/tinygrad/tinygrad/blob/master/tinygrad/mixin/reduce.py"
 # DEV=CPU:CLANG picks the CPU device and its C renderer (CPU=1 / CLANG=1 are rejected as
 # deprecated since 0.11); THREADS=0: cases hold a few hundred values, and worker threads on a
-# shared 2-core machine only add wake-ups.
-ENVIRONMENT = {"DEV": "CPU:CLANG", "EMULATED_DTYPES": "bfloat16", "THREADS": "0"}
+# shared 2-core machine only add wake-ups. PARALLEL=0 lowers kernels in the host process instead
+# of a spawned worker pool (engine/worker.py) whose workers each re-import tinygrad and are
+# replaced every 16 kernels: over a quarter of this adapter's CPU. PARALLEL is not among codegen's
+# to_program_config settings, so the kernels are the same.
+ENVIRONMENT = {"DEV": "CPU:CLANG", "EMULATED_DTYPES": "bfloat16", "THREADS": "0", "PARALLEL": "0"}
 
 
 @functools.lru_cache(maxsize=None)
 def tinygrad() -> SimpleNamespace:
-    """tinygrad's Tensor, dtypes, nn and Context, imported on first use."""
+    """tinygrad's Tensor, dtypes, nn and Context, imported on first use (with its cache of lowered
+    kernels loaded from disk, see :mod:`.program_cache`)."""
     from tinygrad import Tensor, dtypes, nn
     from tinygrad.helpers import Context
 
+    program_cache.install()
     return SimpleNamespace(Tensor=Tensor, dtypes=dtypes, nn=nn, Context=Context)
 
 
@@ -119,8 +127,8 @@ class TinygradBatchNormAdapter(Adapter):
     decay_parameter = ("momentum", "new")
     notes = ("nn.BatchNorm under Context(TRAINING=1/0) on DEV=CPU:CLANG (kernels compiled by clang); other "
              "channel axes moved to 1 and back; bfloat16 via tinygrad's EMULATED_DTYPES")
-    speed_note = ("each call's lazy graph is scheduled and lowered in Python (~25 ms CPU a step when warm); a new "
-                  "shape or dtype also compiles kernels with clang (cached on disk by tinygrad afterwards)")
+    speed_note = ("each call's lazy graph is scheduled in Python (~40 ms CPU a step over the matrix, kernels cached); "
+                  "a new kernel is also lowered in Python (~90 ms) and compiled by clang, both then kept on disk")
     capabilities = Capabilities(
         epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"bessel"}),
         zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}),
@@ -183,8 +191,11 @@ class TinygradBatchNormAdapter(Adapter):
         return {"decay_parameter": parameters["momentum"].default, "epsilon": parameters["eps"].default}
 
     def run(self, case: model.Case, device: str) -> list[dict]:
-        module = self._module(case)
-        return [self._step(module, case, step) for step in case.steps]
+        try:
+            module = self._module(case)
+            return [self._step(module, case, step) for step in case.steps]
+        finally:
+            program_cache.save()
 
     def _module(self, case: model.Case):
         """A BatchNorm holding the case's initial state in the param dtype (a module is a few
