@@ -54,9 +54,9 @@ from ...oracle import reduction_axes
 from ...selectors import (changes_results, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
                           squares_overflow, updates_on_empty_batch, updates_running_stats, where)
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
-from .common import (BATCH_NORMALIZATION_RETURN_LINE, TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape, graph_gradients,
-                     empty_batch_dgamma_nan, half_parameter_gradients, infinite_mean_nan, signature_default, tf,
-                     tf_device_scope, tf_devices, to_numpy, to_tf_dtype)
+from .common import (BATCH_NORMALIZATION_RETURN_LINE, TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape,
+                     graph_gradients, empty_batch_dgamma_nan, half_parameter_gradients, infinite_mean_nan,
+                     signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
