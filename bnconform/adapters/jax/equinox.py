@@ -51,7 +51,7 @@ import numpy as np
 
 from ... import model
 from ...dtypes import numpy_dtype
-from ...selectors import input_dtype_in, squares_overflow, training_step, updates_on_empty_batch, where
+from ...selectors import input_dtype_in, param_dtype_in, squares_overflow, training_step, updates_on_empty_batch, where
 from .common import (JAX_CAPABILITIES, JaxAdapter, fetch, gradient_outputs, gradient_step, in_mode,
                      load_jax, put_state, replicated_training, signature_defaults)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
@@ -216,14 +216,17 @@ class _EquinoxAdapter(JaxAdapter):
         return fetched
 
 
+# Half input with float32 state: training in mode "ema" raises (EMA_HALF_INPUT_RAISES); half state runs.
+HALF_INPUT_FLOAT32_STATE = input_dtype_in("float16", "bfloat16") & param_dtype_in("float32")
+
 EMA_HALF_INPUT_RAISES = Deviation(
     name="equinox-ema-half-input-type-error",
     kind="defect",
-    applies=input_dtype_in("float16", "bfloat16") & training_step(),
+    applies=HALF_INPUT_FLOAT32_STATE & training_step(),
     behaviour=Raises("TypeError", "lax.select requires arguments to have the same dtypes"),
     explanation="mode 'ema' cannot train on float16 / bfloat16 inputs with float32 state: the first-time "
                 "lax.select mixes the half-precision batch statistics with the float32 blended ones and does "
-                "not promote; inference-only steps work",
+                "not promote; inference-only steps work, and so does state in the input's half dtype",
     link=EQUINOX_BATCHNORM_SOURCE,
 )
 
@@ -249,7 +252,7 @@ EMA_FLOAT32_OVERFLOW = Deviation(
 EMA_BLENDED_NORMALIZATION = Deviation(
     name="equinox-ema-blended-training-normalization",
     kind="defect",
-    applies=training_step(1) & _blend_visible & ~input_dtype_in("float16", "bfloat16") & ~squares_overflow("float32"),
+    applies=training_step(1) & _blend_visible & ~HALF_INPUT_FLOAT32_STATE & ~squares_overflow("float32"),
     behaviour=Mismatches(("y", "dx", "dgamma"), "training y (and dx, dgamma) come from normalizing with the updated "
                          "running statistics, not the batch's"),
     explanation="mode 'ema' normalizes a training batch with (1 - momentum) * batch + momentum * running "
