@@ -178,13 +178,20 @@ def build(spec: Spec) -> Case:
 
 def gap(case: Case, output: str = "y", config: Config | None = None, steps: Sequence[Step] | None = None) -> float:
     """Largest |difference| in ``output`` over all steps between the case and the oracle run on
-    another config or other steps: how far an implementation making that mistake lands."""
+    another config or other steps: how far an implementation making that mistake lands. Only
+    positions finite in both count (a degenerate case's Inf / NaN entries would make it NaN);
+    0.0 where no finite position differs."""
     ours = [s.expected for s in case.steps]
     theirs = oracle.run_steps(config or case.config, case.initial_state, list(steps or case.steps))
-    with np.errstate(invalid="ignore"):  # inf - inf in a degenerate case is a NaN gap, not a warning
-        gaps = [np.abs(a[output] - b[output]).max() for a, b in zip(ours, theirs)
-                if a.get(output) is not None and b.get(output) is not None and a[output].size]
-    return float(max(gaps)) if gaps else 0.0
+    gaps = [_finite_gap(a[output], b[output]) for a, b in zip(ours, theirs)
+            if a.get(output) is not None and b.get(output) is not None]
+    return max(gaps, default=0.0)
+
+
+def _finite_gap(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """max |ours - theirs| over the positions finite in both (0.0 if there are none)."""
+    both = np.isfinite(ours) & np.isfinite(theirs)
+    return float(np.abs(ours[both] - theirs[both]).max()) if both.any() else 0.0
 
 
 def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
