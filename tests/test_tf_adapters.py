@@ -1,16 +1,18 @@
 """Fast checks of the non-Keras TensorFlow adapters: path-dependent conventions, graph sharing,
 and that feeding the decay as a tensor gives the same bits as the Python float it replaces.
 
-Capability checks are pure data. Everything runs in this process under the TensorFlow host's
-environment (TF_USE_LEGACY_KERAS=1 included, which tf.v1.layers and tf-slim need before
-TensorFlow is imported).
+Capability checks are pure data. tf.nn+ema runs in this process; tf.v1.layers and tf-slim need
+TF_USE_LEGACY_KERAS=1 before TensorFlow is imported, so they run in one subprocess.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from conftest import requires
 
@@ -74,52 +76,48 @@ def test_ema_cases_differing_only_in_fed_knobs_share_one_graph():
     assert len(adapter._graphs) == 1
 
 
-def _bits(results):
+_SUBPROCESS = r"""
+import json, os, sys
+import numpy as np
+from bnconform.adapters.base import variant
+from bnconform.adapters.tensorflow import graph as g, slim, v1_layers
+from bnconform.judge import judge
+from bnconform.validation import load_case
+
+def bits(results):
     return [{k: np.asarray(v).tobytes() for k, v in step.items()} for step in results]
 
+def outputs(module, case, feed):
+    return bits(g.run_case(module._build_graph(case, "cpu", feed), case))
 
-def _outputs(module, case, feed):
-    from bnconform.adapters.tensorflow import graph as g
-
-    return _bits(g.run_case(module._build_graph(case, "cpu", feed), case))
+report = {}
+slim.TfSlimCompatAdapter().unavailable_reason()  # restores the compat aliases
+for label, module, adapter, name in [
+        ("v1 fused", v1_layers, v1_layers.TfV1LayersAdapter(), "momentum/decay_0.9_bessel_rank4_nchw"),
+        ("v1 non-fused", v1_layers, v1_layers.TfV1LayersAdapter(), "momentum/decay_0.9_biased_3steps"),
+        ("slim keras fused", slim, slim.TfSlimCompatAdapter(), "momentum/decay_0.9_bessel_rank4_nchw"),
+        ("slim own fused", slim, slim.TfSlimCompatAdapter(), "momentum/decay_0.9_bessel_rank4_nchw_zero_debias")]:
+    case = load_case(os.path.join("cases", name + ".json"))
+    chosen = module._decay_feed(case)
+    other = g.DecayFeed("float64" if chosen.dtype == "float32" else "float32")
+    builds = g.GraphLayer.builds
+    statuses = [judge(adapter, c, "cpu").status for c in (case, variant(case, running_stats={"decay": 0.5}))]
+    shared = g.GraphLayer.builds - builds
+    baked = outputs(module, case, g.DecayFeed(None, case.config.running_stats.decay))
+    report[label] = {"feed": chosen.dtype, "exact": outputs(module, case, chosen) == baked,
+                     "other_exact": outputs(module, case, other) == baked,
+                     "builds_for_two_decays": shared, "status": statuses[0]}
+print(json.dumps(report))
+"""
 
 
 @pytest.fixture(scope="module")
 def graph_report():
-    """For each TF1 layer path: the decay feed the adapter picks, whether it gives the bits of
-    the baked-in Python float (and whether the other feed dtype would), and how many graphs two
-    decays build. In this process: the "tensorflow" group runs under the TensorFlow host's
-    environment, TF_USE_LEGACY_KERAS=1 included, which tf.compat.v1.layers needs (set here too: a
-    module fixture runs before the function-scoped tf_host_environment)."""
-    from bnconform.adapters.tensorflow.common import TF_ENVIRONMENT
-
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in TF_ENVIRONMENT.items():
-            patch.setenv(key, value)
-        return _graph_report()
-
-
-def _graph_report() -> dict:
-    from bnconform.adapters.tensorflow import graph as g, slim, v1_layers
-
-    slim.TfSlimCompatAdapter().unavailable_reason()  # restores the compat aliases
-    report = {}
-    for label, module, adapter, name in [
-            ("v1 fused", v1_layers, v1_layers.TfV1LayersAdapter(), "momentum/decay_0.9_bessel_rank4_nchw"),
-            ("v1 non-fused", v1_layers, v1_layers.TfV1LayersAdapter(), "momentum/decay_0.9_biased_3steps"),
-            ("slim keras fused", slim, slim.TfSlimCompatAdapter(), "momentum/decay_0.9_bessel_rank4_nchw"),
-            ("slim own fused", slim, slim.TfSlimCompatAdapter(), "momentum/decay_0.9_bessel_rank4_nchw_zero_debias")]:
-        case = _case(name)
-        chosen = module._decay_feed(case)
-        other = g.DecayFeed("float64" if chosen.dtype == "float32" else "float32")
-        builds = g.GraphLayer.builds
-        statuses = [judge(adapter, c, "cpu").status for c in (case, variant(case, running_stats={"decay": 0.5}))]
-        shared = g.GraphLayer.builds - builds
-        baked = _outputs(module, case, g.DecayFeed(None, case.config.running_stats.decay))
-        report[label] = {"feed": chosen.dtype, "exact": _outputs(module, case, chosen) == baked,
-                         "other_exact": _outputs(module, case, other) == baked,
-                         "builds_for_two_decays": shared, "status": statuses[0]}
-    return report
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="3")
+    done = subprocess.run([sys.executable, "-c", _SUBPROCESS], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def test_fed_decay_gives_the_bits_of_the_python_float(graph_report):

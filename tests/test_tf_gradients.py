@@ -3,7 +3,7 @@ global normalization, tf.gradients in the TF1 graphs (tf.nn+ema, graph.GraphLaye
 tf.v1.layers and tf-slim). Expected numbers come from the float64 oracle (case expectations) or
 closed forms written here, never from the code under test.
 
-tf.v1.layers and tf-slim need TF_USE_LEGACY_KERAS=1 before TensorFlow is imported (the TensorFlow environment sets it); their shared
+tf.v1.layers and tf-slim need TF_USE_LEGACY_KERAS=1 before TensorFlow is imported; their shared
 GraphLayer is tested here with a small layer built from tf.nn ops and variables instead, and the
 layers themselves run the gradients family in the matrix.
 """

@@ -65,13 +65,10 @@ BATCH_NORMALIZATION_RETURN_LINE = ("https://github.com/tensorflow/tensorflow/blo
 ASSIGN_MOVING_AVERAGE_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
                               "tensorflow/python/training/moving_averages.py#L93")
 
-# One environment for every TensorFlow adapter, so that they share one host process (TensorFlow
-# is imported once per run): KERAS_BACKEND=tensorflow for Keras 3 on its tensorflow backend, and
-# TF_USE_LEGACY_KERAS=1, which tf.compat.v1.layers needs before TensorFlow is imported (the v1
-# layers live in tf_keras on TensorFlow >= 2.16). TensorFlow reads TF_USE_LEGACY_KERAS only to
-# resolve ``tf.keras``, which no adapter uses (Keras 3 and tf_keras are imported by name); tf.nn
-# and tf_keras never read KERAS_BACKEND.
-TF_ENVIRONMENT = {"KERAS_BACKEND": "tensorflow", "TF_USE_LEGACY_KERAS": "1"}
+# KERAS_BACKEND=tensorflow: Keras 3 on its tensorflow backend declares the same environment and
+# so shares the TensorFlow adapters' host process (TensorFlow is imported once); tf.nn, the TF1
+# APIs and tf_keras never read it.
+TF_ENVIRONMENT = {"KERAS_BACKEND": "tensorflow"}
 LOGICAL_CPUS = 8  # logical CPU devices: the most replicas a synchronized Keras row runs on
 
 

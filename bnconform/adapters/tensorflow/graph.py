@@ -42,7 +42,7 @@ import numpy as np
 
 from ...dtypes import numpy_dtype
 from ..base import Adapter
-from .common import TF_ENVIRONMENT, GRADIENT_NAMES, graph_gradients, tf, tf_device_scope, tf_devices, to_tf_dtype
+from .common import GRADIENT_NAMES, graph_gradients, tf, tf_device_scope, tf_devices, to_tf_dtype
 
 # Canonical state names -> the names the layers give their variables.
 VARIABLE_ROLES = ("gamma", "beta", "moving_mean", "moving_variance")
@@ -267,7 +267,7 @@ class GraphLayerAdapter(Adapter):
 
     extra = "tensorflow"
     device_kinds = ("cpu", "cuda")
-    environment = TF_ENVIRONMENT  # TF_USE_LEGACY_KERAS=1: the v1 layers live in tf_keras on TensorFlow >= 2.16
+    environment = {"TF_USE_LEGACY_KERAS": "1"}  # the v1 layers live in tf_keras on TensorFlow >= 2.16
     graph_key: Callable
     build_graph: Callable
     takes_fused_path: Callable
