@@ -267,7 +267,11 @@ class GraphLayerAdapter(Adapter):
 
     extra = "tensorflow"
     device_kinds = ("cpu", "cuda")
-    environment = {"TF_USE_LEGACY_KERAS": "1"}  # the v1 layers live in tf_keras on TensorFlow >= 2.16
+    # The v1 layers live in tf_keras on TensorFlow >= 2.16 (TF_USE_LEGACY_KERAS=1 before TF is
+    # imported). Their own host, not the eager adapters': building a tf_keras layer inside a
+    # tf.compat.v1.Graph invalidates every tf_keras layer made outside one ("Your Layer or Model is
+    # in an invalid state"), and the tf_keras rows keep their layers across cases.
+    environment = {"TF_USE_LEGACY_KERAS": "1"}
     graph_key: Callable
     build_graph: Callable
     takes_fused_path: Callable

@@ -36,7 +36,7 @@ from dataclasses import replace
 
 from ...selectors import input_dtype_in, mean_far_from_spread, where
 from ..base import Adapter, Deviation, Mismatches
-from .common import LOGICAL_CPUS, to_numpy, to_tf_dtype
+from .common import LOGICAL_CPUS, TF_ENVIRONMENT, to_numpy, to_tf_dtype
 from .keras_common import BN_SOURCE, LAYER_CAPABILITIES, float64_decay_deviation, layer_defaults, tf_keras
 from .mirrored import replica_count, run_replicated, strategy
 
@@ -97,6 +97,7 @@ class TfKerasSyncAdapter(Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "tf_keras")
     device_kinds = ("cpu",)
+    environment = TF_ENVIRONMENT  # shares the eager TensorFlow adapters' host (and its logical CPUs)
     decay_parameter = ("momentum", "old")
     capabilities = SYNC_CAPABILITIES
     notes = f"MirroredStrategy over R of {LOGICAL_CPUS} logical CPU devices, one replica's samples each; eager"
