@@ -116,7 +116,10 @@ def _matrix_wall(names, all_selected: bool, paths=("cases",)) -> tuple[float, li
     wall = time.perf_counter() - start
     written = re.search(r"bnconform: reports written to (.+)", done.stdout)
     verdicts = results.verdicts_of(results.read(Path(written.group(1)) / "results.json")) if written else []
-    tail = (done.stdout.strip().splitlines() or ["(no output)"])[-1]
+    lines = done.stdout.strip().splitlines() or ["(no output)"]
+    failed = [line for line in lines if line.startswith(("FAILED ", "ERROR "))]
+    tail = lines[-1] + "".join(f"\n    {line}" for line in failed[:10]) + (f"\n    ... {len(failed) - 10} more"
+                                                                           if len(failed) > 10 else "")
     return wall, verdicts, tail
 
 
