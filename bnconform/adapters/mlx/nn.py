@@ -159,9 +159,12 @@ class MlxBatchNormAdapter(Adapter):
             kind="defect",
             applies=updates_on_empty_batch & training_step(0, 0),
             behaviour=Mismatches(("running_mean", "running_var", "y"),
-                                 "running stats become NaN (and eval outputs using them)"),
+                                 "running stats become NaN, or inf for the mean of a rank >= 3 batch (and eval "
+                                 "outputs using them)"),
             explanation="__call__ checks only for N == 1, so an empty training batch (N == 0) updates the running "
-                        "stats from mean and var of nothing (NaN); the model leaves the state unchanged",
+                        "stats from mean and var of nothing: NaN at rank 2; at rank >= 3 mx.mean over the several "
+                        "empty axes gives inf (measured on degenerate/n0_rank4_train: running_mean inf, running_var "
+                        "NaN); the model leaves the state unchanged",
             link=SOURCE,
         ),
     )
