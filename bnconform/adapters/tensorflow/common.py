@@ -49,7 +49,7 @@ import os
 import numpy as np
 
 from ...capabilities import HALF_DTYPES, dtype_pairs
-from ...selectors import (empty_batch_gamma_gradient, has_gradient_step, input_dtype_in, param_dtype_in,
+from ...selectors import (Selector, empty_batch_gamma_gradient, has_gradient_step, input_dtype_in, param_dtype_in,
                           updates_infinite_running_mean, where)
 from ..base import Deviation, Mismatches, variant
 
@@ -241,18 +241,19 @@ def half_parameter_gradients(api: str) -> Deviation:
         link=NN_IMPL_SOURCE)
 
 
-def infinite_mean_nan(name: str, route: str) -> Deviation:
+def infinite_mean_nan(name: str, route: str, link: str = ASSIGN_MOVING_AVERAGE_LINE,
+                      applies: Selector = updates_infinite_running_mean) -> Deviation:
     """assign_moving_average's subtractive form on a +-Inf running mean (a fuzz finding, promoted);
-    ``route`` says how the API reaches it."""
+    ``route`` says how the API reaches it, ``link`` where that update is written."""
     return Deviation(
         name=name,
         kind="edge",
-        applies=updates_infinite_running_mean,
+        applies=applies,
         behaviour=Mismatches(("running_mean",), "an infinite running mean becomes NaN (the model's stays infinite)"),
         explanation=(f"{route}: variable -= (variable - value) * (1 - decay) (zero_debias does the same to its "
                      "biased accumulator) is Inf - Inf = NaN for variable = +-Inf, where the model's "
                      "decay * r + (1 - decay) * b keeps +-Inf (found by bnconform fuzz)"),
-        link=ASSIGN_MOVING_AVERAGE_LINE)
+        link=link)
 
 
 def empty_batch_dgamma_nan(name: str, api: str, applies=empty_batch_gamma_gradient) -> Deviation:

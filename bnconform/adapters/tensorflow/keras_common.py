@@ -18,7 +18,7 @@ from ...model import GHOST_SPLITS
 from ...selectors import (Selector, param_dtype_in, squares_overflow, updates_infinite_running_mean,
                           updates_on_empty_batch, uses_extension, where)
 from ..base import Deviation, MatchesVariant, Mismatches, Raises, variant
-from .common import float32_rounded_decay, tf
+from .common import float32_rounded_decay, infinite_mean_nan, tf
 
 # tf-keras source (same code as the installed tf_keras/src/layers/normalization/batch_normalization.py):
 # non-fused updates use tf.nn.moments (biased) and _assign_moving_average; the fused path keeps
@@ -139,16 +139,8 @@ def empty_batch_deviation(api: str) -> Deviation:
 
 def infinite_mean_deviation(api: str, applies: Selector = updates_infinite_running_mean) -> Deviation:
     """_assign_moving_average's subtractive form on a +-Inf moving mean (fuzz finding, promoted)."""
-    return Deviation(
-        name="moving-average-turns-infinite-mean-nan",
-        kind="edge",
-        applies=applies,
-        behaviour=Mismatches(("running_mean",), "an infinite moving_mean becomes NaN (the model's stays infinite)"),
-        explanation=(f"{api} _assign_moving_average computes moving -= (moving - batch) * (1 - momentum): with "
-                     "moving = +-Inf that is Inf - Inf = NaN, where the model's momentum * moving + "
-                     "(1 - momentum) * batch keeps +-Inf (found by bnconform fuzz)"),
-        link=f"{BN_SOURCE}#L870",
-    )
+    return infinite_mean_nan("moving-average-turns-infinite-mean-nan", f"{api} _assign_moving_average",
+                             link=f"{BN_SOURCE}#L870", applies=applies)
 
 
 def overflow_deviation(api: str, outputs: tuple[str, ...]) -> Deviation:
