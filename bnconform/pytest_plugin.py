@@ -5,7 +5,7 @@ device a test in it.
 a case file ``cases/momentum/x.json`` yields items ``cases/momentum/x.json::torch.nn-cpu``, so
 ``pytest cases/momentum``, ``pytest cases/momentum/x.json`` and ``-k torch`` select as usual.
 Cells the controller can decide alone (unavailable, unsupported: bnconform.execution.plan)
-are skipped at setup without touching a host process; the rest run in host processes shared by
+report their skip directly, without a host process or a setup/call/teardown cycle; the rest run in host processes shared by
 adapters of one package and environment, each host's items kept on one xdist worker
 (``xdist_group``) so each framework is imported once there; unit-test modules marked
 ``xdist_group(name)`` (those that import a framework in-process) likewise run on one worker per
