@@ -132,7 +132,8 @@ def _overflow_deviation(backend: str, what_happens: str) -> Deviation:
         name=f"keras3-{backend}-float32-variance-overflow",
         kind="precision",
         applies=squares_overflow("float32"),
-        behaviour=Mismatches(("y", "running_var"), f"y and running_var wrong: {what_happens}"),
+        behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
+                             f"y, running_var, dx and dgamma wrong: {what_happens}"),
         explanation=("BatchNormalization computes the moments of float32 inputs in float32 "
                      f"(no wider accumulator), so squares of ~1e37 overflow: {what_happens}"),
         link=KERAS_BACKEND_SOURCE.format(backend=backend),
@@ -298,7 +299,7 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "keras")
     environment = TF_ENVIRONMENT  # shares the TensorFlow adapters' host
-    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta"),
+    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta, dx = dgamma = 0"),
                   _empty_batch_dgamma_deviation("tensorflow"))
     notes = "Keras 3 layer on the TensorFlow backend, eager call; any channel axis natively"
     speed_note = ("~3-4 ms CPU per case: an eager call runs ~30 TF ops (~1-1.5 ms per step) and a new layer "
@@ -328,7 +329,8 @@ class Keras3JaxAdapter(_Keras3Adapter):
     requires = ("jax", "keras")
     # float64 variables need jax_enable_x64 (else JAX stores them as float32 with a warning)
     environment = X64_ENVIRONMENT  # shares the JAX family's host
-    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, _overflow_deviation("jax", "variance inf, y = beta"),
+    deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32,
+                  _overflow_deviation("jax", "variance inf, y = beta, dx = dgamma = 0"),
                   _empty_batch_dgamma_deviation("jax"))
     notes = "Keras 3 layer on the JAX backend (JAX_ENABLE_X64=1), eager call; any channel axis natively"
     speed_note = ("~1.5 ms per case once compiled; its first-pass median (~75 ms CPU) is XLA compiling each "
@@ -385,7 +387,7 @@ class Keras3TorchAdapter(_Keras3Adapter):
     requires = ("torch", "keras")
     environment = TORCH_ENVIRONMENT  # shares the torch adapters' host
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, TORCH_ONE_PASS_VARIANCE,
-                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y NaN"),
+                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y, dx, dgamma NaN"),
                   _empty_batch_dgamma_deviation("torch"))
     notes = "Keras 3 layer on the PyTorch backend, eager call; any channel axis natively"
 

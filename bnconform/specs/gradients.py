@@ -5,8 +5,9 @@ exactly the forward pass (formulas in bnconform.model). The family covers ranks 
 first and last, every epsilon placement, scale / center on and off, negative and zero gamma,
 dy all-ones (training dx ~ 0: the mean and variance absorb any per-channel constant), float64 /
 float32 / float16 / bfloat16, N = 2, N = 1 in inference and training, N = 0, a constant channel,
-1e4 + N(0, 1) in float32, inference after training (the second gradient depends on the running
-statistics the first step updated), ghost batches, renorm and sample weights.
+1e4 + N(0, 1) and mixed-sign ~1e21 (squares overflow) in float32, inference after training (the
+second gradient depends on the running statistics the first step updated), ghost batches, renorm
+and sample weights.
 
 Each description quotes what a wrong backward gets: treating the batch mean and variance as
 constants (dx = gamma * dy / sigma, the classic shortcut) in training, or differentiating through
@@ -141,6 +142,14 @@ def _degenerate():
     yield _spec("offset_1e4_float32_train", "x = 1e4 + N(0, 1) in float32: the backward must use the centered "
                 "values; E[x^2] - E[x]^2 style shortcuts lose every digit of dx.", Config(channel_axis=1), (16, 3),
                 make_x=normal(1e4, 1.0))
+    yield _spec("huge_mixed_sign_float32_train", "float32 x of magnitude ~1e21 with mixed signs and dy ~ N(0, 1): "
+                "squared deviations overflow float32 (max 3.4e38): a float32 variance is Inf, so y collapses to beta "
+                "and dx = dgamma = 0 (or var = E[x^2] - E[x]^2 = Inf - Inf and everything is NaN); the float64 "
+                "moments give finite xhat, dgamma = sum(dy xhat) of order 1 and dx ~ 1e-22. Not ~1e37 as in "
+                "degenerate/: dx ~ gamma / sigma would then be subnormal in float32 (flushing denormals is "
+                "another question).",
+                Config(channel_axis=1), (4, 3),
+                make_x=lambda r, s: r.choice([-1.0, 1.0], size=s) * r.uniform(1e20, 3e21, size=s))
 
 
 def _empty():

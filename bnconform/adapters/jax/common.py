@@ -268,7 +268,8 @@ FLAX_FLOAT32_VARIANCE_OVERFLOW = Deviation(
     name="flax-float32-variance-overflow",
     kind="precision",
     applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var"), "y and running_var are wrong because the float32 variance overflows"),
+    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "y, running_var, dx and dgamma are wrong: the "
+                         "float32 variance overflows (inf: y = beta, dx = dgamma = 0; fast variance NaN: all NaN)"),
     explanation="statistics of float32 inputs are reduced in float32 (force_float32_reductions promotes only "
                 "up to float32); the variance ~1.7e74 overflows: the two-pass variance is inf and y collapses "
                 "to beta, the fast one is inf - inf = NaN",

@@ -244,7 +244,8 @@ EMA_FLOAT32_OVERFLOW = Deviation(
     name="equinox-ema-float32-variance-overflow",
     kind="precision",
     applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var"), "y collapses to beta, running_var is inf"),
+    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "y collapses to beta, running_var is inf, "
+                         "dx = dgamma = 0"),
     explanation="the variance of float32 inputs is reduced in float32 and overflows (~1.7e74): inf",
     link=EQUINOX_BATCHNORM_SOURCE,
 )
@@ -317,7 +318,7 @@ BATCH_FLOAT32_OVERFLOW = Deviation(
     name="equinox-batch-float32-variance-overflow",
     kind="precision",
     applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y",), "y collapses to beta"),
+    behaviour=Mismatches(("y", "dx", "dgamma"), "y collapses to beta, dx = dgamma = 0"),
     explanation="moments of float32 inputs are computed in float32: the variance ~1.7e74 overflows to inf",
     link=EQUINOX_BATCHNORM_SOURCE,
 )

@@ -108,8 +108,8 @@ class TfEmaAdapter(Adapter):
             name="tf-ema-variance-overflow",
             kind="precision",
             applies=MOMENTS_OVERFLOW,
-            behaviour=Mismatches(("y", "batch_var", "running_mean", "running_var"),
-                                 "the batch variance overflows to Inf, so y collapses to beta"),
+            behaviour=Mismatches(("y", "batch_var", "running_mean", "running_var", "dx", "dgamma"),
+                                 "the batch variance overflows to Inf, so y collapses to beta and dx = dgamma = 0"),
             explanation="tf.nn.moments squares deviations in the input dtype, float32 range for float32 and "
                         "bfloat16 (float16 inputs: computed in float32, then cast back to float16, max 65504), so "
                         "the variance is Inf where float64 is finite",

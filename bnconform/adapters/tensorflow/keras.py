@@ -197,7 +197,7 @@ class TfKerasAutoAdapter(_TfKerasLayerAdapter):
     deviations = (
         empty_batch_deviation(LAYER),
         renorm_float64_deviation(LAYER),
-        overflow_deviation(f"{LAYER}(fused=None)", ("y", "running_var")),
+        overflow_deviation(f"{LAYER}(fused=None)", ("y", "running_var", "dx", "dgamma")),
         float64_decay_deviation(f"{LAYER}(fused=None)"),
         # The fused path (eager, float momentum) assigns the kernel's (1 - f) old + f batch instead.
         infinite_mean_deviation(f"{LAYER}(fused=None)", updates_infinite_running_mean & ~fused_path),
@@ -227,7 +227,7 @@ class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):
     deviations = (
         empty_batch_deviation(f"{LAYER}(fused=False)"),
         renorm_float64_deviation(f"{LAYER}(fused=False)"),
-        overflow_deviation(f"{LAYER}(fused=False)", ("y", "running_var")),
+        overflow_deviation(f"{LAYER}(fused=False)", ("y", "running_var", "dx", "dgamma")),
         float64_decay_deviation(f"{LAYER}(fused=False)"),
         infinite_mean_deviation(f"{LAYER}(fused=False)"),
         empty_batch_dgamma_nan("empty-batch-dgamma-nan", f"{LAYER}(fused=False)"),

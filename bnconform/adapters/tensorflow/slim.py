@@ -105,8 +105,8 @@ FLOAT32_VARIANCE_OVERFLOW = Deviation(
     name="tf_slim: float32 batch variance overflows to inf",
     kind="precision",
     applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var"), "the batch variance (~1e74) is inf in float32: y collapses "
-                                               "to beta, moving_variance is inf"),
+    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "the batch variance is inf in float32: y "
+                                               "collapses to beta, moving_variance is inf, dx = dgamma = 0"),
     explanation="moments are computed in float32, where a variance above 3.4e38 is not representable",
     link=_MOMENTS_DOCS,
 )

@@ -76,8 +76,9 @@ FLOAT32_VARIANCE_OVERFLOW = Deviation(
     name="tf.v1.layers: float32 batch variance overflows to inf",
     kind="precision",
     applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var"),
-                         "the batch variance (~1e74) is inf in float32: y collapses to beta, moving_variance is inf"),
+    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
+                         "the batch variance is inf in float32: y collapses to beta, moving_variance is inf, "
+                         "dx = dgamma = 0"),
     explanation="moments are computed in float32 (the float32 compute dtype), where a variance above "
                 "3.4e38 is not representable; the float64 oracle keeps it finite",
     link=_MOMENTS_DOCS,

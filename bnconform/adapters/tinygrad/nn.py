@@ -174,7 +174,8 @@ class TinygradBatchNormAdapter(Adapter):
             name="float32-variance-overflow",
             kind="precision",
             applies=squares_overflow("float32"),
-            behaviour=Mismatches(("y", "running_var"), "the float32 variance overflows: y collapses to beta, running_var inf"),
+            behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
+                                 "the float32 variance overflows: y collapses to beta, running_var inf, dx = dgamma = 0"),
             explanation="calc_stats squares x - mean in the input dtype (float32): for |x| ~ 1e37 the variance is inf, "
                         "rsqrt gives 0 and y = beta, and the running variance becomes inf where the exact value is ~2e73",
             link=SOURCE,
