@@ -63,7 +63,10 @@ class MatchesVariant:
 
 @dataclass(frozen=True)
 class Mismatches:
-    """Declared behaviour: exactly the named outputs disagree with the oracle (the rest pass)."""
+    """Declared behaviour: the named outputs may disagree with the oracle, every other output must
+    pass, and at least one named output must differ in each selected cell (else the declaration
+    is stale and the cell fails). A name that does not differ in some selected cell is allowed: one
+    declaration covers cases where its effect reaches different outputs."""
 
     outputs: tuple[str, ...]
     describe_text: str = ""
