@@ -98,6 +98,26 @@ def empty_batch_gamma_gradient(case: Case) -> bool:
     return case.config.scale and any(s.is_training and n == 0 and s.dy is not None for s, n in _steps_with_counts(case))
 
 
+def _empty_steps_with_gradient(case: Case):
+    return [s for s, n in _steps_with_counts(case) if n == 0 and s.dy is not None]
+
+
+@where("a rank-5 empty batch (N == 0) with dy in a training step or with channels last")
+def empty_rank5_folded_gradient(case: Case) -> bool:
+    """Where TensorFlow's fused gradient kernel hands dx back in its rank-4 working shape: it folds
+    a 5-D x to 4-D and returns early for an empty input before unfolding dx."""
+    return case.rank == 5 and any(s.is_training or case.config.channel_axis != 1
+                                  for s in _empty_steps_with_gradient(case))
+
+
+@where("a rank-5 channels-first empty batch (N == 0) with dy in inference")
+def empty_rank5_transposed_eval_gradient(case: Case) -> bool:
+    """Where TensorFlow's inference gradient transposes the kernel's (folded, rank-4) dx back from
+    NDHWC with a rank-5 permutation."""
+    return case.rank == 5 and case.config.channel_axis == 1 and any(not s.is_training
+                                                                    for s in _empty_steps_with_gradient(case))
+
+
 @where("a step that normalizes with the running statistics while updating them")
 def updates_in_inference(case: Case) -> bool:
     return any(s.update_running_stats and not s.is_training for s in case.steps)

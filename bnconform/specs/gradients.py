@@ -153,7 +153,8 @@ def _degenerate():
 
 
 def _empty():
-    """Found by `bnconform fuzz` on tf.v1.layers, tf_keras, keras3, flax and haiku (promoted)."""
+    """Found by `bnconform fuzz` on tf.v1.layers, tf_keras, keras3, flax and haiku (promoted); the rank-5
+    twins by `bnconform fuzz` on tf_keras and tf.v1.layers (fused path)."""
     tail = ("dx is empty and dgamma = sum(dy xhat), dbeta = sum(dy) are sums over no elements: 0. A backward "
             "that multiplies the empty sum by the batch's rsqrt(var + eps), NaN for var = 0/0, returns "
             "dgamma = 0 * NaN = NaN.")
@@ -163,6 +164,15 @@ def _empty():
     yield Spec(FAMILY, "n0_batch_no_update", "An empty batch normalized with its own statistics, no running "
                "update (tf.nn.moments + tf.nn.batch_normalization), so only the gradients are at stake: " + tail,
                Config(channel_axis=1), [(0, 3)], (TRAIN_NO_UPDATE,), normal(0.6, 1.4), make_dy=random_dy)
+    rank5 = ("dx must keep the input's shape [0, 2, 3, 2, 2]; a layer that folds the spatial axes into a "
+             "rank-4 kernel and unfolds the result only for a non-empty batch hands back the folded shape or fails.")
+    yield Spec(FAMILY, "n0_rank5_train", "An empty rank-5 training batch (shape [0, 2, 3, 2, 2], channels on "
+               "axis 1) with dy: the running state stays unchanged; " + tail + " " + rank5, Config(channel_axis=1),
+               [(0, 2, 3, 2, 2)], (TRAIN,), normal(0.6, 1.4), make_dy=random_dy)
+    yield Spec(FAMILY, "n0_rank5_eval", "An empty rank-5 batch (shape [0, 2, 3, 2, 2], channels on axis 1) "
+               "normalized with the running statistics, with dy: dgamma and dbeta are sums over no elements (0) "
+               "and there is no 0/0 batch variance to multiply them by. " + rank5, Config(channel_axis=1),
+               [(0, 2, 3, 2, 2)], (EVAL,), normal(0.6, 1.4), make_dy=random_dy)
 
 
 def _sequences():

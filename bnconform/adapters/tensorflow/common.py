@@ -49,9 +49,10 @@ import os
 import numpy as np
 
 from ...capabilities import HALF_DTYPES, dtype_pairs
-from ...selectors import (Selector, empty_batch_gamma_gradient, has_gradient_step, input_dtype_in, param_dtype_in,
+from ...selectors import (Selector, empty_batch_gamma_gradient, empty_rank5_folded_gradient,
+                          empty_rank5_transposed_eval_gradient, has_gradient_step, input_dtype_in, param_dtype_in,
                           updates_infinite_running_mean, where)
-from ..base import Deviation, Mismatches, variant
+from ..base import Deviation, Mismatches, Raises, variant
 
 _DEVICE_NAMES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 NN_IMPL_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
@@ -61,6 +62,13 @@ BATCH_NORMALIZATION_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21
 # tf.nn.batch_normalization's return, x * inv + (offset - mean * inv) in x's dtype (installed 2.21.0 file).
 BATCH_NORMALIZATION_RETURN_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
                                    "tensorflow/python/ops/nn_impl.py#L1496")
+# FusedBatchNormGradOpBase::ComputeWithReservedSpace: a 5-D x is folded to 4-D (use_reshape), and the
+# empty-input early return comes before dx is copied back to x's shape (read on master; C++, no installed copy).
+FUSED_GRAD_KERNEL = ("https://github.com/tensorflow/tensorflow/blob/master/"
+                     "tensorflow/core/kernels/fused_batch_norm_op.cc")
+# _BaseFusedBatchNormGrad, inference: dx = transpose(dx, [0, 4, 1, 2, 3]) for NCDHW (installed 2.21.0 file).
+FUSED_GRAD_TRANSPOSE_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
+                             "tensorflow/python/ops/nn_grad.py#L933")
 # update_fn of tf.compat.v1.train.assign_moving_average (line checked in the installed 2.21.0 file).
 ASSIGN_MOVING_AVERAGE_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
                               "tensorflow/python/training/moving_averages.py#L93")
@@ -268,3 +276,29 @@ def empty_batch_dgamma_nan(name: str, api: str, applies=empty_batch_gamma_gradie
                      "gradient of scale is rsqrt(variance + epsilon) * (sum(dy x) - mean sum(dy)) = NaN * 0 "
                      "(found by bnconform fuzz)"),
         link=BATCH_NORMALIZATION_LINE)
+
+
+def empty_rank5_fused_gradient(prefix: str, api: str, route: Selector | None = None) -> tuple[Deviation, Deviation]:
+    """FusedBatchNormGradV3 on an empty 5-D batch (a fuzz finding, promoted): dx keeps the kernel's
+    folded rank-4 shape; in inference NCDHW the Python gradient's rank-5 transpose then fails.
+    ``route``: where the row takes the fused kernel (None: always)."""
+    def on_route(selector: Selector) -> Selector:
+        return selector if route is None else selector & route
+
+    folded = ("FusedBatchNormGradV3 folds a 5-D x to 4-D ([N, C, D, H*W] or [N, D, H*W, C]) and, for an "
+              "input with no elements, zeroes dscale / doffset and returns before copying dx back to x's shape")
+    return (
+        Deviation(
+            name=f"{prefix}-empty-rank5-dx-folded", kind="defect", applies=on_route(empty_rank5_folded_gradient),
+            behaviour=Mismatches(("dx",), "dx comes back rank 4 (e.g. [0, 2, 3, 4] for x [0, 2, 3, 2, 2])"),
+            explanation=f"{api} runs the fused kernel: {folded} (found by bnconform fuzz)",
+            link=FUSED_GRAD_KERNEL),
+        Deviation(
+            name=f"{prefix}-empty-rank5-eval-transpose", kind="defect",
+            applies=on_route(empty_rank5_transposed_eval_gradient),
+            behaviour=Raises("InvalidArgumentError", "transpose expects a vector of size 4"),
+            explanation=(f"{api} runs the fused kernel; in inference TensorFlow's gradient transposes NCDHW x and "
+                         f"dy to NDHWC, and {folded}, so transposing dx back with [0, 4, 1, 2, 3] fails on the "
+                         "rank-4 tensor (found by bnconform fuzz)"),
+            link=FUSED_GRAD_TRANSPOSE_LINE),
+    )

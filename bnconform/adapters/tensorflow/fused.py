@@ -40,8 +40,8 @@ from __future__ import annotations
 
 from ...capabilities import Capabilities
 from ...selectors import updates_on_empty_batch
-from .common import (TF_ENVIRONMENT, PLAIN_EMA, signature_default, tape_gradients, tf, tf_device_scope, tf_devices,
-                     to_numpy, to_tensor)
+from .common import (TF_ENVIRONMENT, PLAIN_EMA, empty_rank5_fused_gradient, signature_default, tape_gradients, tf,
+                     tf_device_scope, tf_devices, to_numpy, to_tensor)
 from ..base import Adapter, Deviation, Mismatches
 
 API = "tf.compat.v1.nn.fused_batch_norm"
@@ -78,7 +78,7 @@ class TfFusedBatchNormAdapter(Adapter):
             explanation="the kernel's batch mean is sum * (1/rest_size) = 0 * inf = NaN for N == 0, and "
                         "exponential_avg_factor folds it into the running statistics",
             link=KERNEL),
-    )
+    ) + empty_rank5_fused_gradient("fused-bn", API)
 
     def devices(self):
         return tf_devices()

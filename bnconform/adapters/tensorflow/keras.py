@@ -76,8 +76,8 @@ from typing import ClassVar
 from ...capabilities import HALF_DTYPES, Capabilities
 from ...selectors import empty_batch_gamma_gradient, updates_infinite_running_mean
 from ..base import Adapter, Unsupported, has_training_step
-from .common import (TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, tf, tf_device_scope, tf_devices, to_numpy,
-                     to_tensor)
+from .common import (TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, empty_rank5_fused_gradient, tf,
+                     tf_device_scope, tf_devices, to_numpy, to_tensor)
 from .keras_common import (GRADIENTS, KERAS_DTYPES, LAYER, backend_deviations, empty_batch_deviation,
                            float64_decay_deviation, fused_path, infinite_mean_deviation, layer_capabilities,
                            layer_defaults, overflow_deviation, renorm_float64_deviation, tape_vjp, tf_keras)
@@ -204,7 +204,7 @@ class TfKerasAutoAdapter(_TfKerasLayerAdapter):
         # FusedBatchNormGradV3 returns dgamma = 0 for N == 0 (measured on a [0, 3, 2, 2] batch).
         empty_batch_dgamma_nan("empty-batch-dgamma-nan", f"{LAYER}(fused=None) off its fused path",
                                empty_batch_gamma_gradient & ~fused_path),
-    )
+    ) + empty_rank5_fused_gradient("fused-kernel", f"{LAYER}(fused=None) on its fused path", fused_path)
 
 
 class TfKerasFusedAdapter(_TfKerasLayerAdapter):
@@ -214,7 +214,8 @@ class TfKerasFusedAdapter(_TfKerasLayerAdapter):
     fused = True
     capabilities = layer_capabilities(True)
     notes = "fused=True: only 4-D/5-D float16/bfloat16/float32 input with axis 1 or last"
-    deviations = (empty_batch_deviation(f"{LAYER}(fused=True)"),)
+    deviations = (empty_batch_deviation(f"{LAYER}(fused=True)"),
+                  *empty_rank5_fused_gradient("fused-kernel", f"{LAYER}(fused=True)"))
 
 
 class TfKerasNonFusedAdapter(_TfKerasLayerAdapter):

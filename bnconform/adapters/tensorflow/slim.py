@@ -53,8 +53,8 @@ import sys
 from ...capabilities import Capabilities
 from ...selectors import changes_results, squares_overflow, updates_on_empty_batch, where
 from . import graph as g
-from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, float64_decay_rounds, infinite_mean_nan,
-                     rounded_decay_variant, signature_default, updating_counts)
+from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, empty_rank5_fused_gradient, float64_decay_rounds,
+                     infinite_mean_nan, rounded_decay_variant, signature_default, updating_counts)
 from ..base import Deviation, MatchesVariant, Mismatches
 
 _API = "tf_slim.layers.batch_norm"
@@ -141,7 +141,8 @@ INFINITE_MEAN_NAN = infinite_mean_nan(
     "through the Keras layer's _assign_moving_average (rank 4/5, graph mode), the same arithmetic")
 
 DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY, FLOAT64_DECAY_ROUNDED,
-              INFINITE_MEAN_NAN)
+              INFINITE_MEAN_NAN, *empty_rank5_fused_gradient(
+                  "tf_slim", f"{_API} (rank 5: the tf_keras layer's fused path)", fused_path))
 
 
 def _data_format(case) -> str | None:

@@ -38,8 +38,8 @@ from ...capabilities import Capabilities
 from ...selectors import (empty_batch_gamma_gradient, squares_overflow, updates_infinite_running_mean,
                           updates_on_empty_batch, where)
 from . import graph as g
-from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, empty_batch_dgamma_nan, float64_decay_rounds,
-                     rounded_decay_variant, signature_default)
+from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, empty_batch_dgamma_nan, empty_rank5_fused_gradient,
+                     float64_decay_rounds, rounded_decay_variant, signature_default)
 from ..base import Deviation, MatchesVariant, Mismatches
 
 _API = "tf.compat.v1.layers.batch_normalization"
@@ -111,7 +111,7 @@ EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan("tf.v1.layers: dgamma of an empt
                                                 f"{_API} (non-fused path)", empty_batch_gamma_gradient & ~fused_path)
 
 DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, FLOAT64_DECAY_ROUNDED, INFINITE_MEAN_NAN,
-              EMPTY_BATCH_DGAMMA_NAN)
+              EMPTY_BATCH_DGAMMA_NAN, *empty_rank5_fused_gradient("tf.v1.layers", f"{_API} (fused path)", fused_path))
 
 
 def _graph_key(case, device):
