@@ -33,6 +33,8 @@ class Mismatch:
 
     def line(self) -> str:
         where = f"{self.output}[{','.join(map(str, self.index))}]" if self.index else self.output
+        if self.reason.startswith("shape "):  # no value to quote: the arrays do not line up
+            return f"step {self.step}: {where} has {self.reason}"
         return (f"step {self.step}: {where}={self.got:.6g}, but should be {self.expected:.6g} "
                 f"({self.reason}; max abs err {self.max_abs_error:.3g}, max rel err {self.max_rel_error:.3g}, "
                 f"{self.ulps:.3g} ulp)")
