@@ -1,7 +1,9 @@
 """NaN-aware comparison of a framework's outputs with the oracle's, under the case tolerance.
 
 For each compared output: NaN positions must match exactly, infinities must match by sign, and
-finite values must satisfy ``|got - expected| <= atol + rtol * |expected|`` (bnconform.tolerance).
+finite values must satisfy ``|got - expected| <= atol + rtol * |expected|`` (bnconform.tolerance);
+a finite expected value beyond the output dtype's range is also met by the infinity of its sign,
+which an implementation storing the output in that dtype must return (:func:`overflow_infinity`).
 """
 
 from __future__ import annotations
@@ -50,8 +52,20 @@ def _ulps(diff, expected, dtype: str) -> float:
     return float(np.nanmax(ratio)) if ratio.size else 0.0
 
 
+def overflow_infinity(expected, dtype: str) -> np.ndarray:
+    """Where a finite expected value lies beyond the range of ``dtype``: the infinity of its sign,
+    which IEEE round-to-nearest gives an implementation storing that output in ``dtype``; NaN
+    elsewhere."""
+    expected = np.asarray(expected, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = expected.astype(numpy_dtype(dtype)).astype(np.float64)
+    return np.where(np.isinf(rounded) & np.isfinite(expected), rounded, np.nan)
+
+
 def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) -> Mismatch | None:
-    """None if ``got`` agrees with ``expected``; else the first mismatch with its error figures."""
+    """None if ``got`` agrees with ``expected``; else the first mismatch with its error figures.
+    An expected value beyond the range of ``dtype`` is also met by the infinity of its sign (the
+    output stored in ``dtype``), as well as by the value itself (an output kept wider)."""
     got = np.asarray(got, dtype=np.float64)
     if got.shape != expected.shape:
         return Mismatch(step, key, [], float("nan"), float("nan"), float("inf"), float("inf"), float("inf"),
@@ -61,6 +75,7 @@ def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) ->
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(got - expected)
         bad = (nan_e != nan_g) | inf_bad | (~nan_e & ~np.isinf(expected) & ~(diff <= tol["atol"] + tol["rtol"] * np.abs(expected)))
+        bad &= ~(got == overflow_infinity(expected, dtype))
     if not bad.any():
         return None
     finite = np.isfinite(expected) & np.isfinite(got)

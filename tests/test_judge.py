@@ -47,6 +47,19 @@ def test_infinities_match_by_sign():
     assert compare_output(0, "y", expected, [np.inf, np.inf], TOL, "float32").index == [1]
 
 
+def test_a_value_beyond_the_dtype_range_is_also_met_by_its_infinity():
+    """float16's largest finite value is 65504 and its round-to-nearest overflow threshold 65520
+    (65504 + half an ulp of 32): 96187.5 and -70000 can only be stored as +inf and -inf; 65519
+    rounds to 65504, so it is not an overflow. The exact value (an output kept wider) still passes."""
+    expected = np.array([96187.5, -70000.0, 65519.0])
+    assert compare_output(0, "y", expected, [np.inf, -np.inf, 65504.0], {"rtol": 1e-3, "atol": 0.0}, "float16") is None
+    assert compare_output(0, "y", expected, expected, TOL, "float16") is None
+    for wrong, index in (([-np.inf, -np.inf, 65504.0], 0), ([65504.0, -np.inf, 65504.0], 0),
+                         ([np.inf, -np.inf, np.inf], 2), ([np.nan, -np.inf, 65504.0], 0)):
+        assert compare_output(0, "y", expected, wrong, {"rtol": 1e-3, "atol": 0.0}, "float16").index == [index]
+    assert compare_output(0, "y", expected, [np.inf, -np.inf, 65519.0], TOL, "float32").index == [0]  # in range
+
+
 def test_fail_reports_numbers_in_plain_words():
     m = compare_output(2, "running_var", np.array([0.29, 1.0]), [0.31, 1.0], TOL, "float32")
     assert m.line().startswith("step 2: running_var[0]=0.31, but should be 0.29 (outside tolerance")
