@@ -11,7 +11,8 @@ from conftest import requires
 # One worker imports JAX for the module, under the environment of the matrix's JAX host.
 pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
 
-from bnconform.adapters.jax.common import flax_state, jax_device  # noqa: E402
+from bnconform.adapters.jax.common import jax_device  # noqa: E402
+from bnconform.adapters.jax.flax_common import flax_state  # noqa: E402
 from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter  # noqa: E402
 from bnconform.judge import judge  # noqa: E402
 from bnconform.validation import load_case  # noqa: E402

@@ -25,7 +25,7 @@ from conftest import requires
 pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
 
 from bnconform.adapters.base import Unsupported  # noqa: E402
-from bnconform.adapters.jax import common, replicas  # noqa: E402
+from bnconform.adapters.jax import common, flax_common, replicas  # noqa: E402
 from bnconform.judge import judge  # noqa: E402
 from bnconform.validation import load_case  # noqa: E402
 
@@ -75,7 +75,7 @@ def adapter(name: str):
 
 @functools.lru_cache(maxsize=None)
 def with_findings(name: str):
-    """The adapter with its declared cross-replica findings (common.REPLICA_FINDINGS are part of its
+    """The adapter with its declared cross-replica findings (flax_common.REPLICA_FINDINGS are part of its
     deviations): judge verifies each where its selector applies, as on a run."""
     return adapter(name)
 
@@ -120,8 +120,8 @@ def test_the_host_environment_asks_for_eight_cpu_devices_and_keeps_the_users_fla
 
 def test_unreplicated_cases_stay_on_cpu_0(monkeypatch):
     jax, placed = common.load_jax(), []
-    real = common.fetch
-    monkeypatch.setattr(common, "fetch", lambda results: placed.append(results) or real(results))
+    real = flax_common.fetch  # what run_flax_steps reads the device arrays with
+    monkeypatch.setattr(flax_common, "fetch", lambda results: placed.append(results) or real(results))
     outputs = adapter("flax.linen").run(_case("formulas/float64_nc_eval"), "cpu")
     devices = {d for r in placed[0] for a in r.values() for d in a.devices()}
     assert devices == {jax.devices("cpu")[0]} and "replicas" not in outputs[0]

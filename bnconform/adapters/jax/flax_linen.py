@@ -42,9 +42,9 @@ from __future__ import annotations
 
 import functools
 
-from .common import (REPLICA_FINDINGS, FLAX_AT, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW,
-                     FLAX_NORMALIZATION_SOURCE, FlaxAdapter, dataclass_defaults, empty_batch_dgamma_nan,
-                     fast_variance_cancels, in_mode, load_jax, run_flax_steps)
+from .common import dataclass_defaults, empty_batch_dgamma_nan, in_mode, load_jax
+from .flax_common import (REPLICA_FINDINGS, FLAX_AT, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW,
+                          FLAX_NORMALIZATION_SOURCE, FlaxAdapter, fast_variance_cancels, run_flax_steps)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
 
 EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan(
