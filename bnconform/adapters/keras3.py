@@ -119,8 +119,9 @@ EMPTY_BATCH_NAN = Deviation(
     name="keras3-empty-batch-nan-moving-stats",
     kind="defect",
     applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var"),
-                         "running_mean and running_var become NaN instead of staying unchanged"),
+    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                         "running_mean and running_var become NaN instead of staying unchanged"
+                         " (and y, dx, dgamma of later steps normalized with them)"),
     explanation=("the moments of an empty batch are 0/0 = NaN and call() assigns "
                  "momentum * moving + (1 - momentum) * NaN with no N == 0 guard"),
     link=KERAS_BN_SOURCE,

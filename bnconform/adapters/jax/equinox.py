@@ -234,7 +234,9 @@ EMA_EMPTY_BATCH = Deviation(
     name="equinox-ema-empty-batch-nan",
     kind="defect",
     applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var"), "running statistics become NaN"),
+    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                         "running statistics become NaN"
+                         " (and y, dx, dgamma of later steps normalized with them)"),
     explanation="the moments of an empty batch are NaN (0/0) and are blended into the state: corrupted "
                 "state (the model keeps the state unchanged for N == 0)",
     link=EQUINOX_BATCHNORM_SOURCE,

@@ -33,8 +33,9 @@ FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
     name="flax-empty-batch-nan-running-stats",
     kind="defect",
     applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var"),
-                         "running_mean and running_var become NaN after an empty training batch"),
+    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                         "running_mean and running_var become NaN after an empty training batch"
+                         " (and y, dx, dgamma of later steps normalized with them)"),
     explanation="the mean over zero elements is NaN and is folded into the running statistics anyway: "
                 "corrupted state (the model keeps the state unchanged for N == 0)",
     link=FLAX_NORMALIZATION_SOURCE,

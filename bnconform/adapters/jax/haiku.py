@@ -110,8 +110,8 @@ EMPTY_BATCH_POISONS_EMA = Deviation(
     name="haiku-empty-batch-nan-ema",
     kind="defect",
     applies=updates_on_empty_batch,
-    behaviour=Mismatches(("y", "running_mean", "running_var", "num_updates"),
-                         "running statistics become NaN, the counter advances, later eval y is NaN"),
+    behaviour=Mismatches(("y", "running_mean", "running_var", "num_updates", "dx", "dgamma"),
+                         "running statistics become NaN, the counter advances, later eval y (dx, dgamma) is NaN"),
     explanation="the moments of an empty batch are NaN (0/0) and are folded into both EMAs, whose counter "
                 "advances: corrupted state (the model keeps the state and num_updates unchanged for N == 0)",
     link=HAIKU_EMA_SOURCE,

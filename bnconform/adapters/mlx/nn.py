@@ -159,7 +159,7 @@ class MlxBatchNormAdapter(Adapter):
             name="empty-batch-nan-running-stats",
             kind="defect",
             applies=updates_on_empty_batch & training_step(0, 0),
-            behaviour=Mismatches(("running_mean", "running_var", "y"),
+            behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
                                  "running stats become NaN, or inf for the mean of a rank >= 3 batch (and eval "
                                  "outputs using them)"),
             explanation="__call__ checks only for N == 1, so an empty training batch (N == 0) updates the running "

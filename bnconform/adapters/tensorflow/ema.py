@@ -118,8 +118,8 @@ class TfEmaAdapter(Adapter):
             name="tf-ema-empty-batch-nan",
             kind="defect",
             applies=updates_on_empty_batch,
-            behaviour=Mismatches(("running_mean", "running_var", "y"),
-                                 "running mean/variance (and y normalized with them) become NaN"),
+            behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                                 "running mean/variance (and y, dx, dgamma normalized with them) become NaN"),
             explanation="tf.nn.moments of an empty batch is reduce_mean over 0 elements = NaN, and "
                         "ExponentialMovingAverage.apply() folds it into the shadow variables",
             link=NN_SOURCE),

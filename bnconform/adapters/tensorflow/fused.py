@@ -73,8 +73,9 @@ class TfFusedBatchNormAdapter(Adapter):
             name="fused-bn-empty-batch-nan-running-stats",
             kind="defect",
             applies=updates_on_empty_batch,
-            behaviour=Mismatches(("running_mean", "running_var"),
-                                 "running mean/variance become NaN instead of staying unchanged"),
+            behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                                 "running mean/variance become NaN instead of staying unchanged"
+                                 " (and y, dx, dgamma of later steps normalized with them)"),
             explanation="the kernel's batch mean is sum * (1/rest_size) = 0 * inf = NaN for N == 0, and "
                         "exponential_avg_factor folds it into the running statistics",
             link=KERNEL),

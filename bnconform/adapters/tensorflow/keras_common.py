@@ -130,7 +130,9 @@ def empty_batch_deviation(api: str) -> Deviation:
         name="empty-batch-poisons-moving-stats",
         kind="defect",
         applies=updates_on_empty_batch,
-        behaviour=Mismatches(("running_mean", "running_var"), "moving_mean and moving_variance become NaN"),
+        behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                             "moving_mean and moving_variance become NaN"
+                             " (and y, dx, dgamma of later steps normalized with them)"),
         explanation=(f"{api} folds the NaN moments of an empty batch into the moving statistics; the "
                      "zero-size guard (_support_zero_size_input) only exists under a tf.distribute strategy"),
         link=BN_SOURCE,

@@ -95,8 +95,9 @@ EMPTY_BATCH_NAN = Deviation(
     name="tf_slim: an empty batch makes the moving statistics NaN",
     kind="defect",
     applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var", "y"),
-                         "the moving statistics become NaN (the oracle leaves them unchanged)"),
+    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                         "the moving statistics become NaN (the oracle leaves them unchanged)"
+                         " (and y, dx, dgamma of later steps normalized with them)"),
     explanation="the moments of an empty batch are 0/0 = NaN and assign_moving_average folds them in",
     link=_SOURCE,
 )

@@ -65,8 +65,9 @@ EMPTY_BATCH_NAN = Deviation(
     name="tf.v1.layers: an empty batch makes the moving statistics NaN",
     kind="defect",
     applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var"),
-                         "moving_mean and moving_variance become NaN (the oracle leaves them unchanged)"),
+    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
+                         "moving_mean and moving_variance become NaN (the oracle leaves them unchanged)"
+                         " (and y, dx, dgamma of later steps normalized with them)"),
     explanation="tf.nn.moments of an empty batch is 0/0 = NaN and the update folds it in; the layer "
                 "only guards zero-size batches under a distribution strategy (TODO b/129279393)",
     link=_SOURCE,
