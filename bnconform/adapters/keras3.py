@@ -84,8 +84,9 @@ from ..model import Case
 from .jax.common import X64_ENVIRONMENT
 from .tensorflow.common import TF_ENVIRONMENT, tf, tf_devices
 from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
-from ..selectors import case_in, empty_batch_gamma_gradient, input_dtype_in, squares_overflow, updates_on_empty_batch
+from ..selectors import case_in, empty_batch_gamma_gradient, input_dtype_in
 from .base import Adapter, Deviation, Mismatches
+from .findings import float32_variance_overflow, empty_batch_nan_running_stats
 from .tensorflow.keras_common import GRADIENTS, KERAS_DTYPES, layer_defaults, tape_vjp
 
 KERAS_BN_SOURCE = ("https://github.com/keras-team/keras/blob/master/"
@@ -115,30 +116,19 @@ KERAS3_CAPABILITIES = Capabilities(
     zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
     step_kinds=frozenset({("batch", True), ("running", False)}), dtypes=KERAS_DTYPES, gradients=GRADIENTS)
 
-EMPTY_BATCH_NAN = Deviation(
-    name="keras3-empty-batch-nan-moving-stats",
-    kind="defect",
-    applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                         "running_mean and running_var become NaN instead of staying unchanged"
-                         " (and y, dx, dgamma of later steps normalized with them)"),
-    explanation=("the moments of an empty batch are 0/0 = NaN and call() assigns "
-                 "momentum * moving + (1 - momentum) * NaN with no N == 0 guard"),
-    link=KERAS_BN_SOURCE,
-)
+EMPTY_BATCH_NAN = empty_batch_nan_running_stats(
+    "keras3-empty-batch-nan-moving-stats",
+    ("the moments of an empty batch are 0/0 = NaN and call() assigns "
+     "momentum * moving + (1 - momentum) * NaN with no N == 0 guard"),
+    KERAS_BN_SOURCE)
 
 
 def _overflow_deviation(backend: str, what_happens: str) -> Deviation:
-    return Deviation(
-        name=f"keras3-{backend}-float32-variance-overflow",
-        kind="precision",
-        applies=squares_overflow("float32"),
-        behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
-                             f"y, running_var, dx and dgamma wrong: {what_happens}"),
-        explanation=("BatchNormalization computes the moments of float32 inputs in float32 "
-                     f"(no wider accumulator), so squares of ~1e37 overflow: {what_happens}"),
-        link=KERAS_BACKEND_SOURCE.format(backend=backend),
-    )
+    return float32_variance_overflow(
+        f"keras3-{backend}-float32-variance-overflow",
+        ("BatchNormalization computes the moments of float32 inputs in float32 "
+         f"(no wider accumulator), so squares of ~1e37 overflow: {what_happens}"),
+        KERAS_BACKEND_SOURCE.format(backend=backend), effect=what_happens)
 
 
 # ops.batch_normalization per backend at keras v3.15.1: the line that applies rsqrt(var + eps) * scale.

@@ -56,6 +56,7 @@ from .common import (JAX_CAPABILITIES, JaxAdapter, fetch, gradient_outputs, grad
                      load_jax, put_state, replicated_training, signature_defaults)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
 from ..base import Deviation, Mismatches, Raises
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 EQUINOX_BATCHNORM_SOURCE = "https://github.com/patrick-kidger/equinox/blob/main/equinox/nn/_batch_norm.py"
 EQUINOX_EMA_MODE_ISSUE = "https://github.com/patrick-kidger/equinox/issues/659"
@@ -230,27 +231,16 @@ EMA_HALF_INPUT_RAISES = Deviation(
     link=EQUINOX_BATCHNORM_SOURCE,
 )
 
-EMA_EMPTY_BATCH = Deviation(
-    name="equinox-ema-empty-batch-nan",
-    kind="defect",
-    applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                         "running statistics become NaN"
-                         " (and y, dx, dgamma of later steps normalized with them)"),
-    explanation="the moments of an empty batch are NaN (0/0) and are blended into the state: corrupted "
-                "state (the model keeps the state unchanged for N == 0)",
-    link=EQUINOX_BATCHNORM_SOURCE,
-)
+EMA_EMPTY_BATCH = empty_batch_nan_running_stats(
+    "equinox-ema-empty-batch-nan",
+    "the moments of an empty batch are NaN (0/0) and are blended into the state: corrupted "
+    "state (the model keeps the state unchanged for N == 0)",
+    EQUINOX_BATCHNORM_SOURCE)
 
-EMA_FLOAT32_OVERFLOW = Deviation(
-    name="equinox-ema-float32-variance-overflow",
-    kind="precision",
-    applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "y collapses to beta, running_var is inf, "
-                         "dx = dgamma = 0"),
-    explanation="the variance of float32 inputs is reduced in float32 and overflows (~1.7e74): inf",
-    link=EQUINOX_BATCHNORM_SOURCE,
-)
+EMA_FLOAT32_OVERFLOW = float32_variance_overflow(
+    "equinox-ema-float32-variance-overflow",
+    "the variance of float32 inputs is reduced in float32 and overflows (~1.7e74): inf",
+    EQUINOX_BATCHNORM_SOURCE)
 
 EMA_BLENDED_NORMALIZATION = Deviation(
     name="equinox-ema-blended-training-normalization",

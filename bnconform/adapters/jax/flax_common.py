@@ -6,8 +6,9 @@ step loop (:func:`flax_state`, :func:`run_flax_steps`). Importing this module do
 from __future__ import annotations
 
 from ...model import Case
-from ...selectors import input_dtype_in, mean_far_from_spread, squares_overflow, updates_on_empty_batch, where
+from ...selectors import input_dtype_in, mean_far_from_spread, where
 from ..base import Deviation, Mismatches
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 from .common import JAX_CAPABILITIES, JaxAdapter, _training_split, fetch, gradient_outputs, load_jax, put_state
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"
@@ -17,29 +18,19 @@ FLAX_AT = "https://github.com/google/flax/blob/18f8f311c275d57f46d95e41b15aa97b4
 
 
 # flax linen and nnx share the statistics code (flax/linen/normalization.py: _compute_stats).
-FLAX_FLOAT32_VARIANCE_OVERFLOW = Deviation(
-    name="flax-float32-variance-overflow",
-    kind="precision",
-    applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "y, running_var, dx and dgamma are wrong: the "
-                         "float32 variance overflows (inf: y = beta, dx = dgamma = 0; fast variance NaN: all NaN)"),
-    explanation="statistics of float32 inputs are reduced in float32 (force_float32_reductions promotes only "
-                "up to float32); the variance ~1.7e74 overflows: the two-pass variance is inf and y collapses "
-                "to beta, the fast one is inf - inf = NaN",
-    link=FLAX_NORMALIZATION_SOURCE,
-)
+FLAX_FLOAT32_VARIANCE_OVERFLOW = float32_variance_overflow(
+    "flax-float32-variance-overflow",
+    "statistics of float32 inputs are reduced in float32 (force_float32_reductions promotes only "
+    "up to float32); the variance ~1.7e74 overflows: the two-pass variance is inf and y collapses "
+    "to beta, the fast one is inf - inf = NaN",
+    FLAX_NORMALIZATION_SOURCE,
+    effect="inf with the two-pass variance (y = beta, dx = dgamma = 0), NaN with the fast one (all NaN)")
 
-FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS = Deviation(
-    name="flax-empty-batch-nan-running-stats",
-    kind="defect",
-    applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                         "running_mean and running_var become NaN after an empty training batch"
-                         " (and y, dx, dgamma of later steps normalized with them)"),
-    explanation="the mean over zero elements is NaN and is folded into the running statistics anyway: "
-                "corrupted state (the model keeps the state unchanged for N == 0)",
-    link=FLAX_NORMALIZATION_SOURCE,
-)
+FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS = empty_batch_nan_running_stats(
+    "flax-empty-batch-nan-running-stats",
+    "the mean over zero elements is NaN and is folded into the running statistics anyway: "
+    "corrupted state (the model keeps the state unchanged for N == 0)",
+    FLAX_NORMALIZATION_SOURCE)
 
 
 @where("a training step split over replicas of unequal sizes, none empty")

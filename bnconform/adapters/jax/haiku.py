@@ -42,12 +42,13 @@ import functools
 
 from dataclasses import replace
 
-from ...selectors import (case_in, input_dtype_in, mean_far_from_spread, squares_overflow, updates_on_empty_batch,
+from ...selectors import (case_in, input_dtype_in, mean_far_from_spread, squares_overflow,
                           updates_running_stats)
 from .common import (JAX_CAPABILITIES, JaxAdapter, empty_batch_dgamma_nan, fetch, gradient_outputs, gradient_step,
                      in_mode, load_jax, put_state, signature_defaults)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
 from ..base import Deviation, Mismatches
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
 HAIKU_BATCHNORM_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py"
@@ -106,16 +107,12 @@ def build_params_and_state(case, device) -> tuple[dict, dict]:
     return ({"batch_norm": params} if params else {}), state
 
 
-EMPTY_BATCH_POISONS_EMA = Deviation(
-    name="haiku-empty-batch-nan-ema",
-    kind="defect",
-    applies=updates_on_empty_batch,
-    behaviour=Mismatches(("y", "running_mean", "running_var", "num_updates", "dx", "dgamma"),
-                         "running statistics become NaN, the counter advances, later eval y (dx, dgamma) is NaN"),
-    explanation="the moments of an empty batch are NaN (0/0) and are folded into both EMAs, whose counter "
-                "advances: corrupted state (the model keeps the state and num_updates unchanged for N == 0)",
-    link=HAIKU_EMA_SOURCE,
-)
+EMPTY_BATCH_POISONS_EMA = empty_batch_nan_running_stats(
+    "haiku-empty-batch-nan-ema",
+    "the moments of an empty batch are NaN (0/0) and are folded into both EMAs, whose counter "
+    "advances: corrupted state (the model keeps the state and num_updates unchanged for N == 0)",
+    HAIKU_EMA_SOURCE, effect=", the counter advances",
+    outputs=("y", "running_mean", "running_var", "num_updates", "dx", "dgamma"))
 
 EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan(
     "haiku-empty-batch-dgamma-nan", "BatchNorm.__call__ computes inv = scale * rsqrt(var + eps), "
@@ -156,14 +153,11 @@ UNCLAMPED_NEGATIVE_VARIANCE = Deviation(
     link=HAIKU_BATCHNORM_SOURCE,
 )
 
-FLOAT32_SQUARES_OVERFLOW = Deviation(
-    name="haiku-float32-squares-overflow",
-    kind="precision",
-    applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_mean", "running_var", "dx", "dgamma"), "y, running_var, dx and dgamma are NaN"),
-    explanation="mean(x^2) of float32 inputs ~1e37 overflows float32, so var = inf - inf = NaN",
-    link=HAIKU_BATCHNORM_SOURCE,
-)
+FLOAT32_SQUARES_OVERFLOW = float32_variance_overflow(
+    "haiku-float32-squares-overflow",
+    "mean(x^2) of float32 inputs ~1e37 overflows float32, so var = inf - inf = NaN",
+    HAIKU_BATCHNORM_SOURCE, effect="var = inf - inf = NaN, so y, running_var, dx and dgamma are NaN",
+    outputs=("y", "running_mean", "running_var", "dx", "dgamma"))
 
 HALF_SQUARES_OVERFLOW = Deviation(
     name="haiku-float16-squares-overflow",

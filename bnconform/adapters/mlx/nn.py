@@ -45,8 +45,9 @@ from ... import model
 from ...capabilities import Capabilities
 from ...dtypes import numpy_dtype
 from ...selectors import (epsilon_zero, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
-                          squares_overflow, training_step, updates_on_empty_batch)
+                          training_step, updates_on_empty_batch)
 from ..base import Adapter, Deviation, Mismatches, Raises
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 SOURCE = "https://github.com/ml-explore/mlx/blob/main/python/mlx/nn/layers/normalization.py"
 SOURCE_VAR = "https://github.com/ml-explore/mlx/blob/main/mlx/ops.cpp"  # mean(), var()
@@ -145,29 +146,19 @@ class MlxBatchNormAdapter(Adapter):
                         "round(mean)| * |gamma| / sigma) plus half rounding of each step (found by bnconform fuzz)",
             link=SOURCE,
         ),
-        Deviation(
-            name="float32-variance-overflow",
-            kind="precision",
-            applies=squares_overflow("float32"),
-            behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
-                                 "the float32 variance overflows: y collapses to beta, running_var inf, dx = dgamma = 0"),
-            explanation="mx.var squares x - mean in the input dtype (float32): for |x| ~ 1e37 the variance is inf, "
-                        "rsqrt gives 0 and y = beta, and the running variance becomes inf where the exact value is ~2e73",
-            link=SOURCE_VAR,
-        ),
-        Deviation(
-            name="empty-batch-nan-running-stats",
-            kind="defect",
-            applies=updates_on_empty_batch & training_step(0, 0),
-            behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                                 "running stats become NaN, or inf for the mean of a rank >= 3 batch (and eval "
-                                 "outputs using them)"),
-            explanation="__call__ checks only for N == 1, so an empty training batch (N == 0) updates the running "
-                        "stats from mean and var of nothing: NaN at rank 2; at rank >= 3 mx.mean over the several "
-                        "empty axes gives inf (measured on degenerate/n0_rank4_train: running_mean inf, running_var "
-                        "NaN); the model leaves the state unchanged",
-            link=SOURCE,
-        ),
+        float32_variance_overflow(
+            "float32-variance-overflow",
+            "mx.var squares x - mean in the input dtype (float32): for |x| ~ 1e37 the variance is inf, "
+            "rsqrt gives 0 and y = beta, and the running variance becomes inf where the exact value is ~2e73",
+            SOURCE_VAR),
+        empty_batch_nan_running_stats(
+            "empty-batch-nan-running-stats",
+            "__call__ checks only for N == 1, so an empty training batch (N == 0) updates the running "
+            "stats from mean and var of nothing: NaN at rank 2; at rank >= 3 mx.mean over the several "
+            "empty axes gives inf (measured on degenerate/n0_rank4_train: running_mean inf, running_var "
+            "NaN); the model leaves the state unchanged",
+            SOURCE, applies=updates_on_empty_batch & training_step(0, 0),
+            effect=" (the mean inf for a rank >= 3 batch)"),
     )
 
     def framework_defaults(self):

@@ -39,8 +39,9 @@ import warnings
 import numpy as np
 
 from ...capabilities import Capabilities, dtype_pairs
-from ...selectors import squares_overflow, training_step, where
+from ...selectors import training_step, where
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from ..findings import float32_variance_overflow
 
 # Paddle's own bootstrap sets OMP_NUM_THREADS=1 when it is unset and prints "WARNING: OMP_NUM_THREADS
 # set to N, not 1 ... PLEASE USE OMP_NUM_THREADS WISELY" to stderr when it is above 1. Setting it here
@@ -180,16 +181,11 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
                         "the model's biased variance is 0 there, so y = beta and the statistics move towards x",
             link=KERNEL_SOURCE,
         ),
-        Deviation(
-            name="float32-variance-overflow",
-            kind="precision",
-            applies=squares_overflow("float32"),
-            behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "the float32 batch variance overflows to "
-                                 "Inf: y collapses to beta, running_var is Inf and dx = dgamma = 0"),
-            explanation=f"{api}: the float32 kernel sums (x - mean)^2 in float32, so inputs of ~1e37 give an Inf "
-                        "variance (inv_std 0, y = beta) where the exact variance is ~2e73",
-            link=KERNEL_SOURCE,
-        ),
+        float32_variance_overflow(
+            "float32-variance-overflow",
+            f"{api}: the float32 kernel sums (x - mean)^2 in float32, so inputs of ~1e37 give an Inf "
+            "variance (inv_std 0, y = beta) where the exact variance is ~2e73",
+            KERNEL_SOURCE),
         Deviation(
             name="float32-epsilon-momentum",
             kind="dtype",

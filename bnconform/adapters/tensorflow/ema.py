@@ -54,6 +54,7 @@ from ...oracle import reduction_axes
 from ...selectors import (changes_results, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
                           squares_overflow, updates_on_empty_batch, updates_running_stats, where)
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
+from ..findings import empty_batch_nan_running_stats
 from .common import (BATCH_NORMALIZATION_RETURN_LINE, TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape,
                      graph_gradients, empty_batch_dgamma_nan, half_parameter_gradients, infinite_mean_nan,
                      signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tf_dtype)
@@ -114,15 +115,11 @@ class TfEmaAdapter(Adapter):
                         "bfloat16 (float16 inputs: computed in float32, then cast back to float16, max 65504), so "
                         "the variance is Inf where float64 is finite",
             link=NN_SOURCE),
-        Deviation(
-            name="tf-ema-empty-batch-nan",
-            kind="defect",
-            applies=updates_on_empty_batch,
-            behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                                 "running mean/variance (and y, dx, dgamma normalized with them) become NaN"),
-            explanation="tf.nn.moments of an empty batch is reduce_mean over 0 elements = NaN, and "
-                        "ExponentialMovingAverage.apply() folds it into the shadow variables",
-            link=NN_SOURCE),
+        empty_batch_nan_running_stats(
+            "tf-ema-empty-batch-nan",
+            "tf.nn.moments of an empty batch is reduce_mean over 0 elements = NaN, and "
+            "ExponentialMovingAverage.apply() folds it into the shadow variables",
+            NN_SOURCE),
         Deviation(
             name="tf-ema-float32-decay",
             kind="dtype",

@@ -39,10 +39,10 @@ channels-last first. Forward-only steps run no tape.
 from __future__ import annotations
 
 from ...capabilities import Capabilities
-from ...selectors import updates_on_empty_batch
 from .common import (TF_ENVIRONMENT, PLAIN_EMA, empty_rank5_fused_gradient, signature_default, tape_gradients, tf,
                      tf_device_scope, tf_devices, to_numpy, to_tensor)
-from ..base import Adapter, Deviation, Mismatches
+from ..base import Adapter
+from ..findings import empty_batch_nan_running_stats
 
 API = "tf.compat.v1.nn.fused_batch_norm"
 KERNEL = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/core/kernels/fused_batch_norm_op.cc"
@@ -69,16 +69,11 @@ class TfFusedBatchNormAdapter(Adapter):
     decay_parameter = ("exponential_avg_factor", "new")
     capabilities = FUSED_CAPABILITIES
     deviations = (
-        Deviation(
-            name="fused-bn-empty-batch-nan-running-stats",
-            kind="defect",
-            applies=updates_on_empty_batch,
-            behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                                 "running mean/variance become NaN instead of staying unchanged"
-                                 " (and y, dx, dgamma of later steps normalized with them)"),
-            explanation="the kernel's batch mean is sum * (1/rest_size) = 0 * inf = NaN for N == 0, and "
-                        "exponential_avg_factor folds it into the running statistics",
-            link=KERNEL),
+        empty_batch_nan_running_stats(
+            "fused-bn-empty-batch-nan-running-stats",
+            "the kernel's batch mean is sum * (1/rest_size) = 0 * inf = NaN for N == 0, and "
+            "exponential_avg_factor folds it into the running statistics",
+            KERNEL),
     ) + empty_rank5_fused_gradient("fused-bn", API)
 
     def devices(self):

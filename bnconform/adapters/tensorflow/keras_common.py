@@ -15,9 +15,10 @@ import numpy as np
 
 from ...capabilities import HALF_DTYPES, Capabilities, dtype_pairs
 from ...model import GHOST_SPLITS
-from ...selectors import (Selector, param_dtype_in, squares_overflow, updates_infinite_running_mean,
+from ...selectors import (Selector, param_dtype_in, updates_infinite_running_mean,
                           updates_on_empty_batch, uses_extension, where)
 from ..base import Deviation, MatchesVariant, Mismatches, Raises, variant
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 from .common import float32_rounded_decay, infinite_mean_nan, tf
 
 # tf-keras source (same code as the installed tf_keras/src/layers/normalization/batch_normalization.py):
@@ -126,17 +127,11 @@ def layer_capabilities(fused: bool | None) -> Capabilities:
 
 
 def empty_batch_deviation(api: str) -> Deviation:
-    return Deviation(
-        name="empty-batch-poisons-moving-stats",
-        kind="defect",
-        applies=updates_on_empty_batch,
-        behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                             "moving_mean and moving_variance become NaN"
-                             " (and y, dx, dgamma of later steps normalized with them)"),
-        explanation=(f"{api} folds the NaN moments of an empty batch into the moving statistics; the "
-                     "zero-size guard (_support_zero_size_input) only exists under a tf.distribute strategy"),
-        link=BN_SOURCE,
-    )
+    return empty_batch_nan_running_stats(
+        "empty-batch-poisons-moving-stats",
+        (f"{api} folds the NaN moments of an empty batch into the moving statistics; the "
+         "zero-size guard (_support_zero_size_input) only exists under a tf.distribute strategy"),
+        BN_SOURCE)
 
 
 def infinite_mean_deviation(api: str, applies: Selector = updates_infinite_running_mean) -> Deviation:
@@ -146,15 +141,11 @@ def infinite_mean_deviation(api: str, applies: Selector = updates_infinite_runni
 
 
 def overflow_deviation(api: str, outputs: tuple[str, ...]) -> Deviation:
-    return Deviation(
-        name="float32-variance-overflow",
-        kind="precision",
-        applies=squares_overflow("float32"),
-        behaviour=Mismatches(outputs, f"{', '.join(outputs)} differ (variance inf: y = beta, dx = dgamma = 0)"),
-        explanation=(f"{api} computes the batch variance with tf.nn.moments in float32 (squared "
-                     "differences overflow to inf), where the float64 oracle stays finite"),
-        link=MOMENTS_DOC,
-    )
+    return float32_variance_overflow(
+        "float32-variance-overflow",
+        (f"{api} computes the batch variance with tf.nn.moments in float32 (squared "
+         "differences overflow to inf), where the float64 oracle stays finite"),
+        MOMENTS_DOC, outputs=outputs)
 
 
 @where("float64 variables updated with a decay whose 1 - decay is inexact in float32 (e.g. 0.9)")

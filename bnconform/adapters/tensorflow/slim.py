@@ -51,11 +51,12 @@ from __future__ import annotations
 import sys
 
 from ...capabilities import Capabilities
-from ...selectors import changes_results, squares_overflow, updates_on_empty_batch, where
+from ...selectors import changes_results, updates_on_empty_batch, where
 from . import graph as g
 from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, empty_rank5_fused_gradient, float64_decay_rounds,
                      infinite_mean_nan, rounded_decay_variant, signature_default, updating_counts)
 from ..base import Deviation, MatchesVariant, Mismatches
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 _API = "tf_slim.layers.batch_norm"
 _SOURCE = ("https://github.com/google-research/tf-slim/blob/33b354461522ad9ffc425695553afaa2f27b93bd/"
@@ -91,26 +92,15 @@ SLIM_CAPABILITIES = Capabilities(
     channel_positions=frozenset({"first", "last"}), extensions=frozenset({"sample_weights"}),
     gradients=frozenset({"batch", "running"}), when=((fused_path, {"running_variance": {"bessel"}}),))
 
-EMPTY_BATCH_NAN = Deviation(
-    name="tf_slim: an empty batch makes the moving statistics NaN",
-    kind="defect",
-    applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                         "the moving statistics become NaN (the oracle leaves them unchanged)"
-                         " (and y, dx, dgamma of later steps normalized with them)"),
-    explanation="the moments of an empty batch are 0/0 = NaN and assign_moving_average folds them in",
-    link=_SOURCE,
-)
+EMPTY_BATCH_NAN = empty_batch_nan_running_stats(
+    "tf_slim: an empty batch makes the moving statistics NaN",
+    "the moments of an empty batch are 0/0 = NaN and assign_moving_average folds them in",
+    _SOURCE)
 
-FLOAT32_VARIANCE_OVERFLOW = Deviation(
-    name="tf_slim: float32 batch variance overflows to inf",
-    kind="precision",
-    applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "the batch variance is inf in float32: y "
-                                               "collapses to beta, moving_variance is inf, dx = dgamma = 0"),
-    explanation="moments are computed in float32, where a variance above 3.4e38 is not representable",
-    link=_MOMENTS_DOCS,
-)
+FLOAT32_VARIANCE_OVERFLOW = float32_variance_overflow(
+    "tf_slim: float32 batch variance overflows to inf",
+    "moments are computed in float32, where a variance above 3.4e38 is not representable",
+    _MOMENTS_DOCS)
 
 ZERO_DEBIAS_MEAN_ONLY = Deviation(
     name="tf_slim: zero_debias_moving_mean debiases only the mean",

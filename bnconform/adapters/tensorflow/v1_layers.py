@@ -35,12 +35,13 @@ non-fused path the autodiff of ``tf.nn.moments`` + ``tf.nn.batch_normalization``
 from __future__ import annotations
 
 from ...capabilities import Capabilities
-from ...selectors import (empty_batch_gamma_gradient, squares_overflow, updates_infinite_running_mean,
+from ...selectors import (empty_batch_gamma_gradient, updates_infinite_running_mean,
                           updates_on_empty_batch, where)
 from . import graph as g
 from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, empty_batch_dgamma_nan, empty_rank5_fused_gradient,
                      float64_decay_rounds, rounded_decay_variant, signature_default)
 from ..base import Deviation, MatchesVariant, Mismatches
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 _API = "tf.compat.v1.layers.batch_normalization"
 # tf-keras source of the layer (fused path, _assign_moving_average, zero-size TODO).
@@ -61,29 +62,17 @@ V1_CAPABILITIES = Capabilities(**PLAIN_EMA, running_variance=frozenset({"biased"
                                dtypes=LAYER_DTYPES, gradients=frozenset({"batch", "running"}),
                                when=((fused_path, {"running_variance": {"bessel"}}),))
 
-EMPTY_BATCH_NAN = Deviation(
-    name="tf.v1.layers: an empty batch makes the moving statistics NaN",
-    kind="defect",
-    applies=updates_on_empty_batch,
-    behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                         "moving_mean and moving_variance become NaN (the oracle leaves them unchanged)"
-                         " (and y, dx, dgamma of later steps normalized with them)"),
-    explanation="tf.nn.moments of an empty batch is 0/0 = NaN and the update folds it in; the layer "
-                "only guards zero-size batches under a distribution strategy (TODO b/129279393)",
-    link=_SOURCE,
-)
+EMPTY_BATCH_NAN = empty_batch_nan_running_stats(
+    "tf.v1.layers: an empty batch makes the moving statistics NaN",
+    "tf.nn.moments of an empty batch is 0/0 = NaN and the update folds it in; the layer "
+    "only guards zero-size batches under a distribution strategy (TODO b/129279393)",
+    _SOURCE)
 
-FLOAT32_VARIANCE_OVERFLOW = Deviation(
-    name="tf.v1.layers: float32 batch variance overflows to inf",
-    kind="precision",
-    applies=squares_overflow("float32"),
-    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
-                         "the batch variance is inf in float32: y collapses to beta, moving_variance is inf, "
-                         "dx = dgamma = 0"),
-    explanation="moments are computed in float32 (the float32 compute dtype), where a variance above "
-                "3.4e38 is not representable; the float64 oracle keeps it finite",
-    link=_MOMENTS_DOCS,
-)
+FLOAT32_VARIANCE_OVERFLOW = float32_variance_overflow(
+    "tf.v1.layers: float32 batch variance overflows to inf",
+    "moments are computed in float32 (the float32 compute dtype), where a variance above "
+    "3.4e38 is not representable; the float64 oracle keeps it finite",
+    _MOMENTS_DOCS)
 
 FLOAT64_DECAY_ROUNDED = Deviation(
     name="tf.v1.layers float64: 1 - momentum rounded to float32",

@@ -57,9 +57,10 @@ import numpy as np
 from ... import model
 from ...capabilities import Capabilities
 from ...dtypes import numpy_dtype
-from ...selectors import (half_params_rounded_mean_shows, input_dtype_in, param_dtype_in, squares_overflow,
+from ...selectors import (half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
                           training_step, updates_on_empty_batch)
 from ..base import Adapter, Deviation, Mismatches, Raises
+from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 from . import program_cache
 
 SOURCE = "https://github.com/tinygrad/tinygrad/blob/master/tinygrad/nn/__init__.py"
@@ -170,26 +171,17 @@ class TinygradBatchNormAdapter(Adapter):
                         "torch's CPU kernel)",
             link=SOURCE,
         ),
-        Deviation(
-            name="float32-variance-overflow",
-            kind="precision",
-            applies=squares_overflow("float32"),
-            behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
-                                 "the float32 variance overflows: y collapses to beta, running_var inf, dx = dgamma = 0"),
-            explanation="calc_stats squares x - mean in the input dtype (float32): for |x| ~ 1e37 the variance is inf, "
-                        "rsqrt gives 0 and y = beta, and the running variance becomes inf where the exact value is ~2e73",
-            link=SOURCE,
-        ),
-        Deviation(
-            name="empty-batch-nan-running-stats",
-            kind="defect",
-            applies=updates_on_empty_batch & training_step(0, 0),
-            behaviour=Mismatches(("running_mean", "running_var", "num_updates", "y", "dx", "dgamma"),
-                                 "running stats become NaN (and eval outputs using them), the counter counts the batch"),
-            explanation="__call__ updates the running stats from the mean of an empty batch (0/0 = NaN) with no "
-                        "N == 0 check, and increments num_batches_tracked; the model leaves the state unchanged",
-            link=SOURCE,
-        ),
+        float32_variance_overflow(
+            "float32-variance-overflow",
+            "calc_stats squares x - mean in the input dtype (float32): for |x| ~ 1e37 the variance is inf, "
+            "rsqrt gives 0 and y = beta, and the running variance becomes inf where the exact value is ~2e73",
+            SOURCE),
+        empty_batch_nan_running_stats(
+            "empty-batch-nan-running-stats",
+            "__call__ updates the running stats from the mean of an empty batch (0/0 = NaN) with no "
+            "N == 0 check, and increments num_batches_tracked; the model leaves the state unchanged",
+            SOURCE, applies=updates_on_empty_batch & training_step(0, 0), effect=", the counter counts the batch",
+            outputs=("running_mean", "running_var", "num_updates", "y", "dx", "dgamma")),
     )
 
     def unavailable_reason(self) -> str | None:

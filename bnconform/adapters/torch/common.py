@@ -36,8 +36,9 @@ import functools
 import numpy as np
 
 from ...capabilities import Capabilities
-from ...selectors import device_in, epsilon_zero, half_params_rounded_mean_shows, squares_overflow, training_step
+from ...selectors import device_in, epsilon_zero, half_params_rounded_mean_shows, training_step
 from ..base import Adapter, Deviation, Mismatches, Raises
+from ..findings import float32_variance_overflow
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
 # Cases hold at most a few hundred values, below torch's parallel grain size, so the intra-op
@@ -188,17 +189,12 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
                         "the canonical model divides by sqrt(var) and yields inf/NaN for constant channels",
             link=PR_POSITIVE_EPS,
         ),
-        Deviation(
-            name="float32-variance-overflow",
-            kind="precision",
-            applies=squares_overflow("float32"),
-            behaviour=Mismatches(("y", "running_var", "dx", "dgamma"), "y, running_var, dx and dgamma differ: the float32 "
-                                 "variance overflows (CPU: y = beta, dx = dgamma = 0)"),
-            explanation=f"{api} accumulates float32 input moments in float32 (Welford M2 = sum (x - mean)^2): "
-                        "for |x| ~ 1e37 the variance is inf, so y collapses to beta (CPU; NaN on CUDA) and running_var "
-                        "is inf where the exact value is ~2e73",
-            link=PR_FLOAT32_OVERFLOW,
-        ),
+        float32_variance_overflow(
+            "float32-variance-overflow",
+            f"{api} accumulates float32 input moments in float32 (Welford M2 = sum (x - mean)^2): "
+            "for |x| ~ 1e37 the variance is inf, so y collapses to beta (CPU; NaN on CUDA) and running_var "
+            "is inf where the exact value is ~2e73",
+            PR_FLOAT32_OVERFLOW, effect="y collapses to beta (CPU; NaN on CUDA), running_var is inf, dx = dgamma = 0"),
         Deviation(
             name="half-parameters-half-batch-moments",
             kind="dtype",
