@@ -29,6 +29,7 @@ _VERDICTS = pytest.StashKey[dict]()
 _HOSTS = pytest.StashKey[object]()
 _SELECTION = pytest.StashKey[dict]()
 _WRITTEN = pytest.StashKey[Path]()
+_SECONDS = pytest.StashKey[dict]()  # adapter -> seconds per run cell in the last results.json
 _CASE_META = pytest.StashKey[object]()  # results.CaseMetaInAdvance, started at the first verdict
 _PROPERTY = "bnconform_verdict"
 
@@ -64,8 +65,13 @@ def pytest_configure(config):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
-    """(xdist, on the controller) tell each worker that groups are scheduled together."""
+    """(xdist, on the controller) tell each worker that groups are scheduled together, and each
+    adapter's seconds per cell in the last results.json (the order of the groups)."""
     node.workerinput["bnconform_loadgroup"] = node.config.getoption("dist", "no") == "loadgroup"
+    if _SECONDS not in node.config.stash:  # read once here, not in every worker
+        results = _default_case_root(node.config).parent / "reports" / "results.json"
+        node.config.stash[_SECONDS] = _seconds_per_cell(results)
+    node.workerinput["bnconform_seconds_per_cell"] = node.config.stash[_SECONDS]
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -128,7 +134,8 @@ def pytest_collect_file(file_path: Path, parent):
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items):
     """(xdist workers) The hosts' cells first, longest host first (seconds per cell of each
-    adapter in the last full report; one cell counts as 10 ms where that report has none), so
+    adapter in the last full report, read by the controller; one cell counts as 10 ms where that
+    report has none), so
     the long groups start at once and unit tests and skips fill the other workers around them."""
     if not getattr(config, "workerinput", {}).get("bnconform_loadgroup"):
         return
@@ -136,7 +143,7 @@ def pytest_collection_modifyitems(config, items):
 
     def group(item):
         return item.nodeid.rpartition("@")[2] if isinstance(item, CellItem) and item.settled is None else ""
-    per_cell = _seconds_per_cell(_default_case_root(config).parent / "reports" / "results.json")
+    per_cell = config.workerinput.get("bnconform_seconds_per_cell", {})
     cost = collections.Counter()
     for item in items:
         if group(item):
