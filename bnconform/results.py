@@ -102,15 +102,20 @@ def _mean_to_spread(case) -> float:
 
 def describe_case_meta(verdicts, case_root: Path) -> dict[str, dict]:
     """case id -> :func:`case_metadata` for every case under the root (custom cases: none)."""
+    found = {case_id: _read_metadata(Path(case_root) / f"{case_id}.json")
+             for case_id in sorted({v.case for v in verdicts})}
+    return {case_id: read[1] for case_id, read in found.items() if read is not None}
+
+
+def _read_metadata(path) -> tuple[str, dict] | None:
+    """(the case's id, its :func:`case_metadata`), or None for a file that is not a valid case."""
     from .validation import CaseError, load_case
 
-    meta = {}
-    for case_id in sorted({v.case for v in verdicts}):
-        try:
-            meta[case_id] = case_metadata(load_case(Path(case_root) / f"{case_id}.json"))
-        except (CaseError, OSError, ValueError):
-            continue
-    return meta
+    try:
+        case = load_case(path)
+        return case.id, case_metadata(case)
+    except (CaseError, OSError, ValueError):
+        return None
 
 
 class CaseMetaInAdvance:
@@ -125,14 +130,7 @@ class CaseMetaInAdvance:
         self._thread.start()
 
     def _fill(self, paths) -> None:
-        from .validation import CaseError, load_case
-
-        for path in paths:
-            try:
-                case = load_case(path)
-                self._meta[case.id] = case_metadata(case)
-            except (CaseError, OSError, ValueError):
-                continue
+        self._meta.update(read for read in map(_read_metadata, paths) if read is not None)
 
     def __call__(self, verdicts) -> dict[str, dict]:
         self._thread.join()
