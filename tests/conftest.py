@@ -22,6 +22,17 @@ def requires(*modules: str):
     return pytest.mark.skipif(bool(missing), reason=f"not installed: {', '.join(missing)}")
 
 
+def registered_adapter(name: str):
+    """A new instance of the registered adapter ``name``; the test is skipped when a framework it
+    requires is not installed (each is imported here, so call it after the environment fixtures)."""
+    from bnconform.adapters.registry import resolve
+
+    cls = resolve(name)
+    for module in cls.requires:
+        pytest.importorskip(module)
+    return cls()
+
+
 @pytest.fixture
 def tf_host_environment(monkeypatch):
     """The environment the matrix's TensorFlow host gives these adapters (KERAS_BACKEND=tensorflow),

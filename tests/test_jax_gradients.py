@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import registered_adapter, requires
 
 # One worker imports JAX for the module, under the environment of the matrix's JAX host.
 pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
@@ -23,21 +23,13 @@ from bnconform.judge import judge  # noqa: E402
 from bnconform.validation import load_case  # noqa: E402
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
-ADAPTERS = {"flax.linen": "flax_linen:FlaxLinenAdapter", "flax.nnx": "flax_nnx:FlaxNnxAdapter",
-            "haiku": "haiku:HaikuAdapter", "equinox.batch": "equinox:EquinoxBatchModeAdapter",
-            "equinox.ema": "equinox:EquinoxEmaAdapter"}
-NEEDS = {"haiku": "haiku", "equinox.batch": "equinox", "equinox.ema": "equinox"}
+ADAPTERS = ("flax.linen", "flax.nnx", "haiku", "equinox.batch", "equinox.ema")
 
 
 @functools.lru_cache(maxsize=None)
 def adapter(name: str):
     """One instance per adapter for the module, so its compiled programs serve every test."""
-    if name in NEEDS:
-        pytest.importorskip(NEEDS[name])
-    import importlib
-
-    module, cls = ADAPTERS[name].split(":")
-    return getattr(importlib.import_module(f"bnconform.adapters.jax.{module}"), cls)()
+    return registered_adapter(name)
 
 
 def _case(name: str):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import registered_adapter, requires
 
 # One worker imports JAX for the module, under the environment of the matrix's JAX host.
 pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
@@ -30,11 +30,6 @@ from bnconform.judge import judge  # noqa: E402
 from bnconform.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-ADAPTERS = {"flax.linen": "flax_linen:FlaxLinenAdapter",
-            "flax.linen.exact_variance": "flax_linen:FlaxLinenExactVarianceAdapter",
-            "flax.nnx": "flax_nnx:FlaxNnxAdapter", "haiku": "haiku:HaikuAdapter",
-            "equinox.batch": "equinox:EquinoxBatchModeAdapter", "equinox.ema": "equinox:EquinoxEmaAdapter"}
-NEEDS = {"haiku": "haiku", "equinox.batch": "equinox", "equinox.ema": "equinox"}
 ZERO_DEBIAS = {"haiku", "equinox.batch"}  # always zero-debias: their twins are zero-debiased
 IN_A_FRESH_PROCESS = "BNCONFORM_JAX_REPLICAS_RERUN"
 
@@ -65,12 +60,7 @@ def eight_host_devices(jax_host_environment):
 @functools.lru_cache(maxsize=None)
 def adapter(name: str):
     """One instance per adapter for the module, so its compiled programs serve every test."""
-    if name in NEEDS:
-        pytest.importorskip(NEEDS[name])
-    import importlib
-
-    module, cls = ADAPTERS[name].split(":")
-    return getattr(importlib.import_module(f"bnconform.adapters.jax.{module}"), cls)()
+    return registered_adapter(name)
 
 
 @functools.lru_cache(maxsize=None)
