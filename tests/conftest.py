@@ -61,8 +61,8 @@ def jax_host_environment(monkeypatch):
 
 # Stages a fresh interpreter imports in this order (fresh_imports); each names what it loads.
 IMPORT_STAGES = {
-    "commands": ("bnconform.commands",),
-    "cli": ("bnconform", "bnconform.cli", "bnconform.adapters.registry", "bnconform.pytest_plugin"),
+    "commands": ("bnconform.interfaces.subcommands",),
+    "cli": ("bnconform", "bnconform.interfaces.cli", "bnconform.adapters.registry", "bnconform.interfaces.pytest_plugin"),
     "keras adapters": ("bnconform.adapters.keras3", "bnconform.adapters.tensorflow.keras"),
     "torch adapters": ("bnconform.adapters.torch.nn", "bnconform.adapters.torch.functional"),
     "jax adapters": ("bnconform.adapters.jax.flax_linen", "bnconform.adapters.jax.flax_nnx",
@@ -76,7 +76,7 @@ for stage, modules in stages.items():
     for module in modules:
         importlib.import_module(module)
     report[stage] = {"frameworks": sorted(m for m in frameworks if m in sys.modules),
-                     "bnconform.cli": "bnconform.cli" in sys.modules}
+                     "bnconform.interfaces.cli": "bnconform.interfaces.cli" in sys.modules}
 print(json.dumps(report))
 """
 
@@ -84,7 +84,7 @@ print(json.dumps(report))
 @pytest.fixture(scope="session")
 def fresh_imports():
     """What one fresh interpreter has loaded after each of IMPORT_STAGES, imported in order: for
-    each stage, the framework modules (FRAMEWORKS) in sys.modules, and whether bnconform.cli is.
+    each stage, the framework modules (FRAMEWORKS) in sys.modules, and whether bnconform.interfaces.cli is.
     Cumulative: a framework that an earlier stage imported shows in every later one, so a stage's
     list is empty only if nothing up to it imported a framework (one process, not one per test)."""
     done = subprocess.run([sys.executable, "-c", _FRESH_IMPORTS, json.dumps(IMPORT_STAGES), json.dumps(FRAMEWORKS)],

@@ -10,9 +10,9 @@ import os
 import time
 from dataclasses import replace
 
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import Adapter, Deviation, Raises, variant
-from bnconform.selectors import training_step
+from bnconform.judging.selectors import training_step
 
 
 class CrashingAdapter(Adapter):

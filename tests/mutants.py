@@ -23,10 +23,10 @@ from unittest import mock
 
 import numpy as np
 
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import Adapter, variant
 from bnconform.adapters.numpy_oracle import OracleAdapter
-from bnconform.dtypes import HALF_DTYPES, compute_dtype, numpy_dtype, quantize
+from bnconform.caseformat.dtypes import HALF_DTYPES, compute_dtype, numpy_dtype, quantize
 
 MARGIN = 3  # every mutant must be caught by at least this many cases
 CASES_ROOT = Path(__file__).resolve().parents[1] / "cases"
@@ -54,7 +54,7 @@ class Mutant(Adapter):
         return case
 
     def patches(self, case) -> dict:
-        """{attribute of bnconform.oracle: replacement} active while the oracle runs."""
+        """{attribute of bnconform.reference.oracle: replacement} active while the oracle runs."""
         return {}
 
     def wrong_results(self, case, results):

@@ -8,9 +8,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import variant
-from bnconform.model import count_per_channel
+from bnconform.caseformat.model import count_per_channel
 from mutants import _steps, mutant
 
 # -- renorm ----------------------------------------------------------------------------------

@@ -3,7 +3,7 @@ every case property is written here, not produced by the code under test."""
 
 from __future__ import annotations
 
-from bnconform.results import RESULTS_FORMAT
+from bnconform.reporting.results import RESULTS_FORMAT
 
 FAMILIES = ("degenerate", "epsilon", "formulas", "momentum")
 

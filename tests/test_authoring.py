@@ -51,9 +51,9 @@ def test_a_plugin_names_its_own_install_command():
 import json  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from bnconform.cli import main  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.interfaces.cli import main  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 PUBLISHED = Path(__file__).resolve().parents[1] / "examples" / "published"
 UPDATING = """id: hand/two_steps

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bnconform import cli
+from bnconform.interfaces import cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CASE = ROOT / "cases" / "degenerate" / "c1_rank2.json"
@@ -118,7 +118,7 @@ ORACLE_PATH = "bnconform.adapters.numpy_oracle:OracleAdapter"
 
 def test_family_glob_and_exact_selection():
     from bnconform.adapters.registry import known
-    from bnconform.selection import select_backends
+    from bnconform.execution.selection import select_backends
 
     assert select_backends(["torch"], []) == ["torch.functional", "torch.gloo_sync", "torch.nn", "torch.nn.SyncBatchNorm"]
     assert select_backends(["torch.nn"], []) == ["torch.nn"]  # not also torch.nn.SyncBatchNorm
@@ -131,7 +131,7 @@ def test_family_glob_and_exact_selection():
 
 
 def test_adapter_alone_runs_only_that_adapter(bnconform, tmp_path):
-    from bnconform.selection import select_backends
+    from bnconform.execution.selection import select_backends
 
     assert select_backends([], [ORACLE_PATH]) == [ORACLE_PATH]
     assert select_backends(["torch.nn"], [ORACLE_PATH]) == ["torch.nn", ORACLE_PATH]
@@ -149,7 +149,7 @@ def test_misspelt_backend_or_family_suggests_the_nearest(bnconform):
 
 
 def test_bad_device_and_bad_results_file(bnconform, tmp_path):
-    from bnconform import results
+    from bnconform.reporting import results
 
     _one_clear_line(bnconform("check", CASE, "--backend", "torch.nn", "--device", "gpu"), "--device", "'gpu'", "cuda")
     odd = tmp_path / "odd.json"
@@ -159,7 +159,7 @@ def test_bad_device_and_bad_results_file(bnconform, tmp_path):
 
 
 def test_devices_default_to_those_present():
-    from bnconform.selection import SelectionError, nvidia_present, select_devices
+    from bnconform.execution.selection import SelectionError, nvidia_present, select_devices
 
     expected = ["cpu", "cuda", "cuda-nocudnn"] if nvidia_present() else ["cpu"]
     assert select_devices(None, ["torch.nn"]) == expected
@@ -176,7 +176,7 @@ def test_devices_default_to_those_present():
 
 
 def test_check_conforms_with_an_absent_device(bnconform):
-    from bnconform.selection import nvidia_present
+    from bnconform.execution.selection import nvidia_present
 
     done = bnconform("check", CASE, "--backend", "torch", "--device", "cpu", "--device", "cuda")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -238,8 +238,8 @@ def test_partial_run_writes_under_partial_and_leaves_reports_untouched(bnconform
 
 def test_only_the_whole_matrix_writes_reports(tmp_path):
     from bnconform.adapters.registry import known
-    from bnconform.reports_io import report_dir
-    from bnconform.selection import is_whole_matrix
+    from bnconform.reporting.writing import report_dir
+    from bnconform.execution.selection import is_whole_matrix
 
     everything = list(known())
     assert is_whole_matrix(everything, None)
@@ -254,7 +254,7 @@ def test_only_the_whole_matrix_writes_reports(tmp_path):
 
 
 def test_interrupt_is_one_line_130_and_writes_nothing(tmp_path, monkeypatch, capsys):
-    from bnconform import cli, commands
+    from bnconform.interfaces import cli, subcommands as commands
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -272,7 +272,7 @@ FRAMEWORKS = ("torch", "tensorflow", "jax", "keras", "flax", "haiku", "equinox",
 
 
 def test_list_answers_from_metadata_fast_without_importing_frameworks():
-    code = ("import io, sys, time, contextlib; t = time.perf_counter(); from bnconform.cli import main;"
+    code = ("import io, sys, time, contextlib; t = time.perf_counter(); from bnconform.interfaces.cli import main;"
             "buf = io.StringIO();\nwith contextlib.redirect_stdout(buf): rc = main(['list'])\n"
             f"print(rc, round(time.perf_counter() - t, 3), sorted(m for m in {FRAMEWORKS!r} if m in sys.modules));"
             "print(buf.getvalue())")
@@ -285,11 +285,11 @@ def test_list_answers_from_metadata_fast_without_importing_frameworks():
 
 
 def test_list_names_the_extra_for_a_missing_distribution():
-    from bnconform.selection import missing_module
+    from bnconform.execution.selection import missing_module
 
     assert missing_module(("numpy", "no_such_framework_xyz.sub")) == "no_such_framework_xyz.sub"
     assert missing_module(("numpy",)) is None
 
 
 def test_commands_does_not_import_cli(fresh_imports):
-    assert fresh_imports["commands"]["bnconform.cli"] is False, fresh_imports  # the first stage: nothing before it
+    assert fresh_imports["commands"]["bnconform.interfaces.cli"] is False, fresh_imports  # the first stage: nothing before it

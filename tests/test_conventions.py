@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import Adapter, variant
-from bnconform.capabilities import Capabilities
-from bnconform.judge import judge
-from bnconform.validation import load_case
+from bnconform.judging.capabilities import Capabilities
+from bnconform.judging.judge import judge
+from bnconform.caseformat.validation import load_case
 
 ROOT = Path(__file__).resolve().parents[1] / "cases"
 CASES = [load_case(p) for p in sorted(ROOT.glob("*/*.json"))]

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from bnconform.adapters.registry import known, load_class
-from bnconform.capabilities import unsupported_reason
+from bnconform.judging.capabilities import unsupported_reason
 from bnconform.execution.plan import discover_cases
 
 CASES = discover_cases(Path(__file__).resolve().parents[1] / "cases")

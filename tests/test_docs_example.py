@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from bnconform.judge import judge
+from bnconform.judging.judge import judge
 from bnconform.execution.plan import discover_cases
 
 ROOT = Path(__file__).resolve().parents[1]

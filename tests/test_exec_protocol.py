@@ -22,8 +22,8 @@ from bnconform.adapters.exec_protocol import (ProtocolError, answer_to_results, 
 from bnconform.adapters.registry import RegistryError, resolve
 from bnconform.execution.plan import discover_cases, plan
 from bnconform.execution.scheduler import run_cells
-from bnconform.judge import judge
-from bnconform.validation import load_case
+from bnconform.judging.judge import judge
+from bnconform.caseformat.validation import load_case
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = ROOT / "cases"
@@ -32,9 +32,9 @@ CASES = ROOT / "cases"
 # when the case id contains the word given as its first argument (argv[2] = how).
 FAKE_BACKEND = textwrap.dedent('''
     import json, os, signal, sys, time
-    from bnconform import oracle
-    from bnconform.casefile import case_from_json
-    from bnconform.encoding import encode_array
+    from bnconform.reference import oracle
+    from bnconform.caseformat.casefile import case_from_json
+    from bnconform.caseformat.encoding import encode_array
 
     trigger, how = sys.argv[1], sys.argv[2]
     handshake = json.loads(os.environ.get("FAKE_HANDSHAKE") or sys.argv[3])

@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 
 import mutants
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import Adapter
 from bnconform.adapters.numpy_oracle import OracleAdapter
-from bnconform.casefile import dumps_case
-from bnconform.fuzz import InProcess, Progress, fuzz
-from bnconform.judge import judge
-from bnconform.usage import UsageError
-from bnconform.validation import load_case
+from bnconform.caseformat.casefile import dumps_case
+from bnconform.interfaces.fuzz import InProcess, Progress, fuzz
+from bnconform.judging.judge import judge
+from bnconform.interfaces.usage import UsageError
+from bnconform.caseformat.validation import load_case
 
 EXAMPLES = 600  # drawn examples per search at most; seed 0 finds each planted defect within 400
 
@@ -170,7 +170,7 @@ def test_an_adapter_that_raises_is_an_error_finding_and_the_progress_line_counts
 
 
 def test_the_command_runs_a_backend_in_its_host_process(tmp_path, capsys, monkeypatch):
-    from bnconform import cli
+    from bnconform.interfaces import cli
 
     tests = str(Path(__file__).parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [tests, os.environ.get("PYTHONPATH")])))
@@ -184,7 +184,7 @@ def test_the_command_runs_a_backend_in_its_host_process(tmp_path, capsys, monkey
 
 
 def test_without_hypothesis_the_command_names_the_extra(monkeypatch):
-    from bnconform.fuzz import run_fuzz
+    from bnconform.interfaces.fuzz import run_fuzz
 
     monkeypatch.setitem(sys.modules, "hypothesis", None)
     with pytest.raises(UsageError, match=r"pip install 'bnconform\[test\]'"):

@@ -10,12 +10,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from bnconform import cli, oracle
+from bnconform.interfaces import cli
+from bnconform.reference import oracle
 from bnconform.adapters.base import variant
-from bnconform.casefile import dumps_case
-from bnconform.compare import compare_case
+from bnconform.caseformat.casefile import dumps_case
+from bnconform.judging.compare import compare_case
 from bnconform.specs import FAMILIES, all_specs, build
-from bnconform.validation import load_case
+from bnconform.caseformat.validation import load_case
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"

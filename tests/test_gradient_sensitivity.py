@@ -1,7 +1,7 @@
 """Each deliberately wrong backward pass must be caught by the gradients family.
 
 The wrong adapters run the oracle with one classic backward bug patched into its building blocks
-(bnconform.oracle_gradients), so the forward outputs stay right and only the gradients are wrong.
+(bnconform.reference.gradients), so the forward outputs stay right and only the gradients are wrong.
 """
 
 from __future__ import annotations
@@ -13,18 +13,18 @@ from unittest import mock
 import numpy as np
 import pytest
 
-from bnconform import oracle, oracle_gradients
+from bnconform.reference import oracle, gradients as oracle_gradients
 from bnconform.adapters.numpy_oracle import OracleAdapter
 from bnconform.execution.plan import discover_cases
-from bnconform.judge import judge
-from bnconform.model import count_per_channel
+from bnconform.judging.judge import judge
+from bnconform.caseformat.model import count_per_channel
 
 CASES = discover_cases(Path(__file__).resolve().parents[1] / "cases", ["gradients"])
 _batch_dx, _parameter_gradients = oracle_gradients.batch_dx, oracle_gradients.parameter_gradients
 
 
 class _WrongBackward(OracleAdapter):
-    """The oracle adapter with ``target`` in bnconform.oracle_gradients replaced by ``wrong``."""
+    """The oracle adapter with ``target`` in bnconform.reference.gradients replaced by ``wrong``."""
 
     target = "batch_dx"
 

@@ -14,8 +14,8 @@ pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.ma
 from bnconform.adapters.jax.common import jax_device  # noqa: E402
 from bnconform.adapters.jax.flax_common import flax_state  # noqa: E402
 from bnconform.adapters.jax.flax_linen import FlaxLinenAdapter  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"

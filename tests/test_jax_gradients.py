@@ -19,8 +19,8 @@ from conftest import registered_adapter, requires
 # One worker imports JAX for the module, under the environment of the matrix's JAX host.
 pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
 
-from bnconform.judge import judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 ADAPTERS = ("flax.linen", "flax.nnx", "haiku", "equinox.batch", "equinox.ema")

@@ -26,8 +26,8 @@ pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.ma
 
 from bnconform.adapters.base import Unsupported  # noqa: E402
 from bnconform.adapters.jax import common, flax_common, replicas  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ZERO_DEBIAS = {"haiku", "equinox.batch"}  # always zero-debias: their twins are zero-debiased

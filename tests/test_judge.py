@@ -7,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported, variant
-from bnconform.capabilities import Capabilities
-from bnconform.compare import compare_output
-from bnconform.judge import judge
-from bnconform.selectors import ANY
-from bnconform.validation import load_case
+from bnconform.judging.capabilities import Capabilities
+from bnconform.judging.compare import compare_output
+from bnconform.judging.judge import judge
+from bnconform.judging.selectors import ANY
+from bnconform.caseformat.validation import load_case
 
 CASES = Path(__file__).resolve().parents[1] / "cases"
 TOL = {"rtol": 1e-6, "atol": 1e-6}

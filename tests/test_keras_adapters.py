@@ -16,11 +16,11 @@ import pytest
 from bnconform.adapters.keras3 import Keras3JaxAdapter, Keras3TensorflowAdapter, Keras3TorchAdapter
 from bnconform.adapters.tensorflow.keras import (TfKerasAutoAdapter, TfKerasBackendAdapter, TfKerasFusedAdapter,
                                                  TfKerasNonFusedAdapter)
-from bnconform.capabilities import unsupported_reason
-from bnconform.judge import cannot_express
-from bnconform.selectors import Selector
-from bnconform.validation import load_case
-from bnconform.verdict import DEVIATION_KINDS
+from bnconform.judging.capabilities import unsupported_reason
+from bnconform.judging.judge import cannot_express
+from bnconform.judging.selectors import Selector
+from bnconform.caseformat.validation import load_case
+from bnconform.judging.verdict import DEVIATION_KINDS
 
 pytestmark = [pytest.mark.xdist_group("tensorflow"), pytest.mark.usefixtures("tf_host_environment")]
 

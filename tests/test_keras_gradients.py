@@ -26,12 +26,12 @@ from conftest import requires
 from bnconform.adapters.keras3 import Keras3JaxAdapter, Keras3TensorflowAdapter, Keras3TorchAdapter
 from bnconform.adapters.tensorflow.keras import (TfKerasAutoAdapter, TfKerasBackendAdapter, TfKerasFusedAdapter,
                                                  TfKerasNonFusedAdapter)
-from bnconform.capabilities import unsupported_reason
-from bnconform.compare import compare_case
-from bnconform.judge import judge
-from bnconform.model import Config, Renorm, RunningStats
+from bnconform.judging.capabilities import unsupported_reason
+from bnconform.judging.compare import compare_case
+from bnconform.judging.judge import judge
+from bnconform.caseformat.model import Config, Renorm, RunningStats
 from bnconform.specs import EVAL, TRAIN, Spec, build
-from bnconform.validation import load_case
+from bnconform.caseformat.validation import load_case
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases" / "gradients"
@@ -230,11 +230,11 @@ def test_keras3_tensorflow_gradient_cases_pass(name):
 _JAX_SCRIPT = r"""
 import json, sys
 from pathlib import Path
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import variant
 from bnconform.adapters.keras3 import Keras3JaxAdapter
-from bnconform.compare import compare_case
-from bnconform.validation import load_case
+from bnconform.judging.compare import compare_case
+from bnconform.caseformat.validation import load_case
 
 adapter = Keras3JaxAdapter()
 reason = adapter.unavailable_reason()

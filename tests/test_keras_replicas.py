@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 from conftest import requires
 
-from bnconform.capabilities import unsupported_reason
-from bnconform.judge import judge
-from bnconform.model import Config, RunningStats
+from bnconform.judging.capabilities import unsupported_reason
+from bnconform.judging.judge import judge
+from bnconform.caseformat.model import Config, RunningStats
 from bnconform.specs import EVAL, TRAIN, Spec, build
 from bnconform.specs.replicas import per_replica
 
@@ -160,7 +160,7 @@ def _unsynchronized(row: str):
 def test_statistics_are_synchronized_not_per_replica(row):
     """Replicas of 6 and 2 samples with means -5 and +5: the synchronized rows pass; the same layer
     unsynchronized in the same strategy (each replica its own moments) fails the case."""
-    from bnconform.compare import compare_case
+    from bnconform.judging.compare import compare_case
 
     case = _case((6, 2), [-5.0, 5.0])
     assert judge(_tf_row(row), case, "cpu").status == "pass"

@@ -13,8 +13,8 @@ from conftest import requires
 pytestmark = [requires("mlx"), pytest.mark.xdist_group("mlx")]  # one worker imports MLX
 
 from bnconform.adapters.mlx.nn import MlxBatchNormAdapter  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"

@@ -1,7 +1,7 @@
 """Mutation power with margin: every wrong BN of the catalogue (tests/mutants.py) fails at least
 MARGIN shipped cases, and, where its defect shows in y, at least MARGIN through y alone.
 
-Mutants are judged in-process (bnconform.judge, the same verdicts a host would give) over the
+Mutants are judged in-process (bnconform.judging.judge, the same verdicts a host would give) over the
 shipped cases, the families a mutant is written against first, stopping once the margin is met.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 import mutants
-from bnconform.judge import judge
+from bnconform.judging.judge import judge
 from mutants import CATALOGUE, MARGIN, Mutant, YOnly, shipped_cases
 
 

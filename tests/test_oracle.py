@@ -13,8 +13,8 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from bnconform import oracle
-from bnconform.model import Config, RunningStats, State, Step
+from bnconform.reference import oracle
+from bnconform.caseformat.model import Config, RunningStats, State, Step
 
 TRAIN = ("batch", True)
 EVAL = ("running", False)

@@ -1,7 +1,7 @@
 """The oracle's extensions (renorm, ghost batches, sample weights) against hand arithmetic.
 
 Every expected number below is worked out in the comments from the formulas in
-bnconform/model.py; none comes from the oracle itself. Inputs are float64 and epsilon is
+bnconform/caseformat/model.py; none comes from the oracle itself. Inputs are float64 and epsilon is
 chosen so that square roots come out exact.
 """
 
@@ -13,14 +13,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.adapters.base import Adapter
-from bnconform.capabilities import Capabilities
+from bnconform.judging.capabilities import Capabilities
 from bnconform.adapters.numpy_oracle import OracleAdapter
-from bnconform.casefile import case_to_json, dumps_case
-from bnconform.judge import judge
-from bnconform.model import Config, Renorm, RunningStats, State, Step
-from bnconform.validation import CaseError, check_meaning, load_case
+from bnconform.caseformat.casefile import case_to_json, dumps_case
+from bnconform.judging.judge import judge
+from bnconform.caseformat.model import Config, Renorm, RunningStats, State, Step
+from bnconform.caseformat.validation import CaseError, check_meaning, load_case
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 F64 = dict(input_dtype="float64", param_dtype="float64")

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnconform import oracle
+from bnconform.reference import oracle
 from bnconform.execution.plan import discover_cases
-from bnconform.model import Config, Renorm, State, Step
+from bnconform.caseformat.model import Config, Renorm, State, Step
 
 CASES = discover_cases(Path(__file__).resolve().parents[1] / "cases", ["gradients"])
 STENCIL = ((-2, 1 / 12), (-1, -8 / 12), (1, 8 / 12), (2, -1 / 12))  # 4th-order central difference

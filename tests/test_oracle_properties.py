@@ -14,9 +14,9 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from bnconform import oracle
-from bnconform.encoding import decode_array, encode_array
-from bnconform.model import Config, RunningStats, State, Step
+from bnconform.reference import oracle
+from bnconform.caseformat.encoding import decode_array, encode_array
+from bnconform.caseformat.model import Config, RunningStats, State, Step
 
 SETTINGS = settings(max_examples=50, deadline=None)
 

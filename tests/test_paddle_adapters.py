@@ -30,12 +30,12 @@ def in_a_process_without_other_frameworks():
     pytest.skip(f"{', '.join(loaded)} already imported here: ran in a fresh interpreter instead "
                 f"({done.stdout.strip().splitlines()[-1]})")
 
-from bnconform import port  # noqa: E402
+from bnconform.interfaces import port  # noqa: E402
 from bnconform.adapters.paddle.common import data_format, paddle  # noqa: E402
 from bnconform.adapters.paddle.functional import PaddleFunctionalAdapter, PaddleGlobalStatsAdapter  # noqa: E402
 from bnconform.adapters.paddle.nn import PaddleLayerAdapter  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
 ROWS = [PaddleLayerAdapter, PaddleFunctionalAdapter]

@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from conftest import requires
 
-from bnconform import results
-from bnconform.capabilities import Capabilities, describe
-from bnconform.cli import main
-from bnconform.port import report
-from bnconform.selectors import where
+from bnconform.reporting import results
+from bnconform.judging.capabilities import Capabilities, describe
+from bnconform.interfaces.cli import main
+from bnconform.interfaces.port import report
+from bnconform.judging.selectors import where
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN_EMA = dict(epsilon_modes={"add_inside_sqrt"}, zero_debias={False}, num_updates_schedule={False})

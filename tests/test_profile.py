@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bnconform.profile import ROWS, build_profile
+from bnconform.reporting.profile import ROWS, build_profile
 from report_documents import adapter, case_meta, deviation, document, verdict
 
 CASES = Path(__file__).resolve().parent.parent / "cases"
@@ -155,10 +155,10 @@ def test_deleting_a_real_declaration_turns_the_profile_cell_into_a_failure():
     """torch.nn counts an empty batch in num_batches_tracked (declared). Judge the real case with and
     without that declaration: the profile goes from the counter skew to an unexpected failure."""
     pytest.importorskip("torch")
-    from bnconform import results
+    from bnconform.reporting import results
     from bnconform.adapters.torch.nn import TorchModuleAdapter
-    from bnconform.judge import judge
-    from bnconform.validation import load_case
+    from bnconform.judging.judge import judge
+    from bnconform.caseformat.validation import load_case
 
     class Undeclared(TorchModuleAdapter):
         deviations = tuple(d for d in TorchModuleAdapter.deviations if d.name != "empty-batch-counted")
@@ -171,8 +171,8 @@ def test_deleting_a_real_declaration_turns_the_profile_cell_into_a_failure():
 
 
 def test_case_meta_is_read_from_the_case_files():
-    from bnconform.results import case_metadata
-    from bnconform.validation import load_case
+    from bnconform.reporting.results import case_metadata
+    from bnconform.caseformat.validation import load_case
 
     empty = case_metadata(load_case(CASES / "degenerate" / "n0_rank2_train.json"))
     assert 0 in empty["training_n"] and 0 in empty["update_n"]

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from bnconform.execution.plan import discover_cases
-from bnconform.validation import CaseError, load_case
+from bnconform.caseformat.validation import CaseError, load_case
 
 CASES_DIR = Path(__file__).resolve().parents[1] / "cases"
 CASES = discover_cases(CASES_DIR, ["replicas"])

@@ -7,10 +7,10 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from bnconform import results
-from bnconform.heatmap import render_heatmap
-from bnconform.report import MAX_LINES, render, render_details, write_pages
-from bnconform.report.findings import findings, summary_line
+from bnconform.reporting import results
+from bnconform.reporting.pages.heatmap import render_heatmap
+from bnconform.reporting.pages import MAX_LINES, render, render_details, write_pages
+from bnconform.reporting.pages.findings import findings, summary_line
 from report_documents import FAMILIES, adapter, case_meta, deviation, document, verdict
 
 KINDS = ("edge", "dtype", "precision", "defect")  # deliberately not in harm order

@@ -9,7 +9,7 @@ import pytest
 
 import faulty_adapters as faulty
 from bnconform.adapters.numpy_oracle import OracleAdapter
-from bnconform.judge import judge
+from bnconform.judging.judge import judge
 from bnconform.execution.plan import discover_cases
 
 CASES = discover_cases(Path(__file__).resolve().parents[1] / "cases")

@@ -25,8 +25,8 @@ from bnconform.adapters.tensorflow.ema import TfEmaAdapter  # noqa: E402
 from bnconform.adapters.tensorflow.fused import TfFusedBatchNormAdapter  # noqa: E402
 from bnconform.adapters.tensorflow.slim import SLIM_CAPABILITIES  # noqa: E402
 from bnconform.adapters.tensorflow.v1_layers import V1_CAPABILITIES, TfV1LayersAdapter  # noqa: E402
-from bnconform.judge import cannot_express, judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.judging.judge import cannot_express, judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,8 +81,8 @@ import json, os, sys
 import numpy as np
 from bnconform.adapters.base import variant
 from bnconform.adapters.tensorflow import graph as g, slim, v1_layers
-from bnconform.judge import judge
-from bnconform.validation import load_case
+from bnconform.judging.judge import judge
+from bnconform.caseformat.validation import load_case
 
 def bits(results):
     return [{k: np.asarray(v).tobytes() for k, v in step.items()} for step in results]

@@ -25,9 +25,9 @@ from bnconform.adapters.tensorflow.ema import TfEmaAdapter  # noqa: E402
 from bnconform.adapters.tensorflow.fused import TfFusedBatchNormAdapter  # noqa: E402
 from bnconform.adapters.tensorflow.global_norm import TfGlobalNormalizationAdapter  # noqa: E402
 from bnconform.adapters.tensorflow.nn import TfNnAdapter  # noqa: E402
-from bnconform.compare import compare_case  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.model import Config, RunningStats  # noqa: E402
+from bnconform.judging.compare import compare_case  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.model import Config, RunningStats  # noqa: E402
 from bnconform.specs import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, build  # noqa: E402
 
 _ADAPTERS = {}  # one instance per class: the graph adapters' caches are reused across tests

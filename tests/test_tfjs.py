@@ -16,8 +16,8 @@ import pytest
 
 from bnconform.adapters.exec_protocol import parse_handshake
 from bnconform.adapters.registry import resolve
-from bnconform.judge import judge
-from bnconform.validation import load_case
+from bnconform.judging.judge import judge
+from bnconform.caseformat.validation import load_case
 
 ROOT = Path(__file__).resolve().parents[1]
 TFJS = ROOT / "backends" / "tfjs"

@@ -14,8 +14,8 @@ pytestmark = [requires("torch"), pytest.mark.xdist_group("torch")]  # one worker
 from bnconform.adapters.torch.common import from_channels_first, to_channels_first, to_tensor  # noqa: E402
 from bnconform.adapters.torch.functional import TorchFunctionalAdapter  # noqa: E402
 from bnconform.adapters.torch.nn import TorchModuleAdapter, momentum_for  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.validation import load_case  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"

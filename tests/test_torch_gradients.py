@@ -14,10 +14,10 @@ from bnconform.adapters.numpy_oracle import OracleAdapter
 from bnconform.adapters.torch.common import torch
 from bnconform.adapters.torch.functional import TorchFunctionalAdapter
 from bnconform.adapters.torch.nn import TorchModuleAdapter
-from bnconform.judge import judge
-from bnconform.model import Config
+from bnconform.judging.judge import judge
+from bnconform.caseformat.model import Config
 from bnconform.specs import EVAL, TRAIN, Spec, build
-from bnconform.validation import load_case
+from bnconform.caseformat.validation import load_case
 
 # the torch adapter modules import torch lazily, so only the tests marked TORCH need it
 pytestmark = pytest.mark.xdist_group("torch")

@@ -14,8 +14,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from bnconform import cli
-from bnconform.validation import CaseError, check_meaning, load_case
+from bnconform.interfaces import cli
+from bnconform.caseformat.validation import CaseError, check_meaning, load_case
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"
@@ -105,8 +105,8 @@ def test_validate_missing_path_is_a_usage_error(tmp_path, capsys):
 
 # --- The fast path: a compiled yes/no schema check, the full walk only to explain ----------------
 
-from bnconform import validation  # noqa: E402
-from bnconform.schema_check import UnsupportedKeyword, compile_schema  # noqa: E402
+from bnconform.caseformat import validation  # noqa: E402
+from bnconform.caseformat.schema_check import UnsupportedKeyword, compile_schema  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_a_valid_file_loads_without_the_full_schema_walk(tmp_path, monkeypatch):
 
 
 def test_loaded_cases_are_cached_until_the_file_changes(tmp_path, monkeypatch):
-    import bnconform.validation as validation
+    import bnconform.caseformat.validation as validation
 
     parsed = []
     real = validation._load_uncached

@@ -11,7 +11,7 @@ import pytest
 
 xdist_scheduler = pytest.importorskip("xdist.scheduler")
 
-from bnconform.xdist_scheduling import CountingLoadGroupScheduling  # noqa: E402
+from bnconform.interfaces.xdist_scheduling import CountingLoadGroupScheduling  # noqa: E402
 
 
 class FakeNode:

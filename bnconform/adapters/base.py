@@ -2,10 +2,10 @@
 
 An adapter translates the canonical config of a case into one framework API's parameters,
 runs every step on one device and returns what the framework computed. It never decides
-pass or fail: :mod:`bnconform.judge` does, against the oracle's expected values.
+pass or fail: :mod:`bnconform.judging.judge` does, against the oracle's expected values.
 
 Subclasses set the class attributes -- above all ``capabilities`` (what the API can express,
-as data: :mod:`bnconform.capabilities`) and ``deviations`` (how it departs from every value
+as data: :mod:`bnconform.judging.capabilities`) and ``deviations`` (how it departs from every value
 the model allows, each with a kind and a declarative selector) -- and implement
 :meth:`Adapter.run`. ``supports`` is only for limits the capability data cannot state.
 Modules must not import their framework at import time, so that listing adapters stays cheap.
@@ -20,10 +20,10 @@ from typing import Callable, ClassVar
 
 import numpy as np
 
-from ..capabilities import Capabilities
-from ..model import Case
-from ..selectors import Selector, has_training_step  # noqa: F401  (has_training_step: public helper)
-from ..verdict import DEVIATION_KINDS
+from ..caseformat.model import Case
+from ..judging.capabilities import Capabilities
+from ..judging.selectors import Selector, has_training_step  # noqa: F401  (has_training_step: public helper)
+from ..judging.verdict import DEVIATION_KINDS
 
 
 class Unsupported(Exception):
@@ -100,7 +100,7 @@ class Deviation:
         if self.kind not in DEVIATION_KINDS:
             raise ValueError(f"deviation {self.name!r}: kind Expected: one of {DEVIATION_KINDS}. Received: {self.kind!r}")
         if not isinstance(self.applies, Selector):
-            raise TypeError(f"deviation {self.name!r}: applies Expected: a bnconform.selectors.Selector. "
+            raise TypeError(f"deviation {self.name!r}: applies Expected: a bnconform.judging.selectors.Selector. "
                             f"Received: {type(self.applies).__name__}")
 
     @property

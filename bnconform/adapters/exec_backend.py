@@ -27,8 +27,8 @@ import tempfile
 import threading
 from typing import ClassVar
 
-from ..capabilities import Capabilities
-from ..model import EXTENSIONS, NORMALIZE_WITH
+from ..caseformat.model import EXTENSIONS, NORMALIZE_WITH
+from ..judging.capabilities import Capabilities
 from .base import Adapter, Unsupported
 from .exec_manifest import (PREFIX, BackendFailure, ManifestError, Row, ensure_built, manifest_path, missing,
                             program_path, read_manifest)

@@ -2,7 +2,7 @@
 
 A backend executable writes a *handshake* (one JSON object) and then answers one *request* per
 case. This module turns the handshake's capabilities and deviations into the same
-:class:`~bnconform.capabilities.Capabilities`, :class:`~bnconform.selectors.Selector` and
+:class:`~bnconform.judging.capabilities.Capabilities`, :class:`~bnconform.judging.selectors.Selector` and
 :class:`~bnconform.adapters.base.Deviation` objects a Python adapter declares, so the judge
 verifies an executable's declarations exactly as it verifies a Python adapter's; and it decodes
 answers (hex-float arrays, as in case files) into the per-step dicts ``Adapter.run`` returns.
@@ -17,14 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import selectors as sel
-from ..capabilities import CHANNEL_POSITIONS, FLOAT_DTYPES, REPLICA_SPLITS, STEP_KINDS, Capabilities, channel_positions_of
-from ..compare import COMPARED_KEYS
-from ..dtypes import numpy_dtype
-from ..encoding import EncodingError, decode_array
-from ..model import (EPSILON_MODES, EXTENSIONS, GHOST_SPLITS, NORMALIZE_WITH, RUNNING_RULES, VARIANCE_KINDS, Config,
-                     RunningStats)
-from ..verdict import DEVIATION_KINDS
+from ..caseformat.dtypes import numpy_dtype
+from ..caseformat.encoding import EncodingError, decode_array
+from ..caseformat.model import (EPSILON_MODES, EXTENSIONS, GHOST_SPLITS, NORMALIZE_WITH, RUNNING_RULES, VARIANCE_KINDS,
+                                Config, RunningStats)
+from ..judging import selectors as sel
+from ..judging.capabilities import (CHANNEL_POSITIONS, FLOAT_DTYPES, REPLICA_SPLITS, STEP_KINDS, Capabilities,
+                                    channel_positions_of)
+from ..judging.compare import COMPARED_KEYS
+from ..judging.verdict import DEVIATION_KINDS
 from .base import Deviation, MatchesVariant, Mismatches, Raises, variant
 
 PROTOCOL_VERSION = 1
@@ -63,7 +64,7 @@ def channels_not_innermost(case) -> bool:
     return case.channels > 1 and any(s.x.size > 0 and int(np.prod(s.x.shape[axis + 1:])) > 1 for s in case.steps)
 
 
-# name -> (factory, (min args, max args)): the shared predicates of bnconform.selectors, plus the two
+# name -> (factory, (min args, max args)): the shared predicates of bnconform.judging.selectors, plus the two
 # layout predicates above.
 SELECTORS = {
     "every_case": (lambda: sel.ANY, (0, 0)),
@@ -323,7 +324,7 @@ def parse_handshake(obj, expected_name: str) -> Handshake:
 def request_for(case, device: str, request_id: int) -> dict:
     """One case for the backend: the case file's object without each step's expected values
     and tolerances (a backend computes; it never sees the answers)."""
-    from ..casefile import case_to_json
+    from ..caseformat.casefile import case_to_json
 
     obj = case_to_json(case)
     for step in obj["steps"]:

@@ -10,7 +10,7 @@ wording, with each framework's own name, explanation (where in its code it happe
 
 from __future__ import annotations
 
-from ..selectors import Selector, squares_overflow, updates_on_empty_batch
+from ..judging.selectors import Selector, squares_overflow, updates_on_empty_batch
 from .base import Deviation, Mismatches
 
 OVERFLOW_OUTPUTS = ("y", "running_var", "dx", "dgamma")

@@ -79,15 +79,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from ..capabilities import Capabilities
-from ..model import Case
+from ..caseformat.model import Case
+from ..judging.capabilities import Capabilities
+from ..judging.selectors import case_in, empty_batch_gamma_gradient, input_dtype_in
+from .base import Adapter, Deviation, Mismatches
+from .findings import empty_batch_nan_running_stats, float32_variance_overflow
 from .jax.common import X64_ENVIRONMENT
 from .tensorflow.common import TF_ENVIRONMENT, tf, tf_devices
-from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
-from ..selectors import case_in, empty_batch_gamma_gradient, input_dtype_in
-from .base import Adapter, Deviation, Mismatches
-from .findings import float32_variance_overflow, empty_batch_nan_running_stats
 from .tensorflow.keras_common import GRADIENTS, KERAS_DTYPES, layer_defaults, tape_vjp
+from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
 
 KERAS_BN_SOURCE = ("https://github.com/keras-team/keras/blob/master/"
                    "keras/src/layers/normalization/batch_normalization.py")

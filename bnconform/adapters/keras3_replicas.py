@@ -42,7 +42,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from ..selectors import updates_on_empty_batch
+from ..judging.selectors import updates_on_empty_batch
 from .base import Deviation, Mismatches, Unsupported
 from .jax.common import X64_ENVIRONMENT
 from .keras3 import FLOAT64_AS_FLOAT32, KERAS3_CAPABILITIES, KERAS_BACKEND_SOURCE, _dtype_policy, _Keras3Adapter

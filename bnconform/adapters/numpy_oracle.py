@@ -1,19 +1,19 @@
 """The NumPy float64 oracle as an adapter: the reference row of the matrix (must pass 100%).
 
-Gradients: for a step with an upstream dy, :func:`bnconform.oracle.run_case` also returns the
-oracle's dx, dgamma, dbeta (bnconform.oracle_gradients), for both normalize_with values.
+Gradients: for a step with an upstream dy, :func:`bnconform.reference.oracle.run_case` also returns the
+oracle's dx, dgamma, dbeta (bnconform.reference.gradients), for both normalize_with values.
 """
 
 from __future__ import annotations
 
-from .. import oracle
-from ..capabilities import Capabilities
-from ..model import EXTENSIONS, NORMALIZE_WITH
+from ..caseformat.model import EXTENSIONS, NORMALIZE_WITH
+from ..judging.capabilities import Capabilities
+from ..reference import oracle
 from .base import Adapter
 
 
 class OracleAdapter(Adapter):
-    """Runs :func:`bnconform.oracle.run_case`; every canonical knob is native."""
+    """Runs :func:`bnconform.reference.oracle.run_case`; every canonical knob is native."""
 
     name = "numpy.oracle"
     framework = "numpy"

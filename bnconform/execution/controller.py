@@ -18,7 +18,7 @@ import tempfile
 import threading
 from pathlib import Path
 
-from ..verdict import Verdict
+from ..judging.verdict import Verdict
 from .plan import adapter_class, host_key, target_of
 
 STARTUP_TIMEOUT = 600.0  # framework import under load (TensorFlow on 2 busy cores)

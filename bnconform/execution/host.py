@@ -18,9 +18,9 @@ import sys
 import time
 
 from ..adapters.registry import load_class
-from ..judge import judge
-from ..validation import CaseError, load_case
-from ..verdict import Verdict
+from ..caseformat.validation import CaseError, load_case
+from ..judging.judge import judge
+from ..judging.verdict import Verdict
 
 
 def protocol_channel():

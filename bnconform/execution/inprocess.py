@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 
 from ..adapters.registry import resolve
-from ..judge import judge
-from ..verdict import Verdict
+from ..judging.judge import judge
+from ..judging.verdict import Verdict
 from .plan import discover_cases
 
 

@@ -5,9 +5,9 @@ A cell is *presettled* when its verdict follows from data the controller already
 
 * unavailable -- a distribution the adapter ``requires`` is not installed, or the cell's device
   is a GPU kind and this machine has no NVIDIA driver (both answered by
-  :mod:`bnconform.selection`, which imports no framework);
+  :mod:`bnconform.execution.selection`, which imports no framework);
 * unsupported -- the adapter class's declared ``capabilities`` cannot express the case
-  (:func:`bnconform.capabilities.unsupported_reason`; adapter modules import no framework, so
+  (:func:`bnconform.judging.capabilities.unsupported_reason`; adapter modules import no framework, so
   loading the class is cheap).
 
 Every other cell travels to a host process, where the adapter's residual ``supports()`` still runs.
@@ -21,9 +21,9 @@ from pathlib import Path
 
 from ..adapters.exec_backend import ExecAdapter
 from ..adapters.registry import known, load_class, resolve
-from ..selection import device_present, missing_module
-from ..validation import load_case
-from ..verdict import Verdict, cell_id
+from ..caseformat.validation import load_case
+from ..judging.verdict import Verdict, cell_id
+from .selection import device_present, missing_module
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,7 @@ def presettle(cell: Cell, case=None) -> Verdict | None:
     if not device_present(cell.device):
         note = f"; {cls.device_note}" if cls.device_note else ""
         return Verdict(**base, status="unavailable", detail=f"device {cell.device!r} not present here (no NVIDIA GPU){note}")
-    from ..capabilities import unsupported_reason
+    from ..judging.capabilities import unsupported_reason
 
     reason = unsupported_reason(cls.capabilities, case or load_case(cell.case_path), cell.device, cls.name)
     return Verdict(**base, status="unsupported", detail=reason) if reason else None
@@ -142,7 +142,7 @@ def presettle(cell: Cell, case=None) -> Verdict | None:
 
 def adapter_metadata(name: str) -> dict:
     """What the report says about an adapter, from its class (no framework import)."""
-    from ..capabilities import describe
+    from ..judging.capabilities import describe
 
     cls = resolve(name)
     return {

@@ -14,8 +14,8 @@ import sys
 import threading
 import time
 
-from ..validation import CaseError, load_case
-from ..verdict import Verdict
+from ..caseformat.validation import CaseError, load_case
+from ..judging.verdict import Verdict
 from . import controller
 from .plan import host_key, presettle
 

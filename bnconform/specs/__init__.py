@@ -1,4 +1,12 @@
-"""Case specifications: the code that every golden vector is generated from.
+"""Stage 4, case specs and generation: where every case file comes from.
+
+Owns the case specifications (one module per family: formulas, epsilon, momentum, degenerate,
+renorm, ghost, weighted, gradients, replicas; their convention twins in :mod:`.mirrors`),
+writing and checking ``cases/`` from them (:mod:`.generate`, ``bnconform generate``), and cases
+written by hand from a readable description (:mod:`.authoring`, ``bnconform new`` / ``show``).
+May import: case format, reference, judging (the comparison that tells twins apart).
+
+Case specifications are the code that every golden vector is generated from.
 
 A :class:`Spec` names a case, says what it pins down, and builds its inputs from a generator
 seeded by the case id (SHA-256), so each case is reproducible on its own and no global seed is
@@ -17,11 +25,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .. import oracle
-from ..dtypes import quantize
-from ..model import Case, Config, State, Step, count_per_channel
-from ..model import RENORM_STATE_KEYS
-from ..tolerance import step_tolerance
+from ..caseformat.dtypes import quantize
+from ..caseformat.model import RENORM_STATE_KEYS, Case, Config, State, Step, count_per_channel
+from ..reference import oracle
+from ..reference.tolerance import step_tolerance
 
 FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "renorm", "ghost", "weighted", "gradients", "replicas")
 
@@ -199,9 +206,8 @@ def all_specs(families: Sequence[str] = FAMILIES) -> list[Spec]:
     followed by its running-variance mirrors, and the momentum family by zero-debiased twins of its
     plain-EMA sequences (see :mod:`bnconform.specs.mirrors`)."""
     from . import degenerate, epsilon, formulas, ghost, gradients, momentum, renorm, replicas, weighted
-    from .mirrors import (
-        MIRRORED_FAMILIES, ZERO_DEBIAS_FAMILIES, ZERO_DEBIAS_ONLY_VARIANCE, variance_mirrors, zero_debias_mirrors,
-    )
+    from .mirrors import (MIRRORED_FAMILIES, ZERO_DEBIAS_FAMILIES, ZERO_DEBIAS_ONLY_VARIANCE, variance_mirrors,
+                          zero_debias_mirrors)
 
     modules = {"formulas": formulas, "epsilon": epsilon, "momentum": momentum, "degenerate": degenerate,
                "renorm": renorm, "ghost": ghost, "weighted": weighted, "gradients": gradients, "replicas": replicas}

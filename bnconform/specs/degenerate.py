@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..caseformat.model import Config, RunningStats
 from . import EVAL, TRAIN, Spec, normal, per_step
-from ..model import Config, RunningStats
 
 FAMILY = "degenerate"
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..caseformat.model import Config
 from . import EVAL, TRAIN, Spec
-from ..model import Config
 
 FAMILY = "epsilon"
 _STDS = np.array([1e-5, 1e-4, 10 ** -2.5, 1e-2, 1e-1, 1.0])

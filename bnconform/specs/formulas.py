@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..caseformat.dtypes import quantize
+from ..caseformat.model import Config
+from ..reference.oracle import normalize
 from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
-from ..dtypes import quantize
-from ..model import Config
-from ..oracle import normalize
 
 FAMILY = "formulas"
 

@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..caseformat.model import Config, RunningStats
 from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
-from ..model import Config, RunningStats
 
 FAMILY = "ghost"
 
@@ -93,7 +93,7 @@ def _whole_batch_bessel_gap(case) -> str:
 
     The EMA is linear in its increments and the Bessel part of each is (factor - 1) times the mean
     ghost variance, so that distance is the biased kind's times 1 - (m - 1) / (n - 1)."""
-    from .. import oracle
+    from ..reference import oracle
 
     m = case.config.virtual_batch_size * case.steps[0].x[0].size // case.channels
     n = case.steps[0].x.shape[0] * m // case.config.virtual_batch_size

@@ -1,7 +1,7 @@
 """gradients: dx, dgamma and dbeta of training (batch statistics) and inference (running) BN.
 
 Every step carries an upstream gradient dy; the oracle's gradients are the chain rule through
-exactly the forward pass (formulas in bnconform.model). The family covers ranks 2-5, channels
+exactly the forward pass (formulas in bnconform.caseformat.model). The family covers ranks 2-5, channels
 first and last, every epsilon placement, scale / center on and off, negative and zero gamma,
 dy all-ones (training dx ~ 0: the mean and variance absorb any per-channel constant), float64 /
 float32 / float16 / bfloat16, N = 2, N = 1 in inference and training, N = 0, a constant channel,
@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..caseformat.model import Config, Renorm, RunningStats
+from ..reference.oracle import broadcast, inverse_std
 from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
-from ..model import Config, Renorm, RunningStats
-from ..oracle import broadcast, inverse_std
 
 FAMILY = "gradients"
 

@@ -2,7 +2,7 @@
 
 Frameworks fix the running-variance convention (torch keeps a Bessel-corrected one, ONNX
 BatchNormalization a biased one). A framework can only run a case in its own kind, or one whose
-expected results do not depend on the kind (bnconform.capabilities). So every formulas,
+expected results do not depend on the kind (bnconform.judging.capabilities). So every formulas,
 epsilon, momentum, degenerate and gradients case whose expectations change when ``running_stats.variance`` is
 flipped gets a twin with the other kind: the same inputs and state (drawn from the original's
 seed), the same steps, only the variance kind flipped.
@@ -59,7 +59,7 @@ def _describer(original, kind: str):
 
 def depends_on_kind(original_case, twin_case) -> bool:
     """The two cases' expected results differ beyond either case's tolerances."""
-    from ..compare import compare_case
+    from ..judging.compare import compare_case
 
     ours = [s.expected for s in original_case.steps]
     theirs = [s.expected for s in twin_case.steps]

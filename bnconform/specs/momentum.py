@@ -9,8 +9,8 @@ num_updates > 0 pin the counter the cumulative rule and the decay schedule read.
 
 from __future__ import annotations
 
+from ..caseformat.model import Config, RunningStats
 from . import EVAL, EVAL_UPDATE, TRAIN, TRAIN_NO_UPDATE, Spec
-from ..model import Config, RunningStats
 
 FAMILY = "momentum"
 
@@ -106,7 +106,7 @@ def _no_update_steps():
 def _update_first_gap(case) -> str:
     """How far y lands when a step that normalizes with the running statistics and updates them
     normalizes with the statistics AFTER its own update."""
-    from .. import oracle
+    from ..reference import oracle
 
     far = max(float(abs(oracle.normalize(s.x, s.expected["running_mean"], s.expected["running_var"],
                                          case.initial_state, case.config) - s.expected["y"]).max())
@@ -118,7 +118,7 @@ def _restart_gap(case) -> str:
     """running_mean's distance to a run that ignores the resumed counter (num_updates = 0)."""
     from dataclasses import replace
 
-    from .. import oracle
+    from ..reference import oracle
 
     theirs = oracle.run_steps(case.config, replace(case.initial_state, num_updates=0), case.steps)
     return f"{max(float(abs(s.expected['running_mean'] - t['running_mean']).max()) for s, t in zip(case.steps, theirs)):.3g}"

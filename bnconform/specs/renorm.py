@@ -14,8 +14,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..caseformat.model import Config, Renorm, RunningStats
 from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
-from ..model import Config, Renorm, RunningStats
 
 FAMILY = "renorm"
 THREE_TRAIN_EVAL = (TRAIN, TRAIN, TRAIN, EVAL)

@@ -1,6 +1,6 @@
 """replicas: cross-replica (synchronized) BN, the batch split over R devices along axis 0.
 
-The model's statistics are the exact moments of the union (bnconform.model): the same numbers as
+The model's statistics are the exact moments of the union (bnconform.caseformat.model): the same numbers as
 the unsplit batch, with the Bessel factor of the global N. The cases are built so that the usual
 wrong combinations land far away: replicas whose means are far apart (the variance must include
 the between-replica term, and with unequal sizes the mean of means is not the global mean),
@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..caseformat.model import Config, RunningStats
+from ..reference import oracle
 from . import EVAL, TRAIN, Spec
-from .. import oracle
-from ..model import Config, RunningStats
 
 FAMILY = "replicas"
 

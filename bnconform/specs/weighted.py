@@ -13,8 +13,8 @@ from dataclasses import replace
 
 import numpy as np
 
+from ..caseformat.model import Config, RunningStats
 from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
-from ..model import Config, RunningStats
 
 FAMILY = "weighted"
 

@@ -42,10 +42,10 @@ from typing import Callable
 
 import numpy as np
 
-from ...capabilities import Capabilities, replica_split
-from ...dtypes import numpy_dtype
-from ...model import Case
-from ...selectors import Selector, empty_batch_gamma_gradient, where
+from ...caseformat.dtypes import numpy_dtype
+from ...caseformat.model import Case
+from ...judging.capabilities import Capabilities, replica_split
+from ...judging.selectors import Selector, empty_batch_gamma_gradient, where
 from ..base import Adapter, Deviation, Mismatches, Unsupported
 
 # Host CPU devices JAX creates (XLA reads the flag when JAX starts its CPU backend): replicated cases

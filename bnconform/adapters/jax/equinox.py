@@ -49,14 +49,15 @@ from dataclasses import replace
 
 import numpy as np
 
-from ... import model
-from ...dtypes import numpy_dtype
-from ...selectors import input_dtype_in, param_dtype_in, squares_overflow, training_step, updates_on_empty_batch, where
-from .common import (JAX_CAPABILITIES, JaxAdapter, fetch, gradient_outputs, gradient_step, in_mode,
-                     load_jax, put_state, replicated_training, signature_defaults)
-from .replicas import REPLICA_AXIS, Programs, placement, sharded
+from ...caseformat import model
+from ...caseformat.dtypes import numpy_dtype
+from ...judging.selectors import (input_dtype_in, param_dtype_in, squares_overflow, training_step,
+                                  updates_on_empty_batch, where)
 from ..base import Deviation, Mismatches, Raises
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
+from .common import (JAX_CAPABILITIES, JaxAdapter, fetch, gradient_outputs, gradient_step, in_mode, load_jax, put_state,
+                     replicated_training, signature_defaults)
+from .replicas import REPLICA_AXIS, Programs, placement, sharded
 
 EQUINOX_BATCHNORM_SOURCE = "https://github.com/patrick-kidger/equinox/blob/main/equinox/nn/_batch_norm.py"
 EQUINOX_EMA_MODE_ISSUE = "https://github.com/patrick-kidger/equinox/issues/659"

@@ -5,10 +5,10 @@ step loop (:func:`flax_state`, :func:`run_flax_steps`). Importing this module do
 
 from __future__ import annotations
 
-from ...model import Case
-from ...selectors import input_dtype_in, mean_far_from_spread, where
+from ...caseformat.model import Case
+from ...judging.selectors import input_dtype_in, mean_far_from_spread, where
 from ..base import Deviation, Mismatches
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from .common import JAX_CAPABILITIES, JaxAdapter, _training_split, fetch, gradient_outputs, load_jax, put_state
 
 FLAX_NORMALIZATION_SOURCE = "https://github.com/google/flax/blob/main/flax/linen/normalization.py"

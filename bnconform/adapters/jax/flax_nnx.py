@@ -38,10 +38,10 @@ from __future__ import annotations
 
 import functools
 
-from ...dtypes import numpy_dtype
+from ...caseformat.dtypes import numpy_dtype
 from .common import empty_batch_dgamma_nan, in_mode, load_jax, signature_defaults
-from .flax_common import (REPLICA_FINDINGS, FLAX_AT, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW,
-                          FlaxAdapter, fast_variance_cancels, run_flax_steps)
+from .flax_common import (FLAX_AT, FLAX_EMPTY_BATCH_POISONS_RUNNING_STATS, FLAX_FLOAT32_VARIANCE_OVERFLOW,
+                          REPLICA_FINDINGS, FlaxAdapter, fast_variance_cancels, run_flax_steps)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
 
 EMPTY_BATCH_DGAMMA_NAN = empty_batch_dgamma_nan(

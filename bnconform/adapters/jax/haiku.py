@@ -39,16 +39,14 @@ inputs go to the device in one transfer and all outputs come back in one, after 
 from __future__ import annotations
 
 import functools
-
 from dataclasses import replace
 
-from ...selectors import (case_in, input_dtype_in, mean_far_from_spread, squares_overflow,
-                          updates_running_stats)
+from ...judging.selectors import case_in, input_dtype_in, mean_far_from_spread, squares_overflow, updates_running_stats
+from ..base import Deviation, Mismatches
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from .common import (JAX_CAPABILITIES, JaxAdapter, empty_batch_dgamma_nan, fetch, gradient_outputs, gradient_step,
                      in_mode, load_jax, put_state, signature_defaults)
 from .replicas import REPLICA_AXIS, Programs, placement, sharded
-from ..base import Deviation, Mismatches
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 HAIKU_EMA_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/moving_averages.py"
 HAIKU_BATCHNORM_SOURCE = "https://github.com/google-deepmind/dm-haiku/blob/main/haiku/_src/batch_norm.py"

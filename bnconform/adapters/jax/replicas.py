@@ -31,8 +31,8 @@ from typing import Callable
 
 import numpy as np
 
-from ...dtypes import numpy_dtype
-from ...model import Case
+from ...caseformat.dtypes import numpy_dtype
+from ...caseformat.model import Case
 from ..base import Unsupported
 from .common import (HOST_DEVICE_COUNT, HOST_DEVICES_FLAG, JitCache, case_replica_sizes, differentiated, gradient_cache,
                      jax_device, load_jax, put_inputs)

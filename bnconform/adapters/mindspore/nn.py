@@ -43,8 +43,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ... import model
-from ...capabilities import Capabilities, dtype_pairs
+from ...caseformat import model
+from ...judging.capabilities import Capabilities, dtype_pairs
 from ..base import Adapter
 
 _CELL_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d"}

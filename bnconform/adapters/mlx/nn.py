@@ -41,13 +41,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ... import model
-from ...capabilities import Capabilities
-from ...dtypes import numpy_dtype
-from ...selectors import (epsilon_zero, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
-                          training_step, updates_on_empty_batch)
+from ...caseformat import model
+from ...caseformat.dtypes import numpy_dtype
+from ...judging.capabilities import Capabilities
+from ...judging.selectors import (epsilon_zero, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
+                                  training_step, updates_on_empty_batch)
 from ..base import Adapter, Deviation, Mismatches, Raises
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 
 SOURCE = "https://github.com/ml-explore/mlx/blob/main/python/mlx/nn/layers/normalization.py"
 SOURCE_VAR = "https://github.com/ml-explore/mlx/blob/main/mlx/ops.cpp"  # mean(), var()

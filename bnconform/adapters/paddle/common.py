@@ -38,8 +38,8 @@ import warnings
 
 import numpy as np
 
-from ...capabilities import Capabilities, dtype_pairs
-from ...selectors import training_step, where
+from ...judging.capabilities import Capabilities, dtype_pairs
+from ...judging.selectors import training_step, where
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from ..findings import float32_variance_overflow
 

@@ -33,13 +33,11 @@ Gradients: a step with an upstream dy runs the same call with x, weight and bias
 
 from __future__ import annotations
 
-from ... import model
-from ...selectors import where
+from ...caseformat import model
+from ...judging.selectors import where
 from ..base import Deviation, Mismatches
-from .common import (
-    GRAD_KERNEL_SOURCE, PaddleAdapter, data_format, from_layout, gradient_context, input_tensor, paddle,
-    shared_deviations, signature_defaults, to_layout, to_numpy, to_tensor, vjp,
-)
+from .common import (GRAD_KERNEL_SOURCE, PaddleAdapter, data_format, from_layout, gradient_context, input_tensor,
+                     paddle, shared_deviations, signature_defaults, to_layout, to_numpy, to_tensor, vjp)
 
 
 class PaddleFunctionalAdapter(PaddleAdapter):

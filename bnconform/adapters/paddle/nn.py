@@ -32,11 +32,9 @@ parameters (see ``common.vjp``).
 
 from __future__ import annotations
 
-from ... import model
-from .common import (
-    PaddleAdapter, data_format, from_layout, gradient_context, input_tensor, paddle, quiet_training_warning,
-    shared_deviations, signature_defaults, to_layout, to_numpy, vjp,
-)
+from ...caseformat import model
+from .common import (PaddleAdapter, data_format, from_layout, gradient_context, input_tensor, paddle,
+                     quiet_training_warning, shared_deviations, signature_defaults, to_layout, to_numpy, vjp)
 
 _LAYER_BY_RANK = {2: "BatchNorm1D", 3: "BatchNorm1D", 4: "BatchNorm2D", 5: "BatchNorm3D"}
 

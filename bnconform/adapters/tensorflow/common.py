@@ -48,10 +48,10 @@ import os
 
 import numpy as np
 
-from ...capabilities import HALF_DTYPES, dtype_pairs
-from ...selectors import (Selector, empty_batch_gamma_gradient, empty_rank5_folded_gradient,
-                          empty_rank5_transposed_eval_gradient, has_gradient_step, input_dtype_in, param_dtype_in,
-                          updates_infinite_running_mean, where)
+from ...judging.capabilities import HALF_DTYPES, dtype_pairs
+from ...judging.selectors import (Selector, empty_batch_gamma_gradient, empty_rank5_folded_gradient,
+                                  empty_rank5_transposed_eval_gradient, has_gradient_step, input_dtype_in,
+                                  param_dtype_in, updates_infinite_running_mean, where)
 from ..base import Deviation, Mismatches, Raises, variant
 
 _DEVICE_NAMES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}

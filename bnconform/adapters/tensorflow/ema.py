@@ -49,14 +49,14 @@ import functools
 
 import numpy as np
 
-from ...capabilities import Capabilities
-from ...oracle import reduction_axes
-from ...selectors import (changes_results, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
-                          squares_overflow, updates_on_empty_batch, updates_running_stats, where)
+from ...judging.capabilities import Capabilities
+from ...judging.selectors import (changes_results, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
+                                  squares_overflow, updates_on_empty_batch, updates_running_stats, where)
+from ...reference.oracle import reduction_axes
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from ..findings import empty_batch_nan_running_stats
-from .common import (BATCH_NORMALIZATION_RETURN_LINE, TF_ENVIRONMENT, EPS_INSIDE, GRADIENT_NAMES, channel_shape,
-                     graph_gradients, empty_batch_dgamma_nan, half_parameter_gradients, infinite_mean_nan,
+from .common import (BATCH_NORMALIZATION_RETURN_LINE, EPS_INSIDE, GRADIENT_NAMES, TF_ENVIRONMENT, channel_shape,
+                     empty_batch_dgamma_nan, graph_gradients, half_parameter_gradients, infinite_mean_nan,
                      signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
 

@@ -38,11 +38,11 @@ channels-last first. Forward-only steps run no tape.
 
 from __future__ import annotations
 
-from ...capabilities import Capabilities
-from .common import (TF_ENVIRONMENT, PLAIN_EMA, empty_rank5_fused_gradient, signature_default, tape_gradients, tf,
-                     tf_device_scope, tf_devices, to_numpy, to_tensor)
+from ...judging.capabilities import Capabilities
 from ..base import Adapter
 from ..findings import empty_batch_nan_running_stats
+from .common import (PLAIN_EMA, TF_ENVIRONMENT, empty_rank5_fused_gradient, signature_default, tape_gradients, tf,
+                     tf_device_scope, tf_devices, to_numpy, to_tensor)
 
 API = "tf.compat.v1.nn.fused_batch_norm"
 KERNEL = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/core/kernels/fused_batch_norm_op.cc"

@@ -28,10 +28,10 @@ transposes included, under a ``tf.GradientTape`` watching x, gamma (only when
 
 from __future__ import annotations
 
-from ...capabilities import Capabilities
-from .common import (TF_ENVIRONMENT, EPS_INSIDE, half_parameter_gradients, signature_default, tape_gradients, tf,
-                     tf_device_scope, tf_devices, to_numpy, to_tensor)
+from ...judging.capabilities import Capabilities
 from ..base import Adapter
+from .common import (EPS_INSIDE, TF_ENVIRONMENT, half_parameter_gradients, signature_default, tape_gradients, tf,
+                     tf_device_scope, tf_devices, to_numpy, to_tensor)
 
 API = "tf.compat.v1.nn.batch_norm_with_global_normalization"
 

@@ -40,7 +40,7 @@ from typing import Callable
 
 import numpy as np
 
-from ...dtypes import numpy_dtype
+from ...caseformat.dtypes import numpy_dtype
 from ..base import Adapter
 from .common import GRADIENT_NAMES, graph_gradients, tf, tf_device_scope, tf_devices, to_tf_dtype
 

@@ -73,8 +73,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from ...capabilities import HALF_DTYPES, Capabilities
-from ...selectors import empty_batch_gamma_gradient, updates_infinite_running_mean
+from ...judging.capabilities import HALF_DTYPES, Capabilities
+from ...judging.selectors import empty_batch_gamma_gradient, updates_infinite_running_mean
 from ..base import Adapter, Unsupported, has_training_step
 from .common import (TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, empty_rank5_fused_gradient, tf,
                      tf_device_scope, tf_devices, to_numpy, to_tensor)

@@ -13,12 +13,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from ...capabilities import HALF_DTYPES, Capabilities, dtype_pairs
-from ...model import GHOST_SPLITS
-from ...selectors import (Selector, param_dtype_in, updates_infinite_running_mean,
-                          updates_on_empty_batch, uses_extension, where)
+from ...caseformat.model import GHOST_SPLITS
+from ...judging.capabilities import HALF_DTYPES, Capabilities, dtype_pairs
+from ...judging.selectors import (Selector, param_dtype_in, updates_infinite_running_mean, updates_on_empty_batch,
+                                  uses_extension, where)
 from ..base import Deviation, MatchesVariant, Mismatches, Raises, variant
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from .common import float32_rounded_decay, infinite_mean_nan, tf
 
 # tf-keras source (same code as the installed tf_keras/src/layers/normalization/batch_normalization.py):

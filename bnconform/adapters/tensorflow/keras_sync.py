@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ...selectors import input_dtype_in, mean_far_from_spread, where
+from ...judging.selectors import input_dtype_in, mean_far_from_spread, where
 from ..base import Adapter, Deviation, Mismatches
 from .common import LOGICAL_CPUS, TF_ENVIRONMENT, to_numpy, to_tf_dtype
 from .keras_common import BN_SOURCE, LAYER_CAPABILITIES, float64_decay_deviation, layer_defaults, tf_keras

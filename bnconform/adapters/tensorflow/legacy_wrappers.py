@@ -36,11 +36,11 @@ from dataclasses import replace
 
 import numpy as np
 
-from ...capabilities import FLOAT_DTYPES, Capabilities, dtype_pairs
-from ...selectors import affine_partly_off, squares_overflow, updates_on_empty_batch
+from ...judging.capabilities import FLOAT_DTYPES, Capabilities, dtype_pairs
+from ...judging.selectors import affine_partly_off, squares_overflow, updates_on_empty_batch
+from ..base import Adapter, Deviation, Mismatches, Raises
 from . import graph as g
 from .common import PLAIN_EMA
-from ..base import Adapter, Deviation, Mismatches, Raises
 
 _MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 _TL_SOURCE = ("https://github.com/tensorlayer/TensorLayer/blob/36c17f3d21910d0e124a9e9210c5e0c3a8af8627/"

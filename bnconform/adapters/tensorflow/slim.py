@@ -50,13 +50,13 @@ from __future__ import annotations
 
 import sys
 
-from ...capabilities import Capabilities
-from ...selectors import changes_results, updates_on_empty_batch, where
+from ...judging.capabilities import Capabilities
+from ...judging.selectors import changes_results, updates_on_empty_batch, where
+from ..base import Deviation, MatchesVariant, Mismatches
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from . import graph as g
 from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, empty_rank5_fused_gradient, float64_decay_rounds,
                      infinite_mean_nan, rounded_decay_variant, signature_default, updating_counts)
-from ..base import Deviation, MatchesVariant, Mismatches
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 _API = "tf_slim.layers.batch_norm"
 _SOURCE = ("https://github.com/google-research/tf-slim/blob/33b354461522ad9ffc425695553afaa2f27b93bd/"
@@ -146,9 +146,9 @@ def _data_format(case) -> str | None:
 
 def _probe_error() -> str | None:
     """Build one rank-2 and one rank-4 batch_norm graph; the first error, or None if both work."""
-    from .common import tf
-
     import tf_slim
+
+    from .common import tf
 
     v1 = tf().compat.v1
     for rank in (2, 4):
@@ -179,9 +179,9 @@ def _decay_feed(case) -> g.DecayFeed:
 
 def _build_graph(case, device, feed: g.DecayFeed | None = None):
     """The case's layer in a fresh graph; ``feed`` overrides how the decay is passed (tests)."""
-    from .common import tf
-
     import tf_slim
+
+    from .common import tf
 
     c = case.config
     v1 = tf().compat.v1
@@ -254,10 +254,9 @@ class TfSlimCompatAdapter(TfSlimAdapter):
              "TF1 graph mode; UPDATE_OPS run per step")
 
     def _prepare(self):
-        from tensorflow.python.framework import ops, tensor
-
         import tf_keras.src.legacy_tf_layers as legacy
         import tf_keras.src.legacy_tf_layers.normalization as legacy_normalization
+        from tensorflow.python.framework import ops, tensor
 
         if not hasattr(ops, "Tensor"):
             ops.Tensor = tensor.Tensor

@@ -34,14 +34,14 @@ non-fused path the autodiff of ``tf.nn.moments`` + ``tf.nn.batch_normalization``
 
 from __future__ import annotations
 
-from ...capabilities import Capabilities
-from ...selectors import (empty_batch_gamma_gradient, updates_infinite_running_mean,
-                          updates_on_empty_batch, where)
+from ...judging.capabilities import Capabilities
+from ...judging.selectors import (empty_batch_gamma_gradient, updates_infinite_running_mean, updates_on_empty_batch,
+                                  where)
+from ..base import Deviation, MatchesVariant, Mismatches
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from . import graph as g
 from .common import (LAYER_DTYPES, LAYER_STEP_KINDS, PLAIN_EMA, empty_batch_dgamma_nan, empty_rank5_fused_gradient,
                      float64_decay_rounds, rounded_decay_variant, signature_default)
-from ..base import Deviation, MatchesVariant, Mismatches
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
 
 _API = "tf.compat.v1.layers.batch_normalization"
 # tf-keras source of the layer (fused path, _assign_moving_average, zero-size TODO).

@@ -54,13 +54,13 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from ... import model
-from ...capabilities import Capabilities
-from ...dtypes import numpy_dtype
-from ...selectors import (half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
-                          training_step, updates_on_empty_batch)
+from ...caseformat import model
+from ...caseformat.dtypes import numpy_dtype
+from ...judging.capabilities import Capabilities
+from ...judging.selectors import (half_params_rounded_mean_shows, input_dtype_in, param_dtype_in, training_step,
+                                  updates_on_empty_batch)
 from ..base import Adapter, Deviation, Mismatches, Raises
-from ..findings import float32_variance_overflow, empty_batch_nan_running_stats
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from . import program_cache
 
 SOURCE = "https://github.com/tinygrad/tinygrad/blob/master/tinygrad/nn/__init__.py"

@@ -35,8 +35,8 @@ import functools
 
 import numpy as np
 
-from ...capabilities import Capabilities
-from ...selectors import device_in, epsilon_zero, half_params_rounded_mean_shows, training_step
+from ...judging.capabilities import Capabilities
+from ...judging.selectors import device_in, epsilon_zero, half_params_rounded_mean_shows, training_step
 from ..base import Adapter, Deviation, Mismatches, Raises
 from ..findings import float32_variance_overflow
 

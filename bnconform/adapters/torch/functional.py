@@ -30,11 +30,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from ... import model
-from .common import (
-    TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, gradient_context, input_tensor,
-    shared_deviations, signature_defaults, state_tensors, to_channels_first, to_numpy, torch, vjp,
-)
+from ...caseformat import model
+from .common import (TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, gradient_context,
+                     input_tensor, shared_deviations, signature_defaults, state_tensors, to_channels_first, to_numpy,
+                     torch, vjp)
 
 
 class TorchFunctionalAdapter(TorchAdapter):

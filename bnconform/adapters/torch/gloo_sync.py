@@ -44,8 +44,8 @@ from dataclasses import replace
 
 import numpy as np
 
-from ... import model
-from ...selectors import updates_on_empty_batch
+from ...caseformat import model
+from ...judging.selectors import updates_on_empty_batch
 from ..base import Deviation, Mismatches
 from .common import TORCH_CAPABILITIES, TorchAdapter, torch
 

@@ -34,14 +34,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from ... import model
-from ...selectors import training_step, updates_on_empty_batch, where
-from .common import (
-    TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, shared_deviations, signature_defaults,
-    gradient_context, input_tensor, state_tensors, to_channels_first, to_numpy, torch, torch_device, torch_dtype,
-    vjp,
-)
+from ...caseformat import model
+from ...judging.selectors import training_step, updates_on_empty_batch, where
 from ..base import Deviation, Mismatches
+from .common import (TORCH_CAPABILITIES, TorchAdapter, device_context, from_channels_first, gradient_context,
+                     input_tensor, shared_deviations, signature_defaults, state_tensors, to_channels_first, to_numpy,
+                     torch, torch_device, torch_dtype, vjp)
 
 _MODULE_BY_RANK = {2: "BatchNorm1d", 3: "BatchNorm1d", 4: "BatchNorm2d", 5: "BatchNorm3d"}
 _SOURCE_FORWARD = "https://github.com/pytorch/pytorch/blob/main/torch/nn/modules/batchnorm.py"

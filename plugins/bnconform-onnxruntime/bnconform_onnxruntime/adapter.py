@@ -39,7 +39,7 @@ import numpy as np
 
 from bnconform.adapters import (Adapter, Capabilities, Deviation, MatchesVariant, Mismatches, Raises, device_in,
                                 input_dtype_in, squares_overflow, updates_on_empty_batch, variant)
-from bnconform.model import Case
+from bnconform.caseformat.model import Case
 
 ONNX_SPEC = "https://onnx.ai/onnx/operators/onnx__BatchNormalization.html"
 OPSET = 15

@@ -13,8 +13,8 @@ import pytest
 pytest.importorskip("onnxruntime")
 
 from bnconform.adapters import registry  # noqa: E402
-from bnconform.judge import judge  # noqa: E402
-from bnconform.model import Config, RunningStats  # noqa: E402
+from bnconform.judging.judge import judge  # noqa: E402
+from bnconform.caseformat.model import Config, RunningStats  # noqa: E402
 from bnconform.specs import EVAL, TRAIN, Spec, build  # noqa: E402
 from bnconform_onnxruntime.adapter import OnnxRuntimeAdapter  # noqa: E402
 

@@ -1,0 +1,115 @@
+"""The ``bnconform`` command line. Every user error is one line on stderr and exit status 2;
+Ctrl-C is one line and exit status 130, with no traceback and no reports written."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .. import __version__
+from .usage import DEFAULT_CASES, UsageError, case_paths
+
+
+def _cmd_generate(args) -> int:
+    from ..specs.generate import check, generate
+
+    root = Path(args.cases)
+    if args.check:
+        problems = check(root)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            print(f"{len(problems)} file(s) differ from the case specs", file=sys.stderr)
+            return 1
+        print(f"{root}: every case file matches the specs")
+        return 0
+    count = generate(root)
+    print(f"wrote {count} cases under {root}")
+    return 0
+
+
+def _cmd_validate(args) -> int:
+    from ..caseformat.validation import CaseError, load_case
+
+    paths = case_paths(args.paths or [DEFAULT_CASES])
+    bad, disagree = 0, 0
+    for path in paths:
+        try:
+            case = load_case(path)
+        except CaseError as exc:
+            print(exc, file=sys.stderr)
+            bad += 1
+            continue
+        if args.oracle:
+            from ..specs.authoring import oracle_disagreement
+
+            found = oracle_disagreement(case)
+            if found:
+                print(f"{path}: {found}", file=sys.stderr)
+                disagree += 1
+    print(f"{len(paths) - bad} valid, {bad} invalid" + (f"; {disagree} disagree with the oracle" if args.oracle else ""))
+    return 2 if bad else 1 if disagree else 0
+
+
+def _cmd_authoring(args) -> int:
+    from ..caseformat.validation import CaseError
+
+    try:
+        return args.run(args)
+    except CaseError as exc:
+        print(f"bnconform {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"bnconform {args.command}: Expected: a readable file. Received: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bnconform", description="Batch Normalization conformance suite")
+    parser.add_argument("--version", action="version", version=f"bnconform {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    gen = sub.add_parser("generate", help="rebuild cases/ from the case specs")
+    gen.add_argument("--cases", default=str(DEFAULT_CASES), help="case directory (default: cases)")
+    gen.add_argument("--check", action="store_true", help="exit 1 and list files that differ; write nothing")
+    gen.set_defaults(func=_cmd_generate)
+    val = sub.add_parser("validate", help="check case files against the schema and their meaning")
+    val.add_argument("paths", nargs="*", help="case files or directories (default: cases)")
+    val.add_argument("--oracle", action="store_true", help="also recompute each case with the oracle and name the "
+                     "file, step, output and the knob that would explain a difference (exit 1)")
+    val.set_defaults(func=_cmd_validate)
+    from ..specs import authoring
+
+    new = sub.add_parser("new", help="build a case file from a readable YAML/JSON description")
+    new.add_argument("description", help="YAML or JSON with decimal numbers (see docs/case-format.md, 'Writing a case by hand')")
+    new.add_argument("-o", "--output", help="case file to write (default: the description's name with .json)")
+    new.add_argument("--expect", choices=("oracle", "given"), default="oracle",
+                     help="oracle: compute every output; given: keep the outputs the description states")
+    new.set_defaults(func=_cmd_authoring, run=authoring.new)
+    show = sub.add_parser("show", help="print a case file in the readable form `bnconform new` reads")
+    show.add_argument("case")
+    show.set_defaults(func=_cmd_authoring, run=authoring.show)
+    from .subcommands import register
+
+    register(sub)
+    from .port import register_port  # bnconform port FROM TO
+
+    register_port(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+        return args.func(args)
+    except UsageError as exc:
+        print(f"bnconform: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # the scheduler has killed its hosts; reports are written only after a run
+        print("bnconform: interrupted; no reports written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``bnconform list``: every backend, answered from metadata (fast), or by importing it (--probe).
+
+The metadata answer imports no framework: the version is the installed distribution's
+(``importlib.metadata``), "installed" means :func:`bnconform.execution.selection.missing_module` finds each
+top-level module the adapter ``requires`` (``find_spec`` locates without importing), and devices are the declared
+kinds present on this machine (:func:`bnconform.execution.selection.present_device_kinds`). It cannot see a
+framework that is installed but broken; ``--probe`` imports each backend in its own process and
+says why one is unavailable.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+
+from ..adapters.base import install_advice
+from ..adapters.exec_backend import ExecAdapter
+from ..adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
+from ..execution.selection import missing_module, nvidia_present, present_device_kinds
+
+HEADER = f"{'backend':26} {'framework':12} {'version':14} {'devices here':18} {'source':30} status"
+
+
+def _plugin_sources() -> dict[str, str]:
+    """Entry-point name -> the distribution that provides it."""
+    found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
+    return {ep.name: f"plug-in {ep.dist.name if ep.dist else '?'}" for ep in found}
+
+
+def _version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def metadata_row(name: str, source: str) -> str:
+    """One line: backend, framework, version, devices present, source, and installed or what to install."""
+    try:
+        cls = resolve(name)
+    except RegistryError as exc:  # a module broken mid-edit: its cells will be errors saying so
+        return f"{name:26} {'?':12} {'?':14} {'-':18} {source:30} adapter does not load: {exc}"
+    missing = missing_module(cls.requires)
+    status = (f"not installed: no module {missing}" + install_advice(cls) if missing
+              else "installed (bnconform list --probe imports it)")
+    version = _version(cls.framework)
+    if issubclass(cls, ExecAdapter):  # an executable (docs/protocol.md): its manifest says what it needs
+        reason, version = cls.missing(), cls.listed_version()
+        status = f"not installed: {reason}" if reason else "installed (bnconform list --probe starts it)"
+    devices = ",".join(present_device_kinds(cls.device_kinds)) or "-"
+    return f"{name:26} {cls.framework:12} {version:14} {devices:18} {source:30} {status}"
+
+
+def list_metadata() -> int:
+    plugins = _plugin_sources()
+    print(HEADER)
+    for name in known():
+        print(metadata_row(name, "built-in" if name in BUILTIN else plugins.get(name, "entry point")))
+    gpu = "an NVIDIA driver is present" if nvidia_present() else "no NVIDIA driver, so cuda kinds are not listed"
+    print(f"devices: {gpu}")
+    return 0
+
+
+def _probe(name: str) -> dict:
+    """The host process's own answer (version, usable devices, why unavailable)."""
+    from ..execution.controller import HostProcess
+
+    process = HostProcess([name])
+    try:
+        return process.info(name)
+    finally:
+        process.close()
+
+
+def list_probe(jobs: int) -> int:
+    """Import each backend in its own process (``jobs`` at once) and print what it says."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    names = list(known())
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as executor:
+        infos = dict(zip(names, executor.map(_probe, names)))
+    print(f"{'backend':26} {'version':14} {'devices':18} status")
+    for name in names:
+        info = infos[name]
+        status = f"unavailable: {info['unavailable']}" if info.get("unavailable") else "available"
+        devices = ",".join(info.get("devices") or []) or "-"
+        print(f"{name:26} {info.get('version', '?'):14} {devices:18} {status}")
+    return 0

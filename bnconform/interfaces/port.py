@@ -1,0 +1,399 @@
+"""``bnconform port FROM TO``: what to change, and what still differs, when a model moves APIs.
+
+Two parts, both derived from data rather than typed per pair of frameworks:
+
+1. **Parameter translation**, from each adapter's metadata: ``decay_parameter`` (how the API
+   spells the EMA knob: ``("momentum", "new")`` weighs the new batch, momentum = 1 - decay;
+   ``("momentum", "old")`` weighs the old statistic, momentum = decay), ``framework_defaults()``
+   (``{"decay_parameter": ..., "epsilon": ...}`` read from the installed framework) and the
+   described ``capabilities`` (conventions such as the running-variance kind). So the EMA value
+   that keeps FROM's decay d is ``1 - d`` or ``d`` in TO's spelling, and a Bessel-vs-biased
+   running variance differs by the factor N/(N-1), N the values per channel in a training batch.
+2. **Measured differences**: the cells of a results document where the two backends disagree
+   (different status, different declared deviations, or differing failures), grouped by the pair
+   of outcomes, with the verdicts' numbers. When the document lacks a backend, both are run
+   (nothing is written to reports/).
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..judging.capabilities import CONVENTIONS, VALUE_WORDS
+
+WEIGHS = {"new": "weight on the new batch", "old": "weight on the old statistic"}
+KNOB_NAMES = {"epsilon_modes": "epsilon placement", "running_variance": "running variance",
+              "zero_debias": "zero-debias", "num_updates_schedule": "decay schedule"}
+CONSEQUENCES = {
+    "epsilon_modes": "y differs most on channels whose variance is comparable to eps",
+    "zero_debias": "zero-debiasing divides the EMA by 1 - decay^t, so early running statistics follow the "
+                   "batches instead of the initial values; the two agree once decay^t is negligible",
+    "num_updates_schedule": "the schedule uses min(decay, (1 + n) / (10 + n)), so the first updates weigh new "
+                            "batches more; the two agree once (1 + n) / (10 + n) exceeds decay",
+}
+LIST_SEPARATORS = {"step_kinds": "; "}
+CONVENTION_WORDS = " always uses "  # how capabilities words an unsupported convention value
+
+
+@dataclass
+class Side:
+    """One backend's metadata as a results document stores it (capabilities as described text)."""
+
+    name: str
+    decay_parameter: tuple | None = None
+    defaults: dict = field(default_factory=dict)
+    capabilities: dict = field(default_factory=dict)
+
+
+def _number(value) -> str:
+    """Shortest readable spelling of a knob value (0.9, not 0.9000000000000000222)."""
+    return f"{round(float(value), 12):g}"
+
+
+# --- Part 1: the parameter translation ---------------------------------------------------------
+
+def ema_lines(a: Side, b: Side) -> list[str]:
+    """TO's EMA value for FROM's decay: value = 1 - decay when a side weighs the new batch."""
+    if a.decay_parameter is None or b.decay_parameter is None:
+        missing = " and ".join(s.name for s in (a, b) if s.decay_parameter is None)
+        return [f"momentum: {missing} declares no EMA knob (decay_parameter is None): nothing to translate"]
+    (pa, wa), (pb, wb) = a.decay_parameter, b.decay_parameter
+    flip = "1 - " if wa != wb else ""
+    lines = [f"momentum: {b.name} {pb} = {flip}{a.name} {pa} ({a.name}: {WEIGHS[wa]}; {b.name}: {WEIGHS[wb]})"]
+    value = a.defaults.get("decay_parameter")
+    if isinstance(value, (int, float)):
+        wanted = 1 - value if flip else value
+        line = (f"momentum: {a.name} {pa}={_number(value)} ({WEIGHS[wa]}) -> "
+                f"{b.name} {pb}={_number(wanted)} ({WEIGHS[wb]})")
+        lines.append(line + _explicit(b, "decay_parameter", pb, wanted))
+    elif "decay_parameter" in a.defaults:
+        lines.append(f"momentum: {a.name} has no default {pa} ({value!r}): translate the value the model uses")
+    return lines
+
+
+def _explicit(b: Side, key: str, spelled: str, wanted: float) -> str:
+    """'; TO's default is x: pass name=y explicitly' when TO's own default is not what is wanted."""
+    default = b.defaults.get(key)
+    if not isinstance(default, (int, float)):
+        return f"; pass {spelled}={_number(wanted)} explicitly"
+    if abs(default - wanted) <= 1e-12 * max(1.0, abs(wanted)):
+        return f" (also {b.name}'s default)"
+    return f"; {b.name}'s default is {spelled}={_number(default)}: pass {spelled}={_number(wanted)} explicitly"
+
+
+def epsilon_lines(a: Side, b: Side) -> list[str]:
+    """Epsilon defaults: TO must be given FROM's default explicitly when they differ."""
+    ea, eb = a.defaults.get("epsilon"), b.defaults.get("epsilon")
+    if not isinstance(ea, (int, float)):
+        return [f"epsilon: {a.name}'s default epsilon is not known here: pass the model's epsilon explicitly"]
+    if isinstance(eb, (int, float)) and abs(ea - eb) <= 1e-12 * ea:
+        return [f"epsilon: eps default {_number(ea)} in both: nothing to pass"]
+    shown = _number(eb) if isinstance(eb, (int, float)) else "unknown"
+    return [f"epsilon: {a.name} eps default {_number(ea)} -> {b.name} eps default {shown}: "
+            f"pass epsilon={_number(ea)} explicitly"]
+
+
+def convention_values(text: str, knob: str) -> tuple[set, list[str]]:
+    """Parse a described convention ("a, b; c when X") into (values always, ["c when X", ...])."""
+    base, *conditional = text.split("; ")
+    words = {value: full.split(" (")[0] for value, full in VALUE_WORDS[knob].items()}
+    return {value for value, short in words.items() if short in base}, conditional
+
+
+def _words(knob: str, values) -> str:
+    return " or ".join(VALUE_WORDS[knob][v].split(" (")[0] for v in sorted(values, key=str)) or "nothing declared"
+
+
+def variance_lines(a: Side, b: Side) -> list[str]:
+    """The N/(N-1) rescale between a Bessel-corrected and a biased running variance."""
+    if "running_variance" not in a.capabilities or "running_variance" not in b.capabilities:
+        return [f"running variance: not declared by {_undeclared(a, b, 'running_variance')}"]
+    (va, ca), (vb, cb) = (convention_values(s.capabilities["running_variance"], "running_variance") for s in (a, b))
+    if va & vb:
+        line = f"running variance: both can keep {_words('running_variance', va & vb)}"
+    elif va == {"bessel"} and vb == {"biased"}:
+        line = _rescale(a, b, "N/(N-1)", "Bessel-corrected", "biased")
+    elif va == {"biased"} and vb == {"bessel"}:
+        line = _rescale(a, b, "(N-1)/N", "biased", "Bessel-corrected")
+    else:
+        words_a, words_b = _words("running_variance", va), _words("running_variance", vb)
+        line = f"running variance: {a.name} keeps {words_a}, {b.name} {words_b}"
+    return [line] + [f"running variance, conditional: {s.name} keeps {c}" for s, cs in ((a, ca), (b, cb)) for c in cs]
+
+
+def _rescale(a: Side, b: Side, factor: str, kind_a: str, kind_b: str) -> str:
+    return (f"running variance: {a.name} keeps a {kind_a} running variance, {b.name} a {kind_b} one: after training "
+            f"in {b.name}, multiply its moving variance by {factor} to get {a.name}'s value, where N is the number of "
+            f"values per channel in one training batch (batch size x spatial positions); weights imported from "
+            f"{a.name} need no rescale for inference (the stored value is used as is)")
+
+
+def _undeclared(a: Side, b: Side, knob: str) -> str:
+    return " and ".join(s.name for s in (a, b) if knob not in s.capabilities)
+
+
+def convention_lines(a: Side, b: Side) -> list[str]:
+    """Epsilon placement, zero-debias and the decay schedule: shared, choosable, or impossible."""
+    lines = []
+    for knob in ("epsilon_modes", "zero_debias", "num_updates_schedule"):
+        if knob not in a.capabilities or knob not in b.capabilities:
+            lines.append(f"{KNOB_NAMES[knob]}: not declared by {_undeclared(a, b, knob)}")
+            continue
+        (va, ca), (vb, cb) = (convention_values(s.capabilities[knob], knob) for s in (a, b))
+        lines.append(_convention_line(knob, a, b, va, vb))
+        lines += [f"{KNOB_NAMES[knob]}, conditional: {s.name} uses {c}" for s, cs in ((a, ca), (b, cb)) for c in cs]
+    return lines
+
+
+def _convention_line(knob: str, a: Side, b: Side, va: set, vb: set) -> str:
+    name = KNOB_NAMES[knob]
+    if va == vb and len(va) == 1:
+        return f"{name}: both use {_words(knob, va)}"
+    if va <= vb:
+        return f"{name}: {b.name} can use {_words(knob, va)} like {a.name}" + ("" if va == vb else ": choose it")
+    if va & vb:
+        return f"{name}: {a.name} may use {_words(knob, va)}; {b.name} only {_words(knob, vb)}: keep {a.name} on that"
+    return (f"{name}: {a.name} uses {_words(knob, va)}, {b.name} always {_words(knob, vb)}: no setting matches; "
+            f"{CONSEQUENCES[knob]}")
+
+
+def structural_lines(a: Side, b: Side) -> list[str]:
+    """Every other capability whose described values differ: what only one side can express."""
+    lines = []
+    for knob in sorted((a.capabilities.keys() | b.capabilities.keys()) - set(CONVENTIONS)):
+        ta, tb = a.capabilities.get(knob), b.capabilities.get(knob)
+        if ta == tb:
+            continue
+        if ta is None or tb is None:
+            lines.append(f"{knob}: not declared by {a.name if ta is None else b.name}")
+            continue
+        sep = LIST_SEPARATORS.get(knob, ", ")
+        only_a = [v for v in ta.split(sep) if v not in tb.split(sep)]
+        only_b = [v for v in tb.split(sep) if v not in ta.split(sep)]
+        lines.append(f"{knob}: only {a.name}: {sep.join(only_a) or '-'} | only {b.name}: {sep.join(only_b) or '-'}")
+    if any(line.startswith("dtypes") for line in lines):
+        lines.append("dtypes: 'x/y' means x inputs with y parameters and running statistics (mixed precision)")
+    return lines
+
+
+def translation(a: Side, b: Side) -> list[str]:
+    parts = (ema_lines, epsilon_lines, variance_lines, convention_lines, structural_lines)
+    return [line for part in parts for line in part(a, b)]
+
+
+# --- Part 2: the measured differences ----------------------------------------------------------
+
+def _deviation_names(verdict: dict) -> list[str]:
+    """Observed deviation names; older documents stored one name under "deviation"."""
+    return list(verdict.get("deviations") or ([verdict["deviation"]] if verdict.get("deviation") else []))
+
+
+def outcome(verdict: dict) -> str:
+    """The grouping label: the status, with the deviation names and kinds for a deviation."""
+    if verdict["status"] != "deviation":
+        return verdict["status"]
+    kinds = f" [{', '.join(verdict['kinds'])}]" if verdict.get("kinds") else ""
+    return f"deviation {', '.join(_deviation_names(verdict))}{kinds}"
+
+
+def numbers(verdict: dict) -> str:
+    """What the cell measured: worst error for a fail, the reason or exception otherwise."""
+    status, detail = verdict["status"], verdict.get("detail") or ""
+    if status == "fail" and verdict.get("mismatches"):
+        worst = max(verdict["mismatches"], key=lambda m: _as_float(m.get("max_rel_error")))
+        return (f"{worst['output']} step {worst['step']}: got {worst['got']}, expected {worst['expected']}, "
+                f"max abs err {_as_float(worst['max_abs_error']):.3g}, max rel err "
+                f"{_as_float(worst['max_rel_error']):.3g}" + (f" (+{len(verdict['mismatches']) - 1} outputs)"
+                                                               if len(verdict["mismatches"]) > 1 else ""))
+    return "" if status == "pass" else _short(detail)
+
+
+def _as_float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def _short(text: str, limit: int = 220) -> str:
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _key(verdict: dict) -> tuple:
+    """Equal keys mean the two backends agree on the cell."""
+    detail = verdict.get("detail") if verdict["status"] in ("fail", "error") else ""
+    return verdict["status"], tuple(_deviation_names(verdict)), detail
+
+
+def compare_cells(document: dict, a: str, b: str) -> tuple[list[tuple[dict, dict]], int, int]:
+    """(disagreeing (verdict a, verdict b) pairs, cells agreeing, cells not comparable)."""
+    index = {(v["case"], v["adapter"], v["device"]): v for v in document["verdicts"]}
+    pairs, agree, skipped = [], 0, 0
+    for (case, adapter, device), va in sorted(index.items()):
+        if adapter != a:
+            continue
+        vb = index.get((case, b, device))
+        if vb is None or "unavailable" in (va["status"], vb["status"]):
+            skipped += 1
+        elif _key(va) == _key(vb):
+            agree += 1
+        else:
+            pairs.append((va, vb))
+    return pairs, agree, skipped
+
+
+def difference_lines(document: dict, a: str, b: str) -> list[str]:
+    """The disagreeing cells grouped by (FROM outcome, TO outcome): behaviour first, then what only
+    one side can express; within a group, cells with the same numbers share one line."""
+    pairs, agree, skipped = compare_cells(document, a, b)
+    lines = [f"{agree + len(pairs)} cells compared: {agree} agree, {len(pairs)} differ"
+             + (f"; {skipped} not compared (unavailable, or a device only {a} has)" if skipped else "")]
+    groups = collections.defaultdict(list)
+    for va, vb in pairs:
+        groups[(outcome(va), outcome(vb))].append((va, vb))
+    order = sorted(groups.items(), key=lambda item: ("unsupported" in item[0], -len(item[1]), item[0]))
+    for (oa, ob), cells in order:
+        lines.append(f"{a}: {oa} | {b}: {ob} -- {len(cells)} cell(s)")
+        lines += _same_numbers_lines(cells, a, b)
+    if pairs:
+        case = order[0][1][0][0]["case"]
+        lines.append(f"reproduce one: bnconform check cases/{case}.json --backend {a} --backend {b}")
+    return lines
+
+
+def _same_numbers_lines(cells, a: str, b: str) -> list[str]:
+    """One line per distinct (FROM numbers, TO numbers): the numbers, then every case id [device]."""
+    by_numbers = collections.defaultdict(list)
+    for va, vb in cells:
+        by_numbers[(numbers(va), numbers(vb))].append(f"{va['case']} [{va['device']}]")
+    lines = []
+    for (na, nb), ids in by_numbers.items():
+        parts = [f"{name}: {text}" for name, text in ((a, na), (b, nb)) if text]
+        convention = " (a convention: see 1.)" if any(CONVENTION_WORDS in t for t in (na, nb)) else ""
+        lines.append(f"  {' | '.join(parts) or 'no detail'}{convention}")
+        lines.append(f"    {len(ids)} case(s): {', '.join(ids)}")
+    return lines
+
+
+def _profile(document: dict):
+    """(ROWS, {backend: {row key: ProfileCell}}) from bnconform.reporting.profile, None if it does not exist,
+    or the one line saying why it failed (a broken profile must not hide the rest of the report)."""
+    try:
+        from ..reporting.profile import ROWS, build_profile
+
+        return ROWS, build_profile(document)
+    except ModuleNotFoundError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - another module's bug: say why, keep the report
+        return f"semantics profile unavailable: {type(exc).__name__}: {exc}"
+
+
+def profile_lines(document: dict, a: str, b: str) -> list[str]:
+    """Semantics-profile rows (key, label) whose values differ between the two, side by side."""
+    found = _profile(document)
+    if not isinstance(found, tuple):
+        return [found] if found else []
+    rows, profile = found
+    lines = []
+    for row in rows:
+        key, label = (row, row) if isinstance(row, str) else (row[0], row[-1])
+        value_a, value_b = (getattr(profile.get(n, {}).get(key), "value", None) for n in (a, b))
+        if value_a != value_b:
+            lines.append(f"{label}: {a}: {value_a} | {b}: {value_b}")
+    return lines
+
+
+# --- Where the document and the metadata come from ---------------------------------------------
+
+def side_of(document: dict, name: str) -> Side:
+    """A backend's metadata as the document stores it (absent keys: not declared)."""
+    meta = document.get("adapters", {}).get(name, {})
+    decay = meta.get("decay_parameter")
+    return Side(name, tuple(decay) if decay else None, dict(meta.get("defaults") or {}),
+                dict(meta.get("capabilities") or {}))
+
+
+def has_backend(document: dict | None, name: str) -> bool:
+    return bool(document) and any(v["adapter"] == name and v["status"] != "unavailable" for v in document["verdicts"])
+
+
+def run_document(names: list[str], cases: Path, families, devices) -> dict:
+    """Run the backends over the case families in worker processes; returns the document, writes nothing."""
+    from ..execution.plan import discover_cases, plan
+    from ..execution.scheduler import run_cells
+    from ..reporting import results
+
+    cells = plan(discover_cases(cases, families), names, devices)
+    print(f"running {len(cells)} cells of {', '.join(names)} (nothing is written to reports/)", file=sys.stderr)
+    verdicts, infos = run_cells(cells, jobs=min(2, len(names)))
+    return results.build(verdicts, infos, {"backend": names}, cases)
+
+
+def check_names(names: list[str], document: dict | None) -> None:
+    """Raise UsageError (one line, with did-you-mean from bnconform.execution.selection) unless each name is
+    exactly one backend: registered, in the document, or an ad hoc module:Class."""
+    from ..adapters.registry import RegistryError, known
+    from ..execution.selection import select_backends
+    from .usage import UsageError
+
+    for name in names:
+        if name in known() or name in (document or {}).get("adapters", {}) or ":" in name:
+            continue
+        try:
+            members = select_backends([name], [])
+        except RegistryError as exc:
+            raise UsageError(f"port: {exc}") from None
+        raise UsageError(f"port: {name!r} names {len(members)} backends ({', '.join(members)}); Expected: one of them")
+
+
+def load_document(path: Path) -> tuple[dict | None, str]:
+    """(the results document, "") or (None, why there is no usable one)."""
+    from ..reporting import results
+
+    if not path.exists():
+        return None, f"{path}: no such file"
+    try:
+        return results.read(path), ""
+    except results.ResultsError as exc:
+        return None, str(exc)
+
+
+def report(document: dict, a: str, b: str, source: str) -> list[str]:
+    """The whole port report as lines."""
+    sa, sb = side_of(document, a), side_of(document, b)
+    lines = [f"Porting a model from {a} to {b}", "", f"1. Parameter translation (from the adapters' metadata)"]
+    lines += [f"  {line}" for line in translation(sa, sb)]
+    lines += ["", f"2. Measured differences ({source})"] + [f"  {line}" for line in difference_lines(document, a, b)]
+    profile = profile_lines(document, a, b)
+    if profile:
+        lines += ["", "3. Semantics profile rows that differ (bnconform.reporting.profile)"] + [f"  {line}" for line in profile]
+    return lines
+
+
+def cmd_port(args) -> int:
+    path = Path(args.results)
+    document, problem = load_document(path)
+    check_names([args.source, args.target], document)
+    source = str(path)
+    if not (has_backend(document, args.source) and has_backend(document, args.target)):
+        reason = problem or f"{path} has no results for both {args.source} and {args.target}"
+        print(f"{reason}; running them now", file=sys.stderr)
+        document = run_document([args.source, args.target], Path(args.cases), args.family, args.device or ["cpu"])
+        source = "measured now"
+    print("\n".join(report(document, args.source, args.target, source)))
+    return 0
+
+
+def register_port(sub) -> None:
+    port = sub.add_parser("port", help="what to change, and what still differs, moving a model between two backends")
+    port.add_argument("source", metavar="FROM", help="backend the model comes from, e.g. torch.nn")
+    port.add_argument("target", metavar="TO", help="backend it moves to, e.g. keras3.tensorflow")
+    port.add_argument("--results", default="reports/results.json",
+                      help="results document (default: reports/results.json)")
+    port.add_argument("--cases", default="cases", help="case directory for a fresh run (default: cases)")
+    port.add_argument("--family", action="append", help="case family for a fresh run (repeatable; default: all)")
+    port.add_argument("--device", action="append", help="device for a fresh run (repeatable; default: cpu)")
+    port.set_defaults(func=cmd_port)

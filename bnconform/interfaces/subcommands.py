@@ -1,0 +1,234 @@
+"""``bnconform run | check | list | report | diff | bench``: the commands beyond generate/validate.
+
+Every bad input becomes a :class:`UsageError` (one line, exit 2). Which backends and devices a
+run means is decided by :mod:`bnconform.execution.selection`; where its reports go, by
+:mod:`bnconform.reporting.writing` (only a whole-matrix run replaces the tracked ``reports/``).
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import os
+import sys
+from pathlib import Path
+
+from .usage import DEFAULT_CASES, UsageError, case_paths
+
+UNEXPECTED = ("fail", "error")
+NOT_RUN = ("unsupported", "unavailable")
+
+
+def _run_cells(cells, jobs: int, timeout: float, quiet: bool = False):
+    """(verdicts in cell order, host info per backend); ``quiet`` drops the progress bar (check
+    prints every cell itself)."""
+    from ..execution.scheduler import Progress, run_cells
+
+    progress = Progress(len(cells), stream=io.StringIO()) if quiet else None
+    return run_cells(cells, jobs=jobs, timeout=timeout, progress=progress)
+
+
+def _backends(args):
+    """(selected names, device kinds to plan), or a UsageError naming the bad word."""
+    from ..adapters.registry import RegistryError
+    from ..execution.selection import select_backends, select_devices
+
+    try:
+        selected = select_backends(args.backend, args.adapter)
+        return selected, select_devices(args.device, selected)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _matrix_cases(args) -> tuple[list, list[str]]:
+    """(the cases of the selected families, every family under the case root)."""
+    from ..caseformat.validation import CaseError
+    from ..execution.plan import discover_cases, unknown_families
+
+    root = Path(args.cases)
+    if not root.is_dir():
+        raise UsageError(f"--cases: Expected: a directory of case families. Received: {root} (no such directory)")
+    families, unknown = unknown_families(root, args.family)
+    if unknown:
+        raise UsageError(f"--family: Expected: one of {', '.join(families)} under {root}. Received: {', '.join(unknown)}")
+    try:
+        return discover_cases(root, args.family), families
+    except CaseError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _summary(verdicts) -> str:
+    from ..judging.verdict import STATUSES
+
+    rows = collections.defaultdict(collections.Counter)
+    for v in verdicts:
+        rows[f"{v.adapter} ({v.device})"][v.status] += 1
+    width = max([len(r) for r in rows] + [7])
+    lines = [f"{'backend':{width}} " + " ".join(f"{s:>11}" for s in STATUSES)]
+    lines += [f"{row:{width}} " + " ".join(f"{c[s]:>11}" for s in STATUSES) for row, c in sorted(rows.items())]
+    return "\n".join(lines)
+
+
+def cmd_run(args) -> int:
+    from ..execution.plan import plan
+    from ..execution.selection import is_whole_matrix
+    from ..reporting import results
+    from ..reporting.writing import write_reports
+
+    cases, families = _matrix_cases(args)
+    selected, devices = _backends(args)
+    cells = plan(cases, selected, devices)
+    print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on {', '.join(devices)}",
+          file=sys.stderr)
+    case_meta = results.CaseMetaInAdvance(Path(args.cases), sorted({cell.case_path for cell in cells}))
+    verdicts, infos = _run_cells(cells, args.jobs, args.timeout)
+    selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family") if getattr(args, k)}
+    document = results.build(verdicts, infos, selection, Path(args.cases), case_meta)
+    whole = (is_whole_matrix(selected, args.family, args.device, families)
+             and Path(args.cases).resolve() == DEFAULT_CASES.resolve())
+    target = write_reports(document, Path(args.reports), whole, args.out)
+    print(_summary(verdicts))
+    bad = [v for v in verdicts if v.status in UNEXPECTED]
+    for v in bad[:20]:
+        print(f"{v.status}: {v.cell_id}: {v.detail}", file=sys.stderr)
+    print(f"reports written to {target}/conformance.md and results.json; {len(bad)} unexpected fail/error")
+    return 1 if bad else 0
+
+
+def _nothing_ran(verdicts) -> str:
+    """The one line for a check in which every cell was unsupported or unavailable."""
+    reasons = collections.Counter(f"{v.status}: {v.detail}" for v in verdicts)
+    top = "; ".join(f"{reason} ({n} cell(s))" for reason, n in reasons.most_common(2))
+    more = f"; and {len(reasons) - 2} other reason(s)" if len(reasons) > 2 else ""
+    return f"bnconform: nothing could run: all {len(verdicts)} cell(s) were unsupported or unavailable: {top}{more}"
+
+
+def cmd_check(args) -> int:
+    """Exit 0 when every cell that could run conforms (pass or deviation), 1 when one fails or
+    errors or when nothing could run at all, 2 for invalid input (raised as UsageError)."""
+    from ..caseformat.validation import CaseError, load_case
+    from ..execution.plan import plan
+
+    try:
+        cases = [load_case(p) for p in case_paths(args.paths)]
+    except CaseError as exc:
+        raise UsageError(str(exc)) from None
+    if not cases:
+        raise UsageError(f"check: Expected: at least one case file. Received: none under {', '.join(args.paths)}")
+    if not args.backend and not args.adapter:
+        raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
+    selected, devices = _backends(args)
+    verdicts, _ = _run_cells(plan(cases, selected, devices), len(selected), args.timeout, quiet=True)
+    for v in verdicts:
+        print(f"{v.status:11} {v.cell_id}" + (f": {v.detail}" if v.detail else ""))
+    ran = [v for v in verdicts if v.status not in NOT_RUN]
+    if not ran:
+        print(_nothing_ran(verdicts), file=sys.stderr)
+        return 1
+    bad = [v for v in ran if v.status in UNEXPECTED]
+    print(f"{len(ran) - len(bad)} conform, {len(bad)} fail/error, {len(verdicts) - len(ran)} not run "
+          "(unsupported/unavailable)")
+    return 1 if bad else 0
+
+
+def cmd_list(args) -> int:
+    from .listing import list_metadata, list_probe
+
+    return list_probe(args.jobs) if args.probe else list_metadata()
+
+
+def cmd_report(args) -> int:
+    from ..reporting import results
+
+    try:
+        document = results.merge([results.read(Path(p)) for p in args.results])
+    except (results.ResultsError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(_bad_results(args.results, exc)) from None
+    from ..reporting.writing import write_pages_as
+
+    out = write_pages_as(document, args.output)
+    if args.merged:
+        results.write(document, Path(args.merged))
+    print(f"wrote {out} from {len(args.results)} result file(s), {len(document['verdicts'])} cells")
+    return 0
+
+
+def _bad_results(paths, exc) -> str:
+    """One line for a results file that reads as JSON but not as a results document."""
+    from ..reporting import results
+
+    if isinstance(exc, results.ResultsError):
+        return str(exc)
+    return f"{', '.join(map(str, paths))}: Expected: results documents written by bnconform. Received: {type(exc).__name__}: {exc}"
+
+
+def cmd_diff(args) -> int:
+    from ..reporting import results
+
+    try:
+        lines = results.diff(results.read(Path(args.old)), results.read(Path(args.new)))
+    except (results.ResultsError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(_bad_results([args.old, args.new], exc)) from None
+    print("\n".join(lines) if lines else "no cell changed its verdict")
+    return 1 if lines else 0
+
+
+def cmd_bench(args) -> int:
+    from .bench import bench
+
+    return bench(args)
+
+
+def _common(parser) -> None:
+    parser.add_argument("--backend", action="append",
+                        help="backend name, family (torch = torch.nn + torch.functional) or glob ('keras3.*'); "
+                             "repeatable; default: all registered, or none when --adapter is given")
+    parser.add_argument("--adapter", action="append", default=[], help="ad hoc adapter package.module:ClassName")
+    parser.add_argument("--device", action="append",
+                        help="device kind, e.g. cpu or cuda (repeatable; default: the kinds present here; an "
+                             "absent one asked for gives unavailable cells)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per cell before a backend is killed")
+
+
+_CHECK_HELP = ("run your own case files; exit 0 when every cell that could run conforms (pass or declared "
+               "deviation; unsupported/unavailable cells do not fail it), 1 when a cell fails or errors or "
+               "nothing could run, 2 for invalid input")
+
+
+def register(sub) -> None:
+    run = sub.add_parser("run", help="run the conformance matrix and write the reports (the main job)")
+    _common(run)
+    run.add_argument("--family", action="append", help="case family (repeatable; default: all)")
+    run.add_argument("--cases", default=str(DEFAULT_CASES), help="case directory (default: cases)")
+    run.add_argument("--reports", default="reports",
+                     help="report directory (default: reports); a run over less than the whole matrix writes "
+                          "under <reports>/partial/<selection>/")
+    run.add_argument("--out", help="write this run's reports into OUT instead")
+    run.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="backends run at once")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help=_CHECK_HELP, description=_CHECK_HELP)
+    check.add_argument("paths", nargs="+", help="case files or directories")
+    _common(check)
+    check.set_defaults(func=cmd_check)
+    lst = sub.add_parser("list", help="every backend from metadata: version, devices, what to install")
+    lst.add_argument("--probe", action="store_true",
+                     help="import each backend in its own process and report why one is unavailable (slow)")
+    lst.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="backends probed at once")
+    lst.set_defaults(func=cmd_list)
+    rep = sub.add_parser("report", help="re-render (and merge) results.json files into markdown")
+    rep.add_argument("results", nargs="+", help="results.json files (later ones win per cell)")
+    rep.add_argument("--output", "-o", default="reports/conformance.md")
+    rep.add_argument("--merged", help="also write the merged results.json here")
+    rep.set_defaults(func=cmd_report)
+    dif = sub.add_parser("diff", help="cells whose verdict or error changed between two results.json")
+    dif.add_argument("old")
+    dif.add_argument("new")
+    dif.set_defaults(func=cmd_diff)
+    ben = sub.add_parser("bench", help="median ms per case per backend, and the full-matrix wall time")
+    ben.add_argument("--backend", action="append", help="backend name (repeatable; default: all available)")
+    ben.add_argument("--family", action="append")
+    ben.add_argument("--matrix", action="store_true", help="also time `pytest -n auto` over the matrix")
+    ben.set_defaults(func=cmd_bench)
+    from .fuzz import register as register_fuzz
+
+    register_fuzz(sub)

@@ -1,0 +1,145 @@
+"""NaN-aware comparison of a framework's outputs with the oracle's, under the case tolerance.
+
+For each compared output: NaN positions must match exactly, infinities must match by sign, and
+finite values must satisfy ``|got - expected| <= atol + rtol * |expected|`` (bnconform.reference.tolerance);
+a finite expected value beyond the output dtype's range is also met by the infinity of its sign,
+which an implementation storing the output in that dtype must return (:func:`overflow_infinity`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..caseformat.dtypes import numpy_dtype
+from ..caseformat.model import GRADIENT_KEYS, OUTPUT_KEYS, RENORM_STATE_KEYS, Case
+
+COMPARED_KEYS = OUTPUT_KEYS + RENORM_STATE_KEYS + GRADIENT_KEYS
+_INPUT_DTYPE_KEYS = ("y", "batch_mean", "batch_var", "dx")  # the rest are in the param dtype
+
+
+@dataclass
+class Mismatch:
+    """The numbers behind a failed output, enough to reproduce the finding."""
+
+    step: int
+    output: str
+    index: list[int]
+    expected: float
+    got: float
+    max_abs_error: float
+    max_rel_error: float
+    ulps: float
+    reason: str
+
+    def line(self) -> str:
+        where = f"{self.output}[{','.join(map(str, self.index))}]" if self.index else self.output
+        if self.reason.startswith("shape "):  # no value to quote: the arrays do not line up
+            return f"step {self.step}: {where} has {self.reason}"
+        return (f"step {self.step}: {where}={self.got:.6g}, but should be {self.expected:.6g} "
+                f"({self.reason}; max abs err {self.max_abs_error:.3g}, max rel err {self.max_rel_error:.3g}, "
+                f"{self.ulps:.3g} ulp)")
+
+    def to_json(self) -> dict:
+        return {k: (v if not isinstance(v, float) or np.isfinite(v) else repr(v)) for k, v in asdict(self).items()}
+
+
+def _ulps(diff, expected, dtype: str) -> float:
+    with np.errstate(invalid="ignore", over="ignore"):
+        spacing = np.spacing(np.abs(expected).astype(numpy_dtype(dtype))).astype(np.float64)
+        ratio = diff / np.where(spacing > 0, spacing, np.finfo(np.float64).tiny)
+    return float(np.nanmax(ratio)) if ratio.size else 0.0
+
+
+def overflow_infinity(expected, dtype: str) -> np.ndarray:
+    """Where a finite expected value lies beyond the range of ``dtype``: the infinity of its sign,
+    which IEEE round-to-nearest gives an implementation storing that output in ``dtype``; NaN
+    elsewhere."""
+    expected = np.asarray(expected, dtype=np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rounded = expected.astype(numpy_dtype(dtype)).astype(np.float64)
+    return np.where(np.isinf(rounded) & np.isfinite(expected), rounded, np.nan)
+
+
+def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) -> Mismatch | None:
+    """None if ``got`` agrees with ``expected``; else the first mismatch with its error figures.
+    An expected value beyond the range of ``dtype`` is also met by the infinity of its sign (the
+    output stored in ``dtype``), as well as by the value itself (an output kept wider)."""
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != expected.shape:
+        return Mismatch(step, key, [], float("nan"), float("nan"), float("inf"), float("inf"), float("inf"),
+                        f"shape {list(got.shape)} instead of {list(expected.shape)}")
+    nan_e, nan_g = np.isnan(expected), np.isnan(got)
+    inf_bad = np.isinf(expected) & (got != expected)
+    with np.errstate(invalid="ignore", over="ignore"):
+        diff = np.abs(got - expected)
+        bad = (nan_e != nan_g) | inf_bad | (~nan_e & ~np.isinf(expected) & ~(diff <= tol["atol"] + tol["rtol"] * np.abs(expected)))
+        bad &= ~(got == overflow_infinity(expected, dtype))
+    if not bad.any():
+        return None
+    finite = np.isfinite(expected) & np.isfinite(got)
+    abs_err = float(diff[finite].max()) if finite.any() else float("nan")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = diff[finite] / np.abs(expected[finite])
+    first = tuple(int(i) for i in np.argwhere(bad)[0])
+    reason = "NaN position differs" if nan_e[first] != nan_g[first] else "outside tolerance"
+    return Mismatch(step, key, list(first), float(expected[first]), float(got[first]), abs_err,
+                    float(np.nanmax(rel)) if rel.size else float("nan"),
+                    _ulps(np.where(finite, diff, 0.0), expected, dtype), reason)
+
+
+def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[list[Mismatch], list[str]]:
+    """All mismatches over steps, and the names of outputs that were compared.
+
+    ``expected_steps`` defaults to the case file's expected values (a declared deviation passes
+    the oracle's results for a variant case instead).
+    """
+    if len(results) != len(case.steps):
+        raise ValueError(f"Expected: {len(case.steps)} step results. Received: {len(results)}")
+    expected_steps = expected_steps or [s.expected for s in case.steps]
+    mismatches, compared = [], set()
+    for i, (step, expected, got) in enumerate(zip(case.steps, expected_steps, results)):
+        _require_outputs(i, step, expected, got)
+        for key in COMPARED_KEYS:
+            if expected.get(key) is None or got.get(key) is None:
+                continue
+            dtype = case.config.input_dtype if key in _INPUT_DTYPE_KEYS else case.config.param_dtype
+            compared.add(key)
+            tol = step.tolerance.get(key)
+            if tol is None:  # a variant may define an output the case leaves undefined
+                continue
+            found = compare_output(i, key, expected[key], got[key], tol, dtype)
+            if found:
+                mismatches.append(found)
+        if step.replica_sizes is not None and got.get("replicas") is not None:
+            compared.add("replicas")  # how many devices the adapter really ran the step on
+            if int(got["replicas"]) != len(step.replica_sizes):
+                mismatches.append(Mismatch(i, "replicas", [], float(len(step.replica_sizes)), float(got["replicas"]),
+                                           float("nan"), float("nan"), float("nan"), "ran on another number of devices"))
+        counter = _compare_count(i, expected.get("num_updates"), got.get("num_updates"))
+        if counter is not None:
+            compared.add("num_updates")
+            mismatches += [counter] if counter else []
+    return mismatches, sorted(compared, key=(*COMPARED_KEYS, "num_updates", "replicas").index)
+
+
+def _require_outputs(i: int, step, expected: dict, got: dict) -> None:
+    """y always; on a step with an upstream gradient, every gradient the oracle defines (an adapter
+    that silently returned none would otherwise pass)."""
+    required = ["y"] + [k for k in GRADIENT_KEYS if step.dy is not None and expected.get(k) is not None]
+    missing = [k for k in required if got.get(k) is None]
+    if missing:
+        raise ValueError(f"step {i}: Expected: outputs {required}. Received: {sorted(got)} (missing {missing})")
+
+
+def _compare_count(step: int, expected, got):
+    """num_updates is an integer counter: compared exactly. None if either side lacks it,
+    False if equal, else a Mismatch."""
+    if expected is None or got is None:
+        return None
+    got = int(np.asarray(got))
+    if got == int(expected):
+        return False
+    return Mismatch(step, "num_updates", [], float(expected), float(got), abs(got - expected), float("nan"),
+                    float("nan"), "counter differs")

@@ -1,0 +1,255 @@
+"""reports/results.json: building, reading, merging and diffing machine-readable results.
+
+The document holds the environment (platform, Python, framework versions, devices), the
+adapters' capabilities and declared deviations (each with its kind and effect), per case its
+description and ``case_meta`` (the properties the semantics profile selects evidence by, so
+``bnconform report`` re-renders from the document alone), and one verdict per cell. Merging documents from several
+machines (a CPU CI run and a GPU run) keeps every cell; for a cell present in both, the later
+document wins.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+import threading
+from pathlib import Path
+
+from .. import __version__
+from ..execution.plan import adapter_metadata
+from ..judging.verdict import Verdict
+
+RESULTS_FORMAT = 2  # 2: verdicts carry deviations/kinds; adapters carry capabilities, defaults; case_meta
+
+
+def environment() -> dict:
+    """Where this run happened (for the report header)."""
+    return {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "platform": platform.platform(), "machine": platform.machine(),
+            "python": sys.version.split()[0], "bnconform": __version__}
+
+
+def describe_cases(verdicts, case_root: Path) -> dict[str, str]:
+    """case id -> its one-line description (a case id is its path under the case root)."""
+    descriptions = {}
+    for case_id in sorted({v.case for v in verdicts}):
+        try:
+            descriptions[case_id] = json.loads((case_root / f"{case_id}.json").read_text(encoding="utf-8"))["description"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a custom case outside the root: the report shows its id only
+    return descriptions
+
+
+def case_metadata(case) -> dict:
+    """What the profile needs to know about one case, read from the case itself (never its name).
+
+    ``training_n`` / ``update_n``: N per channel of the training / updating steps;
+    ``depends_on``: the convention knobs whose value changes the case's expected results (the
+    oracle rerun with another value misses the tolerances); ``mean_to_spread``: the largest
+    |mean| / std of a channel in a training batch with N >= 2 (cancellation when >= 1e3);
+    ``gradients``: the normalize_with values of the steps that carry an upstream dy;
+    ``replica_splits``: how replicated steps split the batch (bnconform.judging.capabilities.replica_split).
+    """
+    cfg, rs = case.config, case.config.running_stats
+    counts = case.reduce_counts()
+    return {"input_dtype": cfg.input_dtype, "param_dtype": cfg.param_dtype, "rank": case.rank,
+            "epsilon": cfg.effective_epsilon, "epsilon_mode": cfg.epsilon_mode, "rule": rs.rule, "decay": rs.decay,
+            "variance": rs.variance, "zero_debias": rs.zero_debias, "schedule": rs.num_updates_schedule,
+            "extensions": list(case.extensions),
+            "training_n": sorted({n for s, n in zip(case.steps, counts) if s.is_training}),
+            "update_n": sorted({n for s, n in zip(case.steps, counts) if s.update_running_stats}),
+            "step_kinds": sorted({f"{s.normalize_with}+{'update' if s.update_running_stats else 'no-update'}"
+                                  for s in case.steps}),
+            "depends_on": _depends_on(case), "mean_to_spread": _mean_to_spread(case),
+            "gradients": sorted(case.gradient_modes), "replica_splits": _replica_splits(case)}
+
+
+def _replica_splits(case) -> list[str]:
+    """How the replicated steps split the batch: "equal", "unequal", "empty" (none: not replicated)."""
+    from ..judging.capabilities import replica_split
+
+    return sorted({replica_split(s.replica_sizes) for s in case.steps if s.replica_sizes is not None})
+
+
+def _depends_on(case) -> list[str]:
+    """Convention knobs for which some other value fails to reproduce the case's expectations."""
+    from ..caseformat.model import EPSILON_MODES, VARIANCE_KINDS
+    from ..judging.capabilities import reproduces
+
+    cfg, rs = case.config, case.config.running_stats
+    others = {"epsilon_modes": [m for m in EPSILON_MODES if m != cfg.epsilon_mode],
+              "running_variance": [k for k in VARIANCE_KINDS if k != rs.variance],
+              "zero_debias": [not rs.zero_debias] if rs.rule == "ema" and not case.extensions else []}
+    return [knob for knob, values in others.items() if any(not reproduces(case, knob, v) for v in values)]
+
+
+def _mean_to_spread(case) -> float:
+    """The largest |mean| / spread over the non-constant channels of the training batches."""
+    import numpy as np
+
+    from ..judging.selectors import training_channel_moments
+
+    worst = 0.0
+    for mean, std in training_channel_moments(case):
+        with np.errstate(divide="ignore", invalid="ignore"):
+            ratio = mean / std
+        finite = ratio[np.isfinite(ratio)]
+        worst = max(worst, float(finite.max()) if finite.size else 0.0)
+    return worst
+
+
+def describe_case_meta(verdicts, case_root: Path) -> dict[str, dict]:
+    """case id -> :func:`case_metadata` for every case under the root (custom cases: none)."""
+    found = {case_id: _read_metadata(Path(case_root) / f"{case_id}.json")
+             for case_id in sorted({v.case for v in verdicts})}
+    return {case_id: read[1] for case_id, read in found.items() if read is not None}
+
+
+def _read_metadata(path) -> tuple[str, dict] | None:
+    """(the case's id, its :func:`case_metadata`), or None for a file that is not a valid case."""
+    from ..caseformat.validation import CaseError, load_case
+
+    try:
+        case = load_case(path)
+        return case.id, case_metadata(case)
+    except (CaseError, OSError, ValueError):
+        return None
+
+
+class CaseMetaInAdvance:
+    """:func:`describe_case_meta` of the case files under a root, computed on a background thread
+    while a matrix runs (its controller mostly waits for host processes), so that writing the
+    reports does not add ~2 s of oracle re-runs to the end of the run. Calling it with the
+    verdicts returns their cases' metadata, computing any case it did not prefetch."""
+
+    def __init__(self, case_root: Path, paths):
+        self.case_root, self._meta = Path(case_root), {}
+        self._thread = threading.Thread(target=self._fill, args=(list(paths),), daemon=True)
+        self._thread.start()
+
+    def _fill(self, paths) -> None:
+        self._meta.update(read for read in map(_read_metadata, paths) if read is not None)
+
+    def __call__(self, verdicts) -> dict[str, dict]:
+        self._thread.join()
+        missing = [v for v in verdicts if v.case not in self._meta]
+        meta = {v.case: self._meta[v.case] for v in verdicts if v.case in self._meta}
+        return dict(sorted({**meta, **describe_case_meta(missing, self.case_root)}.items()))
+
+
+def _effects(name: str) -> dict[str, dict]:
+    """deviation name -> what it declares: {"raises": class} or {"outputs": [...]} or {"variant": text}."""
+    from ..adapters.base import Mismatches, Raises
+    from ..adapters.registry import resolve
+
+    effects = {}
+    for d in resolve(name).deviations:
+        b = d.behaviour
+        effects[d.name] = ({"raises": b.exception} if isinstance(b, Raises) else
+                           {"outputs": list(b.outputs)} if isinstance(b, Mismatches) else {"variant": b.describe()})
+    return effects
+
+
+def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case_root: Path = Path("cases"),
+          case_meta: CaseMetaInAdvance | None = None) -> dict:
+    """The results document; ``infos`` maps adapter name -> worker info (version, devices);
+    ``case_meta`` is the prefetch started when the run began (None: computed here)."""
+    adapters = {}
+    for name in sorted({v.adapter for v in verdicts} | set(infos)):
+        meta = adapter_metadata(name) if _resolvable(name) else {}
+        effects = _effects(name) if meta else {}
+        for deviation in meta.get("deviations", []):
+            deviation["effect"] = effects.get(deviation["name"], {})
+        info = infos.get(name, {})
+        version = info.get("version") or next((v.version for v in verdicts if v.adapter == name and v.version), "?")
+        ran_on = sorted({v.device for v in verdicts if v.adapter == name and v.status != "unavailable"})
+        adapters[name] = {**meta, "version": version, "devices": info.get("devices", ran_on),
+                          "defaults": info.get("defaults", {}),
+                          "unavailable": info.get("unavailable") or _unavailable(verdicts, name, ran_on)}
+    return {"format": RESULTS_FORMAT, "runs": [{**environment(), "selection": selection}],
+            "adapters": adapters, "cases": describe_cases(verdicts, Path(case_root)),
+            "case_meta": case_meta(verdicts) if case_meta else describe_case_meta(verdicts, Path(case_root)),
+            "verdicts": [v.to_json() for v in verdicts]}
+
+
+def _unavailable(verdicts, name: str, ran_on) -> str | None:
+    """The framework-level reason, when no cell of the adapter could run at all."""
+    if ran_on:
+        return None
+    return next((v.detail for v in verdicts if v.adapter == name and v.status == "unavailable"), None)
+
+
+def _resolvable(name: str) -> bool:
+    from ..adapters.registry import RegistryError, resolve
+
+    try:
+        resolve(name)
+        return True
+    except RegistryError:
+        return False
+
+
+def write(document: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(document, indent=1, allow_nan=False) + "\n", encoding="utf-8")
+
+
+class ResultsError(ValueError):
+    """A results file that cannot be read; str() is the one line to show."""
+
+
+def read(path: Path) -> dict:
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ResultsError(f"{path}: Expected: a bnconform results.json. Received: {exc}") from None
+    if not isinstance(document, dict) or "verdicts" not in document:
+        raise ResultsError(f"{path}: Expected: a results document (format {RESULTS_FORMAT}). "
+                           f"Received: {type(document).__name__} without verdicts")
+    if document.get("format") != RESULTS_FORMAT:
+        raise ResultsError(f"{path}: Expected: format {RESULTS_FORMAT} (a bnconform results document). Received: "
+                           f"format {document.get('format')!r}; re-run `bnconform run` to regenerate it")
+    return document
+
+
+def merge(documents: list[dict]) -> dict:
+    """One matrix from several runs; per cell, the later document wins."""
+    cells, adapters, runs, cases, case_meta = {}, {}, [], {}, {}
+    for document in documents:
+        runs += document["runs"]
+        cases.update(document.get("cases", {}))
+        case_meta.update(document.get("case_meta", {}))
+        for name, meta in document["adapters"].items():
+            merged = adapters.setdefault(name, dict(meta))
+            merged["devices"] = sorted(set(merged.get("devices") or []) | set(meta.get("devices") or []))
+        for verdict in document["verdicts"]:
+            key = (verdict["case"], verdict["adapter"], verdict["device"])
+            if key not in cells or verdict["status"] != "unavailable":
+                cells[key] = verdict
+    return {"format": RESULTS_FORMAT, "runs": runs, "adapters": adapters, "cases": cases,
+            "case_meta": case_meta, "verdicts": list(cells.values())}
+
+
+def verdicts_of(document: dict) -> list[Verdict]:
+    return [Verdict.from_json(v) for v in document["verdicts"]]
+
+
+def diff(old: dict, new: dict) -> list[str]:
+    """One line per cell whose status or detail changed between two result documents."""
+    def index(document):
+        return {(v["case"], v["adapter"], v["device"]): v for v in document["verdicts"]}
+
+    before, after = index(old), index(new)
+    lines = []
+    for key in sorted(before.keys() | after.keys()):
+        a, b = before.get(key), after.get(key)
+        cell = f"{key[0]}[{key[1]}-{key[2]}]"
+        if a is None or b is None:
+            lines.append(f"{cell}: {'added' if a is None else 'removed'} ({(b or a)['status']})")
+        elif a["status"] != b["status"]:
+            lines.append(f"{cell}: {a['status']} -> {b['status']}: {b['detail'] or a['detail']}")
+        elif a["detail"] != b["detail"] and a["status"] in ("fail", "error"):
+            lines.append(f"{cell}: {a['status']} changed: {a['detail']} -> {b['detail']}")
+    return lines
