@@ -15,97 +15,15 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
-from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
-from ..caseformat.model import Case
+from ..caseformat.model import Case, variant  # noqa: F401  (variant: for MatchesVariant declarations)
 from ..judging.capabilities import Capabilities
+# The declaration vocabulary is judging's; adapter authors import it from here (or bnconform.adapters).
+from ..judging.declarations import Deviation, MatchesVariant, Mismatches, Raises, Unsupported  # noqa: F401
 from ..judging.selectors import Selector, has_training_step  # noqa: F401  (has_training_step: public helper)
-from ..judging.verdict import DEVIATION_KINDS
-
-
-class Unsupported(Exception):
-    """Raised by an adapter when its framework cannot express the case; str() is the reason."""
-
-
-@dataclass(frozen=True)
-class Raises:
-    """Declared behaviour: some step raises ``exception`` (class name) with a message matching ``match``."""
-
-    exception: str
-    match: str = ""
-
-    def describe(self) -> str:
-        return f"raises {self.exception}" + (f" ({self.match!r})" if self.match else "")
-
-    def matches(self, exc: BaseException) -> bool:
-        import re
-
-        return type(exc).__name__ == self.exception and re.search(self.match, str(exc)) is not None
-
-
-@dataclass(frozen=True)
-class MatchesVariant:
-    """Declared behaviour: results match the oracle run on ``variant(case)`` instead of the case.
-
-    E.g. ``variant=lambda c: with_config(c, running_stats={"variance": "bessel"})`` declares a
-    Bessel-corrected running variance where the case asks for a biased one.
-    """
-
-    describe_text: str
-    variant: Callable[[Case], Case]
-
-    def describe(self) -> str:
-        return self.describe_text
-
-
-@dataclass(frozen=True)
-class Mismatches:
-    """Declared behaviour: the named outputs may disagree with the oracle, every other output must
-    pass, and at least one named output must differ in each selected cell (else the declaration
-    is stale and the cell fails). A name that does not differ in some selected cell is allowed: one
-    declaration covers cases where its effect reaches different outputs."""
-
-    outputs: tuple[str, ...]
-    describe_text: str = ""
-
-    def describe(self) -> str:
-        return self.describe_text or f"{', '.join(self.outputs)} differ from the oracle"
-
-
-@dataclass(frozen=True)
-class Deviation:
-    """A known, documented way in which a framework departs from every value the model allows.
-
-    ``kind`` is one of ``DEVIATION_KINDS``: ``defect`` (wrong numbers, NaN/Inf on valid finite
-    input, corrupted state, contradicts the framework's own docs), ``precision`` (right formula,
-    lost digits), ``dtype`` (computes in another precision than the input's or parameters'),
-    ``edge`` (a choice at a point the model leaves undefined or rejects: N = 1, N = 0, eps = 0).
-    A convention (a knob value the model allows) is not a deviation: declare it in
-    ``Adapter.capabilities``. ``applies`` selects the cells; its text is the report's "applies
-    to". Every run re-checks ``behaviour`` in every selected cell: if it is not observed there
-    the cell fails, so a declaration cannot outlive the behaviour it describes.
-    """
-
-    name: str
-    kind: str
-    applies: Selector
-    behaviour: Raises | MatchesVariant | Mismatches
-    explanation: str
-    link: str
-
-    def __post_init__(self):
-        if self.kind not in DEVIATION_KINDS:
-            raise ValueError(f"deviation {self.name!r}: kind Expected: one of {DEVIATION_KINDS}. Received: {self.kind!r}")
-        if not isinstance(self.applies, Selector):
-            raise TypeError(f"deviation {self.name!r}: applies Expected: a bnconform.judging.selectors.Selector. "
-                            f"Received: {type(self.applies).__name__}")
-
-    @property
-    def applies_to(self) -> str:
-        return self.applies.describe()
 
 
 class Adapter:
@@ -173,16 +91,3 @@ def install_advice(cls: type[Adapter]) -> str:
     """"; install it with: <command>" from the adapter's own hint or its bnconform extra ("" if neither)."""
     command = cls.install_hint or (f"pip install 'bnconform[{cls.extra}]'" if cls.extra else "")
     return f"; install it with: {command}" if command else ""
-
-
-def variant(case: Case, running_stats: dict | None = None, **config_changes) -> Case:
-    """A copy of ``case`` with some config knobs changed, for :class:`MatchesVariant`.
-
-    Example: ``variant(c, running_stats={"variance": "bessel"}, epsilon=1e-3)``.
-    """
-    from dataclasses import replace
-
-    config = replace(case.config, **config_changes)
-    if running_stats:
-        config = config.with_running(**running_stats)
-    return replace(case, config=config)

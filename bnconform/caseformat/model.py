@@ -255,3 +255,14 @@ class Case:
 def count_per_channel(shape, axis) -> int:
     """N: the product of every dimension but the channel axis."""
     return int(np.prod([d for i, d in enumerate(shape) if i != axis], dtype=np.int64))
+
+
+def variant(case: Case, running_stats: dict | None = None, **config_changes) -> Case:
+    """A copy of ``case`` with some config knobs changed (what a ``MatchesVariant`` declaration runs).
+
+    Example: ``variant(c, running_stats={"variance": "bessel"}, epsilon=1e-3)``.
+    """
+    config = replace(case.config, **config_changes)
+    if running_stats:
+        config = config.with_running(**running_stats)
+    return replace(case, config=config)

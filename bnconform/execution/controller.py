@@ -19,7 +19,8 @@ import threading
 from pathlib import Path
 
 from ..judging.verdict import Verdict
-from .plan import adapter_class, host_key, target_of
+from .adapter_classes import adapter_class, target_of
+from .plan import host_key
 
 STARTUP_TIMEOUT = 600.0  # framework import under load (TensorFlow on 2 busy cores)
 CELL_TIMEOUT = 120.0  # first call may compile (XLA, tf.function)

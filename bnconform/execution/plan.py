@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.exec_backend import ExecAdapter
-from ..adapters.registry import known, load_class, resolve
+from ..adapters.registry import resolve
 from ..caseformat.validation import load_case
 from ..judging.verdict import Verdict, cell_id
+from .adapter_classes import adapter_class, device_kinds
 from .selection import device_present, missing_module
 
 
@@ -61,34 +62,6 @@ def unknown_families(root: Path, asked) -> tuple[list[str], list[str]]:
 def discover_cases(root: Path, families=None) -> list:
     """Every case under ``root``, validated (raises CaseError on the first bad file)."""
     return [load_case(p) for p in case_files(root, families)]
-
-
-@functools.lru_cache(maxsize=None)
-def registered() -> dict[str, str]:
-    """The registry table, read once per process (scanning entry points costs ~20 ms a time)."""
-    return known()
-
-
-def target_of(name: str) -> str:
-    """The "module:Class" path a host imports for a registered name or an ad hoc path."""
-    return registered().get(name, name)
-
-
-@functools.lru_cache(maxsize=None)
-def adapter_class(name: str):
-    """The adapter class, or None for a registered adapter whose module does not import (its
-    host reports the import failure as error cells instead of stopping the whole run)."""
-    if name not in registered():
-        return resolve(name)  # an ad hoc path: a RegistryError is the user's one-line error
-    try:
-        return load_class(registered()[name])
-    except Exception:  # noqa: BLE001 (a module mid-edit may raise anything at import)
-        return None
-
-
-def device_kinds(name: str) -> tuple[str, ...]:
-    cls = adapter_class(name)
-    return cls.device_kinds if cls is not None else ("cpu",)
 
 
 def plan(cases, adapters, devices=None) -> list[Cell]:

@@ -25,6 +25,7 @@ import re
 import shutil
 
 from ..adapters.registry import RegistryError, known, resolve
+from .adapter_classes import device_kinds
 
 _GLOB = re.compile(r"[*?\[]")
 
@@ -117,9 +118,7 @@ def missing_module(requires) -> str | None:
 def declared_kinds(name: str) -> tuple[str, ...]:
     """An adapter's declared device kinds; ("cpu",) when its module is broken, so its host can
     report the import failure as error cells instead of the whole run stopping (the planner's
-    cached lookup: bnconform.execution.plan.device_kinds)."""
-    from .plan import device_kinds  # plan imports this module: resolve the cycle lazily
-
+    cached lookup: bnconform.execution.adapter_classes.device_kinds)."""
     return tuple(device_kinds(name))
 
 

@@ -27,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..execution.adapter_classes import adapter_class, registered
 from ..execution.controller import HostProcess
-from ..execution.plan import adapter_class, discover_cases, missing_requirement, plan, registered
+from ..execution.plan import discover_cases, missing_requirement, plan
 from ..execution.scheduler import Progress, run_cells
 
 

@@ -92,6 +92,9 @@ def _parser() -> argparse.ArgumentParser:
     from .subcommands import register
 
     register(sub)
+    from .fuzz import register as register_fuzz  # bnconform fuzz
+
+    register_fuzz(sub)
     from .port import register_port  # bnconform port FROM TO
 
     register_port(sub)

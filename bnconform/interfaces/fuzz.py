@@ -76,7 +76,7 @@ class Hosted:
     """A registered backend judged in its host process: crashes and hangs cost one example."""
 
     def __init__(self, name: str, hosts, workdir: Path):
-        from ..execution.plan import adapter_class
+        from ..execution.adapter_classes import adapter_class
 
         cls = adapter_class(name)
         self.name, self.capabilities = (cls.name or name), cls.capabilities
@@ -272,7 +272,7 @@ def fuzz(targets, seconds: float, max_examples: int, seed: int, out: Path, strea
 
 def run_fuzz(args) -> int:
     """The command: exit 1 when there is a finding, 0 when none, 2 for invalid input."""
-    from .usage import UsageError
+    from .usage import UsageError, selected_backends
 
     try:
         import hypothesis  # noqa: F401
@@ -280,9 +280,8 @@ def run_fuzz(args) -> int:
         raise UsageError("fuzz: Expected: hypothesis installed. Received: no module hypothesis; install it with: "
                          "pip install 'bnconform[test]'") from None
     from ..execution.controller import Hosts
-    from .subcommands import _backends
 
-    selected, _ = _backends(args)
+    selected, _ = selected_backends(args)
     hosts = Hosts(args.timeout)
     with tempfile.TemporaryDirectory(prefix="bnconform-fuzz-") as work:
         targets = [Hosted(name, hosts, Path(work)) for name in selected]

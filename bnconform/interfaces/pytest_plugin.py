@@ -198,7 +198,8 @@ class CaseFile(pytest.File):
 
     def collect(self):
         from ..caseformat.validation import CaseError, load_case
-        from ..execution.plan import Cell, device_kinds
+        from ..execution.adapter_classes import device_kinds
+        from ..execution.plan import Cell
 
         try:
             case = load_case(self.path)
@@ -352,7 +353,8 @@ def _write_reports(config, verdict_dicts) -> Path:
 def _whole_matrix(config, verdicts) -> bool:
     """Every registered backend on every device present, over every case file under the default
     case root, and no cell deselected (paths, -k): only then may reports/ be replaced."""
-    from ..execution.plan import case_files, device_kinds
+    from ..execution.adapter_classes import device_kinds
+    from ..execution.plan import case_files
     from ..execution.selection import is_whole_matrix
 
     selection = _selection(config)

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .usage import DEFAULT_CASES, UsageError, case_paths
+from .usage import DEFAULT_CASES, UsageError, case_paths, selected_backends
 
 UNEXPECTED = ("fail", "error")
 NOT_RUN = ("unsupported", "unavailable")
@@ -26,18 +26,6 @@ def _run_cells(cells, jobs: int, timeout: float, quiet: bool = False):
 
     progress = Progress(len(cells), stream=io.StringIO()) if quiet else None
     return run_cells(cells, jobs=jobs, timeout=timeout, progress=progress)
-
-
-def _backends(args):
-    """(selected names, device kinds to plan), or a UsageError naming the bad word."""
-    from ..adapters.registry import RegistryError
-    from ..execution.selection import select_backends, select_devices
-
-    try:
-        selected = select_backends(args.backend, args.adapter)
-        return selected, select_devices(args.device, selected)
-    except RegistryError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _matrix_cases(args) -> tuple[list, list[str]]:
@@ -76,7 +64,7 @@ def cmd_run(args) -> int:
     from ..reporting.writing import write_reports
 
     cases, families = _matrix_cases(args)
-    selected, devices = _backends(args)
+    selected, devices = selected_backends(args)
     cells = plan(cases, selected, devices)
     print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on {', '.join(devices)}",
           file=sys.stderr)
@@ -117,7 +105,7 @@ def cmd_check(args) -> int:
         raise UsageError(f"check: Expected: at least one case file. Received: none under {', '.join(args.paths)}")
     if not args.backend and not args.adapter:
         raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
-    selected, devices = _backends(args)
+    selected, devices = selected_backends(args)
     verdicts, _ = _run_cells(plan(cases, selected, devices), len(selected), args.timeout, quiet=True)
     for v in verdicts:
         print(f"{v.status:11} {v.cell_id}" + (f": {v.detail}" if v.detail else ""))
@@ -229,6 +217,3 @@ def register(sub) -> None:
     ben.add_argument("--family", action="append")
     ben.add_argument("--matrix", action="store_true", help="also time `pytest -n auto` over the matrix")
     ben.set_defaults(func=cmd_bench)
-    from .fuzz import register as register_fuzz
-
-    register_fuzz(sub)

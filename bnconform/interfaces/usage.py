@@ -1,7 +1,8 @@
-"""What the command-line modules share: the one-line user error and case-path expansion.
+"""What the command-line modules share: the one-line user error, case-path expansion and the
+backends and devices a command's options select.
 
-A module of its own so that ``cli`` (the parser) and ``commands`` (the subcommands) both import
-it and neither imports the other at import time.
+A module of its own so that ``cli`` (the parser), ``subcommands`` and ``fuzz`` all import it and
+none imports another for it.
 """
 
 from __future__ import annotations
@@ -27,3 +28,16 @@ def case_paths(paths) -> list[Path]:
         else:
             raise UsageError(f"{path}: Expected: a case file or directory. Received: no such path")
     return found
+
+
+def selected_backends(args):
+    """(selected names, device kinds to plan) from --backend, --adapter and --device, or a UsageError
+    naming the bad word."""
+    from ..adapters.registry import RegistryError
+    from ..execution.selection import select_backends, select_devices
+
+    try:
+        selected = select_backends(args.backend, args.adapter)
+        return selected, select_devices(args.device, selected)
+    except RegistryError as exc:
+        raise UsageError(str(exc)) from None

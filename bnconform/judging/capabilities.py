@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from ..caseformat.model import (EPSILON_MODES, EXTENSIONS, GHOST_SPLITS, NORMALIZE_WITH, RUNNING_RULES, VARIANCE_KINDS,
-                                Case)
+                                Case, variant)
 from .selectors import Selector, oracle_reproduces
 
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
@@ -172,8 +172,6 @@ def _case_value(case: Case, knob: str):
 
 
 def _with_value(case: Case, knob: str, value) -> Case:
-    from ..adapters.base import variant
-
     if knob == "epsilon_modes":
         return variant(case, epsilon_mode=value)
     return variant(case, running_stats={{"running_variance": "variance"}.get(knob, knob): value})

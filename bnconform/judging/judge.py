@@ -17,11 +17,11 @@ from __future__ import annotations
 import time
 import traceback
 
-from ..adapters.base import Adapter, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
 from ..caseformat.model import Case
 from ..reference import oracle
 from .capabilities import unsupported_reason
 from .compare import compare_case
+from .declarations import AdapterContract, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
 from .verdict import DEVIATION_KINDS, STATUSES, Verdict  # noqa: F401  (STATUSES re-exported)
 
 
@@ -113,17 +113,17 @@ def _plain(case: Case, results) -> tuple[str, str, list, list]:
     return "fail", detail, [m.to_json() for m in mismatches[:8]], compared
 
 
-def applicable_deviations(adapter: Adapter, case: Case, device: str) -> list[Deviation]:
+def applicable_deviations(adapter: AdapterContract, case: Case, device: str) -> list[Deviation]:
     """Every declared deviation whose selector matches this cell."""
     return [d for d in adapter.deviations if d.applies(case, device)]
 
 
-def cannot_express(adapter: Adapter, case: Case, device: str) -> str | None:
+def cannot_express(adapter: AdapterContract, case: Case, device: str) -> str | None:
     """The unsupported reason from the declared capabilities, then the adapter's own limits."""
     return unsupported_reason(adapter.capabilities, case, device, adapter.name) or adapter.supports(case, device)
 
 
-def _run(adapter: Adapter, case: Case, device: str):
+def _run(adapter: AdapterContract, case: Case, device: str):
     """(results, exception, seconds); Unsupported propagates."""
     start, results, exc = time.perf_counter(), None, None
     try:
@@ -136,7 +136,7 @@ def _run(adapter: Adapter, case: Case, device: str):
     return results, exc, time.perf_counter() - start
 
 
-def judge(adapter: Adapter, case: Case, device: str) -> Verdict:
+def judge(adapter: AdapterContract, case: Case, device: str) -> Verdict:
     """Run one cell and classify it. Never raises for framework behaviour."""
     base = dict(case=case.id, family=case.family, adapter=adapter.name, device=device)
     reason = cannot_express(adapter, case, device)

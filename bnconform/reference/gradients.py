@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..caseformat.model import Config, State
-from .oracle import broadcast, inverse_std, reduction_axes
+from .moments import broadcast, inverse_std, reduction_axes
 
 
 def inverse_std_derivative(var: np.ndarray, config: Config) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 
 from ..caseformat.dtypes import HALF_DTYPES, compute_dtype, machine_epsilon
 from ..caseformat.model import GRADIENT_KEYS, Config
-from .oracle import broadcast, inverse_std, reduction_axes
+from .moments import broadcast, inverse_std, reduction_axes
 
 _BATCH_OUTPUTS = ("y", "batch_mean", "batch_var", "dx")
 

@@ -141,8 +141,8 @@ class CaseMetaInAdvance:
 
 def _effects(name: str) -> dict[str, dict]:
     """deviation name -> what it declares: {"raises": class} or {"outputs": [...]} or {"variant": text}."""
-    from ..adapters.base import Mismatches, Raises
     from ..adapters.registry import resolve
+    from ..judging.declarations import Mismatches, Raises
 
     effects = {}
     for d in resolve(name).deviations:

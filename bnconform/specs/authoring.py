@@ -261,7 +261,7 @@ def oracle_disagreement(case: Case) -> str | None:
 
 def _alternatives(case: Case):
     """(description, case) for each single-knob change worth trying, most common confusion first."""
-    from ..adapters.base import variant
+    from ..caseformat.model import variant
 
     cfg, rs = case.config, case.config.running_stats
     other = {"bessel": "biased", "biased": "bessel"}[rs.variance]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..caseformat.model import Config, RunningStats
-from . import EVAL, TRAIN, Spec, normal, per_step
+from .spec import EVAL, TRAIN, Spec, normal, per_step
 
 FAMILY = "degenerate"
 

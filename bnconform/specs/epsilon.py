@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..caseformat.model import Config
-from . import EVAL, TRAIN, Spec
+from .spec import EVAL, TRAIN, Spec
 
 FAMILY = "epsilon"
 _STDS = np.array([1e-5, 1e-4, 10 ** -2.5, 1e-2, 1e-1, 1.0])

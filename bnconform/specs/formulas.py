@@ -15,7 +15,7 @@ import numpy as np
 from ..caseformat.dtypes import quantize
 from ..caseformat.model import Config
 from ..reference.oracle import normalize
-from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
+from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
 
 FAMILY = "formulas"
 

@@ -19,8 +19,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..caseformat.model import Config, Renorm, RunningStats
-from ..reference.oracle import broadcast, inverse_std
-from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
+from ..reference.moments import broadcast, inverse_std
+from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
 
 FAMILY = "gradients"
 

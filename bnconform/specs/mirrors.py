@@ -17,6 +17,8 @@ from __future__ import annotations
 import re
 from dataclasses import replace
 
+from .spec import build, gap
+
 MIRRORED_FAMILIES = ("formulas", "epsilon", "momentum", "degenerate", "gradients", "replicas")
 ZERO_DEBIAS_FAMILIES = ("momentum", "degenerate", "gradients", "replicas")  # haiku and equinox always zero-debias: their convention needs EMA cases too
 # families whose zero-debias twins are made only of the specs with this running-variance kind (the
@@ -46,8 +48,6 @@ def mirror_spec(spec):
 def _describer(original, kind: str):
     """Description of the twin, quoting how far the original's kind lands on it."""
     def describe(case) -> str:
-        from . import gap
-
         wrong = original.config
         text = (f"Other-kind twin of {original.id}: the same inputs, state and steps with "
                 f"{KIND_WORDS[OTHER_KIND[kind]]} instead of {KIND_WORDS[kind]}. Keeping {KIND_WORDS[kind]} "
@@ -68,8 +68,6 @@ def depends_on_kind(original_case, twin_case) -> bool:
 
 def variance_mirrors(specs) -> list:
     """The twins of ``specs`` (one family) whose results depend on the kind, in spec order."""
-    from . import build
-
     names, twins = {s.name for s in specs}, []
     for spec in specs:
         if spec.make_weights is not None:
@@ -90,8 +88,6 @@ def zero_debias_spec(spec):
 
 def _zero_debias_describer(original):
     def describe(case) -> str:
-        from . import gap
-
         return (f"Zero-debiased twin of {original.id}: the same inputs, state and steps with the EMA "
                 f"accumulator starting at 0 and divided by 1 - decay^t (haiku's and TF's zero_debias). A plain "
                 f"EMA from the initial state puts running_mean off by up to "
@@ -107,8 +103,6 @@ def _can_zero_debias(spec) -> bool:
 
 def zero_debias_mirrors(specs) -> list:
     """Zero-debiased twins of the plain-EMA specs whose results depend on it, in spec order."""
-    from . import build
-
     names, twins = {s.name for s in specs}, []
     for spec in specs:
         if not _can_zero_debias(spec):

@@ -10,7 +10,7 @@ num_updates > 0 pin the counter the cumulative rule and the decay schedule read.
 from __future__ import annotations
 
 from ..caseformat.model import Config, RunningStats
-from . import EVAL, EVAL_UPDATE, TRAIN, TRAIN_NO_UPDATE, Spec
+from .spec import EVAL, EVAL_UPDATE, TRAIN, TRAIN_NO_UPDATE, Spec
 
 FAMILY = "momentum"
 

@@ -15,7 +15,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..caseformat.model import Config, Renorm, RunningStats
-from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
+from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
 
 FAMILY = "renorm"
 THREE_TRAIN_EVAL = (TRAIN, TRAIN, TRAIN, EVAL)

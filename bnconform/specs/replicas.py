@@ -16,7 +16,7 @@ import numpy as np
 
 from ..caseformat.model import Config, RunningStats
 from ..reference import oracle
-from . import EVAL, TRAIN, Spec
+from .spec import EVAL, TRAIN, Spec
 
 FAMILY = "replicas"
 

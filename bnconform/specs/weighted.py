@@ -14,7 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..caseformat.model import Config, RunningStats
-from . import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
+from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
 
 FAMILY = "weighted"
 

@@ -52,7 +52,7 @@ import numpy as np
 from ...judging.capabilities import Capabilities
 from ...judging.selectors import (changes_results, half_params_rounded_mean_shows, input_dtype_in, param_dtype_in,
                                   squares_overflow, updates_on_empty_batch, updates_running_stats, where)
-from ...reference.oracle import reduction_axes
+from ...reference.moments import reduction_axes
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from ..findings import empty_batch_nan_running_stats
 from .common import (BATCH_NORMALIZATION_RETURN_LINE, EPS_INSIDE, GRADIENT_NAMES, TF_ENVIRONMENT, channel_shape,

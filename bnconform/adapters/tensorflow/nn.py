@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 
 from ...judging.capabilities import Capabilities
-from ...reference.oracle import reduction_axes
+from ...reference.moments import reduction_axes
 from ..base import Adapter
 from .common import (EPS_INSIDE, TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, half_parameter_gradients,
                      signature_default, tape_gradients, tf, tf_device_scope, tf_devices, to_numpy, to_tensor)

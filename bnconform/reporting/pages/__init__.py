@@ -2,7 +2,7 @@
 
 ``render`` gives conformance.md (one page, at most 300 lines: summary, profile, findings,
 matrix, capabilities), ``render_details`` conformance-details.md (everything per backend) and
-:func:`bnconform.reporting.pages.heatmap.render_heatmap` heatmap.svg, which the main page embeds.
+:func:`.heatmap.render_heatmap` heatmap.svg, which the main page embeds.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .details import render_details
+from .heatmap import render_heatmap
 from .main import MAX_LINES, render
 
 __all__ = ["MAX_LINES", "render", "render_details", "write_pages"]
@@ -17,8 +18,6 @@ __all__ = ["MAX_LINES", "render", "render_details", "write_pages"]
 
 def write_pages(document: dict, out: Path) -> None:
     """conformance.md, conformance-details.md and heatmap.svg under ``out`` (results.json is the caller's)."""
-    from .heatmap import render_heatmap  # the heatmap imports report.common: import it late
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "conformance.md").write_text(render(document), encoding="utf-8")
