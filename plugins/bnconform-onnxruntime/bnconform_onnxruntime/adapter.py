@@ -37,9 +37,8 @@ import importlib.metadata
 
 import numpy as np
 
-from bnconform.adapters import (Adapter, Capabilities, Deviation, MatchesVariant, Mismatches, Raises, device_in,
-                                input_dtype_in, squares_overflow, updates_on_empty_batch, variant)
-from bnconform.caseformat.model import Case
+from bnconform.adapters import (Adapter, Capabilities, Case, Deviation, MatchesVariant, Mismatches, Raises,
+                                device_in, input_dtype_in, squares_overflow, updates_on_empty_batch, variant)
 
 ONNX_SPEC = "https://onnx.ai/onnx/operators/onnx__BatchNormalization.html"
 OPSET = 15
