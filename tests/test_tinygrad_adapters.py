@@ -21,8 +21,8 @@ pytestmark = [requires("tinygrad"), pytest.mark.xdist_group("tinygrad"),
 
 from bnconform.adapters.tinygrad import program_cache  # noqa: E402
 from bnconform.adapters.tinygrad.nn import (  # noqa: E402
-                                            ENVIRONMENT, TinygradBatchNormAdapter, channels_first_order, inverse,
-                                            )
+    ENVIRONMENT, TinygradBatchNormAdapter, channels_first_order, inverse,
+)
 from bnconform.judging.judge import judge  # noqa: E402
 from bnconform.caseformat.validation import load_case  # noqa: E402
 

@@ -21,8 +21,8 @@ pytestmark = [requires("torch"), pytest.mark.xdist_group("torch")]  # one worker
 
 from bnconform.adapters.torch import replica_pool, sync_kernels  # noqa: E402
 from bnconform.adapters.torch.gloo_sync import (  # noqa: E402
-                                                GPU_CHECK, TorchGlooSyncAdapter, TorchSyncBatchNormAdapter, local_case,
-                                                )
+    GPU_CHECK, TorchGlooSyncAdapter, TorchSyncBatchNormAdapter, local_case,
+)
 from bnconform.judging.capabilities import unsupported_reason  # noqa: E402
 from bnconform.execution.plan import Cell, presettle  # noqa: E402
 from bnconform.judging.judge import judge  # noqa: E402
