@@ -1,5 +1,4 @@
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,6 +8,13 @@ import pytest
 # The faulty adapters are importable both here and in worker processes (via PYTHONPATH).
 TESTS = Path(__file__).resolve().parent
 sys.path.insert(0, str(TESTS))
+
+from framework_processes import FrameworkProcesses, in_framework_process  # noqa: E402, F401 (for test modules)
+
+
+def pytest_configure(config):
+    """Framework tests run in child processes with their host's environment (framework_processes)."""
+    config.pluginmanager.register(FrameworkProcesses(config), "bnconform-framework-processes")
 
 
 def requires(*modules: str):
@@ -24,39 +30,13 @@ def requires(*modules: str):
 
 def registered_adapter(name: str):
     """A new instance of the registered adapter ``name``; the test is skipped when a framework it
-    requires is not installed (each is imported here, so call it after the environment fixtures)."""
+    requires is not installed (each is imported here: call it from a test in its framework process)."""
     from bnconform.adapters.registry import resolve
 
     cls = resolve(name)
     for module in cls.requires:
         pytest.importorskip(module)
     return cls()
-
-
-@pytest.fixture
-def tf_host_environment(monkeypatch):
-    """The environment the matrix's TensorFlow host gives these adapters (KERAS_BACKEND=tensorflow),
-    set before any test of the "tensorflow" group imports Keras 3: Keras reads it at its first
-    import, which tf_keras triggers too, whichever test of the group runs first."""
-    from bnconform.adapters.tensorflow.common import TF_ENVIRONMENT
-
-    for key, value in TF_ENVIRONMENT.items():
-        monkeypatch.setenv(key, value)
-
-
-@pytest.fixture
-def jax_host_environment(monkeypatch):
-    """The environment the matrix's JAX host runs in, set before any test of the "jax" group
-    imports JAX (it reads these at import): 64-bit mode, and the persistent compilation cache
-    that hosts use (results are those of a fresh compile; the user's own settings win, and
-    BNCONFORM_JAX_CACHE=off turns it off), which takes a warm run of test_jax_adapters from ~5.4
-    to ~2.5 s CPU."""
-    from bnconform.adapters.jax.common import X64_ENVIRONMENT
-    from bnconform.execution.controller import compile_cache_environment
-
-    for key, value in {**compile_cache_environment(), **os.environ, **X64_ENVIRONMENT}.items():
-        if os.environ.get(key) != value:
-            monkeypatch.setenv(key, value)
 
 
 # Stages a fresh interpreter imports in this order (fresh_imports); each names what it loads.

@@ -102,7 +102,10 @@ def test_ctrl_c_kills_the_hosts_writes_nothing_and_exits_130(tmp_path, monkeypat
     monkeypatch.setenv("BNCONFORM_TEST_MARKER", str(hanging))
     command = [sys.executable, "-m", "bnconform", "run", "--adapter", "faulty_adapters:HangingAdapter",
                "--family", "degenerate", "--reports", str(tmp_path / "reports"), "--timeout", "600"]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # SIGINT at its default, whatever this pytest inherited: a shell starts background jobs with SIGINT
+    # ignored, and Python then installs no KeyboardInterrupt handler in the run it starts.
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not (hosts := _host_children(proc.pid)) and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.1)

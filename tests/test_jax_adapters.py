@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
-# One worker imports JAX for the module, under the environment of the matrix's JAX host.
-pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
+# In the JAX test process, under the environment of the matrix's JAX host (framework_processes).
+pytestmark = [requires("jax", "flax"), *in_framework_process("jax")]
 
 from bnconform.adapters.jax.common import jax_device  # noqa: E402
 from bnconform.adapters.jax.flax_common import flax_state  # noqa: E402

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import registered_adapter, requires
+from conftest import in_framework_process, registered_adapter, requires
 
-# One worker imports JAX for the module, under the environment of the matrix's JAX host.
-pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
+# In the JAX test process, under the environment of the matrix's JAX host (framework_processes).
+pytestmark = [requires("jax", "flax"), *in_framework_process("jax")]
 
 from bnconform.judging.judge import judge  # noqa: E402
 from bnconform.caseformat.validation import load_case  # noqa: E402

@@ -11,18 +11,15 @@ variance) or, for the mean-of-means finding, from NumPy on the case's data.
 from __future__ import annotations
 
 import functools
-import os
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import registered_adapter, requires
+from conftest import in_framework_process, registered_adapter, requires
 
-# One worker imports JAX for the module, under the environment of the matrix's JAX host.
-pytestmark = [requires("jax", "flax"), pytest.mark.xdist_group("jax"), pytest.mark.usefixtures("jax_host_environment")]
+# In the JAX test process, under the environment of the matrix's JAX host (framework_processes).
+pytestmark = [requires("jax", "flax"), *in_framework_process("jax")]
 
 from bnconform.adapters.base import Unsupported  # noqa: E402
 from bnconform.adapters.jax import common, flax_common, replicas  # noqa: E402
@@ -31,30 +28,14 @@ from bnconform.caseformat.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ZERO_DEBIAS = {"haiku", "equinox.batch"}  # always zero-debias: their twins are zero-debiased
-IN_A_FRESH_PROCESS = "BNCONFORM_JAX_REPLICAS_RERUN"
-
-
-@functools.lru_cache(maxsize=None)
-def _rerun_in_a_fresh_process() -> subprocess.CompletedProcess:
-    """This module in a fresh interpreter under the JAX host's environment (once per session)."""
-    from bnconform.execution.controller import compile_cache_environment
-
-    env = {**compile_cache_environment(), **os.environ, **common.X64_ENVIRONMENT, IN_A_FRESH_PROCESS: "1"}
-    command = [sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:xdist", "-p", "no:cacheprovider"]
-    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(autouse=True)
-def eight_host_devices(jax_host_environment):
-    """JAX reads XLA_FLAGS when it starts its CPU backend: if something in this process started it
-    with fewer devices, the module's tests run (and must pass) in a fresh process instead."""
+def eight_host_devices():
+    """JAX reads XLA_FLAGS when it starts its CPU backend; the JAX test process starts with the
+    host's flags, so every replicated case has its devices."""
     found = len(common.load_jax().devices("cpu"))
-    if found >= common.HOST_DEVICE_COUNT:
-        return
-    assert not os.environ.get(IN_A_FRESH_PROCESS), f"Expected: 8 CPU devices in a fresh process. Received: {found}"
-    done = _rerun_in_a_fresh_process()
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    pytest.skip(f"JAX was started here with {found} CPU device(s); this module passed in a fresh process")
+    assert found >= common.HOST_DEVICE_COUNT, f"Expected: {common.HOST_DEVICE_COUNT} CPU devices. Received: {found}"
 
 
 @functools.lru_cache(maxsize=None)

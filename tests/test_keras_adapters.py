@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import in_framework_process
 
 from bnconform.adapters.keras3 import Keras3JaxAdapter, Keras3TensorflowAdapter, Keras3TorchAdapter
 from bnconform.adapters.tensorflow.keras import (TfKerasAutoAdapter, TfKerasBackendAdapter, TfKerasFusedAdapter,
@@ -22,7 +23,7 @@ from bnconform.judging.selectors import Selector
 from bnconform.caseformat.validation import load_case
 from bnconform.judging.verdict import DEVIATION_KINDS
 
-pytestmark = [pytest.mark.xdist_group("tensorflow"), pytest.mark.usefixtures("tf_host_environment")]
+pytestmark = in_framework_process("tensorflow")
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL = (TfKerasAutoAdapter, TfKerasFusedAdapter, TfKerasNonFusedAdapter, TfKerasBackendAdapter,

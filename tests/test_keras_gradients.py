@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
 from bnconform.adapters.keras3 import Keras3JaxAdapter, Keras3TensorflowAdapter, Keras3TorchAdapter
 from bnconform.adapters.tensorflow.keras import (TfKerasAutoAdapter, TfKerasBackendAdapter, TfKerasFusedAdapter,
@@ -38,10 +38,9 @@ CASES = ROOT / "cases" / "gradients"
 
 
 def _in_tensorflow_worker(*modules):
-    """Marks of a test that imports TensorFlow here: its xdist group, the host's environment, skip
-    when a module is missing (without importing it)."""
-    marks = (pytest.mark.xdist_group("tensorflow"), pytest.mark.usefixtures("tf_host_environment"),
-             requires("tensorflow", *modules))
+    """Marks of a test that imports TensorFlow here: the TensorFlow test process, skip when a module
+    is missing (without importing it)."""
+    marks = (*in_framework_process("tensorflow"), requires("tensorflow", *modules))
 
     def mark(test):
         for one in marks:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
 from bnconform.judging.capabilities import unsupported_reason
 from bnconform.judging.judge import judge
@@ -27,29 +27,15 @@ from bnconform.specs.replicas import per_replica
 
 
 
-def _marks(group: str, fixture: str, *modules: str):
-    """Decorator: the framework's xdist worker (one imports it), its host environment, a skip if absent."""
+def _marks(process: str, *modules: str):
+    """Decorator: the framework's test process (its host's environment), a skip if a module is absent."""
     def apply(test):
-        for mark in (requires(*modules), pytest.mark.xdist_group(group), pytest.mark.usefixtures(fixture)):
-            test = mark(test)
-        return test
+        return in_framework_process(process)(requires(*modules)(test))
     return apply
 
 
-@pytest.fixture
-def keras_not_yet_on_another_backend():
-    """Keras 3 reads KERAS_BACKEND once per process: in a serial run where the TensorFlow tests came
-    first, the JAX tests cannot run here (under pytest -n auto they have the jax worker to themselves)."""
-    import sys
-
-    keras = sys.modules.get("keras")
-    if keras is not None and keras.backend.backend() != "jax":
-        pytest.skip(f"Keras 3 was imported on {keras.backend.backend()} in this process; run with -n auto or alone")
-
-
-on_tensorflow = _marks("tensorflow", "tf_host_environment", "tensorflow", "tf_keras", "keras")
-on_jax = _marks("jax", "jax_host_environment", "jax", "keras")
-on_jax_keras = lambda test: pytest.mark.usefixtures("keras_not_yet_on_another_backend")(on_jax(test))  # noqa: E731
+on_tensorflow = _marks("tensorflow", "tensorflow", "tf_keras", "keras")
+on_jax = _marks("jax", "jax", "keras")
 ROWS = ["tf_keras", "keras3"]
 
 
@@ -228,7 +214,7 @@ def test_the_other_tensorflow_adapters_still_run_on_cpu_0():
 # --- JAX: keras.distribution.DataParallel over host devices ----------------------------------
 
 
-@on_jax_keras
+@on_jax
 @pytest.mark.parametrize("sizes", [(2, 2, 2, 2), (1, 1), (2,) * 8], ids=["r4", "r2", "r8"])
 def test_jax_data_parallel_shards_the_batch_over_R_devices(monkeypatch, sizes):
     import bnconform.adapters.keras3_replicas as keras3_replicas
@@ -256,7 +242,7 @@ def test_importing_the_replicated_rows_imports_no_framework():
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-1000:]
 
 
-@on_jax_keras
+@on_jax
 def test_jax_data_parallel_computes_float64_in_float32():
     """Keras maps float64 to float32 on JAX (keras3.jax's dtype finding) under DataParallel too."""
     from bnconform.adapters.keras3_replicas import Keras3JaxDataParallelAdapter

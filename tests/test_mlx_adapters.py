@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
-pytestmark = [requires("mlx"), pytest.mark.xdist_group("mlx")]  # one worker imports MLX
+pytestmark = [requires("mlx"), *in_framework_process("mlx")]
 
 from bnconform.adapters.mlx.nn import MlxBatchNormAdapter  # noqa: E402
 from bnconform.judging.judge import judge  # noqa: E402

@@ -2,33 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
-pytestmark = [requires("paddle"), pytest.mark.xdist_group("paddle")]  # one worker imports paddle
-_ALONE = "BNCONFORM_PADDLE_TESTS_ALONE"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def in_a_process_without_other_frameworks():
-    """Importing paddle into a process that already holds TensorFlow or JAX crashed an xdist worker
-    (a segfault in paddle's import; the matrix runs paddle in a host of its own). Here, this module
-    then runs once in a fresh interpreter, its result asserted, and its tests skip in this one."""
-    loaded = [m for m in ("tensorflow", "jax", "torch") if m in sys.modules]
-    if not loaded or os.environ.get(_ALONE):
-        yield
-        return
-    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider", __file__],
-                          capture_output=True, text=True, env={**os.environ, _ALONE: "1"}, timeout=300)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    pytest.skip(f"{', '.join(loaded)} already imported here: ran in a fresh interpreter instead "
-                f"({done.stdout.strip().splitlines()[-1]})")
+pytestmark = [requires("paddle"), *in_framework_process("paddle")]
 
 from bnconform.interfaces import port  # noqa: E402
 from bnconform.adapters.paddle.common import data_format, paddle  # noqa: E402

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from conftest import in_framework_process
 
 from bnconform.reporting.profile import ROWS, build_profile
 from report_documents import adapter, case_meta, deviation, document, verdict
@@ -150,7 +151,7 @@ def test_unavailable_backends_have_no_profile():
     assert list(build_profile(doc)) == ["t"]
 
 
-@pytest.mark.xdist_group("torch")  # imports torch in this process: on the worker that has it already
+@in_framework_process("torch")  # imports torch: in the torch test process
 def test_deleting_a_real_declaration_turns_the_profile_cell_into_a_failure():
     """torch.nn counts an empty batch in num_batches_tracked (declared). Judge the real case with and
     without that declaration: the profile goes from the counter skew to an unexpected failure."""

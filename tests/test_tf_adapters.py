@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
 # One worker runs this module and test_keras_adapters ("tensorflow" group): TensorFlow is imported
 # once, under the environment of the matrix's TensorFlow host.
-pytestmark = [requires("tensorflow"), pytest.mark.xdist_group("tensorflow"), pytest.mark.usefixtures("tf_host_environment")]
+pytestmark = [requires("tensorflow"), *in_framework_process("tensorflow")]
 
 from bnconform.adapters.base import variant  # noqa: E402
 from bnconform.adapters.tensorflow.ema import TfEmaAdapter  # noqa: E402

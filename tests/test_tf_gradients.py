@@ -14,10 +14,9 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
-pytestmark = [requires("tensorflow"), pytest.mark.xdist_group("tensorflow"),
-              pytest.mark.usefixtures("tf_host_environment")]
+pytestmark = [requires("tensorflow"), *in_framework_process("tensorflow")]
 
 from bnconform.adapters.tensorflow import graph as g  # noqa: E402
 from bnconform.adapters.tensorflow.common import HALF_INPUT_PARAMETER_GRADIENTS, tf  # noqa: E402

@@ -13,31 +13,21 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
-pytestmark = [requires("tinygrad"), pytest.mark.xdist_group("tinygrad"),
+pytestmark = [requires("tinygrad"), *in_framework_process("tinygrad"),
               pytest.mark.skipif(shutil.which(os.environ.get("CC", "clang")) is None,
                                  reason="tinygrad's CPU device needs clang on PATH")]
 
 from bnconform.adapters.tinygrad import program_cache  # noqa: E402
 from bnconform.adapters.tinygrad.nn import (  # noqa: E402
-    ENVIRONMENT, TinygradBatchNormAdapter, channels_first_order, inverse,
+    TinygradBatchNormAdapter, channels_first_order, inverse,
 )
 from bnconform.judging.judge import judge  # noqa: E402
 from bnconform.caseformat.validation import load_case  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ROOT / "cases"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def tinygrad_host_environment():
-    """The matrix host's environment (DEV=CPU:CLANG, ...), set before tinygrad is first imported:
-    tinygrad reads it into its context variables at import."""
-    with pytest.MonkeyPatch.context() as patch:
-        for key, value in ENVIRONMENT.items():
-            patch.setenv(key, value)
-        yield
 
 
 def _case(name: str):

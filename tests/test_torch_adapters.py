@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
-pytestmark = [requires("torch"), pytest.mark.xdist_group("torch")]  # one worker imports torch
+pytestmark = [requires("torch"), *in_framework_process("torch")]
 
 from bnconform.adapters.torch.common import from_channels_first, to_channels_first, to_tensor  # noqa: E402
 from bnconform.adapters.torch.functional import TorchFunctionalAdapter  # noqa: E402

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
 from bnconform.adapters.numpy_oracle import OracleAdapter
 from bnconform.adapters.torch.common import torch
@@ -20,7 +20,7 @@ from bnconform.specs import EVAL, TRAIN, Spec, build
 from bnconform.caseformat.validation import load_case
 
 # the torch adapter modules import torch lazily, so only the tests marked TORCH need it
-pytestmark = pytest.mark.xdist_group("torch")
+pytestmark = in_framework_process("torch")
 TORCH = requires("torch")
 ADAPTERS = [TorchModuleAdapter, TorchFunctionalAdapter]
 CASES = Path(__file__).resolve().parent.parent / "cases" / "gradients"

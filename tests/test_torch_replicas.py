@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import requires
+from conftest import in_framework_process, requires
 
-pytestmark = [requires("torch"), pytest.mark.xdist_group("torch")]  # one worker imports torch
+pytestmark = [requires("torch"), *in_framework_process("torch")]
 
 from bnconform.adapters.torch import replica_pool, sync_kernels  # noqa: E402
 from bnconform.adapters.torch.gloo_sync import (  # noqa: E402

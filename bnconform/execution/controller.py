@@ -69,6 +69,13 @@ def compile_cache_environment() -> dict[str, str]:
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
+def host_environment(adapter_environment: dict[str, str]) -> dict[str, str]:
+    """The process environment of a host serving adapters with ``adapter_environment``: JAX's
+    compilation cache (the user's own settings win), this process's environment, then what the
+    adapters need, which wins over both (KERAS_BACKEND, JAX's x64 mode, thread counts, ...)."""
+    return {**compile_cache_environment(), **os.environ, **adapter_environment}
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -104,7 +111,7 @@ class HostProcess:
                 self.environment = dict(cls.environment)
 
     def _start(self) -> None:
-        env = {**compile_cache_environment(), **os.environ, **self.environment, "PYTHONUNBUFFERED": "1"}
+        env = {**host_environment(self.environment), "PYTHONUNBUFFERED": "1"}
         self.stderr = tempfile.TemporaryFile()
         command = [sys.executable, "-m", "bnconform.execution.host", *map(target_of, self.names)]
         with _LIVE_LOCK:  # started and registered under the lock, so kill_all cannot miss it
