@@ -53,7 +53,7 @@ def _unknown(word: str, names) -> RegistryError:
     """One line: what was asked, the nearest names (difflib), and every name accepted."""
     close = difflib.get_close_matches(word, [*names, *_families(names)], n=4, cutoff=0.6)
     suggestions = list(dict.fromkeys(m for c in close for m in _members(c, names)))
-    hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else ""
+    hint = f" Did you mean: {', '.join(suggestions)}?" if suggestions else " No registered name is close to it."
     return RegistryError(f"unknown backend {word!r}.{hint} Expected one of: {', '.join(names)}; "
                          f"a family ({', '.join(_families(names))}); a glob such as 'keras3.*'; "
                          f"or package.module:ClassName")

@@ -18,6 +18,7 @@ Figures, not assertions: these machines are noisy.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import statistics
@@ -29,8 +30,9 @@ from pathlib import Path
 
 from ..execution.adapter_classes import adapter_class, registered
 from ..execution.controller import HostProcess
-from ..execution.plan import discover_cases, missing_requirement, plan
+from ..execution.plan import missing_requirement, plan
 from ..execution.scheduler import Progress, run_cells
+from .usage import DEFAULT_CASES, matrix_cases, selected_backends
 
 
 def _ran(verdicts, kind_of) -> dict:
@@ -154,10 +156,8 @@ def matrix_report(names, workers: int) -> list[str]:
 
 
 def bench(args) -> int:
-    cases = discover_cases(Path("cases"), args.family)
-    from ..execution.selection import select_backends
-
-    names = select_backends(args.backend, [])  # families and globs, as in `bnconform run`
+    cases, _ = matrix_cases(DEFAULT_CASES, args.family)
+    names, _ = selected_backends(argparse.Namespace(backend=args.backend, adapter=[], device=None))  # as in `run`
     if args.matrix:
         print("\n".join(matrix_report(names, os.cpu_count() or 1)))
         return 0

@@ -15,6 +15,8 @@ def _cmd_generate(args) -> int:
     from ..specs.generate import check, generate
 
     root = Path(args.cases)
+    if args.check and not root.is_dir():
+        raise UsageError(f"--cases: Expected: a directory of case files to check. Received: {root} (no such directory)")
     if args.check:
         problems = check(root)
         for line in problems:
@@ -65,8 +67,15 @@ def _cmd_authoring(args) -> int:
         return 2
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a bad command line is one line (not the usage block) and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: {message} (see: {self.prog} --help)\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bnconform", description="Batch Normalization conformance suite")
+    parser = _OneLineParser(prog="bnconform", description="Batch Normalization conformance suite")
     parser.add_argument("--version", action="version", version=f"bnconform {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     gen = sub.add_parser("generate", help="rebuild cases/ from the case specs")

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .usage import positive_float, positive_int
+
 if TYPE_CHECKING:
     from ..judging.verdict import Verdict
 
@@ -299,9 +301,9 @@ def register(sub) -> None:
                                      "as a case file plus its spec code")
     fz.add_argument("--backend", action="append", help="backend name, family or glob (repeatable), searched in turn")
     fz.add_argument("--adapter", action="append", default=[], help="ad hoc adapter package.module:ClassName")
-    fz.add_argument("--seconds", type=float, default=60.0, help="total search time, shared equally (default 60)")
-    fz.add_argument("--max-examples", type=int, default=200, help="examples drawn per backend at most (default 200)")
+    fz.add_argument("--seconds", type=positive_float, default=60.0, help="total search time, shared equally (default 60)")
+    fz.add_argument("--max-examples", type=positive_int, default=200, help="examples drawn per backend at most (default 200)")
     fz.add_argument("--seed", type=int, default=0, help="the search is deterministic for a given seed (default 0)")
     fz.add_argument("--out", default=str(DEFAULT_OUT), help=f"where findings are written (default {DEFAULT_OUT})")
-    fz.add_argument("--timeout", type=float, default=60.0, help="seconds per example before a backend is killed")
+    fz.add_argument("--timeout", type=positive_float, default=60.0, help="seconds per example before a backend is killed")
     fz.set_defaults(func=run_fuzz, device=None)

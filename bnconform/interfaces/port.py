@@ -24,6 +24,8 @@ from pathlib import Path
 
 from ..judging.capabilities import CONVENTIONS, VALUE_WORDS
 
+DEFAULT_RESULTS = Path("reports/results.json")
+
 WEIGHS = {"new": "weight on the new batch", "old": "weight on the old statistic"}
 KNOB_NAMES = {"epsilon_modes": "epsilon placement", "running_variance": "running variance",
               "zero_debias": "zero-debias", "num_updates_schedule": "decay schedule"}
@@ -320,16 +322,17 @@ def has_backend(document: dict | None, name: str) -> bool:
     return bool(document) and any(v["adapter"] == name and v["status"] != "unavailable" for v in document["verdicts"])
 
 
-def run_document(names: list[str], cases: Path, families, devices) -> dict:
-    """Run the backends over the case families in worker processes; returns the document, writes nothing."""
-    from ..execution.plan import discover_cases, plan
+def run_document(names: list[str], case_root: Path, cases: list, devices) -> dict:
+    """Run the backends over ``cases`` (read from ``case_root``) in host processes; returns the
+    document, writes nothing."""
+    from ..execution.plan import plan
     from ..execution.scheduler import run_cells
     from ..reporting import results
 
-    cells = plan(discover_cases(cases, families), names, devices)
+    cells = plan(cases, names, devices)
     print(f"running {len(cells)} cells of {', '.join(names)} (nothing is written to reports/)", file=sys.stderr)
     verdicts, infos = run_cells(cells, jobs=min(2, len(names)))
-    return results.build(verdicts, infos, {"backend": names}, cases)
+    return results.build(verdicts, infos, {"backend": names}, case_root)
 
 
 def check_names(names: list[str], document: dict | None) -> None:
@@ -350,15 +353,18 @@ def check_names(names: list[str], document: dict | None) -> None:
 
 
 def load_document(path: Path) -> tuple[dict | None, str]:
-    """(the results document, "") or (None, why there is no usable one)."""
+    """(the results document, "") or (None, why there is none: the file does not exist, and the two
+    backends are run instead); a file that exists but is no results document (truncated, another
+    format, malformed) is the user's one-line error."""
     from ..reporting import results
+    from .usage import UsageError
 
     if not path.exists():
         return None, f"{path}: no such file"
     try:
         return results.read(path), ""
     except results.ResultsError as exc:
-        return None, str(exc)
+        raise UsageError(f"port: --results {exc}") from None
 
 
 def report(document: dict, a: str, b: str, source: str) -> list[str]:
@@ -373,15 +379,31 @@ def report(document: dict, a: str, b: str, source: str) -> list[str]:
     return lines
 
 
+def _devices(asked, names) -> list[str]:
+    """The --device kinds of a fresh run (default cpu), each declared by one of the two backends."""
+    from ..adapters.registry import RegistryError
+    from ..execution.selection import select_devices
+    from .usage import UsageError
+
+    try:
+        return select_devices(asked or ["cpu"], names)
+    except RegistryError as exc:
+        raise UsageError(f"port: {exc}") from None
+
+
 def cmd_port(args) -> int:
-    path = Path(args.results)
+    path = Path(args.results or DEFAULT_RESULTS)
     document, problem = load_document(path)
     check_names([args.source, args.target], document)
     source = str(path)
     if not (has_backend(document, args.source) and has_backend(document, args.target)):
+        from .usage import matrix_cases
+
+        names = [args.source, args.target]
+        cases, devices = matrix_cases(args.cases, args.family)[0], _devices(args.device, names)  # checked first
         reason = problem or f"{path} has no results for both {args.source} and {args.target}"
         print(f"{reason}; running them now", file=sys.stderr)
-        document = run_document([args.source, args.target], Path(args.cases), args.family, args.device or ["cpu"])
+        document = run_document(names, Path(args.cases), cases, devices)
         source = "measured now"
     print("\n".join(report(document, args.source, args.target, source)))
     return 0
@@ -391,8 +413,8 @@ def register_port(sub) -> None:
     port = sub.add_parser("port", help="what to change, and what still differs, moving a model between two backends")
     port.add_argument("source", metavar="FROM", help="backend the model comes from, e.g. torch.nn")
     port.add_argument("target", metavar="TO", help="backend it moves to, e.g. keras3.tensorflow")
-    port.add_argument("--results", default="reports/results.json",
-                      help="results document (default: reports/results.json)")
+    port.add_argument("--results", help=f"results document (default: {DEFAULT_RESULTS}); when it does not exist, "
+                                        "the two backends are run now")
     port.add_argument("--cases", default="cases", help="case directory for a fresh run (default: cases)")
     port.add_argument("--family", action="append", help="case family for a fresh run (repeatable; default: all)")
     port.add_argument("--device", action="append", help="device for a fresh run (repeatable; default: cpu)")

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from .usage import DEFAULT_CASES, UsageError, case_paths, selected_backends
+from .usage import DEFAULT_CASES, UsageError, case_paths, matrix_cases, positive_float, positive_int, selected_backends
 
 UNEXPECTED = ("fail", "error")
 NOT_RUN = ("unsupported", "unavailable")
@@ -26,23 +26,6 @@ def _run_cells(cells, jobs: int, timeout: float, quiet: bool = False):
 
     progress = Progress(len(cells), stream=io.StringIO()) if quiet else None
     return run_cells(cells, jobs=jobs, timeout=timeout, progress=progress)
-
-
-def _matrix_cases(args) -> tuple[list, list[str]]:
-    """(the cases of the selected families, every family under the case root)."""
-    from ..caseformat.validation import CaseError
-    from ..execution.plan import discover_cases, unknown_families
-
-    root = Path(args.cases)
-    if not root.is_dir():
-        raise UsageError(f"--cases: Expected: a directory of case families. Received: {root} (no such directory)")
-    families, unknown = unknown_families(root, args.family)
-    if unknown:
-        raise UsageError(f"--family: Expected: one of {', '.join(families)} under {root}. Received: {', '.join(unknown)}")
-    try:
-        return discover_cases(root, args.family), families
-    except CaseError as exc:
-        raise UsageError(str(exc)) from None
 
 
 def _summary(verdicts) -> str:
@@ -63,7 +46,7 @@ def cmd_run(args) -> int:
     from ..reporting import results
     from ..reporting.writing import write_reports
 
-    cases, families = _matrix_cases(args)
+    cases, families = matrix_cases(args.cases, args.family)
     selected, devices = selected_backends(args)
     cells = plan(cases, selected, devices)
     print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on {', '.join(devices)}",
@@ -175,7 +158,7 @@ def _common(parser) -> None:
     parser.add_argument("--device", action="append",
                         help="device kind, e.g. cpu or cuda (repeatable; default: the kinds present here; an "
                              "absent one asked for gives unavailable cells)")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds per cell before a backend is killed")
+    parser.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per cell before a backend is killed")
 
 
 _CHECK_HELP = ("run your own case files; exit 0 when every cell that could run conforms (pass or declared "
@@ -192,7 +175,7 @@ def register(sub) -> None:
                      help="report directory (default: reports); a run over less than the whole matrix writes "
                           "under <reports>/partial/<selection>/")
     run.add_argument("--out", help="write this run's reports into OUT instead")
-    run.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="backends run at once")
+    run.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 2, help="backends run at once")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help=_CHECK_HELP, description=_CHECK_HELP)
     check.add_argument("paths", nargs="+", help="case files or directories")
@@ -201,7 +184,7 @@ def register(sub) -> None:
     lst = sub.add_parser("list", help="every backend from metadata: version, devices, what to install")
     lst.add_argument("--probe", action="store_true",
                      help="import each backend in its own process and report why one is unavailable (slow)")
-    lst.add_argument("--jobs", type=int, default=os.cpu_count() or 2, help="backends probed at once")
+    lst.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 2, help="backends probed at once")
     lst.set_defaults(func=cmd_list)
     rep = sub.add_parser("report", help="re-render (and merge) results.json files into markdown")
     rep.add_argument("results", nargs="+", help="results.json files (later ones win per cell)")

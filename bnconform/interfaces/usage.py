@@ -7,6 +7,7 @@ none imports another for it.
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 DEFAULT_CASES = Path("cases")
@@ -14,6 +15,28 @@ DEFAULT_CASES = Path("cases")
 
 class UsageError(Exception):
     """A bad option or input; the message is the whole line shown to the user (exit 2)."""
+
+
+def positive_int(text: str) -> int:
+    """argparse type: a whole number >= 1 (--jobs 0 would wait for a worker that never comes)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"Expected: a whole number >= 1. Received: {text!r}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"Expected: a number > 0. Received: {text!r}")
+    return value
 
 
 def case_paths(paths) -> list[Path]:
@@ -40,4 +63,22 @@ def selected_backends(args):
         selected = select_backends(args.backend, args.adapter)
         return selected, select_devices(args.device, selected)
     except RegistryError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def matrix_cases(cases, families=None) -> tuple[list, list[str]]:
+    """(the cases of ``families`` (all when empty) under the case root ``cases``, every family
+    there), or a UsageError naming the missing directory, the unknown family or the bad file."""
+    from ..caseformat.validation import CaseError
+    from ..execution.plan import discover_cases, unknown_families
+
+    root = Path(cases)
+    if not root.is_dir():
+        raise UsageError(f"--cases: Expected: a directory of case families. Received: {root} (no such directory)")
+    all_families, unknown = unknown_families(root, families)
+    if unknown:
+        raise UsageError(f"--family: Expected: one of {', '.join(all_families)} under {root}. Received: {', '.join(unknown)}")
+    try:
+        return discover_cases(root, families), all_families
+    except CaseError as exc:
         raise UsageError(str(exc)) from None
