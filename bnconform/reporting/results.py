@@ -20,6 +20,7 @@ from pathlib import Path
 from .. import __version__
 from ..execution.plan import adapter_metadata
 from ..judging.verdict import Verdict
+from .document_check import MAX_RESULTS_BYTES, check_document
 
 RESULTS_FORMAT = 2  # 2: verdicts carry deviations/kinds; adapters carry capabilities, defaults; case_meta
 
@@ -201,16 +202,23 @@ class ResultsError(ValueError):
 
 
 def read(path: Path) -> dict:
+    """The results document in ``path``, checked (:mod:`.document_check`); ResultsError (one line
+    naming the file and field) for a file too large, not JSON, of another format or malformed."""
+    path = Path(path)
     try:
-        document = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        size = path.stat().st_size
+        if size > MAX_RESULTS_BYTES:
+            raise ResultsError(f"{path}: Expected: a results document of at most {MAX_RESULTS_BYTES // 2**20} MiB. "
+                               f"Received: {size / 2**20:.0f} MiB")
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ResultsError(f"{path}: Expected: a bnconform results.json. Received: {exc}") from None
-    if not isinstance(document, dict) or "verdicts" not in document:
-        raise ResultsError(f"{path}: Expected: a results document (format {RESULTS_FORMAT}). "
-                           f"Received: {type(document).__name__} without verdicts")
-    if document.get("format") != RESULTS_FORMAT:
+    if isinstance(document, dict) and document.get("format") != RESULTS_FORMAT:
         raise ResultsError(f"{path}: Expected: format {RESULTS_FORMAT} (a bnconform results document). Received: "
                            f"format {document.get('format')!r}; re-run `bnconform run` to regenerate it")
+    problem = check_document(document)
+    if problem:
+        raise ResultsError(f"{path}: {problem}")
     return document
 
 
