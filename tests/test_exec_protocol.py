@@ -63,6 +63,12 @@ FAKE_BACKEND = textwrap.dedent('''
         if hit and how == "garbage":
             print("hello from a debug print", flush=True)
             continue
+        if hit and how == "endless":  # output that never ends a line
+            while True:
+                sys.stdout.write("x" * 65536)
+        if hit and how == "flood":  # answers nobody asked for, without end
+            while True:
+                send({"id": request["id"], "unsupported": "again"})
         if hit and how == "raise":
             send({"id": request["id"], "error": {"type": "RangeError", "message": "batch of one value"}})
         elif hit and how == "unsupported":
@@ -203,6 +209,28 @@ def test_a_crash_hang_or_garbage_costs_the_cell_in_flight_and_the_next_case_runs
                                                "formulas/rank4_nchw_train"])
     assert first.status == "pass" and after.status == "pass", (first.detail, after.detail)
     assert broken.status == "error" and broken.detail.startswith(f"BackendFailure: {detail}"), broken.detail
+
+
+def test_a_line_without_end_is_cut_off_and_costs_the_cell(tmp_path):
+    """A backend writing without a newline cannot take the controller's memory: the reader stops
+    at its bound, the backend is killed, the next case runs in a fresh one."""
+    target = make_backend(tmp_path / "endless", trigger="momentum", how="endless", case_timeout=60)
+    first, broken, after = _judge_all(target, ["formulas/rank2_nc_train", "momentum/decay_0.9_bessel_3steps",
+                                               "formulas/rank4_nchw_train"])
+    assert first.status == "pass" and after.status == "pass", (first.detail, after.detail)
+    assert broken.status == "error" and broken.detail.startswith(
+        "BackendFailure: fake: wrote a line longer than 64 Mi characters while running momentum/"), broken.detail
+
+
+def test_a_flood_of_lines_nobody_asked_for_costs_one_cell_of_that_backend(tmp_path):
+    """Its first line answers the case in flight (unsupported, as written); the lines after it
+    break the protocol, and the backend's next cell is an error naming that (or the stale answer
+    it reads, if it asks before they arrive); the cell after runs in a fresh process."""
+    target = make_backend(tmp_path / "flood", trigger="momentum", how="flood", case_timeout=60)
+    verdicts = _judge_all(target, ["formulas/rank2_nc_train", "momentum/decay_0.9_bessel_3steps",
+                                   "formulas/rank4_nchw_train", "formulas/rank2_nc_train"])
+    assert [v.status for v in verdicts] == ["pass", "unsupported", "error", "pass"], [v.detail for v in verdicts]
+    assert "nobody asked for" in verdicts[2].detail or "answer/id" in verdicts[2].detail, verdicts[2].detail
 
 
 def test_wrong_protocol_version_costs_only_that_backends_cells_with_the_reason(tmp_path):

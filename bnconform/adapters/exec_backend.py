@@ -63,6 +63,11 @@ def adapter_class(target: str) -> type["ExecAdapter"]:
 
 # --- One running executable ---------------------------------------------------------------------------
 
+MAX_LINE_CHARS = 64 * 2**20  # one answer (the largest shipped case answers in well under 1 MB)
+MAX_UNREAD_LINES = 16  # lines written and not yet asked for; one per request is the protocol
+_TOO_LONG = f"a line longer than {MAX_LINE_CHARS // 2**20} Mi characters"
+_FLOOD = f"more than {MAX_UNREAD_LINES} lines nobody asked for"
+
 def _die_with_parent() -> None:
     """prctl(PR_SET_PDEATHSIG, SIGKILL) in the child: a killed host leaves no backend behind."""
     try:
@@ -97,7 +102,19 @@ class BackendProcess:
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
-        for line in self.proc.stdout:
+        """Lines from stdout into the queue, bounded: a line longer than MAX_LINE_CHARS (endless
+        output without a newline) or more than MAX_UNREAD_LINES lines nobody asked for (a flood)
+        end the reading with a marker that read() turns into a failure, so memory stays bounded."""
+        while True:
+            line = self.proc.stdout.readline(MAX_LINE_CHARS + 1)
+            if not line:
+                break
+            if len(line) > MAX_LINE_CHARS:
+                self.lines.put(_TOO_LONG)
+                return
+            if self.lines.qsize() >= MAX_UNREAD_LINES:
+                self.lines.put(_FLOOD)
+                return
             self.lines.put(line)
         self.lines.put(None)  # EOF: the process closed stdout or died
 
@@ -116,6 +133,10 @@ class BackendProcess:
         except queue.Empty:
             self.kill()
             raise BackendFailure(f"{self.row.name}: no answer within {timeout:g} s {doing} (process killed; it hangs)") from None
+        if line in (_TOO_LONG, _FLOOD):
+            self.kill()
+            raise BackendFailure(f"{self.row.name}: wrote {line} {doing} (process killed). Expected: one JSON object "
+                                 f"per line on stdout, one line per request")
         if line is None:
             try:
                 self.proc.wait(timeout=5)
@@ -138,6 +159,10 @@ class BackendProcess:
             raise BackendFailure(f"{self.row.name}: {exc}") from None
 
     def ask(self, request: dict) -> dict:
+        if not self.lines.empty():  # lines written after its last answer: the next read would be stale
+            self.kill()
+            raise BackendFailure(f"{self.row.name}: wrote lines nobody asked for after its last answer (process "
+                                 f"killed). Expected: one JSON object per line on stdout, one line per request")
         try:
             self.proc.stdin.write(json.dumps(request, separators=(",", ":")) + "\n")
             self.proc.stdin.flush()

@@ -15,6 +15,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..caseformat.bounded_input import read_text
+
 MANIFEST = "bnconform-backend.json"
 PREFIX = "exec:"
 STARTUP_TIMEOUT = 60.0  # seconds from start to handshake (a framework import on a busy machine)
@@ -64,15 +66,19 @@ def _shown(folder: Path) -> str:
 
 
 def read_manifest(location: str) -> list[Row]:
-    """Every row of the manifest in ``location`` (a folder or the manifest file itself)."""
+    """Every row of the manifest in ``location`` (a folder or the manifest file itself); a
+    ManifestError (one line naming the file and the field) for anything it cannot use."""
     path = manifest_path(location)
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        obj = json.loads(read_text(path))
+    except (OSError, ValueError, RecursionError) as exc:
         raise ManifestError(f"{path}: Expected: a readable JSON manifest ({MANIFEST}). Received: {exc}") from None
     if not isinstance(obj, dict) or obj.get("protocol") != 1 or not isinstance(obj.get("backends"), list):
         raise ManifestError(f"{path}: Expected: an object with \"protocol\": 1 and a \"backends\" list. "
-                            f"Received: {str(obj)[:100]}")
+                            f"Received: {obj!r:.100}")
+    problem = _field_problem(obj)
+    if problem:
+        raise ManifestError(f"{path}: {problem}")
     folder = path.parent.resolve()
     requires, timeouts = obj.get("requires", {}), obj.get("timeouts", {})
     shared = dict(folder=folder, framework=obj.get("framework", ""), executables=tuple(requires.get("executables", ())),
@@ -80,23 +86,60 @@ def read_manifest(location: str) -> list[Row]:
                   build=obj.get("build", {}), version=obj.get("version", "?"),
                   startup_timeout=float(timeouts.get("startup", STARTUP_TIMEOUT)),
                   case_timeout=float(timeouts.get("case", CASE_TIMEOUT)))
-    rows = []
-    for i, row in enumerate(obj["backends"]):
-        if not isinstance(row, dict) or not isinstance(row.get("name"), str) or not _is_command(row.get("command")):
-            raise ManifestError(f"{path}: /backends/{i}: Expected: {{\"name\": string, \"command\": [program, args...]}}. "
-                                f"Received: {str(row)[:100]}")
-        _check_build(path, shared["build"])
-        rows.append(Row(name=row["name"], command=tuple(row["command"]), doc=row.get("doc", ""),
-                        device_kinds=tuple(row.get("device_kinds", ("cpu",))), **shared))
-    return rows
+    return [Row(name=row["name"], command=tuple(row["command"]), doc=row.get("doc", ""),
+                device_kinds=tuple(row.get("device_kinds", ("cpu",))), **shared) for row in obj["backends"]]
 
 
-def _check_build(path: Path, build) -> None:
-    """``{"command": [..., "{output}", ...], "output": path, "inputs": [paths]}`` or absent."""
-    if build and not (isinstance(build, dict) and _is_command(build.get("command")) and "{output}" in build["command"]
-                      and isinstance(build.get("output"), str) and isinstance(build.get("inputs", []), list)):
-        raise ManifestError(f"{path}: /build: Expected: {{\"command\": [program, ..., \"{{output}}\", ...], \"output\": "
-                            f"path, \"inputs\": [paths]}}. Received: {str(build)[:100]}")
+def _field_problem(obj: dict) -> str | None:
+    """"/field: Expected: ... Received: ..." for the first optional field of a manifest that has the
+    wrong type or value, then for the first malformed row; None when every field can be used."""
+    checks = [("/framework", obj.get("framework", ""), _is_text, "a string"),
+              ("/version", obj.get("version", "?"), _is_version, 'a string or {"json_file": path, "field": name}'),
+              ("/install", obj.get("install", ""), _is_text, "a string"),
+              ("/requires", obj.get("requires", {}), _is_string_lists({"executables", "files"}),
+               '{"executables": [names], "files": [paths]}'),
+              ("/timeouts", obj.get("timeouts", {}), _are_seconds, '{"startup": seconds > 0, "case": seconds > 0}'),
+              ("/build", obj.get("build", {}), _is_build,
+               '{"command": [program, ..., "{output}", ...], "output": path, "inputs": [paths]}')]
+    checks += [(f"/backends/{i}", row, _is_row, '{"name": string, "command": [program, args...], "doc": string, '
+                                                '"device_kinds": [kinds]}') for i, row in enumerate(obj["backends"])]
+    for where, value, good, expected in checks:
+        if not good(value):
+            return f"{where}: Expected: {expected}. Received: {value!r:.100}"
+    return None
+
+
+def _is_text(value) -> bool:
+    return isinstance(value, str)
+
+
+def _is_version(value) -> bool:
+    return isinstance(value, str) or (isinstance(value, dict) and set(value) == {"json_file", "field"}
+                                      and all(isinstance(v, str) for v in value.values()))
+
+
+def _is_string_lists(keys: set):
+    """A check: an object whose fields, among ``keys``, are each a list of strings."""
+    return lambda value: isinstance(value, dict) and set(value) <= keys and all(
+        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values())
+
+
+def _are_seconds(value) -> bool:
+    return isinstance(value, dict) and set(value) <= {"startup", "case"} and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 < v < float("inf") for v in value.values())
+
+
+def _is_build(value) -> bool:
+    return value == {} or (isinstance(value, dict) and _is_command(value.get("command")) and "{output}" in value["command"]
+                           and isinstance(value.get("output"), str) and bool(value["output"])
+                           and _is_string_lists({"inputs"})({"inputs": value.get("inputs", [])}))
+
+
+def _is_row(value) -> bool:
+    kinds = value.get("device_kinds", ["cpu"]) if isinstance(value, dict) else None
+    return (isinstance(value, dict) and isinstance(value.get("name"), str) and bool(value["name"])
+            and _is_command(value.get("command")) and isinstance(value.get("doc", ""), str)
+            and isinstance(kinds, list) and bool(kinds) and all(isinstance(k, str) for k in kinds))
 
 
 def _is_command(value) -> bool:

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..caseformat.bounded_input import MAX_DESCRIPTION_VALUES, InputTooLarge, count_values, load_yaml, read_text
 from ..caseformat.casefile import case_to_json, config_from_json, config_to_json, dumps_case
 from ..caseformat.dtypes import machine_epsilon, quantize
 from ..caseformat.model import GRADIENT_KEYS, OUTPUT_KEYS, RENORM_STATE_KEYS, Case, Config, State, Step
@@ -41,17 +42,23 @@ _STATE_DEFAULTS = {"gamma": 1.0, "beta": 0.0, "running_mean": 0.0, "running_var"
 
 
 def read_readable(path: Path) -> dict:
-    """The description as a dict (YAML for .yaml/.yml, else JSON); CaseError naming the file otherwise."""
-    text = path.read_text(encoding="utf-8")
+    """The description as a dict (YAML for .yaml/.yml, else JSON), within the bounds of
+    :mod:`bnconform.caseformat.bounded_input`; CaseError naming the file otherwise."""
     try:
+        text = read_text(path)
         if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            obj = yaml.safe_load(text)
+            obj = load_yaml(text)
         else:
             obj = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError: one line either way
-        raise CaseError(f"{path}: Expected: a YAML or JSON description. Received: {str(exc).splitlines()[0]}") from None
+            if count_values(obj) > MAX_DESCRIPTION_VALUES:
+                raise InputTooLarge(f"Expected: at most {MAX_DESCRIPTION_VALUES:,} values. Received: more")
+    except InputTooLarge as exc:
+        raise CaseError(f"{path}: {exc}") from None
+    except OSError:
+        raise
+    except Exception as exc:  # yaml.YAMLError, json.JSONDecodeError, RecursionError: one line either way
+        first = (str(exc) or type(exc).__name__).splitlines()[0]
+        raise CaseError(f"{path}: Expected: a YAML or JSON description. Received: {first}") from None
     if not isinstance(obj, dict):
         raise CaseError(f"{path}: Expected: a mapping with id, description, config, steps. Received: {type(obj).__name__}")
     return obj
@@ -61,7 +68,7 @@ def _numbers(value, where: str) -> np.ndarray:
     """Nested lists of decimals (and "nan"/"inf"/"-inf") as float64."""
     try:
         return np.asarray(_floats(value), dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         raise CaseError(f"{where}: Expected: numbers (nested lists; 'nan', 'inf', '-inf' as strings). "
                         f"Received: {str(value)[:60]}") from None
 
@@ -136,12 +143,40 @@ def printed_rounding(values: np.ndarray) -> float:
     return 0.5 * 10.0 ** min(exponents) if exponents else 0.0
 
 
-def build_case(obj: dict, expect: str) -> tuple[Case, list[str]]:
-    """The case and the lines explaining what was rounded and how each tolerance was chosen."""
-    notes: list[str] = []
+# Top-level fields of a description, and of each step, with the JSON type each must have
+_DESCRIPTION_FIELDS = {"id": str, "description": str, "config": dict, "initial_state": dict, "steps": list}
+_STEP_FIELDS = {"normalize_with": str, "update_running_stats": bool, "x": list, "dy": list, "sample_weights": list,
+                "replica_sizes": list, "expected": dict, "tolerance": dict}
+_TYPE_WORDS = {str: "a string", dict: "a mapping", list: "a list", bool: "true or false"}
+
+
+def _check_shape(obj: dict) -> None:
+    """CaseError naming the first field of the description that is absent, unknown or of the wrong
+    type (before anything is built from it)."""
     for key in ("id", "description", "steps"):
         if key not in obj:
             raise CaseError(f"/{key}: Expected: present. Received: absent")
+    _check_fields(obj, _DESCRIPTION_FIELDS, "")
+    if not obj["steps"]:
+        raise CaseError("/steps: Expected: at least one step. Received: an empty list")
+    for i, step in enumerate(obj["steps"]):
+        if not isinstance(step, dict):
+            raise CaseError(f"/steps/{i}: Expected: a mapping. Received: {type(step).__name__}")
+        _check_fields(step, _STEP_FIELDS, f"/steps/{i}")
+
+
+def _check_fields(obj: dict, kinds: dict, where: str) -> None:
+    for key, value in obj.items():
+        if key not in kinds:
+            raise CaseError(f"{where}/{key}: Expected: a field among {', '.join(kinds)}. Received: {key!r}")
+        if value is not None and not isinstance(value, kinds[key]):
+            raise CaseError(f"{where}/{key}: Expected: {_TYPE_WORDS[kinds[key]]}. Received: {type(value).__name__}")
+
+
+def build_case(obj: dict, expect: str) -> tuple[Case, list[str]]:
+    """The case and the lines explaining what was rounded and how each tolerance was chosen."""
+    notes: list[str] = []
+    _check_shape(obj)
     config = _config(obj)
     steps = [_step(raw, i, config, notes) for i, raw in enumerate(obj["steps"])]
     channels = steps[0].x.shape[config.channel_axis] if steps[0].x.ndim > config.channel_axis else 0
@@ -183,7 +218,14 @@ def _suggest(key, value, suggested: dict, expect: str, config: Config, i: int, n
 def new(args) -> int:
     """``bnconform new DESCRIPTION -o CASE.json [--expect oracle|given]``."""
     path = Path(args.description)
-    case, notes = build_case(read_readable(path), args.expect)
+    try:
+        case, notes = build_case(read_readable(path), args.expect)
+    except CaseError as exc:
+        raise CaseError(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}") from None
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError, RecursionError) as exc:
+        # a value of a kind no check above foresaw: still the user's input, still one line
+        raise CaseError(f"{path}: Expected: a description bnconform can build a case from. Received: "
+                        f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
     out = Path(args.output) if args.output else path.with_suffix(".json")
     out.write_text(dumps_case(case), encoding="utf-8")
     for line in notes:
