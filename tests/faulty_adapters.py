@@ -10,6 +10,8 @@ import os
 import time
 from dataclasses import replace
 
+import numpy as np
+
 from bnconform.reference import oracle
 from bnconform.adapters.base import Adapter, Deviation, Raises, variant
 from bnconform.judging.selectors import training_step
@@ -40,6 +42,20 @@ class HangingAdapter(Adapter):
                 with open(marker, "a") as file:
                     file.write(case.id + "\n")
             time.sleep(3600)
+        return oracle.run_case(case)
+
+
+class AllocatingAdapter(Adapter):
+    """Allocates (and touches) memory without end on one case, as a runaway shape or a leak would;
+    the controller's per-host memory limit must cost only that cell."""
+
+    name, framework = "test.allocating", "numpy"
+
+    def run(self, case, device):
+        if case.id == "degenerate/c1_rank2":
+            hoard = []
+            while True:
+                hoard.append(np.ones(2**23))  # 64 MiB, written to: resident at once
         return oracle.run_case(case)
 
 

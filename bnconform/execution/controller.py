@@ -16,9 +16,11 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from ..judging.verdict import Verdict
+from . import host_memory
 from .adapter_classes import adapter_class, target_of
 from .plan import host_key
 
@@ -87,6 +89,10 @@ def describe_exit(code: int | None) -> str:
     return f"exit code {code}"
 
 
+class _OverMemory(Exception):
+    """A host holds more memory than its limit; the message says how much."""
+
+
 class HostProcess:
     """One host process for a group of adapters sharing an environment, restarted on demand."""
 
@@ -141,10 +147,13 @@ class HostProcess:
         try:
             self.proc.stdin.write(json.dumps(request) + "\n")
             self.proc.stdin.flush()
-            line = self._lines.get(timeout=timeout)
+            line = self._next_line(timeout)
         except queue.Empty:
             self.close()
             return None, f"no answer within {timeout:.0f} s (host process killed; the adapter hangs)"
+        except _OverMemory as over:
+            self.close()
+            return None, str(over)
         except (BrokenPipeError, ValueError):  # ValueError: stdin closed by a kill from another thread
             line = None
         if line is None:
@@ -156,6 +165,21 @@ class HostProcess:
             self.proc = None
             return None, problem
         return json.loads(line), ""
+
+    def _next_line(self, timeout: float):
+        """The host's next line, watching its memory meanwhile (host_memory); queue.Empty after
+        ``timeout`` seconds, _OverMemory as soon as it holds more than its limit."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise queue.Empty
+            try:
+                return self._lines.get(timeout=min(remaining, host_memory.POLL_SECONDS))
+            except queue.Empty:
+                problem = host_memory.over_limit(self.proc.pid)
+                if problem:
+                    raise _OverMemory(problem) from None
 
     def _load(self, name: str) -> tuple[dict | None, str]:
         """Make the running host load the adapter (importing its framework) under the startup

@@ -1,10 +1,14 @@
 """The ``bnconform`` command line. Every user error is one line on stderr and exit status 2;
-Ctrl-C is one line and exit status 130, with no traceback and no reports written."""
+Ctrl-C is one line and exit status 130, SIGTERM the same with exit status 143 (128 + 15): the
+host processes are killed, no traceback, no reports written."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .. import __version__
@@ -110,17 +114,42 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C would be, so it takes the same way out (hosts killed)."""
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """While the command runs, SIGTERM interrupts it as Ctrl-C does (main thread only; the
+    previous handler comes back after, so a caller such as a test keeps its own)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv=None) -> int:
     parser = _parser()
-    try:
-        args = parser.parse_args(argv)
-        return args.func(args)
-    except UsageError as exc:
-        print(f"bnconform: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:  # the scheduler has killed its hosts; reports are written only after a run
-        print("bnconform: interrupted; no reports written", file=sys.stderr)
-        return 130
+    with _sigterm_as_interrupt():
+        try:
+            args = parser.parse_args(argv)
+            return args.func(args)
+        except UsageError as exc:
+            print(f"bnconform: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:  # the scheduler has killed its hosts; reports are written only after a run
+            terminated = isinstance(exc, _Terminated)
+            print(f"bnconform: {'terminated (SIGTERM)' if terminated else 'interrupted'}; no reports written",
+                  file=sys.stderr)
+            return 143 if terminated else 130
 
 
 if __name__ == "__main__":

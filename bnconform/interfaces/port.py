@@ -405,7 +405,13 @@ def cmd_port(args) -> int:
         print(f"{reason}; running them now", file=sys.stderr)
         document = run_document(names, Path(args.cases), cases, devices)
         source = "measured now"
-    print("\n".join(report(document, args.source, args.target, source)))
+    from .subcommands import DOCUMENT_FAULTS, _bad_results
+
+    try:
+        lines = report(document, args.source, args.target, source)
+    except DOCUMENT_FAULTS as exc:
+        raise UsageError(f"port: {_bad_results([path], exc)}") from None
+    print("\n".join(lines))
     return 0
 
 

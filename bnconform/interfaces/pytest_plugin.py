@@ -28,7 +28,7 @@ import pytest
 _VERDICTS = pytest.StashKey[dict]()
 _HOSTS = pytest.StashKey[object]()
 _SELECTION = pytest.StashKey[dict]()
-_WRITTEN = pytest.StashKey[Path]()
+_WRITTEN = pytest.StashKey[str]()  # the line about the reports: where they went, or why they did not
 _SECONDS = pytest.StashKey[dict]()  # adapter -> seconds per run cell in the last results.json
 _CASE_META = pytest.StashKey[object]()  # results.CaseMetaInAdvance, started at the first verdict
 _PROPERTY = "bnconform_verdict"
@@ -327,13 +327,18 @@ def pytest_sessionfinish(session):
     config = session.config
     if hasattr(config, "workerinput") or not config.stash[_VERDICTS]:
         return  # xdist workers report through the controller
-    config.stash[_WRITTEN] = _write_reports(config, list(config.stash[_VERDICTS].values()))
+    from ..reporting.writing import ReportsNotWritten
+
+    try:
+        config.stash[_WRITTEN] = f"reports written to {_write_reports(config, list(config.stash[_VERDICTS].values()))}"
+    except ReportsNotWritten as exc:  # the tests' own outcomes stand; the line says what is missing
+        config.stash[_WRITTEN] = f"reports not written: {exc}"
     config.stash[_VERDICTS].clear()
 
 
 def pytest_terminal_summary(terminalreporter, config):
     if _WRITTEN in config.stash:
-        terminalreporter.write_line(f"bnconform: reports written to {config.stash[_WRITTEN]}")
+        terminalreporter.write_line(f"bnconform: {config.stash[_WRITTEN]}")
 
 
 def _write_reports(config, verdict_dicts) -> Path:

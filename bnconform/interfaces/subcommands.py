@@ -43,22 +43,39 @@ def _summary(verdicts) -> str:
 def cmd_run(args) -> int:
     from ..execution.plan import plan
     from ..execution.selection import is_whole_matrix
-    from ..reporting import results
-    from ..reporting.writing import write_reports
+    from ..reporting.report_lock import ReportsBusy, reserved
+    from ..reporting.writing import target_dir
 
     cases, families = matrix_cases(args.cases, args.family)
     selected, devices = selected_backends(args)
-    cells = plan(cases, selected, devices)
-    print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on {', '.join(devices)}",
-          file=sys.stderr)
-    case_meta = results.CaseMetaInAdvance(Path(args.cases), sorted({cell.case_path for cell in cells}))
-    verdicts, infos = _run_cells(cells, args.jobs, args.timeout)
     selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family") if getattr(args, k)}
-    document = results.build(verdicts, infos, selection, Path(args.cases), case_meta)
     whole = (is_whole_matrix(selected, args.family, args.device, families)
              and Path(args.cases).resolve() == DEFAULT_CASES.resolve())
-    target = write_reports(document, Path(args.reports), whole, args.out)
+    target = target_dir(selection, selected, Path(args.reports), whole, args.out)
+    cells = plan(cases, selected, devices)
+    try:
+        with reserved(target, create=False):  # a second run for these reports is refused now, not later
+            print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on "
+                  f"{', '.join(devices)}", file=sys.stderr)
+            return _run_and_report(args, cells, selection, target)
+    except ReportsBusy as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _run_and_report(args, cells, selection: dict, target: Path) -> int:
+    """Run the cells, write the reports into ``target`` and print the summary; exit 1 on an
+    unexpected fail or error, UsageError (exit 2) when the reports cannot be written."""
+    from ..reporting import results
+    from ..reporting.writing import ReportsNotWritten, write_reports_to
+
+    case_meta = results.CaseMetaInAdvance(Path(args.cases), sorted({cell.case_path for cell in cells}))
+    verdicts, infos = _run_cells(cells, args.jobs, args.timeout)
+    document = results.build(verdicts, infos, selection, Path(args.cases), case_meta)
     print(_summary(verdicts))
+    try:
+        write_reports_to(document, target)
+    except ReportsNotWritten as exc:
+        raise UsageError(f"reports not written: {exc}") from None
     bad = [v for v in verdicts if v.status in UNEXPECTED]
     for v in bad[:20]:
         print(f"{v.status}: {v.cell_id}: {v.detail}", file=sys.stderr)
@@ -108,16 +125,24 @@ def cmd_list(args) -> int:
     return list_probe(args.jobs) if args.probe else list_metadata()
 
 
+# What a checked results document can still raise while it is merged, diffed or rendered: a
+# combination no field check foresaw (it is the file's, so it is one line, not a traceback)
+DOCUMENT_FAULTS = (KeyError, TypeError, ValueError, AttributeError, IndexError, ZeroDivisionError, OverflowError)
+
+
 def cmd_report(args) -> int:
     from ..reporting import results
+    from ..reporting.writing import write_pages_as
+
+    from ..reporting.writing import ReportsNotWritten
 
     try:
         document = results.merge([results.read(Path(p)) for p in args.results])
-    except (results.ResultsError, KeyError, TypeError, AttributeError) as exc:
+        out = write_pages_as(document, args.output)
+    except (results.ResultsError, *DOCUMENT_FAULTS) as exc:
         raise UsageError(_bad_results(args.results, exc)) from None
-    from ..reporting.writing import write_pages_as
-
-    out = write_pages_as(document, args.output)
+    except ReportsNotWritten as exc:
+        raise UsageError(f"report not written: {exc}") from None
     if args.merged:
         results.write(document, Path(args.merged))
     print(f"wrote {out} from {len(args.results)} result file(s), {len(document['verdicts'])} cells")
@@ -130,7 +155,8 @@ def _bad_results(paths, exc) -> str:
 
     if isinstance(exc, results.ResultsError):
         return str(exc)
-    return f"{', '.join(map(str, paths))}: Expected: results documents written by bnconform. Received: {type(exc).__name__}: {exc}"
+    return (f"{', '.join(map(str, paths))}: Expected: results documents written by bnconform. Received: a document "
+            f"that fails with {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
 
 
 def cmd_diff(args) -> int:
@@ -138,7 +164,7 @@ def cmd_diff(args) -> int:
 
     try:
         lines = results.diff(results.read(Path(args.old)), results.read(Path(args.new)))
-    except (results.ResultsError, KeyError, TypeError, AttributeError) as exc:
+    except (results.ResultsError, *DOCUMENT_FAULTS) as exc:
         raise UsageError(_bad_results([args.old, args.new], exc)) from None
     print("\n".join(lines) if lines else "no cell changed its verdict")
     return 1 if lines else 0
