@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import subprocess
 import sys
 import types
 
@@ -111,6 +113,38 @@ def test_new_rejects_a_bad_description_in_one_line(tmp_path, capsys):
     assert main(["new", str(source)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "/steps/1/x: Expected: numbers" in err[0]
+
+
+_PEAK_OF_CHILD = """
+import resource, subprocess, sys
+done = subprocess.run(sys.argv[1:], capture_output=True, text=True)
+peak_mib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+print(done.returncode, round(peak_mib), repr(done.stderr))
+"""
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_expands(tmp_path):
+    """60 KB of YAML whose aliases make x a 10000 x 10000 array (before: 59 s and 7.8 GB, then a
+    MemoryError): one line, exit 2, no case written, and the command's peak memory (its own
+    process alone, measured by a wrapper whose only child it is) far below 1 GiB."""
+    row = "[" + ", ".join(["0"] * 10000) + "]"
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(f"id: bomb/x\ndescription: d\nrow: &r {row}\nsteps:\n  - x: [{', '.join(['*r'] * 10000)}]\n")
+    out = tmp_path / "bomb.json"
+    done = subprocess.run([sys.executable, "-c", _PEAK_OF_CHILD, sys.executable, "-m", "bnconform", "new", str(bomb),
+                           "-o", str(out)], capture_output=True, text=True, timeout=300, cwd=PUBLISHED.parents[1])
+    code, peak_mib, stderr = done.stdout.split(" ", 2)
+    stderr = ast.literal_eval(stderr.strip())
+    assert code == "2" and len(stderr.strip().splitlines()) == 1, stderr
+    assert "at most 1,000,000 values once YAML aliases are expanded" in stderr and "bomb.yaml" in stderr
+    assert int(peak_mib) < 1024 and not out.exists(), (peak_mib, out.exists())
+
+
+def test_a_recursive_yaml_alias_is_one_line(tmp_path, capsys):
+    source = tmp_path / "loop.yaml"
+    source.write_text("id: x/y\ndescription: d\nsteps: &s [*s]\n")
+    assert main(["new", str(source)]) == 2
+    assert "an alias inside its own anchor" in capsys.readouterr().err
 
 
 def test_the_docs_example_builds_as_a_plugin_and_runs_through_its_entry_point(tmp_path):

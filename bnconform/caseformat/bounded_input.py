@@ -50,10 +50,13 @@ def load_yaml(text: str, max_values: int = MAX_DESCRIPTION_VALUES):
 
 def _expanded_scalars(node, limit: int, memo: dict) -> int:
     """Scalars under ``node`` with every alias expanded, counted once per distinct node (aliases
-    share their node) and cut off above ``limit``; a node inside itself counts as too many."""
+    share their node) and cut off above ``limit``; InputTooLarge for a node inside itself."""
     key = id(node)
     if key in memo:
-        return memo[key] if memo[key] is not None else limit + 1  # None: still being counted (recursive)
+        if memo[key] is None:  # still being counted: the alias sits inside its own anchor
+            raise InputTooLarge("Expected: YAML aliases that refer to finished nodes. Received: an alias inside "
+                                "its own anchor (it would expand without end)")
+        return memo[key]
     memo[key] = None
     if hasattr(node.value, "__iter__") and not isinstance(node.value, str):
         children = [c for pair in node.value for c in (pair if isinstance(pair, tuple) else (pair,))]
