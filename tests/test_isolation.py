@@ -160,3 +160,13 @@ def test_an_interrupted_run_kills_the_hosts_and_writes_nothing(tmp_path, monkeyp
     assert not (tmp_path / "reports").exists()
     assert not [pid for pid in hosts if _alive(pid)]
 
+
+
+def test_an_adapter_that_patches_its_framework_runs_in_a_host_of_its_own():
+    """tf_slim+compat restores removed TensorFlow names process-wide; sharing the TF1 graph host,
+    it made the plain tf_slim row's probe pass whenever one of its cells ran first (found by a
+    randomly ordered pytest run: 187 cells turned from unavailable into pass or deviation)."""
+    from bnconform.execution.plan import host_key
+
+    assert host_key("tf_slim+compat") == "tf_slim+compat"
+    assert host_key("tf_slim") == host_key("tf.v1.layers") != host_key("tf_slim+compat")
