@@ -6,7 +6,8 @@ pass or fail: :mod:`bnconform.judging.judge` does, against the oracle's expected
 
 Subclasses set the class attributes -- above all ``capabilities`` (what the API can express,
 as data: :mod:`bnconform.judging.capabilities`) and ``deviations`` (how it departs from every value
-the model allows, each with a kind and a declarative selector) -- and implement
+the model allows, each with a kind and a declarative selector: :mod:`bnconform.judging.declarations`,
+re-exported here and from :mod:`bnconform.adapters`) -- and implement
 :meth:`Adapter.run`. ``supports`` is only for limits the capability data cannot state.
 Modules must not import their framework at import time, so that listing adapters stays cheap.
 """

@@ -3,7 +3,7 @@
 A backend executable writes a *handshake* (one JSON object) and then answers one *request* per
 case. This module turns the handshake's capabilities and deviations into the same
 :class:`~bnconform.judging.capabilities.Capabilities`, :class:`~bnconform.judging.selectors.Selector` and
-:class:`~bnconform.adapters.base.Deviation` objects a Python adapter declares, so the judge
+:class:`~bnconform.judging.declarations.Deviation` objects a Python adapter declares, so the judge
 verifies an executable's declarations exactly as it verifies a Python adapter's; and it decodes
 answers (hex-float arrays, as in case files) into the per-step dicts ``Adapter.run`` returns.
 Every malformed message raises :class:`ProtocolError` naming where it is and what was expected.
