@@ -21,11 +21,18 @@ class InputTooLarge(ValueError):
     """The message is one line: what was too large, the bound and what was found."""
 
 
+def size_problem(size: int, limit: int = MAX_INPUT_BYTES, what: str = "a file") -> str | None:
+    """"Expected: <what> of at most N MiB. Received: M MiB" for a size over ``limit``, else None."""
+    if size <= limit:
+        return None
+    return f"Expected: {what} of at most {limit // 2**20} MiB. Received: {size / 2**20:.1f} MiB"
+
+
 def read_text(path: Path, limit: int = MAX_INPUT_BYTES) -> str:
     """The UTF-8 text of ``path``, refused (InputTooLarge) before reading when over ``limit`` bytes."""
-    size = Path(path).stat().st_size
-    if size > limit:
-        raise InputTooLarge(f"Expected: a file of at most {limit // 2**20} MiB. Received: {size / 2**20:.1f} MiB")
+    problem = size_problem(Path(path).stat().st_size, limit)
+    if problem:
+        raise InputTooLarge(problem)
     return Path(path).read_text(encoding="utf-8")
 
 

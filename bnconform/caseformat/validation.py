@@ -16,7 +16,7 @@ from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
 
-from .bounded_input import MAX_INPUT_BYTES
+from .bounded_input import size_problem
 from .casefile import case_from_json
 from .encoding import EncodingError
 from .model import GRADIENT_KEYS, OUTPUT_KEYS, RENORM_STATE_KEYS, Case, count_per_channel
@@ -316,9 +316,9 @@ def load_case(path) -> Case:
         stat = path.stat()
     except OSError as exc:
         raise CaseError(f"{path}: Expected: a readable UTF-8 file. Received: {exc}") from None
-    if stat.st_size > MAX_INPUT_BYTES:
-        raise CaseError(f"{path}: Expected: a case file of at most {MAX_INPUT_BYTES // 2**20} MiB. "
-                        f"Received: {stat.st_size / 2**20:.1f} MiB")
+    too_large = size_problem(stat.st_size, what="a case file")
+    if too_large:
+        raise CaseError(f"{path}: {too_large}")
     resolved, version = str(path.resolve()), (stat.st_mtime_ns, stat.st_size)
     known = _LOADED.get(resolved)
     if known is None or known[0] != version:

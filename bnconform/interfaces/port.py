@@ -241,13 +241,13 @@ def cmd_port(args) -> int:
         print(f"{reason}; running them now", file=sys.stderr)
         document = run_document(names, Path(args.cases), cases, devices)
         source = "measured now"
-    from .subcommands import DOCUMENT_FAULTS, _bad_results
+    from .subcommands import DOCUMENT_FAULTS, bad_results_line
     from .usage import UsageError
 
     try:
         lines = report(document, args.source, args.target, source)
     except DOCUMENT_FAULTS as exc:
-        raise UsageError(f"port: {_bad_results([path], exc)}") from None
+        raise UsageError(f"port: {bad_results_line([path], exc)}") from None
     print("\n".join(lines))
     return 0
 

@@ -140,7 +140,7 @@ def cmd_report(args) -> int:
         document = results.merge([results.read(Path(p)) for p in args.results])
         out = write_pages_as(document, args.output)
     except (results.ResultsError, *DOCUMENT_FAULTS) as exc:
-        raise UsageError(_bad_results(args.results, exc)) from None
+        raise UsageError(bad_results_line(args.results, exc)) from None
     except ReportsNotWritten as exc:
         raise UsageError(f"report not written: {exc}") from None
     if args.merged:
@@ -149,7 +149,7 @@ def cmd_report(args) -> int:
     return 0
 
 
-def _bad_results(paths, exc) -> str:
+def bad_results_line(paths, exc) -> str:
     """One line for a results file that reads as JSON but not as a results document."""
     from ..reporting import results
 
@@ -165,7 +165,7 @@ def cmd_diff(args) -> int:
     try:
         lines = results.diff(results.read(Path(args.old)), results.read(Path(args.new)))
     except (results.ResultsError, *DOCUMENT_FAULTS) as exc:
-        raise UsageError(_bad_results([args.old, args.new], exc)) from None
+        raise UsageError(bad_results_line([args.old, args.new], exc)) from None
     print("\n".join(lines) if lines else "no cell changed its verdict")
     return 1 if lines else 0
 

@@ -18,6 +18,7 @@ import threading
 from pathlib import Path
 
 from .. import __version__
+from ..caseformat.bounded_input import size_problem
 from ..execution.plan import adapter_metadata
 from ..judging.verdict import Verdict
 from .document_check import MAX_RESULTS_BYTES, check_document
@@ -206,10 +207,9 @@ def read(path: Path) -> dict:
     naming the file and field) for a file too large, not JSON, of another format or malformed."""
     path = Path(path)
     try:
-        size = path.stat().st_size
-        if size > MAX_RESULTS_BYTES:
-            raise ResultsError(f"{path}: Expected: a results document of at most {MAX_RESULTS_BYTES // 2**20} MiB. "
-                               f"Received: {size / 2**20:.0f} MiB")
+        too_large = size_problem(path.stat().st_size, MAX_RESULTS_BYTES, "a results document")
+        if too_large:
+            raise ResultsError(f"{path}: {too_large}")
         document = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ResultsError(f"{path}: Expected: a bnconform results.json. Received: {exc}") from None
