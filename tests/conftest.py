@@ -17,6 +17,19 @@ def pytest_configure(config):
     config.pluginmanager.register(FrameworkProcesses(config), "bnconform-framework-processes")
 
 
+def one_error_line(code: int, err: str, *needles: str, after_progress: bool = False) -> str:
+    """The rule for bad input: exit status 2, no traceback, and one line on stderr holding every
+    needle -- the only line, or (``after_progress``: a run's progress bar comes first) the last,
+    and the only one starting "bnconform". Returns that line."""
+    lines = err.strip().splitlines()
+    errors = [line for line in lines if line.startswith("bnconform")] if after_progress else lines
+    assert code == 2, f"Expected: exit 2. Received: {code}; stderr:\n{err[-2000:]}"
+    assert len(errors) == 1 and errors[0] == lines[-1] and "Traceback" not in err, f"Expected: one line. Received:\n{err[-2000:]}"
+    missing = [n for n in needles if n not in errors[0]]
+    assert not missing, f"Expected: {missing} in the line. Received: {errors[0]}"
+    return errors[0]
+
+
 def requires(*modules: str):
     """Skip a test module when a framework is not installed, WITHOUT importing it: collection in
     every xdist worker stays cheap, and only the worker that runs these tests pays the import."""

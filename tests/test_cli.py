@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import one_error_line
 
 from bnconform.interfaces import cli
 
@@ -42,10 +43,7 @@ def _process(*command, cwd=ROOT):
 
 
 def _one_clear_line(result, *fragments):
-    assert result.returncode == 2, result
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
-    assert all(f in lines[0] for f in fragments), lines[0]
+    one_error_line(result.returncode, result.stderr, *fragments)
 
 
 def test_unknown_backend_lists_known_ones(bnconform):

@@ -13,6 +13,7 @@ import argparse
 from pathlib import Path
 
 import pytest
+from conftest import one_error_line
 
 from bnconform.interfaces.cli import _parser, main
 
@@ -45,13 +46,7 @@ def _one_line_exit_2(capsys, argv: list[str], *needles: str) -> str:
         code = main(argv)
     except SystemExit as exit_:  # argparse's own exit
         code = exit_.code
-    err = capsys.readouterr().err
-    lines = err.strip().splitlines()
-    assert code == 2, f"bnconform {' '.join(argv)}: Expected: exit 2. Received: {code}; stderr: {err[-500:]}"
-    assert len(lines) == 1 and "Traceback" not in err, f"bnconform {' '.join(argv)}: Expected: one line. Received:\n{err}"
-    for needle in needles:
-        assert needle in lines[0], f"bnconform {' '.join(argv)}: Expected: {needle!r} in the line. Received: {lines[0]}"
-    return lines[0]
+    return one_error_line(code, capsys.readouterr().err, *needles)
 
 
 @pytest.fixture(autouse=True)

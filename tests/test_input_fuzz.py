@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import one_error_line
 from mutations import mutated_json_text, mutated_text
 
 from bnconform.interfaces import cli
@@ -60,10 +61,8 @@ def _bnconform(argv: list[str]) -> tuple[int, str]:
 
 
 def _refused_in_one_line(code: int, err: str, path: Path, argv0: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2, f"bnconform {argv0} {path.name}: Expected: exit 0 or 2. Received: {code}\n{err[-2000:]}"
-    assert len(lines) == 1 and "Traceback" not in err, f"bnconform {argv0}: Expected: one line. Received:\n{err[-2000:]}"
-    assert path.name in lines[0], f"bnconform {argv0}: Expected: the line to name {path.name}. Received: {lines[0]}"
+    """bnconform argv0 refused the input: the rule for bad input, with the line naming the file."""
+    one_error_line(code, err, path.name)
 
 
 def _write(tmp_path: Path, text: str, suffix: str) -> Path:

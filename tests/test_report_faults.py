@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import one_error_line
 
 from bnconform.interfaces.cli import main
 from bnconform.reporting import writing
@@ -40,12 +41,7 @@ def _files(directory: Path) -> dict[str, bytes]:
 
 
 def _one_line(capsys, code: int, *needles: str) -> str:
-    """Exit 2 and one error line ("bnconform: ..."), the last on stderr (a run's progress lines come before it)."""
-    err = capsys.readouterr().err
-    errors = [line for line in err.strip().splitlines() if line.startswith("bnconform")]
-    assert code == 2 and len(errors) == 1 and "Traceback" not in err, f"exit {code}; stderr:\n{err}"
-    assert err.strip().splitlines()[-1] == errors[0] and all(n in errors[0] for n in needles), errors[0]
-    return errors[0]
+    return one_error_line(code, capsys.readouterr().err, *needles, after_progress=True)
 
 
 @pytest.mark.parametrize("fault", ["disk full while staging", "read-only at the rename", "read-only directory"])
