@@ -18,7 +18,6 @@ Figures, not assertions: these machines are noisy.
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import statistics
@@ -157,7 +156,7 @@ def matrix_report(names, workers: int) -> list[str]:
 
 def bench(args) -> int:
     cases, _ = matrix_cases(DEFAULT_CASES, args.family)
-    names, _ = selected_backends(argparse.Namespace(backend=args.backend, adapter=[], device=None))  # as in `run`
+    names, _ = selected_backends(args)  # families and globs, as in `run`
     if args.matrix:
         print("\n".join(matrix_report(names, os.cpu_count() or 1)))
         return 0

@@ -225,4 +225,4 @@ def register(sub) -> None:
     ben.add_argument("--backend", action="append", help="backend name (repeatable; default: all available)")
     ben.add_argument("--family", action="append")
     ben.add_argument("--matrix", action="store_true", help="also time `pytest -n auto` over the matrix")
-    ben.set_defaults(func=cmd_bench)
+    ben.set_defaults(func=cmd_bench, adapter=[], device=None)  # selected like run's, without those options
