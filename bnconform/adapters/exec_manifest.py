@@ -118,10 +118,13 @@ def _is_version(value) -> bool:
                                       and all(isinstance(v, str) for v in value.values()))
 
 
+def _is_strings(value) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
 def _is_string_lists(keys: set):
     """A check: an object whose fields, among ``keys``, are each a list of strings."""
-    return lambda value: isinstance(value, dict) and set(value) <= keys and all(
-        isinstance(v, list) and all(isinstance(x, str) for x in v) for v in value.values())
+    return lambda value: isinstance(value, dict) and set(value) <= keys and all(map(_is_strings, value.values()))
 
 
 def _are_seconds(value) -> bool:
@@ -132,18 +135,18 @@ def _are_seconds(value) -> bool:
 def _is_build(value) -> bool:
     return value == {} or (isinstance(value, dict) and _is_command(value.get("command")) and "{output}" in value["command"]
                            and isinstance(value.get("output"), str) and bool(value["output"])
-                           and _is_string_lists({"inputs"})({"inputs": value.get("inputs", [])}))
+                           and _is_strings(value.get("inputs", [])))
 
 
 def _is_row(value) -> bool:
-    kinds = value.get("device_kinds", ["cpu"]) if isinstance(value, dict) else None
     return (isinstance(value, dict) and isinstance(value.get("name"), str) and bool(value["name"])
             and _is_command(value.get("command")) and isinstance(value.get("doc", ""), str)
-            and isinstance(kinds, list) and bool(kinds) and all(isinstance(k, str) for k in kinds))
+            and _is_command(value.get("device_kinds", ["cpu"])))  # a non-empty list of strings, like a command
 
 
 def _is_command(value) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(v, str) for v in value)
+    """A non-empty list of strings."""
+    return _is_strings(value) and bool(value)
 
 
 # --- Requirements and the build step ---------------------------------------------------------------
