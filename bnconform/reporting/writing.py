@@ -39,18 +39,13 @@ def target_dir(selection: dict, adapters, reports_dir, whole_matrix: bool, out=N
 
 
 def _stage(document: dict, staging: Path, with_results: bool = True) -> None:
-    """Render every page into ``staging``: results.json, then the report package's pages
-    (``write_pages``: conformance.md, conformance-details.md, heatmap.svg) or, from an older
-    renderer, conformance.md alone."""
-    from . import pages as report
-    from . import results
+    """Render every page into ``staging``: results.json, then conformance.md,
+    conformance-details.md and heatmap.svg (:func:`.pages.write_pages`)."""
+    from . import pages, results
 
     if with_results:
         results.write(document, staging / "results.json")
-    if hasattr(report, "write_pages"):
-        report.write_pages(document, staging)
-    else:
-        (staging / "conformance.md").write_text(report.render(document), encoding="utf-8")
+    pages.write_pages(document, staging)
 
 
 def _publish(document: dict, target: Path, main_name: str = "conformance.md", with_results: bool = True) -> None:
