@@ -21,7 +21,11 @@ _INPUT_DTYPE_KEYS = ("y", "batch_mean", "batch_var", "dx")  # the rest are in th
 
 @dataclass
 class Mismatch:
-    """The numbers behind a failed output, enough to reproduce the finding."""
+    """The numbers behind a failed output, enough to reproduce the finding.
+
+    ``index``, ``expected`` and ``got`` name the worst element (see :func:`worst_index`);
+    ``outside`` of the output's ``elements`` elements fail (both 0 where the output is not an
+    array of values: a counter, a device count, a shape)."""
 
     step: int
     output: str
@@ -32,17 +36,34 @@ class Mismatch:
     max_rel_error: float
     ulps: float
     reason: str
+    outside: int = 0
+    elements: int = 0
 
     def line(self) -> str:
+        """One line: the worst element's value and the expected one, printed with enough digits to
+        differ, then the reason, how many elements fail and the error figures."""
         where = f"{self.output}[{','.join(map(str, self.index))}]" if self.index else self.output
         if self.reason.startswith("shape "):  # no value to quote: the arrays do not line up
             return f"step {self.step}: {where} has {self.reason}"
-        return (f"step {self.step}: {where}={self.got:.6g}, but should be {self.expected:.6g} "
-                f"({self.reason}; max abs err {self.max_abs_error:.3g}, max rel err {self.max_rel_error:.3g}, "
-                f"{self.ulps:.3g} ulp)")
+        got, expected = distinct_texts(self.got, self.expected)
+        count = f"{self.outside} of {self.elements} elements differ; " if self.elements else ""
+        return (f"step {self.step}: {where}={got}, but should be {expected} "
+                f"({self.reason}; {count}max abs err {self.max_abs_error:.3g}, "
+                f"max rel err {self.max_rel_error:.3g}, {self.ulps:.3g} ulp)")
 
     def to_json(self) -> dict:
         return {k: (v if not isinstance(v, float) or np.isfinite(v) else repr(v)) for k, v in asdict(self).items()}
+
+
+def distinct_texts(got: float, expected: float) -> tuple[str, str]:
+    """``got`` and ``expected`` in ``%g`` form with the fewest significant digits, from 6 up to 17,
+    at which the two texts differ (17 digits tell any two distinct float64 values apart); equal
+    values (or NaN and NaN) get 6 digits."""
+    for digits in range(6, 18):
+        texts = f"{got:.{digits}g}", f"{expected:.{digits}g}"
+        if texts[0] != texts[1] or got == expected or (np.isnan(got) and np.isnan(expected)):
+            return texts
+    return texts
 
 
 def _ulps(diff, expected, dtype: str) -> float:
@@ -63,7 +84,8 @@ def overflow_infinity(expected, dtype: str) -> np.ndarray:
 
 
 def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) -> Mismatch | None:
-    """None if ``got`` agrees with ``expected``; else the first mismatch with its error figures.
+    """None if ``got`` agrees with ``expected``; else a Mismatch naming the worst element
+    (:func:`worst_index`) with the output's error figures and count of failing elements.
     An expected value beyond the range of ``dtype`` is also met by the infinity of its sign (the
     output stored in ``dtype``), as well as by the value itself (an output kept wider)."""
     got = np.asarray(got, dtype=np.float64)
@@ -82,11 +104,22 @@ def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) ->
     abs_err = float(diff[finite].max()) if finite.any() else float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = diff[finite] / np.abs(expected[finite])
-    first = tuple(int(i) for i in np.argwhere(bad)[0])
-    reason = "NaN position differs" if nan_e[first] != nan_g[first] else "outside tolerance"
-    return Mismatch(step, key, list(first), float(expected[first]), float(got[first]), abs_err,
+    worst = worst_index(expected, got, bad, tol)
+    reason = "NaN position differs" if nan_e[worst] != nan_g[worst] else "outside tolerance"
+    return Mismatch(step, key, list(worst), float(expected[worst]), float(got[worst]), abs_err,
                     float(np.nanmax(rel)) if rel.size else float("nan"),
-                    _ulps(np.where(finite, diff, 0.0), expected, dtype), reason)
+                    _ulps(np.where(finite, diff, 0.0), expected, dtype), reason, int(bad.sum()), int(bad.size))
+
+
+def worst_index(expected: np.ndarray, got: np.ndarray, bad: np.ndarray, tol: dict) -> tuple[int, ...]:
+    """The index of the failing element (``bad``) that exceeds its tolerance by the largest
+    absolute margin, ``|got - expected| - (atol + rtol * |expected|)``. A NaN or infinity where
+    the other side differs counts as an infinite margin; ties go to the first in C order."""
+    with np.errstate(invalid="ignore", over="ignore"):
+        margin = np.abs(got - expected) - (tol["atol"] + tol["rtol"] * np.abs(expected))
+    margin = np.where(np.isfinite(expected) & np.isfinite(got), margin, np.inf)
+    score = np.where(bad, margin, -np.inf)
+    return tuple(int(i) for i in np.unravel_index(int(np.argmax(score)), score.shape))
 
 
 def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[list[Mismatch], list[str]]:
