@@ -160,13 +160,17 @@ def bad_results_line(paths, exc) -> str:
 
 
 def cmd_diff(args) -> int:
+    """One line per changed cell, then one summary line counting them by transition; exit 0 when
+    no cell changed, 1 when some did (UsageError, exit 2, for an unreadable document)."""
     from ..reporting import results
 
     try:
-        lines = results.diff(results.read(Path(args.old)), results.read(Path(args.new)))
+        old, new = results.read(Path(args.old)), results.read(Path(args.new))
+        lines = results.diff(old, new)
+        summary = results.diff_summary(old, new) if lines else "no cell changed its verdict"
     except (results.ResultsError, *DOCUMENT_FAULTS) as exc:
         raise UsageError(bad_results_line([args.old, args.new], exc)) from None
-    print("\n".join(lines) if lines else "no cell changed its verdict")
+    print("\n".join([*lines, summary]))
     return 1 if lines else 0
 
 
@@ -190,6 +194,9 @@ def _common(parser) -> None:
 _CHECK_HELP = ("run your own case files; exit 0 when every cell that could run conforms (pass or declared "
                "deviation; unsupported/unavailable cells do not fail it), 1 when a cell fails or errors or "
                "nothing could run, 2 for invalid input")
+_DIFF_HELP = ("cells whose verdict or error changed between two results.json, one line each, then a summary line "
+              "counting them by transition; exit 0 when no cell changed, 1 when some changed, 2 for bad input "
+              "(a file that is missing or not a results document)")
 
 
 def register(sub) -> None:
@@ -217,7 +224,7 @@ def register(sub) -> None:
     rep.add_argument("--output", "-o", default="reports/conformance.md")
     rep.add_argument("--merged", help="also write the merged results.json here")
     rep.set_defaults(func=cmd_report)
-    dif = sub.add_parser("diff", help="cells whose verdict or error changed between two results.json")
+    dif = sub.add_parser("diff", help=_DIFF_HELP, description=_DIFF_HELP)
     dif.add_argument("old")
     dif.add_argument("new")
     dif.set_defaults(func=cmd_diff)

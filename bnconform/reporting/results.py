@@ -10,6 +10,7 @@ document wins.
 
 from __future__ import annotations
 
+import collections
 import datetime
 import json
 import platform
@@ -245,19 +246,38 @@ def verdicts_of(document: dict) -> list[Verdict]:
 
 
 def diff(old: dict, new: dict) -> list[str]:
-    """One line per cell whose status or detail changed between two result documents."""
+    """One line per cell whose status or detail changed between two result documents (a cell
+    present in one document only is added or removed), in cell order."""
+    return [line for _, line in _changes(old, new)]
+
+
+def diff_summary(old: dict, new: dict) -> str:
+    """One line counting the cells :func:`diff` lists (so the count equals its number of lines),
+    by transition, most common first (ties by name), then the added and removed cells, e.g.
+    ``"1,473 cells changed: 1,200 pass -> fail, 253 fail -> pass; 17 added, 3 removed"``."""
+    counts = collections.Counter(kind for kind, _ in _changes(old, new))
+    total = sum(counts.values())
+    ends = [f"{counts.pop(k):,} {k}" for k in ("added", "removed") if k in counts]
+    moves = [f"{n:,} {kind}" for kind, n in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
+    parts = "; ".join(p for p in (", ".join(moves), ", ".join(ends)) if p)
+    return f"{total:,} cell{'s' if total != 1 else ''} changed: {parts}"
+
+
+def _changes(old: dict, new: dict):
+    """(transition, line) for each changed cell in cell order; transition is "added", "removed",
+    "OLD -> NEW" (status changed) or "STATUS detail changed" (a fail or error with a new detail)."""
     def index(document):
         return {(v["case"], v["adapter"], v["device"]): v for v in document["verdicts"]}
 
     before, after = index(old), index(new)
-    lines = []
     for key in sorted(before.keys() | after.keys()):
         a, b = before.get(key), after.get(key)
         cell = f"{key[0]}[{key[1]}-{key[2]}]"
         if a is None or b is None:
-            lines.append(f"{cell}: {'added' if a is None else 'removed'} ({(b or a)['status']})")
+            kind = "added" if a is None else "removed"
+            yield kind, f"{cell}: {kind} ({(b or a)['status']})"
         elif a["status"] != b["status"]:
-            lines.append(f"{cell}: {a['status']} -> {b['status']}: {b['detail'] or a['detail']}")
+            move = f"{a['status']} -> {b['status']}"
+            yield move, f"{cell}: {move}: {b['detail'] or a['detail']}"
         elif a["detail"] != b["detail"] and a["status"] in ("fail", "error"):
-            lines.append(f"{cell}: {a['status']} changed: {a['detail']} -> {b['detail']}")
-    return lines
+            yield f"{a['status']} detail changed", f"{cell}: {a['status']} changed: {a['detail']} -> {b['detail']}"
