@@ -82,12 +82,13 @@ def _floats(value):
 
 
 def _rounded(values: np.ndarray, dtype: str, where: str, notes: list) -> np.ndarray:
-    """``values`` rounded to ``dtype``; a note for each value that changed (the first few)."""
+    """``values`` rounded to ``dtype``; a note for each value that changed (the first few), its
+    numbers as plain Python floats (``0.1``, never NumPy's ``np.float64(0.1)``)."""
     stored = quantize(values, dtype)
     changed = np.argwhere(~((stored.astype(np.float64) == values) | (np.isnan(values) & np.isnan(stored.astype(float)))))
     for index in changed[:3]:
         i = tuple(int(k) for k in index)
-        notes.append(f"{where}{list(i)} = {values[i]!r} is not a {dtype} value; stored as {float(stored[i])!r}")
+        notes.append(f"{where}{list(i)} = {float(values[i])!r} is not a {dtype} value; stored as {float(stored[i])!r}")
     if len(changed) > 3:
         notes.append(f"{where}: {len(changed) - 3} more values rounded to {dtype}")
     return stored
@@ -203,8 +204,10 @@ def _attach_expected(case: Case, raw_steps: list, expect: str, notes: list) -> N
 
 
 def _suggest(key, value, suggested: dict, expect: str, config: Config, i: int, notes: list) -> dict:
+    """The tolerance for one output (plain floats: the case file and ``show`` print them) and a
+    note on how it was chosen; ``given`` numbers add half a unit of their last printed digit."""
     dtype = config.input_dtype if key in ("y", "batch_mean", "batch_var", "dx") else config.param_dtype
-    rtol, atol = suggested["rtol"], suggested["atol"]
+    rtol, atol = float(suggested["rtol"]), float(suggested["atol"])
     text = (f"step {i} {key}: rtol {rtol:.3g} = {rtol / machine_epsilon(dtype):g} x u({dtype}); atol {atol:.3g} "
             f"(rtol x the output's scale, plus the rounding terms of bnconform.reference.tolerance)")
     if expect == "given":
