@@ -131,8 +131,9 @@ def test_family_glob_and_exact_selection():
 def test_adapter_alone_runs_only_that_adapter(bnconform, tmp_path):
     from bnconform.execution.selection import select_backends
 
-    assert select_backends([], [ORACLE_PATH]) == [ORACLE_PATH]
-    assert select_backends(["torch.nn"], [ORACLE_PATH]) == ["torch.nn", ORACLE_PATH]
+    # an ad hoc path is selected under its class's own name, the one its cells and reports carry
+    assert select_backends([], [ORACLE_PATH]) == ["numpy.oracle"]
+    assert select_backends(["torch.nn"], [ORACLE_PATH]) == ["torch.nn", "numpy.oracle"]
     done = bnconform("run", "--adapter", ORACLE_PATH, "--family", "epsilon", "--out", tmp_path)
     assert done.returncode == 0, done.stderr
     assert {v["adapter"] for v in json.loads((tmp_path / "results.json").read_text())["verdicts"]} == {"numpy.oracle"}

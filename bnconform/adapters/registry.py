@@ -2,10 +2,12 @@
 
 * Built-in adapters: ``BUILTIN`` below (name -> "module:Class"); nothing is imported until used.
 * Third-party adapters: the entry-point group ``bnconform.adapters`` (name -> "module:Class").
-* Ad hoc: ``--adapter package.module:ClassName`` on the CLI and in pytest.
+* Ad hoc: ``--adapter package.module:ClassName`` on the CLI and in pytest. Selecting one
+  registers it for this process under the class's own ``name`` (:func:`register_adhoc`), so its
+  cells, results and pytest ids all read ``NAME``, never the path.
 * Executables in any language (docs/protocol.md): ``exec:FOLDER`` or ``exec:FOLDER#NAME`` wherever
   a "module:Class" path goes, FOLDER holding a ``bnconform-backend.json`` manifest; the built-in
-  ones live in the repository's ``backends/`` folder.
+  ones live in the repository's ``backends/`` folder (a wheel ships a copy).
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ import os
 import sys
 from pathlib import Path
 
+from ..caseformat.shipped_data import shipped_backends
 from .base import Adapter
 
 ENTRY_POINT_GROUP = "bnconform.adapters"
-BACKENDS = Path(__file__).resolve().parents[2] / "backends"  # executables speaking docs/protocol.md
+BACKENDS = shipped_backends()  # executables speaking docs/protocol.md (a checkout's backends/, or a wheel's copy)
 
 BUILTIN = {
     "c.reference": f"exec:{BACKENDS / 'c_reference'}",
@@ -68,6 +71,9 @@ class RegistryError(LookupError):
     """An adapter name or path that cannot be resolved; str() is the one line to show."""
 
 
+_ADHOC: dict[str, str] = {}  # name -> path of the ad hoc adapters this process selected
+
+
 def _entry_points() -> dict[str, str]:
     found = importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)
     return {ep.name: ep.value for ep in found}
@@ -111,16 +117,48 @@ def load_class(target: str) -> type[Adapter]:
 
 
 def resolve(name_or_path: str) -> type[Adapter]:
-    """An adapter class from a registered name or an ad hoc "module:Class" path."""
+    """An adapter class from a registered name, the name of a selected ad hoc adapter, or an ad hoc
+    "module:Class" path."""
     table = known()
     if name_or_path in table:
         return load_class(table[name_or_path])
+    if name_or_path in _ADHOC:
+        return load_class(_ADHOC[name_or_path])
     if ":" in name_or_path:
         return load_class(name_or_path)
     raise RegistryError(f"unknown backend {name_or_path!r}. Expected: one of {', '.join(table)}, "
                         f"or package.module:ClassName")
 
 
+def register_adhoc(path: str) -> str:
+    """Load the ad hoc adapter at ``path`` and return its class's ``name``, under which
+    :func:`resolve` and :func:`target_of` find it from now on in this process. A RegistryError
+    (one line) when the name is already taken by a registered backend or another ad hoc path:
+    two adapters under one name would merge their cells."""
+    name = load_class(path).name
+    taken = known().get(name) or _ADHOC.get(name)
+    if taken is not None and _same_target(taken, path):
+        return name
+    if taken is not None:
+        raise RegistryError(f"{path}: Expected: an adapter whose `name` no other backend uses. Received: "
+                            f"name {name!r}, which is already {taken}")
+    _ADHOC[name] = path
+    return name
+
+
+def _same_target(a: str, b: str) -> bool:
+    """Two paths naming one adapter (an exec: folder may be written relative or absolute)."""
+    if a.startswith("exec:") and b.startswith("exec:"):
+        (folder_a, _, row_a), (folder_b, _, row_b) = a[5:].partition("#"), b[5:].partition("#")
+        return Path(folder_a).resolve() == Path(folder_b).resolve() and row_a == row_b
+    return a == b
+
+
+def adhoc_target(name: str) -> str | None:
+    """The path of an ad hoc adapter selected in this process under ``name`` (None otherwise)."""
+    return _ADHOC.get(name)
+
+
 def target_of(name_or_path: str) -> str:
     """The "module:Class" path for a name (what a worker process imports)."""
-    return known().get(name_or_path, name_or_path)
+    return known().get(name_or_path) or _ADHOC.get(name_or_path, name_or_path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 
-from ..adapters.registry import known, load_class, resolve
+from ..adapters.registry import adhoc_target, known, load_class, resolve
 
 
 @functools.lru_cache(maxsize=None)
@@ -20,8 +20,9 @@ def registered() -> dict[str, str]:
 
 
 def target_of(name: str) -> str:
-    """The "module:Class" path a host imports for a registered name or an ad hoc path."""
-    return registered().get(name, name)
+    """The "module:Class" path a host imports for a registered name, the name of a selected ad hoc
+    adapter, or an ad hoc path."""
+    return registered().get(name) or adhoc_target(name) or name
 
 
 @functools.lru_cache(maxsize=None)

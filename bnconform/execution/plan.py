@@ -72,10 +72,15 @@ def plan(cases, adapters, devices=None) -> list[Cell]:
     so a selected backend never vanishes from a report."""
     cells = []
     for name in adapters:
-        kinds = [d for d in device_kinds(name) if not devices or d in devices] or list(device_kinds(name))[:1]
-        for device in kinds:
+        for device in planned_kinds(name, devices):
             cells += [Cell(str(c.path), c.id, c.family, name, device) for c in cases]
     return cells
+
+
+def planned_kinds(name: str, devices=None) -> list[str]:
+    """The device kinds :func:`plan` gives the adapter's cells (``bnconform run`` and the pytest
+    plugin both ask this, so they plan the same cells)."""
+    return [d for d in device_kinds(name) if not devices or d in devices] or list(device_kinds(name))[:1]
 
 
 @functools.lru_cache(maxsize=None)
@@ -121,10 +126,18 @@ def adapter_metadata(name: str) -> dict:
     return {
         "framework": cls.framework, "extra": cls.extra, "notes": cls.notes,
         "device_kinds": list(cls.device_kinds), "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
-        "capabilities": describe(cls.capabilities), "decay_parameter": cls.decay_parameter,
+        "capabilities": describe(cls.capabilities) if _declares_capabilities(cls) else {},
+        "decay_parameter": cls.decay_parameter,
         "deviations": [{"name": d.name, "kind": d.kind, "applies_to": d.applies_to, "behaviour": d.behaviour.describe(),
                         "explanation": d.explanation, "link": d.link} for d in cls.deviations],
     }
+
+
+def _declares_capabilities(cls) -> bool:
+    """False for an executable backend that cannot start here: its capabilities come from its
+    handshake, and the stand-in that lets its cells reach a host (every knob, every dtype) is not
+    a declaration to report (its ``notes`` say why they are unknown)."""
+    return not (issubclass(cls, ExecAdapter) and cls.handshake() is None)
 
 
 def host_key(name: str) -> str:

@@ -24,7 +24,7 @@ import os
 import re
 import shutil
 
-from ..adapters.registry import RegistryError, known, resolve
+from ..adapters.registry import RegistryError, known, register_adhoc
 from .adapter_classes import device_kinds
 
 _GLOB = re.compile(r"[*?\[]")
@@ -60,7 +60,9 @@ def _unknown(word: str, names) -> RegistryError:
 
 
 def select_backends(backends, adapters) -> list[str]:
-    """The names to run, in registry order, then ad hoc ``module:Class`` paths in the given order.
+    """The names to run, in registry order, then the ad hoc ``module:Class`` paths' adapters in the
+    given order, each under its class's own ``name`` (registered for this process, so a cell id is
+    the same string in every command, report and pytest id).
 
     Raises RegistryError (one line) for a word that selects nothing or an ad hoc path that does
     not resolve to an Adapter subclass.
@@ -78,9 +80,9 @@ def select_backends(backends, adapters) -> list[str]:
         if not members:
             raise _unknown(word, names)
         chosen.update(members)
-    for path in [*adhoc, *adapters]:
-        resolve(path)  # raises RegistryError naming the path and what was expected
-    return [n for n in names if n in chosen] + [p for p in dict.fromkeys([*adhoc, *adapters]) if p not in chosen]
+    # register_adhoc raises RegistryError naming the path and what was expected
+    named = [register_adhoc(path) for path in dict.fromkeys([*adhoc, *adapters])]
+    return [n for n in names if n in chosen] + [n for n in dict.fromkeys(named) if n not in chosen]
 
 
 @functools.lru_cache(maxsize=None)

@@ -31,7 +31,7 @@ from ..execution.adapter_classes import adapter_class, registered
 from ..execution.controller import HostProcess
 from ..execution.plan import missing_requirement, plan
 from ..execution.scheduler import Progress, run_cells
-from .usage import DEFAULT_CASES, matrix_cases, selected_backends
+from .usage import case_root, matrix_cases, selected_backends
 
 
 def _ran(verdicts, kind_of) -> dict:
@@ -155,7 +155,7 @@ def matrix_report(names, workers: int) -> list[str]:
 
 
 def bench(args) -> int:
-    cases, _ = matrix_cases(DEFAULT_CASES, args.family)
+    cases, _ = matrix_cases(case_root(None), args.family)
     names, _ = selected_backends(args)  # families and globs, as in `run`
     if args.matrix:
         print("\n".join(matrix_report(names, os.cpu_count() or 1)))

@@ -12,7 +12,7 @@ import threading
 from pathlib import Path
 
 from .. import __version__
-from .usage import DEFAULT_CASES, UsageError, case_paths
+from .usage import DEFAULT_CASES, UsageError, case_paths, case_root
 
 
 def _cmd_generate(args) -> int:
@@ -38,7 +38,7 @@ def _cmd_generate(args) -> int:
 def _cmd_validate(args) -> int:
     from ..caseformat.validation import CaseError, load_case
 
-    paths = case_paths(args.paths or [DEFAULT_CASES])
+    paths = case_paths(args.paths or [case_root(None)])
     bad, disagree = 0, 0
     for path in paths:
         try:
@@ -87,7 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     gen.add_argument("--check", action="store_true", help="exit 1 and list files that differ; write nothing")
     gen.set_defaults(func=_cmd_generate)
     val = sub.add_parser("validate", help="check case files against the schema and their meaning")
-    val.add_argument("paths", nargs="*", help="case files or directories (default: cases)")
+    val.add_argument("paths", nargs="*", help="case files or directories (default: ./cases, else the shipped vectors)")
     val.add_argument("--oracle", action="store_true", help="also recompute each case with the oracle and name the "
                      "file, step, output and the knob that would explain a difference (exit 1)")
     val.set_defaults(func=_cmd_validate)

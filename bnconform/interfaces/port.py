@@ -233,9 +233,9 @@ def cmd_port(args) -> int:
     check_names([args.source, args.target], document)
     source = str(path)
     if not (has_backend(document, args.source) and has_backend(document, args.target)):
-        from .usage import matrix_cases
+        from .usage import case_root, matrix_cases
 
-        names = [args.source, args.target]
+        names, args.cases = [args.source, args.target], case_root(args.cases)
         cases, devices = matrix_cases(args.cases, args.family)[0], _devices(args.device, names)  # checked first
         reason = problem or f"{path} has no results for both {args.source} and {args.target}"
         print(f"{reason}; running them now", file=sys.stderr)
@@ -258,7 +258,7 @@ def register_port(sub) -> None:
     port.add_argument("target", metavar="TO", help="backend it moves to, e.g. keras3.tensorflow")
     port.add_argument("--results", help=f"results document (default: {DEFAULT_RESULTS}); when it does not exist, "
                                         "the two backends are run now")
-    port.add_argument("--cases", default="cases", help="case directory for a fresh run (default: cases)")
+    port.add_argument("--cases", help="case directory for a fresh run (default: ./cases, else the shipped vectors)")
     port.add_argument("--family", action="append", help="case family for a fresh run (repeatable; default: all)")
     port.add_argument("--device", action="append", help="device for a fresh run (repeatable; default: cpu)")
     port.set_defaults(func=cmd_port)

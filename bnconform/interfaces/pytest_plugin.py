@@ -31,7 +31,9 @@ _SELECTION = pytest.StashKey[dict]()
 _WRITTEN = pytest.StashKey[str]()  # the line about the reports: where they went, or why they did not
 _SECONDS = pytest.StashKey[dict]()  # adapter -> seconds per run cell in the last results.json
 _CASE_META = pytest.StashKey[object]()  # results.CaseMetaInAdvance, started at the first verdict
+_INFOS = pytest.StashKey[dict]()  # adapter -> its host's info (version, devices, defaults), as `run` records
 _PROPERTY = "bnconform_verdict"
+_INFO_PROPERTY = "bnconform_adapter_info"
 
 
 def pytest_addoption(parser):
@@ -41,16 +43,22 @@ def pytest_addoption(parser):
     group.addoption("--bn-adapter", action="append", default=[], help="ad hoc adapter package.module:ClassName")
     group.addoption("--bn-device", action="append", default=[], help="device kind: cpu, cuda, ... (repeatable)")
     group.addoption("--bn-family", action="append", default=[], help="case family (repeatable; default: all)")
-    group.addoption("--bn-cases", default=None, help="case directory (default: <rootdir>/cases)")
-    group.addoption("--bn-reports", default=None, help="report directory (default: <rootdir>/reports)")
+    group.addoption("--bn-cases", default=None,
+                    help="case directory (default: <rootdir>/cases, else the vectors shipped with bnconform)")
+    group.addoption("--bn-reports", default=None,
+                    help="write this run's reports into this directory, as `bnconform run --out` does (default: "
+                         "reports/ for the whole matrix, else reports/partial/<selection>/)")
     group.addoption("--bn-timeout", type=float, default=120.0, help="seconds per cell before its host is killed")
 
 
 def pytest_configure(config):
-    config.stash[_VERDICTS] = {}
+    config.stash[_VERDICTS], config.stash[_INFOS] = {}, {}
+    # The plugin marks cells with xdist's group; without pytest-xdist the mark is still known
+    config.addinivalue_line("markers", "xdist_group(name): run these tests on one xdist worker")
     config.pluginmanager.register(_VerdictCollector(config), "bnconform-verdicts")
     if not hasattr(config, "workerinput"):
         _selection(config)  # a bad --bn-* option fails here, once, before any xdist worker starts
+        _collect_shipped_cases(config)
     # Items of one host stay on one xdist worker, so each framework is imported once; the groups
     # are scheduled in the order pytest_collection_modifyitems gives (longest first), not by
     # xdist's item count, which would put thousands of instant skips before the long hosts.
@@ -69,7 +77,7 @@ def pytest_configure_node(node):
     adapter's seconds per cell in the last results.json (the order of the groups)."""
     node.workerinput["bnconform_loadgroup"] = node.config.getoption("dist", "no") == "loadgroup"
     if _SECONDS not in node.config.stash:  # read once here, not in every worker
-        results = _default_case_root(node.config).parent / "reports" / "results.json"
+        results = _default_reports(node.config) / "results.json"
         node.config.stash[_SECONDS] = _seconds_per_cell(results)
     node.workerinput["bnconform_seconds_per_cell"] = node.config.stash[_SECONDS]
 
@@ -109,13 +117,39 @@ def _selection(config) -> dict:
 
 
 def _default_case_root(config) -> Path:
-    """<rootdir>/cases; else <invocation dir>/cases. pytest takes the value of an option given as
-    `--bn-reports DIR` (DIR existing) for a path argument when it picks the rootdir, which then
-    lands in DIR without the project's configfile; the checkout's cases must still be found."""
+    """<rootdir>/cases; else <invocation dir>/cases; else the vectors shipped with bnconform.
+    pytest takes the value of an option given as `--bn-reports DIR` (DIR existing) for a path
+    argument when it picks the rootdir, which then lands in DIR without the project's configfile;
+    the checkout's cases must still be found."""
+    from ..caseformat.shipped_data import shipped_cases
+
     for base in (Path(config.rootpath), Path(config.invocation_params.dir)):
         if (base / "cases").is_dir():
             return base / "cases"
-    return Path(config.rootpath) / "cases"
+    return shipped_cases()
+
+
+def _default_reports(config) -> Path:
+    """reports/ beside a checkout's (or project's) cases/, else in the invocation directory (never
+    beside the shipped vectors, inside the installed package)."""
+    from ..caseformat.shipped_data import shipped_cases
+
+    root = _default_case_root(config)
+    if root.resolve() == shipped_cases().resolve():
+        return Path(config.invocation_params.dir) / "reports"
+    return root.parent / "reports"
+
+
+def _collect_shipped_cases(config) -> None:
+    """Where no case directory is at hand (a project that installed bnconform for its own
+    adapter) and pytest was given no paths, collect the shipped vectors too, so that
+    `pytest --bn-adapter yourpkg:YourBN` runs the matrix instead of collecting nothing."""
+    from ..caseformat.shipped_data import shipped_cases
+
+    root = _selection(config)["root"]
+    given_paths = config.args_source == pytest.Config.ArgsSource.ARGS
+    if root == shipped_cases().resolve() and not given_paths and root.is_dir():
+        config.args.append(str(root))
 
 
 def pytest_collect_file(file_path: Path, parent):
@@ -198,8 +232,7 @@ class CaseFile(pytest.File):
 
     def collect(self):
         from ..caseformat.validation import CaseError, load_case
-        from ..execution.adapter_classes import device_kinds
-        from ..execution.plan import Cell
+        from ..execution.plan import Cell, planned_kinds
 
         try:
             case = load_case(self.path)
@@ -207,7 +240,7 @@ class CaseFile(pytest.File):
             raise InvalidCase(str(exc)) from None
         selection = _selection(self.config)
         for name in selection["names"]:
-            for device in [d for d in device_kinds(name) if d in selection["devices"]]:
+            for device in planned_kinds(name, selection["devices"]):
                 yield self._item(Cell(str(self.path), case.id, case.family, name, device), case)
 
     def _item(self, cell, case):
@@ -253,8 +286,10 @@ class CellItem(pytest.Item):
             pytest.skip(f"{self.settled.status}: {self.settled.detail}")
 
     def runtest(self):
-        verdict = _hosts(self.config).for_adapter(self.cell.adapter).verdict(self.cell)
+        host = _hosts(self.config).for_adapter(self.cell.adapter)
+        verdict = host.verdict(self.cell)
         self.user_properties.append((_PROPERTY, json.dumps(verdict.to_json())))
+        self.user_properties.append((_INFO_PROPERTY, json.dumps({self.cell.adapter: host.info(self.cell.adapter)})))
         if verdict.status == "deviation":
             pytest.xfail(f"declared deviation {', '.join(verdict.deviations)} ({', '.join(verdict.kinds)}): {verdict.detail}")
         if verdict.status in ("unsupported", "unavailable"):
@@ -309,6 +344,8 @@ class _VerdictCollector:
 
     def pytest_runtest_logreport(self, report):
         for name, value in getattr(report, "user_properties", ()):
+            if name == _INFO_PROPERTY:
+                self.config.stash[_INFOS].update(json.loads(value))
             if name == _PROPERTY:
                 self.sink[report.nodeid.split("@")[0]] = json.loads(value)
                 if _CASE_META not in self.config.stash and not hasattr(self.config, "workerinput"):
@@ -349,17 +386,16 @@ def _write_reports(config, verdict_dicts) -> Path:
     selection = _selection(config)
     verdicts = [Verdict.from_json(v) for v in verdict_dicts]
     options = {k: config.getoption(f"--bn-{k}") for k in ("backend", "adapter", "device", "family")}
-    document = results.build(verdicts, {}, {"via": "pytest", **{k: v for k, v in options.items() if v}},
+    document = results.build(verdicts, config.stash[_INFOS], {k: v for k, v in options.items() if v},
                              selection["root"], config.stash.get(_CASE_META, None))
-    reports = Path(config.getoption("--bn-reports") or _default_case_root(config).parent / "reports")
-    return write_reports(document, reports, _whole_matrix(config, verdicts), None)
+    return write_reports(document, _default_reports(config), _whole_matrix(config, verdicts),
+                         config.getoption("--bn-reports"))
 
 
 def _whole_matrix(config, verdicts) -> bool:
     """Every registered backend on every device present, over every case file under the default
     case root, and no cell deselected (paths, -k): only then may reports/ be replaced."""
-    from ..execution.adapter_classes import device_kinds
-    from ..execution.plan import case_files
+    from ..execution.plan import case_files, planned_kinds
     from ..execution.selection import is_whole_matrix
 
     selection = _selection(config)
@@ -367,7 +403,7 @@ def _whole_matrix(config, verdicts) -> bool:
         return False
     if not is_whole_matrix(selection["names"], selection["families"], selection["devices"], selection["all_families"]):
         return False
-    per_case = sum(len([d for d in device_kinds(n) if d in selection["devices"]]) for n in selection["names"])
+    per_case = sum(len(planned_kinds(n, selection["devices"])) for n in selection["names"])
     cells = {(v.case, v.adapter, v.device) for v in verdicts}
     return len(cells) == per_case * len(case_files(selection["root"]))
 

@@ -13,7 +13,8 @@ import os
 import sys
 from pathlib import Path
 
-from .usage import DEFAULT_CASES, UsageError, case_paths, matrix_cases, positive_float, positive_int, selected_backends
+from .usage import (UsageError, case_paths, case_root, is_default_case_root, matrix_cases, positive_float, positive_int,
+                    selected_backends)
 
 UNEXPECTED = ("fail", "error")
 NOT_RUN = ("unsupported", "unavailable")
@@ -46,11 +47,11 @@ def cmd_run(args) -> int:
     from ..reporting.report_lock import ReportsBusy, reserved
     from ..reporting.writing import target_dir
 
+    args.cases = case_root(args.cases)
     cases, families = matrix_cases(args.cases, args.family)
     selected, devices = selected_backends(args)
     selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family") if getattr(args, k)}
-    whole = (is_whole_matrix(selected, args.family, args.device, families)
-             and Path(args.cases).resolve() == DEFAULT_CASES.resolve())
+    whole = is_whole_matrix(selected, args.family, args.device, families) and is_default_case_root(args.cases)
     target = target_dir(selection, selected, Path(args.reports), whole, args.out)
     cells = plan(cases, selected, devices)
     try:
@@ -98,11 +99,11 @@ def cmd_check(args) -> int:
     from ..execution.plan import plan
 
     try:
-        cases = [load_case(p) for p in case_paths(args.paths)]
+        cases = [load_case(p) for p in case_paths(args.paths or [case_root(None)])]
     except CaseError as exc:
         raise UsageError(str(exc)) from None
     if not cases:
-        raise UsageError(f"check: Expected: at least one case file. Received: none under {', '.join(args.paths)}")
+        raise UsageError(f"check: Expected: at least one case file. Received: none under {', '.join(map(str, args.paths or [case_root(None)]))}")
     if not args.backend and not args.adapter:
         raise UsageError("check: Expected: --backend NAME or --adapter module:Class. Received: neither")
     selected, devices = selected_backends(args)
@@ -132,9 +133,7 @@ DOCUMENT_FAULTS = (KeyError, TypeError, ValueError, AttributeError, IndexError, 
 
 def cmd_report(args) -> int:
     from ..reporting import results
-    from ..reporting.writing import write_pages_as
-
-    from ..reporting.writing import ReportsNotWritten
+    from ..reporting.writing import ReportsNotWritten, write_pages_as
 
     try:
         document = results.merge([results.read(Path(p)) for p in args.results])
@@ -203,7 +202,7 @@ def register(sub) -> None:
     run = sub.add_parser("run", help="run the conformance matrix and write the reports (the main job)")
     _common(run)
     run.add_argument("--family", action="append", help="case family (repeatable; default: all)")
-    run.add_argument("--cases", default=str(DEFAULT_CASES), help="case directory (default: cases)")
+    run.add_argument("--cases", help="case directory (default: ./cases, else the vectors shipped with bnconform)")
     run.add_argument("--reports", default="reports",
                      help="report directory (default: reports); a run over less than the whole matrix writes "
                           "under <reports>/partial/<selection>/")
@@ -211,7 +210,8 @@ def register(sub) -> None:
     run.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 2, help="backends run at once")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help=_CHECK_HELP, description=_CHECK_HELP)
-    check.add_argument("paths", nargs="+", help="case files or directories")
+    check.add_argument("paths", nargs="*", help="case files or directories (default: ./cases, else the vectors "
+                                                "shipped with bnconform)")
     _common(check)
     check.set_defaults(func=cmd_check)
     lst = sub.add_parser("list", help="every backend from metadata: version, devices, what to install")

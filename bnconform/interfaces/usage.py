@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_CASES = Path("cases")
+DEFAULT_CASES = Path("cases")  # where `generate` writes; readers use case_root()
 
 
 class UsageError(Exception):
@@ -37,6 +37,20 @@ def positive_float(text: str) -> float:
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"Expected: a number > 0. Received: {text!r}")
     return value
+
+
+def case_root(option) -> Path:
+    """The case root a command reads: the option's value, else ``./cases`` when the current
+    directory has one, else the vectors shipped with bnconform (bnconform.caseformat.shipped_data)."""
+    from ..caseformat.shipped_data import default_cases
+
+    return Path(option) if option else default_cases()
+
+
+def is_default_case_root(root) -> bool:
+    """Whether ``root`` is the case root a command reads by default (a whole-matrix run over it
+    may replace reports/)."""
+    return Path(root).resolve() == case_root(None).resolve()
 
 
 def case_paths(paths) -> list[Path]:
