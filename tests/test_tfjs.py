@@ -31,7 +31,7 @@ def test_without_node_modules_the_rows_are_unavailable_with_the_npm_command(tmp_
     shutil.copytree(TFJS, folder, ignore=shutil.ignore_patterns("node_modules"))
     for row in ("tfjs.batchNorm", "tfjs.layers"):
         reason = resolve(f"exec:{folder}#{row}")().unavailable_reason()
-        assert reason.endswith(f"; install it with: npm ci --prefix {folder} (after installing Node.js >= 18 and npm)")
+        assert reason.endswith(f"; install it with: npm ci --prefix {folder} (after installing Node.js >= 18 and npm), or bnconform setup")
 
 
 def _random_doubles(count: int) -> list[float]:

@@ -57,6 +57,14 @@ class Adapter:
             except Exception as exc:  # ImportError, or a broken install raising anything
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 return f"cannot import {module} ({first})" + install_advice(type(self))
+        return self.missing_tool()
+
+    @classmethod
+    def missing_tool(cls) -> str | None:
+        """Why a program the adapter needs outside Python (a compiler, say) is absent here, and how
+        to install it; None when nothing is missing. Asked by the planner without importing the
+        framework, so such cells are reported *unavailable* with the fix before any capability
+        check can call them inexpressible."""
         return None
 
     def framework_version(self) -> str:

@@ -44,6 +44,7 @@ class Row:
     executables: tuple[str, ...] = ()  # must be on PATH to run
     files: tuple[str, ...] = ()  # must exist (relative to the folder) to run: installed packages
     install: str = ""  # what to run when something is missing
+    setup: tuple[str, ...] = ()  # the command `bnconform setup` runs for it (in the folder), when one is declared
     build: dict = field(default_factory=dict, compare=False, hash=False)
     version: object = "?"
     startup_timeout: float = STARTUP_TIMEOUT
@@ -84,6 +85,7 @@ def read_manifest(location: str) -> list[Row]:
     shared = dict(folder=folder, framework=obj.get("framework", ""), executables=tuple(requires.get("executables", ())),
                   files=tuple(requires.get("files", ())), install=obj.get("install", "").replace("{folder}", _shown(folder)),
                   build=obj.get("build", {}), version=obj.get("version", "?"),
+                  setup=tuple(part.replace("{folder}", str(folder)) for part in obj.get("setup", ())),
                   startup_timeout=float(timeouts.get("startup", STARTUP_TIMEOUT)),
                   case_timeout=float(timeouts.get("case", CASE_TIMEOUT)))
     return [Row(name=row["name"], command=tuple(row["command"]), doc=row.get("doc", ""),
@@ -96,6 +98,7 @@ def _field_problem(obj: dict) -> str | None:
     checks = [("/framework", obj.get("framework", ""), _is_text, "a string"),
               ("/version", obj.get("version", "?"), _is_version, 'a string or {"json_file": path, "field": name}'),
               ("/install", obj.get("install", ""), _is_text, "a string"),
+              ("/setup", obj.get("setup", ["-"]), _is_command, "a command: [program, args...] ({folder}: the folder)"),
               ("/requires", obj.get("requires", {}), _is_string_lists({"executables", "files"}),
                '{"executables": [names], "files": [paths]}'),
               ("/timeouts", obj.get("timeouts", {}), _are_seconds, '{"startup": seconds > 0, "case": seconds > 0}'),

@@ -85,13 +85,16 @@ def planned_kinds(name: str, devices=None) -> list[str]:
 
 @functools.lru_cache(maxsize=None)
 def missing_requirement(name: str) -> str | None:
-    """Why the adapter cannot run here for lack of an installed module, without importing it."""
+    """Why the adapter cannot run here for lack of an installed module or program (a compiler),
+    without importing it."""
     cls = adapter_class(name)
     if cls is not None and issubclass(cls, ExecAdapter):  # an executable: its manifest says what it needs
         return cls.missing()
-    module = missing_module(cls.requires) if cls is not None else None
-    if module is None:
+    if cls is None:
         return None
+    module = missing_module(cls.requires)
+    if module is None:
+        return cls.missing_tool()
     from ..adapters.base import install_advice
 
     return f"{module} is not installed" + install_advice(cls)

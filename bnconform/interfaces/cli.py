@@ -111,6 +111,9 @@ def _parser() -> argparse.ArgumentParser:
     from .port import register_port  # bnconform port FROM TO
 
     register_port(sub)
+    from .setup_backends import register_setup  # bnconform setup
+
+    register_setup(sub)
     return parser
 
 

@@ -73,6 +73,8 @@ def _run_and_report(args, cells, selection: dict, target: Path) -> int:
     verdicts, infos = _run_cells(cells, args.jobs, args.timeout)
     document = results.build(verdicts, infos, selection, Path(args.cases), case_meta)
     print(_summary(verdicts))
+    for line in _not_run_here(verdicts):
+        print(line)
     try:
         write_reports_to(document, target)
     except ReportsNotWritten as exc:
@@ -82,6 +84,17 @@ def _run_and_report(args, cells, selection: dict, target: Path) -> int:
         print(f"{v.status}: {v.cell_id}: {v.detail}", file=sys.stderr)
     print(f"reports written to {target}/conformance.md and results.json; {len(bad)} unexpected fail/error")
     return 1 if bad else 0
+
+
+def _not_run_here(verdicts) -> list[str]:
+    """One line per backend with unavailable cells: the reason most of them give, which carries
+    the fix (the extra to install, a compiler, `bnconform setup`, a GPU machine)."""
+    reasons = collections.defaultdict(collections.Counter)
+    for v in verdicts:
+        if v.status == "unavailable":
+            reasons[v.adapter][v.detail] += 1
+    return [f"not run here: {name} ({sum(c.values())} cells): {c.most_common(1)[0][0]}"
+            for name, c in sorted(reasons.items())]
 
 
 def _nothing_ran(verdicts) -> str:

@@ -99,6 +99,11 @@ class TensorLayerAdapter(Adapter):
     name = "tensorlayer"
     framework = "tensorlayer"
     extra = "tensorflow"
+    # Not in any extra: it does not import beside TensorFlow >= 2.15 and NumPy 2 (the versions
+    # below import and run it; TensorLayer imports the last seven without declaring them)
+    install_hint = ("an environment of its own: pip install 'tensorflow==2.12.1' 'numpy<1.24' 'pillow<10' "
+                    "'tensorlayer==2.2.5' 'opencv-python-headless<4.9' cloudpickle imageio progressbar2 "
+                    "scikit-image scikit-learn matplotlib")
     requires = ("tensorflow", "tensorlayer")
     device_kinds = ("cpu", "cuda")
     deviations = (TL_NO_BETA_OR_GAMMA,) + _deviations("tensorlayer")
@@ -178,6 +183,8 @@ class TflearnAdapter(Adapter):
     name = "tflearn"
     framework = "tflearn"
     extra = "tensorflow"
+    # Not in any extra: tflearn 0.5.0 fails on TensorFlow >= 2.15 (nest.is_sequence) and pillow >= 10
+    install_hint = "an environment of its own: pip install 'tensorflow==2.12.1' 'numpy<1.24' 'pillow<10' 'tflearn==0.5.0'"
     requires = ("tensorflow", "tflearn")
     device_kinds = ("cpu", "cuda")
     deviations = _deviations("tflearn")

@@ -184,13 +184,13 @@ class TinygradBatchNormAdapter(Adapter):
             outputs=("running_mean", "running_var", "num_updates", "y", "dx", "dgamma")),
     )
 
-    def unavailable_reason(self) -> str | None:
-        reason = super().unavailable_reason()
+    @classmethod
+    def missing_tool(cls) -> str | None:
         compiler = os.environ.get("CC", "clang")
-        if reason is None and shutil.which(compiler) is None:
-            reason = (f"tinygrad's CPU device compiles every kernel with clang ({compiler!r}, from $CC) and it is not "
-                      "on PATH; install it (Debian: apt-get install clang)")
-        return reason
+        if shutil.which(compiler) is None:
+            return (f"tinygrad's CPU device compiles every kernel with clang ({compiler!r}, from $CC) and it is not "
+                    "on PATH; install it (Debian: apt-get install clang)")
+        return None
 
     def framework_defaults(self):
         parameters = inspect.signature(tinygrad().nn.BatchNorm.__init__).parameters
