@@ -16,14 +16,14 @@ from pathlib import Path
 import pytest
 from conftest import requires
 
-from bnconform.reporting import results
-from bnconform.judging.capabilities import Capabilities, describe
 from bnconform.interfaces.cli import main
 from bnconform.interfaces.port import report
+from bnconform.judging.capabilities import Capabilities, describe
 from bnconform.judging.selectors import where
+from bnconform.reporting import results
 
 ROOT = Path(__file__).resolve().parents[1]
-PLAIN_EMA = dict(epsilon_modes={"add_inside_sqrt"}, zero_debias={False}, num_updates_schedule={False})
+PLAIN_EMA = {"epsilon_modes": {"add_inside_sqrt"}, "zero_debias": {False}, "num_updates_schedule": {False}}
 
 
 @where("the layer takes its fused path")
@@ -51,13 +51,13 @@ def _verdict(case, adapter, status, detail="", deviations=(), kinds=(), mismatch
             "compared": [], "seconds": 0.0, "version": "1"}
 
 
-RAISES_N1 = dict(detail="raises ValueError ('Expected more than 1 value per channel when training')",
-                 deviations=["single-value-per-channel-raises"], kinds=["edge"])
-FAIL_Y = dict(detail="step 0: y[0,1]=0.49 ...", mismatches=[
+RAISES_N1 = {"detail": "raises ValueError ('Expected more than 1 value per channel when training')",
+             "deviations": ["single-value-per-channel-raises"], "kinds": ["edge"]}
+FAIL_Y = {"detail": "step 0: y[0,1]=0.49 ...", "mismatches": [
     {"step": 0, "output": "y", "index": [0, 1], "expected": 0.5, "got": 0.49, "max_abs_error": 0.01,
      "max_rel_error": 0.02, "ulps": 9e13, "reason": "outside tolerance"},
     {"step": 1, "output": "running_var", "index": [1], "expected": 2.0, "got": 2.5, "max_abs_error": 0.5,
-     "max_rel_error": 0.25, "ulps": 1e15, "reason": "outside tolerance"}])
+     "max_rel_error": 0.25, "ulps": 1e15, "reason": "outside tolerance"}]}
 
 
 def _document(a, b):
@@ -92,8 +92,10 @@ def test_torch_to_old_weight_apis_momentum_and_rescale(target):
     assert (f"momentum: torch.nn momentum=0.1 (weight on the new batch) -> {target} momentum=0.9 "
             f"(weight on the old statistic); {target}'s default is momentum=0.99: pass momentum=0.9 explicitly"
             in _line(lines, "momentum: torch.nn momentum=0.1"))
-    rescale = _line(lines, "running variance: torch.nn keeps a Bessel-corrected")[0]
-    assert "multiply its moving variance by N/(N-1)" in rescale and "values per channel" in rescale
+    start = "every other input: torch.nn" if target == "tf_keras.auto" else "running variance: torch.nn"
+    rescale = _line(lines, f"{start} keeps a Bessel-corrected")[0]
+    assert "multiply its moving variance by N/(N-1)" in rescale
+    assert any("values per channel" in line for line in lines)
 
 
 @pytest.mark.parametrize("source", ["tf_keras.auto", "keras3.tensorflow", "keras3.jax", "keras3.torch", "flax.linen"])
@@ -101,7 +103,66 @@ def test_old_weight_apis_to_torch_momentum_and_rescale(source):
     lines = _lines(source, "torch.nn")
     assert any("momentum=0.99 (weight on the old statistic) -> torch.nn momentum=0.01 (weight on the new batch); "
                "torch.nn's default is momentum=0.1: pass momentum=0.01 explicitly" in line for line in lines)
-    assert "multiply its moving variance by (N-1)/N" in _line(lines, f"running variance: {source} keeps a biased")[0]
+    start = "every other input:" if source == "tf_keras.auto" else "running variance:"
+    assert "multiply its moving variance by (N-1)/N" in _line(lines, f"{start} {source} keeps a biased")[0]
+
+
+def _variance_block(lines):
+    """The running-variance lines of part 1: from its first line to the next knob."""
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("running variance"))
+    end = next(i for i in range(first + 1, len(lines)) if lines[i].startswith("  ") and not lines[i].startswith("   ")
+               and not lines[i].strip().startswith("running variance"))
+    return [line.strip() for line in lines[first:end]]
+
+
+def test_a_switching_side_gets_one_translation_per_code_path_never_a_rule_and_an_exception():
+    """torch.nn -> tf_keras.auto: the fused path keeps a Bessel variance like torch, the rest a
+    biased one. Each path says which inputs take it and what to do there; no unconditional
+    N/(N-1) instruction is followed by a 'conditional' line contradicting it."""
+    block = [line for line in _variance_block(_lines("torch.nn", "tf_keras.auto")) if not line.startswith("measured")]
+    assert block[0] == "running variance: depends on the code path tf_keras.auto takes (2 paths, by input):"
+    assert block[1] == ("inputs where the layer takes its fused path: both keep a Bessel-corrected running variance: "
+                        "no rescale")
+    assert block[2].startswith("every other input: torch.nn keeps a Bessel-corrected running variance, tf_keras.auto "
+                               "a biased one: after training in tf_keras.auto, multiply its moving variance by N/(N-1)")
+    assert not any("conditional" in line for line in block)
+    rescales = [line for line in block if "multiply" in line]
+    assert rescales and all(line.startswith(("inputs where", "every other input")) for line in rescales)
+
+
+def test_each_path_names_what_this_run_measured_on_it():
+    """The path split is confirmed by the cells that ran: Bessel cases on rank-4 float32 input
+    (the fused path), biased ones on rank 2; a deviation declared for one path is named there."""
+    doc = _document("torch.nn", "tf_keras.auto")
+    doc["case_meta"] = {"formulas/nchw": _case(rank=4, variance="bessel"), "formulas/nc": _case(rank=2, variance="biased")}
+    doc["verdicts"] += [_verdict("formulas/nchw", "tf_keras.auto", "pass"), _verdict("formulas/nc", "tf_keras.auto", "pass")]
+    doc["adapters"]["tf_keras.auto"] = {**TF_KERAS_AUTO, "deviations": [
+        {"name": "fused-only", "applies_to": "rank 5 and the layer takes its fused path"},
+        {"name": "nonfused-only", "applies_to": "N == 0 and not (the layer takes its fused path)"}]}
+    block = _variance_block(report(doc, "torch.nn", "tf_keras.auto", "synthetic"))
+    fused = next(i for i, line in enumerate(block) if line.startswith("inputs where"))
+    other = next(i for i, line in enumerate(block) if line.startswith("every other input"))
+    assert block[fused + 1] == ("measured: 1 tf_keras.auto cell(s) with a Bessel-corrected running variance ran, on "
+                                "inputs of rank 4 in float32; declared for this path only: fused-only")
+    assert block[other + 1] == ("measured: 1 tf_keras.auto cell(s) with a biased running variance ran, on inputs of "
+                                "rank 2 in float32; declared for this path only: nonfused-only")
+
+
+def _case(**changes):
+    meta = {"input_dtype": "float32", "param_dtype": "float32", "rank": 2, "epsilon": 1e-5, "epsilon_mode":
+            "add_inside_sqrt", "rule": "ema", "decay": 0.9, "variance": "bessel", "zero_debias": False, "schedule": False,
+            "extensions": [], "training_n": [8], "update_n": [8], "step_kinds": ["batch+update"],
+            "depends_on": ["running_variance"], "mean_to_spread": 0.5}
+    return {**meta, **changes}
+
+
+def test_a_path_both_sides_state_in_the_same_words_is_one_path():
+    """Two layers switching on the same declared condition: 2 paths, not 4 (nothing to rescale)."""
+    doc = _document("tf_keras.auto", "keras3.tensorflow")
+    doc["adapters"]["keras3.tensorflow"] = TF_KERAS_AUTO
+    block = _variance_block(report(doc, "tf_keras.auto", "keras3.tensorflow", "synthetic"))
+    assert block[0].endswith("take (2 paths, by input):")
+    assert not any("multiply" in line for line in block)
 
 
 @pytest.mark.parametrize("target, message", [
@@ -122,10 +183,10 @@ def test_tf_keras_to_keras3_same_spelling_and_conditional_variance():
     assert ("momentum: tf_keras.auto momentum=0.99 (weight on the old statistic) -> keras3.tensorflow momentum=0.99 "
             "(weight on the old statistic) (also keras3.tensorflow's default)" in _line(lines, "momentum: tf_keras.auto"))
     assert "epsilon: eps default 0.001 in both: nothing to pass" in _line(lines, "epsilon:")
-    assert _line(lines, "running variance: both can keep a biased running variance")
-    conditional = _line(lines, "running variance, conditional: tf_keras.auto")[0]
-    assert "Bessel-corrected" in conditional and "the layer takes its fused path" in conditional
-    assert not any("N/(N-1)" in line for line in lines)
+    fused = _line(lines, "inputs where the layer takes its fused path: tf_keras.auto keeps a Bessel-corrected")[0]
+    assert "multiply its moving variance by N/(N-1) to get tf_keras.auto's value" in fused
+    assert _line(lines, "every other input: both keep a biased running variance: no rescale")
+    assert not any("conditional" in line for line in lines)
 
 
 @pytest.mark.parametrize("a, b", [("torch.nn", "keras3.torch"), ("keras3.jax", "torch.nn"), ("flax.linen", "tf_keras.auto")])

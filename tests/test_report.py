@@ -6,12 +6,12 @@ import json
 import xml.etree.ElementTree as ET
 
 import pytest
+from report_documents import FAMILIES, adapter, case_meta, deviation, document, verdict
 
 from bnconform.reporting import results
-from bnconform.reporting.pages.heatmap import render_heatmap
 from bnconform.reporting.pages import MAX_LINES, render, render_details, write_pages
 from bnconform.reporting.pages.findings import findings, summary_line
-from report_documents import FAMILIES, adapter, case_meta, deviation, document, verdict
+from bnconform.reporting.pages.heatmap import render_heatmap
 
 KINDS = ("edge", "dtype", "precision", "defect")  # deliberately not in harm order
 
@@ -67,7 +67,8 @@ def test_header_names_every_framework_version():
     doc["adapters"]["fw.b"] = adapter(framework="otherfw", version="9.8.7", unavailable="cannot import otherfw")
     doc["verdicts"].append(verdict("degenerate/c0", "fw.b", "unavailable", detail="cannot import otherfw"))
     page = render(doc)
-    assert "fw 1.0 (fw.a)" in page and "otherfw 9.8.7 (fw.b)" in page and "not runnable here: fw.b" in page
+    assert "fw 1.0 (fw.a)" in page and "otherfw 9.8.7 (fw.b)" in page
+    assert "**Not runnable here (1)**" in page and "  - fw.b: cannot import otherfw · no install fix named" in page
 
 
 def _big_document(backends=24, per_backend=8):

@@ -57,7 +57,8 @@ def _as_float(value) -> float:
 
 
 def _short(text: str, limit: int = 220) -> str:
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    """At most ``limit`` characters, cut at a word boundary (never mid-word) and marked with " …"."""
+    return text if len(text) <= limit else text[:limit - 1].rsplit(" ", 1)[0].rstrip(",;:") + " …"
 
 
 def _key(verdict: dict) -> tuple:
@@ -147,11 +148,11 @@ def profile_lines(document: dict, a: str, b: str) -> list[str]:
 # --- Where the document and the metadata come from ---------------------------------------------
 
 def side_of(document: dict, name: str) -> Side:
-    """A backend's metadata as the document stores it (absent keys: not declared)."""
-    meta = document.get("adapters", {}).get(name, {})
-    decay = meta.get("decay_parameter")
-    return Side(name, tuple(decay) if decay else None, dict(meta.get("defaults") or {}),
-                dict(meta.get("capabilities") or {}))
+    """A backend's metadata as the document stores it (absent keys: not declared), with the cells
+    that measured its running-variance kind (reporting.pages.translation, shared with the page)."""
+    from ..reporting.pages.translation import side_of as read_side
+
+    return read_side(document, name)
 
 
 def has_backend(document: dict | None, name: str) -> bool:
@@ -206,7 +207,7 @@ def load_document(path: Path) -> tuple[dict | None, str]:
 def report(document: dict, a: str, b: str, source: str) -> list[str]:
     """The whole port report as lines."""
     sa, sb = side_of(document, a), side_of(document, b)
-    lines = [f"Porting a model from {a} to {b}", "", f"1. Parameter translation (from the adapters' metadata)"]
+    lines = [f"Porting a model from {a} to {b}", "", "1. Parameter translation (from the adapters' metadata)"]
     lines += [f"  {line}" for line in translation(sa, sb)]
     lines += ["", f"2. Measured differences ({source})"] + [f"  {line}" for line in difference_lines(document, a, b)]
     profile = profile_lines(document, a, b)

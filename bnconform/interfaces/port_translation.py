@@ -1,20 +1,30 @@
 """The parameter translation of ``bnconform port``: how each knob is spelled on each side.
 
-Derived from the adapters' metadata in a results document (``decay_parameter``,
-``framework_defaults()`` and the described ``capabilities``), never typed per pair of
-frameworks: the EMA value that keeps FROM's decay d is ``1 - d`` or ``d`` in TO's spelling, a
-default epsilon that differs is stated, and a Bessel-vs-biased running variance differs by the
-factor N/(N-1), N the values per channel in a training batch. :mod:`.port` adds the measured
-differences and the command.
+The facts (EMA knob and value, default epsilons, the running-variance kind per code path) are
+computed by :mod:`bnconform.reporting.pages.translation` from the adapters' metadata in a
+results document -- the main page's porting table formats the same facts, so the two cannot
+disagree; this module words them as lines. Never typed per pair of frameworks: the EMA value
+that keeps FROM's decay d is ``1 - d`` or ``d`` in TO's spelling, a default epsilon that differs
+is stated, and a Bessel-vs-biased running variance differs by the factor N/(N-1), N the values
+per channel in a training batch -- per code path where a side switches its convention with the
+path. :mod:`.port` adds the measured differences and the command.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from ..judging.capabilities import CONVENTIONS, VALUE_WORDS
+from ..reporting.pages.translation import (
+    WEIGHS,
+    Side,
+    convention_values,
+    epsilon,
+    kind_words,
+    momentum,
+    number,
+    path_evidence,
+    variance_paths,
+)
 
-WEIGHS = {"new": "weight on the new batch", "old": "weight on the old statistic"}
 KNOB_NAMES = {"epsilon_modes": "epsilon placement", "running_variance": "running variance",
               "zero_debias": "zero-debias", "num_updates_schedule": "decay schedule"}
 CONSEQUENCES = {
@@ -26,99 +36,91 @@ CONSEQUENCES = {
 }
 LIST_SEPARATORS = {"step_kinds": "; "}
 CONVENTION_WORDS = " always uses "  # how capabilities words an unsupported convention value
-
-
-@dataclass
-class Side:
-    """One backend's metadata as a results document stores it (capabilities as described text)."""
-
-    name: str
-    decay_parameter: tuple | None = None
-    defaults: dict = field(default_factory=dict)
-    capabilities: dict = field(default_factory=dict)
-
-
-def _number(value) -> str:
-    """Shortest readable spelling of a knob value (0.9, not 0.9000000000000000222)."""
-    return f"{round(float(value), 12):g}"
+RESCALE_NOTE = ("N is the number of values per channel in one training batch (batch size x spatial positions); "
+                "weights imported from {a} need no rescale for inference (the stored value is used as is)")
 
 
 # --- Part 1: the parameter translation ---------------------------------------------------------
 
 def ema_lines(a: Side, b: Side) -> list[str]:
     """TO's EMA value for FROM's decay: value = 1 - decay when a side weighs the new batch."""
-    if a.decay_parameter is None or b.decay_parameter is None:
+    fact = momentum(a, b)
+    if fact is None:
         missing = " and ".join(s.name for s in (a, b) if s.decay_parameter is None)
         return [f"momentum: {missing} declares no EMA knob (decay_parameter is None): nothing to translate"]
     (pa, wa), (pb, wb) = a.decay_parameter, b.decay_parameter
-    flip = "1 - " if wa != wb else ""
+    flip = "1 - " if fact.flip else ""
     lines = [f"momentum: {b.name} {pb} = {flip}{a.name} {pa} ({a.name}: {WEIGHS[wa]}; {b.name}: {WEIGHS[wb]})"]
-    value = a.defaults.get("decay_parameter")
-    if isinstance(value, (int, float)):
-        wanted = 1 - value if flip else value
-        line = (f"momentum: {a.name} {pa}={_number(value)} ({WEIGHS[wa]}) -> "
-                f"{b.name} {pb}={_number(wanted)} ({WEIGHS[wb]})")
-        lines.append(line + _explicit(b, "decay_parameter", pb, wanted))
+    if fact.source is not None:
+        line = (f"momentum: {a.name} {pa}={number(fact.source)} ({WEIGHS[wa]}) -> "
+                f"{b.name} {pb}={number(fact.wanted)} ({WEIGHS[wb]})")
+        lines.append(line + _explicit(fact, pb))
     elif "decay_parameter" in a.defaults:
-        lines.append(f"momentum: {a.name} has no default {pa} ({value!r}): translate the value the model uses")
+        lines.append(f"momentum: {a.name} has no default {pa} ({a.defaults['decay_parameter']!r}): translate the "
+                     "value the model uses")
     return lines
 
 
-def _explicit(b: Side, key: str, spelled: str, wanted: float) -> str:
+def _explicit(fact, spelled: str) -> str:
     """'; TO's default is x: pass name=y explicitly' when TO's own default is not what is wanted."""
-    default = b.defaults.get(key)
-    if not isinstance(default, (int, float)):
-        return f"; pass {spelled}={_number(wanted)} explicitly"
-    if abs(default - wanted) <= 1e-12 * max(1.0, abs(wanted)):
-        return f" (also {b.name}'s default)"
-    return f"; {b.name}'s default is {spelled}={_number(default)}: pass {spelled}={_number(wanted)} explicitly"
+    if fact.target_default is None:
+        return f"; pass {spelled}={number(fact.wanted)} explicitly"
+    if fact.target_default_fits:
+        return f" (also {fact.b.name}'s default)"
+    return (f"; {fact.b.name}'s default is {spelled}={number(fact.target_default)}: "
+            f"pass {spelled}={number(fact.wanted)} explicitly")
 
 
 def epsilon_lines(a: Side, b: Side) -> list[str]:
     """Epsilon defaults: TO must be given FROM's default explicitly when they differ."""
-    ea, eb = a.defaults.get("epsilon"), b.defaults.get("epsilon")
-    if not isinstance(ea, (int, float)):
+    fact = epsilon(a, b)
+    if fact.source is None:
         return [f"epsilon: {a.name}'s default epsilon is not known here: pass the model's epsilon explicitly"]
-    if isinstance(eb, (int, float)) and abs(ea - eb) <= 1e-12 * ea:
-        return [f"epsilon: eps default {_number(ea)} in both: nothing to pass"]
-    shown = _number(eb) if isinstance(eb, (int, float)) else "unknown"
-    return [f"epsilon: {a.name} eps default {_number(ea)} -> {b.name} eps default {shown}: "
-            f"pass epsilon={_number(ea)} explicitly"]
+    if fact.same:
+        return [f"epsilon: eps default {number(fact.source)} in both: nothing to pass"]
+    shown = number(fact.target) if fact.target is not None else "unknown"
+    return [(f"epsilon: {a.name} eps default {number(fact.source)} -> {b.name} eps default {shown}: "
+             f"pass epsilon={number(fact.source)} explicitly")]
 
 
-def convention_values(text: str, knob: str) -> tuple[set, list[str]]:
-    """Parse a described convention ("a, b; c when X") into (values always, ["c when X", ...])."""
-    base, *conditional = text.split("; ")
-    words = {value: full.split(" (")[0] for value, full in VALUE_WORDS[knob].items()}
-    return {value for value, short in words.items() if short in base}, conditional
+def variance_lines(a: Side, b: Side) -> list[str]:
+    """The N/(N-1) rescale between a Bessel-corrected and a biased running variance; where a side
+    keeps another kind on another code path, one line per path (which inputs take it, what to do
+    there, what this run measured of it), never one instruction with an exception after it."""
+    paths = variance_paths(a, b)
+    if paths is None:
+        return [f"running variance: not declared by {_undeclared(a, b, 'running_variance')}"]
+    if len(paths) == 1:
+        line = _variance_rule(a, b, paths[0])
+        return [f"running variance: {line}" + (f"; {RESCALE_NOTE.format(a=a.name)}" if paths[0].factor else "")]
+    owners = list(dict.fromkeys(n for p in paths for n in p.owners()))
+    verb = "take" if len(owners) > 1 else "takes"
+    lines = [f"running variance: depends on the code path {' and '.join(owners)} {verb} ({len(paths)} paths, by input):"]
+    shown = set()  # with two switching sides, a side's path recurs: its evidence is printed once
+    for path in paths:
+        lines.append(f"  {path.label(named=len(owners) > 1)}: {_variance_rule(a, b, path)}")
+        found = [path_evidence(s, path, k) for s, k in ((a, path.kinds_a), (b, path.kinds_b))]
+        evidence = "; ".join(e for e in found if e and e not in shown)
+        shown.update(found)
+        lines += [f"    measured: {evidence}"] if evidence else []
+    if any(p.factor for p in paths):
+        lines.append(f"  {RESCALE_NOTE.format(a=a.name)}")
+    return lines
+
+
+def _variance_rule(a: Side, b: Side, path) -> str:
+    """What to do on one path: nothing (a kind both keep), the rescale, or what each keeps."""
+    if path.shared:
+        return f"both keep a {kind_words(path.shared)} running variance: no rescale"
+    kind_a, kind_b = kind_words(path.kinds_a), kind_words(path.kinds_b)
+    if path.factor:
+        return (f"{a.name} keeps a {kind_a} running variance, {b.name} a {kind_b} one: after training in {b.name}, "
+                f"multiply its moving variance by {path.factor} to get {a.name}'s value")
+    return f"{a.name} keeps a {kind_a} running variance, {b.name} a {kind_b} one"
 
 
 def _words(knob: str, values) -> str:
     return " or ".join(VALUE_WORDS[knob][v].split(" (")[0] for v in sorted(values, key=str)) or "nothing declared"
-
-
-def variance_lines(a: Side, b: Side) -> list[str]:
-    """The N/(N-1) rescale between a Bessel-corrected and a biased running variance."""
-    if "running_variance" not in a.capabilities or "running_variance" not in b.capabilities:
-        return [f"running variance: not declared by {_undeclared(a, b, 'running_variance')}"]
-    (va, ca), (vb, cb) = (convention_values(s.capabilities["running_variance"], "running_variance") for s in (a, b))
-    if va & vb:
-        line = f"running variance: both can keep {_words('running_variance', va & vb)}"
-    elif va == {"bessel"} and vb == {"biased"}:
-        line = _rescale(a, b, "N/(N-1)", "Bessel-corrected", "biased")
-    elif va == {"biased"} and vb == {"bessel"}:
-        line = _rescale(a, b, "(N-1)/N", "biased", "Bessel-corrected")
-    else:
-        words_a, words_b = _words("running_variance", va), _words("running_variance", vb)
-        line = f"running variance: {a.name} keeps {words_a}, {b.name} {words_b}"
-    return [line] + [f"running variance, conditional: {s.name} keeps {c}" for s, cs in ((a, ca), (b, cb)) for c in cs]
-
-
-def _rescale(a: Side, b: Side, factor: str, kind_a: str, kind_b: str) -> str:
-    return (f"running variance: {a.name} keeps a {kind_a} running variance, {b.name} a {kind_b} one: after training "
-            f"in {b.name}, multiply its moving variance by {factor} to get {a.name}'s value, where N is the number of "
-            f"values per channel in one training batch (batch size x spatial positions); weights imported from "
-            f"{a.name} need no rescale for inference (the stored value is used as is)")
 
 
 def _undeclared(a: Side, b: Side, knob: str) -> str:
@@ -172,6 +174,3 @@ def structural_lines(a: Side, b: Side) -> list[str]:
 def translation(a: Side, b: Side) -> list[str]:
     parts = (ema_lines, epsilon_lines, variance_lines, convention_lines, structural_lines)
     return [line for part in parts for line in part(a, b)]
-
-
-# --- Part 2: the measured differences ----------------------------------------------------------

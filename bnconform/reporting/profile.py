@@ -42,22 +42,51 @@ ROWS: list[tuple[str, str]] = [
 
 @dataclass
 class ProfileCell:
-    """One fact: ``value`` (short text), ``evidence`` (case ids), ``status`` measured / not measured."""
+    """One fact: ``value`` (whole sentences, never cut), ``evidence`` (case ids), ``status``
+    measured / not measured. ``parts``: the value's pieces as (deviation kind, declared behaviour)
+    or ("", plain text), so a page can show a short code for a long behaviour (and explain it in a
+    legend) while ``value`` keeps the words; empty when the value is one plain piece."""
 
     value: str
     evidence: list[str] = field(default_factory=list)
     status: str = "not measured"
+    parts: list[tuple[str, str]] = field(default_factory=list)
+
+    def pieces(self) -> list[tuple[str, str]]:
+        return self.parts or [("", self.value)]
+
+
+def joined(parts) -> str:
+    """The value of a cell made of (kind, text) parts: "kind: text" for a deviation, "; " between."""
+    return "; ".join(f"{kind}: {text}" if kind else text for kind, text in parts)
+
+
+def depends_on_variance(meta: dict) -> bool:
+    """A case whose results depend on the running-variance kind and that updates from N >= 1 values
+    (an update from an empty batch only, or none, pins nothing down)."""
+    return "running_variance" in meta["depends_on"] and bool(meta["update_n"]) and meta["update_n"] != [0]
+
+
+def ran_here(verdicts) -> bool:
+    """False for a backend none of whose cells ran (pass, deviation, fail or error) while some were
+    unavailable: its other cells can only be unsupported (settled from the declaration before the
+    framework was asked), so nothing was measured and the reason is environmental."""
+    statuses = {v["status"] for v in verdicts}
+    return bool(statuses - {"unsupported", "unavailable"}) or "unavailable" not in statuses
 
 
 def build_profile(document: dict) -> dict[str, dict[str, ProfileCell]]:
-    """backend -> row key -> ProfileCell, for every backend with at least one cell that is not unavailable."""
+    """backend -> row key -> ProfileCell, for every backend that ran here (:func:`ran_here`): one
+    whose runnable cells were all unavailable has no profile (its unsupported cells alone would
+    read as "not expressible" everywhere)."""
     meta = document.get("case_meta", {})
-    by_backend = collections.defaultdict(list)
+    by_backend, every = collections.defaultdict(list), collections.defaultdict(list)
     for v in document["verdicts"]:
+        every[v["adapter"]].append(v)
         if v["status"] != "unavailable" and v["case"] in meta:
             by_backend[v["adapter"]].append(v)
     profile = {}
-    for name in sorted(by_backend):
+    for name in sorted(n for n in by_backend if ran_here(every[n])):
         facts = _Facts(document["adapters"].get(name, {}), by_backend[name], meta)
         profile[name] = {key: getattr(facts, key)() for key, _ in ROWS}
     return profile
@@ -107,8 +136,7 @@ class _Facts:
         return self._by_value(cells, "epsilon_mode", _EPS_WORDS, prefix, both="any placement")
 
     def running_variance(self) -> ProfileCell:
-        cells = self._select(lambda m: "running_variance" in m["depends_on"] and m["update_n"] != [0]
-                             and m["update_n"])
+        cells = self._select(depends_on_variance)
         switches = " when " in self.adapter.get("capabilities", {}).get("running_variance", "")
         return self._by_value(cells, "variance", {"bessel": "Bessel", "biased": "biased"}, "",
                               both="switches with path" if switches else "either (a parameter)")
@@ -212,18 +240,18 @@ class _Facts:
                     found.setdefault(name, []).append(v["case"])
         if not found:
             return ProfileCell(as_model, [v["case"] for v in ran if v["status"] == "pass"][:3], "measured")
-        text = "; ".join(dict.fromkeys(self._effect(name, state) for name in found))
-        return ProfileCell(text, [cases[0] for cases in found.values()], "measured")
+        parts = list(dict.fromkeys(self._effect(name, state) for name in found))
+        return ProfileCell(joined(parts), [cases[0] for cases in found.values()], "measured", parts)
 
-    def _effect(self, name: str, state: bool) -> str:
-        """A short phrase for a deviation's declared (and re-verified) effect."""
+    def _effect(self, name: str, state: bool) -> tuple[str, str]:
+        """A deviation's declared (and re-verified) effect: ("", a short phrase) for a raise or an
+        effect on the running state, else (its kind, its whole behaviour sentence)."""
         declared = self.behaviour.get(name, {})
         effect = declared.get("effect", {})
         if "raises" in effect:
-            return f"raises {effect['raises']}"
+            return "", f"raises {effect['raises']}"
         on_state = _state_effect(set(effect.get("outputs", [])), declared.get("kind", "?")) if state else None
-        text = declared.get("behaviour", name)
-        return on_state or f"{declared.get('kind', '?')}: {text if len(text) <= 60 else text[:57] + '...'}"
+        return ("", on_state) if on_state else (declared.get("kind", "?"), declared.get("behaviour", name))
 
 
 def _backward(meta: dict) -> list[str]:

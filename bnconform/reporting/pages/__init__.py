@@ -1,8 +1,10 @@
 """The reports a person reads, rendered from a results document (reports/results.json).
 
-``render`` gives conformance.md (one page, at most 300 lines: summary, profile, findings,
-matrix, capabilities), ``render_details`` conformance-details.md (everything per backend) and
-:func:`.heatmap.render_heatmap` heatmap.svg, which the main page embeds.
+``render`` gives conformance.md (one page, at most 300 lines: summary, what did not run and its
+fix, the porting table (:mod:`.porting`), profile, findings, matrix, capabilities),
+``render_details`` conformance-details.md (everything per backend) and
+:func:`.heatmap.render_heatmap` heatmap.svg, which the main page embeds. :mod:`.translation` holds
+the porting facts that ``bnconform port`` words too. docs/report.md describes the pages.
 """
 
 from __future__ import annotations

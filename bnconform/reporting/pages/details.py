@@ -29,8 +29,8 @@ def render_details(document: dict) -> str:
 
 def _backend(name: str, meta: dict, verdicts, profile) -> list[str]:
     devices = ", ".join(meta.get("devices") or []) or "none"
-    lines = [f"## {name}", "", f"{meta.get('framework', '?')} {meta.get('version', '?')}; devices here: {devices}; "
-             f"{count_text(verdicts)}", ""]
+    lines = [f"## {name}", "", (f"{meta.get('framework', '?')} {meta.get('version', '?')}; devices here: {devices}; "
+                                f"{count_text(verdicts)}"), ""]
     lines += [text for text in (meta.get("doc"), meta.get("notes")) if text]
     if meta.get("unavailable"):
         lines.append(f"Unavailable: {meta['unavailable']}")

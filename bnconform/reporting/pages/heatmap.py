@@ -23,8 +23,8 @@ def render_heatmap(document: dict) -> str:
     width = LABEL_W + len(cols) * (CELL_W + GAP) + 10
     legend_y = HEADER_H + len(rows) * (CELL_H + GAP) + 12
     height = legend_y + 2 * (CELL_H + GAP) + 6
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
-             f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="{FONT}">',
+    parts = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+              f'viewBox="0 0 {width} {height}" font-family="Helvetica, Arial, sans-serif" font-size="{FONT}">'),
              f'<rect class="background" width="{width}" height="{height}" fill="#ffffff"/>']
     for j, family in enumerate(cols):
         x = LABEL_W + j * (CELL_W + GAP) + CELL_W / 2
