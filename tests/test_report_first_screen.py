@@ -52,6 +52,10 @@ def test_every_backend_that_did_not_run_is_listed_with_its_reason():
      "install it (Debian: apt-get install clang)"),
     (NODE, "node not found on PATH", "`npm ci --prefix backends/tfjs` (after installing Node.js >= 18 and npm)"),
     (PIP, "fw3 is not installed", "`pip install 'bnconform[fw3]'`"),
+    ("tl is not installed; install it with: an environment of its own: pip install 'tf==2.12.1' 'tl==2.2.5'",
+     "tl is not installed", "an environment of its own: `pip install 'tf==2.12.1' 'tl==2.2.5'`"),
+    ("node not found on PATH; install it with: npm ci --prefix b/tfjs (after installing Node.js), or bnconform setup",
+     "node not found on PATH", "`npm ci --prefix b/tfjs` (after installing Node.js), or bnconform setup"),
     (GPU, "device 'cuda' not present here (no NVIDIA GPU)", ""),
     ("fw 1.1 fails on other 2.0: AttributeError", "fw 1.1 fails on other 2.0: AttributeError", ""),
 ])

@@ -78,12 +78,15 @@ def not_runnable(document: dict) -> dict[str, str]:
 
 def why_and_fix(reason: str) -> tuple[str, str]:
     """Split an unavailable reason into (why, fix). Reasons name their fix as "...; install it with:
-    CMD" (a missing package, Node modules, an executable) or "...; install it (...)"; fix is "" when
-    the reason names none, and then only the first clause is the why (the rest is explanation)."""
+    [WHERE: ]CMD[ (NOTE)]" (a missing package, Node modules, an executable) or "...; install it
+    (...)"; the command is shown as code. fix is "" when the reason names none, and then only the
+    first clause is the why (the rest is explanation)."""
     head, marker, command = reason.partition("; install it with: ")
     if marker:
+        where, colon, rest = command.partition(": ")
+        where, command = (f"{where}: ", rest) if colon and " " in rest else ("", command)
         code, _, note = command.partition(" (")
-        return head, f"`{code}`" + (f" ({note}" if note else "")
+        return head, f"{where}`{code}`" + (f" ({note}" if note else "")
     head, marker, rest = reason.partition("; install it ")
     if marker:
         return head, f"install it {rest}"
