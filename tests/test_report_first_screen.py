@@ -135,3 +135,26 @@ def test_every_code_in_a_table_is_in_its_legend():
         legend = " ".join(line for line in lines if line.startswith("- "))
         assert all(f"**{code}**" in legend for code in codes)
     assert "D1" in section
+
+
+def test_a_backend_without_declared_capabilities_is_named_not_given_the_oracles():
+    """An executable that could not start declares nothing: the table names it instead of a row
+    of every knob (the stand-in that lets its cells reach a host)."""
+    written = _environment_document()
+    written["adapters"]["fw.js"]["capabilities"] = {}
+    page = render(written)
+    table = page.split("## Capabilities (declared)")[1].split("\n## ")[0]
+    assert not any(line.startswith("| fw.js |") for line in table.splitlines())
+    assert "Not declared here: fw.js" in table
+
+
+def test_an_executable_that_cannot_start_reports_no_capabilities(tmp_path):
+    import json
+
+    from bnconform.execution.plan import adapter_metadata
+
+    (tmp_path / "bnconform-backend.json").write_text(json.dumps({
+        "protocol": 1, "requires": {"executables": ["bnconform-no-such-runtime"]},
+        "backends": [{"name": "demo.absent", "command": ["bnconform-no-such-runtime"]}]}))
+    meta = adapter_metadata(f"exec:{tmp_path}")
+    assert meta["capabilities"] == {} and "bnconform-no-such-runtime" in meta["notes"]

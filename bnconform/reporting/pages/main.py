@@ -163,9 +163,16 @@ def _capabilities(document: dict) -> list[str]:
     """What each API can express (declared; the judge derives 'unsupported' from it)."""
     lines = ["## Capabilities (declared)", "",
              "| backend | " + " | ".join(t for _, t in CAPABILITY_COLUMNS) + " |", "|---" * (len(CAPABILITY_COLUMNS) + 1) + "|"]
+    unknown = []
     for name, meta in sorted(document["adapters"].items()):
         caps = meta.get("capabilities") or {}
+        if not caps:  # an executable that could not start here declares them in its handshake only
+            unknown.append(name)
+            continue
         lines.append(f"| {name} | " + " | ".join(_short(caps.get(k, "?")) for k, _ in CAPABILITY_COLUMNS) + " |")
+    if unknown:
+        lines += ["", f"Not declared here: {', '.join(unknown)} (an executable backend declares its capabilities "
+                      "when it starts, and it could not start on this machine: see \"not runnable here\")"]
     return lines + [""]
 
 
