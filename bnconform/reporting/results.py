@@ -158,7 +158,8 @@ def _effects(name: str) -> dict[str, dict]:
 def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case_root: Path = Path("cases"),
           case_meta: CaseMetaInAdvance | None = None) -> dict:
     """The results document; ``infos`` maps adapter name -> worker info (version, devices);
-    ``case_meta`` is the prefetch started when the run began (None: computed here)."""
+    ``case_meta`` is the prefetch started when the run began (None: computed here). Verdicts are
+    stored sorted by (adapter, device, case)."""
     adapters = {}
     for name in sorted({v.adapter for v in verdicts} | set(infos)):
         meta = adapter_metadata(name) if _resolvable(name) else {}
@@ -174,7 +175,9 @@ def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case
     return {"format": RESULTS_FORMAT, "runs": [{**environment(), "selection": selection}],
             "adapters": adapters, "cases": describe_cases(verdicts, Path(case_root)),
             "case_meta": case_meta(verdicts) if case_meta else describe_case_meta(verdicts, Path(case_root)),
-            "verdicts": [v.to_json() for v in verdicts]}
+            # one order however the cells were run (pytest reports them as they finish), so the
+            # document, and every page's choice among equals, is the same whichever way it was run
+            "verdicts": [v.to_json() for v in sorted(verdicts, key=lambda v: (v.adapter, v.device, v.case))]}
 
 
 def _unavailable(verdicts, name: str, ran_on) -> str | None:
