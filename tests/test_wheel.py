@@ -134,6 +134,14 @@ def test_pytest_runs_the_shipped_cases_and_reports_here(fresh):
     assert _files(fresh["package"]) == before
 
 
+def test_a_plain_pytest_in_a_project_collects_no_shipped_cells(fresh):
+    """bnconform installed in a project's environment must not add 18,720 cells to its own tests."""
+    (fresh["tmp"] / "project").mkdir(exist_ok=True)
+    (fresh["tmp"] / "project" / "test_own.py").write_text("def test_own():\n    assert True\n")
+    done = _run([str(fresh["python"]), "-m", "pytest", "-q", "-p", "no:cacheprovider"], fresh["tmp"] / "project")
+    assert done.returncode == 0 and "1 passed" in done.stdout and "bnconform:" not in done.stdout, done.stdout[-1500:]
+
+
 def test_run_writes_into_the_current_directory(fresh):
     done = _run([str(fresh["bin"] / "bnconform"), "run", "--backend", "numpy.oracle", "--family", "momentum"],
                 fresh["work"])

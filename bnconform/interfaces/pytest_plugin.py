@@ -142,14 +142,24 @@ def _default_reports(config) -> Path:
 
 def _collect_shipped_cases(config) -> None:
     """Where no case directory is at hand (a project that installed bnconform for its own
-    adapter) and pytest was given no paths, collect the shipped vectors too, so that
-    `pytest --bn-adapter yourpkg:YourBN` runs the matrix instead of collecting nothing."""
+    adapter), pytest was given no paths and the run asks for bnconform (a --bn-* selection or
+    ``-p bnconform``), collect the shipped vectors too, so that `pytest --bn-adapter
+    yourpkg:YourBN` runs the matrix instead of collecting nothing. A plain `pytest` in a project
+    that merely has bnconform installed collects only its own tests."""
     from ..caseformat.shipped_data import shipped_cases
 
     root = _selection(config)["root"]
     given_paths = config.args_source == pytest.Config.ArgsSource.ARGS
-    if root == shipped_cases().resolve() and not given_paths and root.is_dir():
+    if root == shipped_cases().resolve() and not given_paths and root.is_dir() and _asks_for_bnconform(config):
         config.args.append(str(root))
+
+
+def _asks_for_bnconform(config) -> bool:
+    """A --bn-backend, --bn-adapter, --bn-family or --bn-device option, or ``-p bnconform``."""
+    if any(config.getoption(f"--bn-{key}") for key in ("backend", "adapter", "family", "device")):
+        return True
+    args = [str(a) for a in config.invocation_params.args]
+    return any(a == "-pbnconform" or (a == "-p" and nxt == "bnconform") for a, nxt in zip(args, [*args[1:], ""]))
 
 
 def pytest_collect_file(file_path: Path, parent):
