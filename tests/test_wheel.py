@@ -27,8 +27,9 @@ SOURCES = ["pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "bnconform"
 UNSHIPPED = shutil.ignore_patterns("node_modules", "build", "__pycache__", "*.egg-info", ".bnconform.lock")
 
 
-def _run(command, cwd, timeout=600) -> subprocess.CompletedProcess:
+def _run(command, cwd, timeout=600, **extra_env) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYTEST", "BNCONFORM"))}
+    env.update(extra_env)
     return subprocess.run(command, check=False, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -147,3 +148,15 @@ def test_run_writes_into_the_current_directory(fresh):
                 fresh["work"])
     assert done.returncode == 0, done.stderr[-2000:]
     assert (fresh["work"] / "reports" / "partial" / "backend-numpy.oracle__family-momentum" / "conformance.md").is_file()
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler named cc here")
+def test_the_shipped_c_kernel_is_built_into_the_user_cache_not_the_package(fresh):
+    before = _files(fresh["package"])
+    cache = fresh["tmp"] / "cache"
+    done = _run([str(fresh["bin"] / "bnconform"), "run", "--backend", "c.reference", "--family", "momentum",
+                 "--out", fresh["work"] / "c"], fresh["work"], XDG_CACHE_HOME=str(cache))
+    assert done.returncode == 0, done.stderr[-2000:]
+    verdicts = json.loads((fresh["work"] / "c" / "results.json").read_text())["verdicts"]
+    assert {v["status"] for v in verdicts} <= {"pass", "unsupported"} and any(v["status"] == "pass" for v in verdicts)
+    assert list(cache.glob("bnconform/builds/*/build/bn")) and _files(fresh["package"]) == before

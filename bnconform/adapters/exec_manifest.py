@@ -7,6 +7,7 @@ command only when its output is missing or older than its inputs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..caseformat.bounded_input import read_text
+from ..caseformat.shipped_data import SHIPPED
 
 MANIFEST = "bnconform-backend.json"
 PREFIX = "exec:"
@@ -155,18 +157,33 @@ def _is_command(value) -> bool:
 # --- Requirements and the build step ---------------------------------------------------------------
 
 def program_path(row: Row, program: str) -> str | None:
-    """The path to run: a program with a slash is relative to the folder, others come from PATH."""
+    """The path to run: the build output where the program is it (:func:`build_output`); a
+    program with a slash is relative to the folder; others come from PATH."""
+    if row.build and program == row.build["output"]:
+        path = build_output(row)
+        return str(path) if path.exists() else None
     if "/" in program:
         path = row.folder / program
         return str(path) if path.exists() else None
     return shutil.which(program)
 
 
+def build_output(row: Row) -> Path:
+    """Where the build step writes: in the backend's folder, except for the backends shipped
+    inside an installed bnconform, whose compiled file goes to the user cache
+    (``~/.cache/bnconform/builds/<folder hash>/``, ``$XDG_CACHE_HOME`` if set), never into
+    site-packages."""
+    if SHIPPED.resolve() not in row.folder.resolve().parents:
+        return row.folder / row.build["output"]
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "builds"
+    return base / hashlib.sha256(str(row.folder.resolve()).encode()).hexdigest()[:16] / row.build["output"]
+
+
 def _build_outputs_stale(row: Row) -> bool:
     build = row.build
     if not build:
         return False
-    output = row.folder / build["output"]
+    output = build_output(row)
     if not output.exists():
         return True
     inputs = [row.folder / p for p in build.get("inputs", ())] + [row.folder / MANIFEST]
@@ -199,7 +216,7 @@ def ensure_built(row: Row) -> None:
     with _BUILD_LOCK:
         if not _build_outputs_stale(row):
             return
-        output = row.folder / row.build["output"]
+        output = build_output(row)
         output.parent.mkdir(parents=True, exist_ok=True)
         temporary = output.with_name(f".{output.name}.{os.getpid()}.tmp")
         command = [str(temporary) if part == "{output}" else part for part in row.build["command"]]
