@@ -114,6 +114,23 @@ mutant("ghost_bessel_whole_batch", "ghost batches: Bessel factor from the whole 
 mutant("ghost_update_whole_batch", "ghost batches: the running update uses the whole batch's moments", ["ghost"],
        patches=lambda c: {"_Moments": _GhostWholeUpdate})
 
+
+def _whole_batch_backward(original):
+    """_gradients whose backward ignores the ghost batches: the forward is right, dx and dgamma
+    are those of whole-batch statistics (a fused kernel's backward fed the whole batch)."""
+    def gradients(config, initial, running, step, x, moments):
+        if not moments.ghost:
+            return original(config, initial, running, step, x, moments)
+        whole = copy.copy(moments)
+        whole.ghost = False
+        whole.mean, whole.var = oracle.batch_moments(x, config.channel_axis)
+        return original(config, initial, running, step, x, whole)
+    return gradients
+
+
+mutant("ghost_backward_whole_batch", "ghost batches: the backward pass uses the whole batch's statistics",
+       ["gradients", "ghost"], in_y=False, patches=lambda c: {"_gradients": _whole_batch_backward(oracle._gradients)})
+
 # -- sample weights --------------------------------------------------------------------------
 
 

@@ -62,3 +62,13 @@ def test_a_mutant_that_is_the_oracle_is_caught_by_nothing():
     finally:
         CATALOGUE.remove(harmless)
     assert (full, through_y) == ([], [])
+
+
+def test_a_ghost_backward_over_the_whole_batch_fails_through_dx():
+    """The per-ghost-batch bounds (bnconform.reference.bounds) catch it in dx itself: the old
+    whole-output atol of 4.67 let any dx through in gradients/ghost_interleaved_train."""
+    wrong = next(cls for cls in CATALOGUE if cls.name == "mutant.ghost_backward_whole_batch")()
+    ghost_gradient_cases = [c for c in shipped_cases() if c.family == "gradients" and c.config.virtual_batch_size]
+    failed_dx = [c.id for c in ghost_gradient_cases
+                 if any(m["output"] == "dx" for m in judge(wrong, c, "cpu").mismatches)]
+    assert len(ghost_gradient_cases) >= 3 and set(failed_dx) == {c.id for c in ghost_gradient_cases}, failed_dx

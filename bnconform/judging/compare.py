@@ -1,9 +1,13 @@
-"""NaN-aware comparison of a framework's outputs with the oracle's, under the case tolerance.
+"""NaN-aware comparison of a framework's outputs with the oracle's, under per-element bounds.
 
 For each compared output: NaN positions must match exactly, infinities must match by sign, and
-finite values must satisfy ``|got - expected| <= atol + rtol * |expected|`` (bnconform.reference.tolerance);
-a finite expected value beyond the output dtype's range is also met by the infinity of its sign,
-which an implementation storing the output in that dtype must return (:func:`overflow_infinity`).
+each finite value must satisfy ``|got - expected| <= bound`` for its own element's bound
+(bnconform.reference.bounds: derived from the element's conditioning, capped by the case file's
+``atol + rtol * |expected|``); a finite expected value beyond the output dtype's range is also
+met by the infinity of its sign, which an implementation storing the output in that dtype must
+return (:func:`overflow_infinity`). The reductions (batch moments, running statistics, dgamma,
+dbeta) must also show no systematic bias: the mean of the signed errors over their elements,
+each divided by its bound, stays within bounds.BIAS_LIMIT.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import numpy as np
 
 from ..caseformat.dtypes import numpy_dtype
 from ..caseformat.model import GRADIENT_KEYS, OUTPUT_KEYS, RENORM_STATE_KEYS, Case
+from ..reference.bounds import BIAS_LIMIT, REDUCTION_KEYS, element_bound, reduction_bias
 
 COMPARED_KEYS = OUTPUT_KEYS + RENORM_STATE_KEYS + GRADIENT_KEYS
 _INPUT_DTYPE_KEYS = ("y", "batch_mean", "batch_var", "dx")  # the rest are in the param dtype
@@ -83,11 +88,15 @@ def overflow_infinity(expected, dtype: str) -> np.ndarray:
     return np.where(np.isinf(rounded) & np.isfinite(expected), rounded, np.nan)
 
 
-def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) -> Mismatch | None:
-    """None if ``got`` agrees with ``expected``; else a Mismatch naming the worst element
-    (:func:`worst_index`) with the output's error figures and count of failing elements.
-    An expected value beyond the range of ``dtype`` is also met by the infinity of its sign (the
-    output stored in ``dtype``), as well as by the value itself (an output kept wider)."""
+def compare_output(step: int, key: str, expected, got, bound, dtype: str) -> Mismatch | None:
+    """None if ``got`` agrees with ``expected`` element by element within ``bound`` (an array
+    broadcasting to the output, or a stored ``{"rtol", "atol"}`` pair); else a Mismatch naming the
+    worst element (:func:`worst_index`) with the output's error figures and count of failing
+    elements. An expected value beyond the range of ``dtype`` is also met by the infinity of its
+    sign (the output stored in ``dtype``), as well as by the value itself (an output kept wider)."""
+    expected = np.asarray(expected, dtype=np.float64)
+    if isinstance(bound, dict):
+        bound = bound["atol"] + bound["rtol"] * np.abs(expected)
     got = np.asarray(got, dtype=np.float64)
     if got.shape != expected.shape:
         return Mismatch(step, key, [], float("nan"), float("nan"), float("inf"), float("inf"), float("inf"),
@@ -96,7 +105,7 @@ def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) ->
     inf_bad = np.isinf(expected) & (got != expected)
     with np.errstate(invalid="ignore", over="ignore"):
         diff = np.abs(got - expected)
-        bad = (nan_e != nan_g) | inf_bad | (~nan_e & ~np.isinf(expected) & ~(diff <= tol["atol"] + tol["rtol"] * np.abs(expected)))
+        bad = (nan_e != nan_g) | inf_bad | (~nan_e & ~np.isinf(expected) & ~(diff <= bound))
         bad &= ~(got == overflow_infinity(expected, dtype))
     if not bad.any():
         return None
@@ -104,19 +113,19 @@ def compare_output(step: int, key: str, expected, got, tol: dict, dtype: str) ->
     abs_err = float(diff[finite].max()) if finite.any() else float("nan")
     with np.errstate(divide="ignore", invalid="ignore"):
         rel = diff[finite] / np.abs(expected[finite])
-    worst = worst_index(expected, got, bad, tol)
+    worst = worst_index(expected, got, bad, bound)
     reason = "NaN position differs" if nan_e[worst] != nan_g[worst] else "outside tolerance"
     return Mismatch(step, key, list(worst), float(expected[worst]), float(got[worst]), abs_err,
                     float(np.nanmax(rel)) if rel.size else float("nan"),
                     _ulps(np.where(finite, diff, 0.0), expected, dtype), reason, int(bad.sum()), int(bad.size))
 
 
-def worst_index(expected: np.ndarray, got: np.ndarray, bad: np.ndarray, tol: dict) -> tuple[int, ...]:
-    """The index of the failing element (``bad``) that exceeds its tolerance by the largest
-    absolute margin, ``|got - expected| - (atol + rtol * |expected|)``. A NaN or infinity where
-    the other side differs counts as an infinite margin; ties go to the first in C order."""
+def worst_index(expected: np.ndarray, got: np.ndarray, bad: np.ndarray, bound) -> tuple[int, ...]:
+    """The index of the failing element (``bad``) that exceeds its bound by the largest absolute
+    margin, ``|got - expected| - bound``. A NaN or infinity where the other side differs counts
+    as an infinite margin; ties go to the first in C order."""
     with np.errstate(invalid="ignore", over="ignore"):
-        margin = np.abs(got - expected) - (tol["atol"] + tol["rtol"] * np.abs(expected))
+        margin = np.abs(got - expected) - bound
     margin = np.where(np.isfinite(expected) & np.isfinite(got), margin, np.inf)
     score = np.where(bad, margin, -np.inf)
     return tuple(int(i) for i in np.unravel_index(int(np.argmax(score)), score.shape))
@@ -125,11 +134,14 @@ def worst_index(expected: np.ndarray, got: np.ndarray, bad: np.ndarray, tol: dic
 def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[list[Mismatch], list[str]]:
     """All mismatches over steps, and the names of outputs that were compared.
 
-    ``expected_steps`` defaults to the case file's expected values (a declared deviation passes
-    the oracle's results for a variant case instead).
+    ``expected_steps`` defaults to the case file's expected values, judged by per-element bounds
+    (bnconform.reference.bounds). A declared deviation passes the oracle's results for a variant
+    case instead: a model of another computation (half arithmetic, say), not the float64 truth the
+    bounds are derived around, so those are judged by the case file's stored pairs.
     """
     if len(results) != len(case.steps):
         raise ValueError(f"Expected: {len(case.steps)} step results. Received: {len(results)}")
+    derived = expected_steps is None
     expected_steps = expected_steps or [s.expected for s in case.steps]
     mismatches, compared = [], set()
     for i, (step, expected, got) in enumerate(zip(case.steps, expected_steps, results)):
@@ -139,10 +151,12 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
                 continue
             dtype = case.config.input_dtype if key in _INPUT_DTYPE_KEYS else case.config.param_dtype
             compared.add(key)
-            tol = step.tolerance.get(key)
-            if tol is None:  # a variant may define an output the case leaves undefined
+            if step.tolerance.get(key) is None:  # a variant may define an output the case leaves undefined
                 continue
-            found = compare_output(i, key, expected[key], got[key], tol, dtype)
+            if derived:
+                found = output_mismatch(case, i, key, got[key], expected[key])
+            else:
+                found = compare_output(i, key, expected[key], got[key], step.tolerance[key], dtype)
             if found:
                 mismatches.append(found)
         if step.replica_sizes is not None and got.get("replicas") is not None:
@@ -155,6 +169,35 @@ def compare_case(case: Case, results: list[dict], expected_steps=None) -> tuple[
             compared.add("num_updates")
             mismatches += [counter] if counter else []
     return mismatches, sorted(compared, key=(*COMPARED_KEYS, "num_updates", "replicas").index)
+
+
+def output_mismatch(case: Case, index: int, key: str, got, expected=None) -> Mismatch | None:
+    """How the judge finds ``got`` for output ``key`` of step ``index``, against the case's own
+    expected values (or ``expected``): each element within its derived bound, then, for a
+    reduction, no systematic bias. For a selector asking whether a behaviour would show."""
+    expected = case.steps[index].expected[key] if expected is None else expected
+    dtype = case.config.input_dtype if key in _INPUT_DTYPE_KEYS else case.config.param_dtype
+    bound = element_bound(case, index, key, expected, case.steps[index].tolerance.get(key))
+    found = compare_output(index, key, expected, got, bound, dtype)
+    if found is None and key in REDUCTION_KEYS:
+        found = _biased(index, key, expected, got, bound)
+    return found
+
+
+def _biased(step: int, key: str, expected, got, bound) -> Mismatch | None:
+    """A Mismatch when every element is within its bound but the errors lean one way: the mean of
+    (got - expected) / bound over the elements beyond +-BIAS_LIMIT (bnconform.reference.bounds)."""
+    bias = reduction_bias(expected, got, bound)
+    if abs(bias) <= BIAS_LIMIT:
+        return None
+    e, g = np.asarray(expected, np.float64), np.asarray(got, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(np.isfinite(e) & np.isfinite(g), np.abs(g - e) / bound, -np.inf)
+    worst = np.unravel_index(int(np.argmax(ratio)), ratio.shape)
+    diff = np.abs(g - e)[np.isfinite(e) & np.isfinite(g)]
+    return Mismatch(step, key, [int(i) for i in worst], float(e[worst]), float(g[worst]), float(diff.max()),
+                    float("nan"), float("nan"), f"systematic bias: the errors average {bias:+.2f} of their bounds "
+                    f"(limit {BIAS_LIMIT}), all within them", 0, int(e.size))
 
 
 def _require_outputs(i: int, step, expected: dict, got: dict) -> None:

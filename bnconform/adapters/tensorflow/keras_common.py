@@ -15,6 +15,7 @@ import numpy as np
 
 from ...caseformat.model import GHOST_SPLITS
 from ...judging.capabilities import HALF_DTYPES, Capabilities, dtype_pairs
+from ...judging.compare import output_mismatch
 from ...judging.selectors import (Selector, param_dtype_in, updates_infinite_running_mean, updates_on_empty_batch,
                                   uses_extension, where)
 from ..base import Deviation, MatchesVariant, Mismatches, Raises, variant
@@ -196,12 +197,11 @@ def renorm_float64_deviation(api: str) -> Deviation:
 def backend_route_selectors(on_route) -> tuple[Selector, Selector]:
     """(batch_var's N/(N-1) beyond tolerance on the fused route, float64 reaching the fused kernel)."""
     def bessel_observable(case, device) -> bool:
-        for step, n in zip(case.steps, case.reduce_counts()):
-            tol, expected = step.tolerance.get("batch_var"), step.expected.get("batch_var")
-            if not step.is_training or n < 2 or tol is None or expected is None:
+        for index, (step, n) in enumerate(zip(case.steps, case.reduce_counts())):
+            expected = step.expected.get("batch_var")
+            if not step.is_training or n < 2 or expected is None or step.tolerance.get("batch_var") is None:
                 continue
-            size = np.nanmax(np.abs(expected)) if np.isfinite(expected).any() else 0.0
-            if (n / (n - 1) - 1) * size > tol["atol"] + tol["rtol"] * size:
+            if output_mismatch(case, index, "batch_var", np.asarray(expected) * (n / (n - 1))) is not None:
                 return on_route(case, device)
         return False
 
@@ -211,7 +211,7 @@ def backend_route_selectors(on_route) -> tuple[Selector, Selector]:
         return any(not s.is_training or on_route(case, device) for s in case.steps)
 
     return (Selector("a training step routed to fused_batch_norm (4-D, channels last; NCHW on GPU) where "
-                     "N/(N-1) on batch_var exceeds its tolerance", bessel_observable),
+                     "N/(N-1) on batch_var would fail it (its bounds, or their bias check)", bessel_observable),
             Selector("4-D float64 input reaching fused_batch_norm (every eval step; training on its route)",
                      float64_reaches_fused))
 

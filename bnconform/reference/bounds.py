@@ -1,0 +1,251 @@
+"""An error bound per element, derived from the case: how far a right implementation's result may
+be from the float64 oracle, element by element, from that element's own conditioning.
+
+The stored ``{rtol, atol}`` of an output (bnconform.reference.tolerance) takes its ``atol`` from
+the worst-conditioned element of the whole array, so one ill-conditioned channel or ghost batch
+loosened every element of the output. Here each element is judged by the terms of its own
+*group* (its channel; for ghost-batch steps, its ghost batch and channel), with
+``r = rtol(output dtype)`` and ``u = 8 eps(compute dtype)`` as in the stored policy::
+
+    y[i]        r |e_i| + r S_g + u |gamma_c| gain |mu_g| f_g          (S_g = max |y| of the group)
+                the last term capped at |gamma_c| gain for a constant group (var_g = 0): a two-pass
+                implementation's |x - mu_hat| / sqrt(var_hat + eps) < 1 when every x is equal
+    batch_mean  r |e_c| + r mean|x|_c                 (a sum's rounding scales with sum |x|)
+    batch_var   r |e_c| + r v_c + (u |mu_c|)^2        (two-pass: var_hat = var + (mu_hat - mu)^2 exactly)
+    running_*   r |e_c| + r (|old_c| + |batch term_c|)  (old: the state before the step; running_var
+                also + (u |mu_c|)^2 N/(N-1), the batch variance's own term)
+    dx[i]       r |e_i| + r max(S_g, |gamma_c| f_g D_g (2 + xhat_g^2)) + u |gamma_c| f_g D_g (1 + 2 xhat_g) |mu_g| f_g
+                (training; inference: r |e_i| + r max(S_g, |gamma_c| f_g D_g))
+    dgamma      r |e_c| + r sum_g sum|dy xhat| + u sum_g sum|dy| |mu_g| f_g
+    dbeta       r |e_c| + r sum|dy|
+
+with f_g = 1 / sigma_g, xhat_g = max |x - mu_g| f_g and D_g = max |dy| over the group. Every
+element's bound is then capped by the stored pair, ``atol + rtol |e_i|``: a derived bound never
+widens what the case file says. Outputs not listed keep the stored pair. A case file needs
+nothing new: the bounds are derived when it is judged (docs/case-format.md, "Error bounds").
+
+:func:`reduction_bias` is the statistical check for reductions (TOSA's dot-product mode does the
+like): the mean of the signed errors over the elements of an output, each divided by its bound,
+must stay within ``BIAS_LIMIT``, so that a systematic bias inside every element's bound fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..caseformat.dtypes import HALF_DTYPES, compute_dtype, machine_epsilon
+from ..caseformat.model import Case
+from .moments import batch_moments, broadcast, ghost_indices, inverse_std, reduction_axes
+
+DERIVED_KEYS = ("y", "batch_mean", "batch_var", "running_mean", "running_var", "dx", "dgamma", "dbeta")
+REDUCTION_KEYS = ("batch_mean", "batch_var", "running_mean", "running_var", "dgamma", "dbeta")
+_INPUT_DTYPE_KEYS = ("y", "batch_mean", "batch_var", "dx")
+# A right implementation's errors are far inside the bounds (K = 256 or 4 roundings of room each)
+# and of either sign; a mean normalized error past this is a systematic bias (docs/case-format.md).
+BIAS_LIMIT = 0.5
+
+
+@dataclass
+class _Groups:
+    """How one step's batch was normalized: sample indices of each group (one group: the whole
+    batch) and its statistics per (group, channel)."""
+
+    samples: list
+    means: np.ndarray  # (G, C)
+    vars: np.ndarray  # (G, C)
+    gain: float
+    counts: np.ndarray  # (G,) values per channel in each group
+
+
+def _rtol(dtype: str) -> float:
+    return (4.0 if dtype in HALF_DTYPES else 256.0) * machine_epsilon(dtype)
+
+
+def _groups(case: Case, index: int, trace) -> _Groups | None:
+    """The groups of step ``index`` from the oracle's trace (None: an empty batch)."""
+    if trace is None:
+        return None
+    config, step = case.config, case.steps[index]
+    x = np.asarray(step.x, np.float64)
+    axis, channels = config.channel_axis, x.shape[config.channel_axis]
+    means, variances, gain = np.asarray(trace[0], np.float64), np.asarray(trace[1], np.float64), float(trace[2])
+    if means.size != channels:  # ghost batches: the trace lists (ghost batch, channel), flattened
+        samples = ghost_indices(x.shape[0], config.virtual_batch_size, config.ghost_split)
+    else:
+        samples = [np.arange(x.shape[0])]
+    per_channel = int(np.prod([n for a, n in enumerate(x.shape) if a not in (0, axis)] or [1]))
+    counts = np.array([len(s) * per_channel for s in samples])
+    return _Groups(samples, means.reshape(len(samples), channels), variances.reshape(len(samples), channels),
+                   gain if np.isfinite(gain) else 1.0, counts)
+
+
+def _group_reduce(values: np.ndarray, groups: _Groups, axis: int, how) -> np.ndarray:
+    """(G, C): ``how`` (np.max or np.sum) of ``values`` over each group's elements per channel."""
+    axes = reduction_axes(values.ndim, axis)
+    with np.errstate(invalid="ignore"):
+        return np.stack([how(values[s], axis=axes) if values[s].size else np.zeros(values.shape[axis])
+                         for s in groups.samples])
+
+
+def _spread(per_group: np.ndarray, groups: _Groups, shape, axis: int) -> np.ndarray:
+    """An array of ``shape`` holding each group's (G, C) value on its elements."""
+    out = np.zeros(shape)
+    for g, s in enumerate(groups.samples):
+        out[s] = broadcast(per_group[g], len(shape), axis)
+    return out
+
+
+def _finite_abs(values) -> np.ndarray:
+    values = np.abs(np.asarray(values, np.float64))
+    return np.where(np.isfinite(values), values, 0.0)
+
+
+class _StepBounds:
+    """The derived bounds of one step, output by output (``bound(key, expected)``)."""
+
+    def __init__(self, case: Case, index: int, groups: _Groups | None, before: tuple):
+        self.case, self.config, self.step, self.groups = case, case.config, case.steps[index], groups
+        self.x = np.asarray(self.step.x, np.float64)
+        self.axis = self.config.channel_axis
+        self.u = 8 * machine_epsilon(compute_dtype(self.config.input_dtype))
+        self.before = before  # running (mean, var) before the step
+        scale = self.config.scale and case.initial_state.gamma is not None
+        self.gamma = _finite_abs(case.initial_state.gamma) if scale else np.ones(self.x.shape[self.axis])
+
+    def rtol(self, key: str) -> float:
+        return _rtol(self.config.input_dtype if key in _INPUT_DTYPE_KEYS else self.config.param_dtype)
+
+    def bound(self, key: str, expected) -> np.ndarray | None:
+        """The per-element bound of ``key`` (broadcast to ``expected``'s shape), or None where this
+        model does not cover the output (the stored pair applies)."""
+        method = getattr(self, f"_{key}", None)
+        if method is None or self.x.size == 0:
+            return None
+        e = _finite_abs(expected)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            extra = method(e)
+        if extra is None:
+            return None
+        return self.rtol(key) * e + np.where(np.isfinite(extra), extra, np.inf)
+
+    # -- forward -------------------------------------------------------------------------------
+    def _f(self) -> np.ndarray:
+        return inverse_std(self.groups.vars, self.config)
+
+    def _mean_rounding(self) -> np.ndarray:
+        """(G, C): u |gamma| gain |mu| f, capped at |gamma| gain for a constant group."""
+        g = self.groups
+        term = self.u * self.gamma * g.gain * np.abs(g.means) * self._f()
+        return np.where(g.vars == 0, np.minimum(term, self.gamma * g.gain), term)
+
+    def _y(self, e):
+        if self.groups is None or e.shape != self.x.shape:
+            return None
+        scale = _group_reduce(e, self.groups, self.axis, np.max)
+        return _spread(self.rtol("y") * scale + self._mean_rounding(), self.groups, e.shape, self.axis)
+
+    def _batch_mean(self, e):
+        if self.groups is None:
+            return None
+        return self.rtol("batch_mean") * _finite_abs(self.x).mean(axis=reduction_axes(self.x.ndim, self.axis))
+
+    def _mean_squared_rounding(self) -> np.ndarray:
+        """(u |mu_c|)^2 per channel: what a rounded mean adds to a two-pass variance, since
+        sum (x - mu_hat)^2 / N = var + (mu - mu_hat)^2 (sum (x - mu) = 0). A constant channel's
+        variance is 0, and a right float32 implementation returns this instead (TensorFlow:
+        9.5e-7 for a constant 1.6e4, half an ulp squared)."""
+        return (self.u * np.abs(batch_moments(self.x, self.axis)[0])) ** 2
+
+    def _batch_var(self, e):
+        return None if self.groups is None else self.rtol("batch_var") * e + self._mean_squared_rounding()
+
+    def _running(self, key: str, e, old, batch):
+        return self.rtol(key) * (_finite_abs(old) + _finite_abs(batch))
+
+    def _running_mean(self, e):
+        batch = batch_moments(self.x, self.axis)[0] if self.step.update_running_stats else 0.0
+        return self._running("running_mean", e, self.before[0], batch)
+
+    def _running_var(self, e):
+        if not self.step.update_running_stats:
+            return self._running("running_var", e, self.before[1], 0.0)
+        n = self.x.size / max(self.x.shape[self.axis], 1)
+        bessel = n / (n - 1) if n > 1 else 1.0
+        batch = batch_moments(self.x, self.axis)[1] * bessel
+        return self._running("running_var", e, self.before[1], batch) + self._mean_squared_rounding() * bessel
+
+    # -- backward ------------------------------------------------------------------------------
+    def _backward_terms(self):
+        """(G, C) arrays: f, xhat max, D = max|dy|, sum|dy|, sum|dy xhat|."""
+        g, dy = self.groups, np.asarray(self.step.dy, np.float64)
+        f = self._f()
+        centered = np.abs(self.x - _spread(g.means, g, self.x.shape, self.axis)) * _spread(f, g, self.x.shape, self.axis)
+        return (f, _group_reduce(centered, g, self.axis, np.max), _group_reduce(np.abs(dy), g, self.axis, np.max),
+                _group_reduce(np.abs(dy), g, self.axis, np.sum), _group_reduce(np.abs(dy) * centered, g, self.axis, np.sum))
+
+    def _dx(self, e):
+        if self.groups is None or self.step.dy is None or e.shape != self.x.shape:
+            return None
+        f, xhat, d_max, _, _ = self._backward_terms()
+        gain = self.gamma * self.groups.gain
+        r = self.rtol("dx")
+        if self.step.normalize_with != "batch":
+            scale = np.maximum(_group_reduce(e, self.groups, self.axis, np.max), gain * f * d_max)
+            return _spread(r * scale, self.groups, e.shape, self.axis)
+        scale = np.maximum(_group_reduce(e, self.groups, self.axis, np.max), gain * f * d_max * (2 + xhat ** 2))
+        rounding = self.u * gain * f * d_max * (1 + 2 * xhat) * np.abs(self.groups.means) * f
+        return _spread(r * scale + rounding, self.groups, e.shape, self.axis)
+
+    def _dgamma(self, e):
+        if self.groups is None or self.step.dy is None:
+            return None
+        f, _, _, dy_sum, dy_xhat = self._backward_terms()
+        rounding = self.u * dy_sum * np.abs(self.groups.means) * f if self.step.normalize_with == "batch" else 0 * f
+        return (self.rtol("dgamma") * dy_xhat + rounding).sum(axis=0)
+
+    def _dbeta(self, e):
+        if self.groups is None or self.step.dy is None:
+            return None
+        return self.rtol("dbeta") * self._backward_terms()[3].sum(axis=0)
+
+
+def case_bounds(case: Case) -> list[_StepBounds]:
+    """One :class:`_StepBounds` per step (the oracle's trace says what normalized each step),
+    computed once per case object."""
+    cached = getattr(case, "_derived_bounds", None)
+    if cached is not None:
+        return cached
+    from .oracle import run_steps_traced
+
+    results, traces = run_steps_traced(case.config, case.initial_state, case.steps)
+    bounds, before = [], (case.initial_state.running_mean, case.initial_state.running_var)
+    for index, (result, trace) in enumerate(zip(results, traces)):
+        bounds.append(_StepBounds(case, index, _groups(case, index, trace), before))
+        before = (result["running_mean"], result["running_var"])
+    case._derived_bounds = bounds
+    return bounds
+
+
+def element_bound(case: Case, index: int, key: str, expected, stored: dict | None) -> np.ndarray | None:
+    """The bound each element of output ``key`` of step ``index`` is judged by: the derived one
+    capped by the stored ``atol + rtol |e|``; the stored pair alone where nothing is derived;
+    None when there is neither."""
+    e = np.asarray(expected, np.float64)
+    stored_bound = None if stored is None else stored["atol"] + stored["rtol"] * np.abs(e)
+    derived = case_bounds(case)[index].bound(key, e) if key in DERIVED_KEYS else None
+    if derived is None:
+        return stored_bound
+    derived = np.broadcast_to(derived, e.shape)
+    return derived if stored_bound is None else np.minimum(derived, stored_bound)
+
+
+def reduction_bias(expected, got, bound) -> float:
+    """Mean over finite elements of (got - expected) / bound: 0 for unbiased errors, near +-1 when
+    every element errs the same way by its whole bound (NaN where nothing is finite)."""
+    e, g, b = (np.asarray(v, np.float64) for v in (expected, got, np.broadcast_to(bound, np.shape(expected))))
+    finite = np.isfinite(e) & np.isfinite(g) & (b > 0) & np.isfinite(b)
+    if finite.sum() < 2:
+        return 0.0
+    return float(np.mean((g[finite] - e[finite]) / b[finite]))
