@@ -28,7 +28,9 @@ exactly (infinities must match by sign). For each output of each step the genera
       dgamma:  scale = max_c sum |dy xhat|, plus 8 u(compute) max_c sum|dy| |mu_c| f_c
       dbeta:   scale = max_c sum |dy|
 
-Nothing here depends on any framework; the runner never widens what the case file says.
+Nothing here depends on any framework; the runner never widens what the case file says. When a
+case is judged, bnconform.reference.bounds derives a bound per element from its own group, capped
+by this pair.
 """
 
 from __future__ import annotations
