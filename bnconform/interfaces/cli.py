@@ -38,6 +38,10 @@ def _cmd_generate(args) -> int:
 def _cmd_validate(args) -> int:
     from ..caseformat.validation import CaseError, load_case
 
+    if args.tolerances or args.mutants or args.flagged_only:
+        from .tolerance_audit import run_audit
+
+        return run_audit(args)
     paths = case_paths(args.paths or [case_root(None)])
     bad, disagree = 0, 0
     for path in paths:
@@ -90,6 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     val.add_argument("paths", nargs="*", help="case files or directories (default: ./cases, else the shipped vectors)")
     val.add_argument("--oracle", action="store_true", help="also recompute each case with the oracle and name the "
                      "file, step, output and the knob that would explain a difference (exit 1)")
+    val.add_argument("--tolerances", action="store_true", help="audit the error bounds instead: per output its largest "
+                     "bound, scale and nearest mutant; exit 1 when a bound exceeds its scale or admits a mutant")
+    val.add_argument("--mutants", metavar="FILE", help="with --tolerances: a Python file whose CATALOGUE lists wrong "
+                     "implementations (default: tests/mutants.py when present)")
+    val.add_argument("--flagged-only", action="store_true", help="with --tolerances: print only flagged outputs and the summary")
     val.set_defaults(func=_cmd_validate)
     from ..specs import authoring
 
