@@ -24,15 +24,17 @@ CASES = Path(__file__).resolve().parents[1] / "cases"
 
 def test_a_constant_channel_no_longer_loosens_the_others():
     """degenerate/large_constant_channel: channel 1 is a constant 1.00001e4 (sigma = sqrt(eps));
-    the stored y atol (4.4) came from it. Channels 0 and 2 get r|e| + r S_c + u|g_c||mu_c|/sigma_c."""
+    the stored y atol (4.4) came from it. Elements of channels 0 and 2 get
+    r|e_i| + r(|g_c| |x_i - mu_c| / sigma_c + |b_c|) + u|g_c||mu_c|/sigma_c."""
     case = load_case(CASES / "degenerate" / "large_constant_channel.json")
     step = case.steps[0]
     x, e = np.asarray(step.x, np.float64), np.asarray(step.expected["y"])
     r, u = 256 * machine_epsilon("float32"), 8 * machine_epsilon("float32")
     bound = element_bound(case, 0, "y", e, step.tolerance["y"])
     for c in (0, 2):
-        mean, var = x[:, c].mean(), x[:, c].var()
-        by_hand = r * np.abs(e[:, c]) + r * np.abs(e[:, c]).max() + u * abs(case.initial_state.gamma[c]) * abs(mean) / np.sqrt(var + 1e-5)
+        mean, sigma = x[:, c].mean(), np.sqrt(x[:, c].var() + 1e-5)
+        g, b = abs(case.initial_state.gamma[c]), abs(case.initial_state.beta[c])
+        by_hand = r * np.abs(e[:, c]) + r * (g * np.abs(x[:, c] - mean) / sigma + b) + u * g * abs(mean) / sigma
         np.testing.assert_allclose(bound[:, c], by_hand, rtol=1e-12)
         assert bound[:, c].max() < 1e-3 < step.tolerance["y"]["atol"]
     # the constant channel (y = beta = 0.608 everywhere): u |g| |mu| / sqrt(eps) = 4.4 is capped at

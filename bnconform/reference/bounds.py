@@ -7,7 +7,8 @@ loosened every element of the output. Here each element is judged by the terms o
 *group* (its channel; for ghost-batch steps, its ghost batch and channel), with
 ``r = rtol(output dtype)`` and ``u = 8 eps(compute dtype)`` as in the stored policy::
 
-    y[i]        r |e_i| + r S_g + u |gamma_c| gain |mu_g| f_g          (S_g = max |y| of the group)
+    y[i]        r |e_i| + r (|gamma_c| gain xhat_i + |beta_c|) + u |gamma_c| gain |mu_g| f_g
+                (xhat_i = |x_i - mu_g| f_g: the terms of y_i; renorm: at least r S_g, S_g = max |y| of the group)
                 the last term capped at |gamma_c| gain for a constant group (var_g = 0): a two-pass
                 implementation's |x - mu_hat| / sqrt(var_hat + eps) < 1 when every x is equal
     batch_mean  r |e_c| + r mean|x|_c                 (a sum's rounding scales with sum |x|)
@@ -122,17 +123,21 @@ class _StepBounds:
     def rtol(self, key: str) -> float:
         return _rtol(self.config.input_dtype if key in _INPUT_DTYPE_KEYS else self.config.param_dtype)
 
-    def bound(self, key: str, expected) -> np.ndarray | None:
+    def bound(self, key: str, expected, rounding_only: bool = False) -> np.ndarray | None:
         """The per-element bound of ``key`` (broadcast to ``expected``'s shape), or None where this
-        model does not cover the output (the stored pair applies)."""
+        model does not cover the output (the stored pair applies). ``rounding_only``: the part
+        that is rounding in the returned dtype at the size of the element's own terms (the r
+        terms), without what ill conditioning adds (a rounded mean amplified by |mu| / sigma, a
+        replica combination): what a right implementation may differ by on any data."""
         method = getattr(self, f"_{key}", None)
         if method is None or self.x.size == 0:
             return None
         e = _finite_abs(expected)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-            extra = method(e)
-        if extra is None:
-            return None
+            parts = method(e)
+            if parts is None:
+                return None
+            extra = parts[0] if rounding_only else parts[0] + parts[1]
         return self.rtol(key) * e + np.where(np.isfinite(extra), extra, np.inf)
 
     # -- forward -------------------------------------------------------------------------------
@@ -145,16 +150,26 @@ class _StepBounds:
         term = self.u * self.gamma * g.gain * np.abs(g.means) * self._f()
         return np.where(g.vars == 0, np.minimum(term, self.gamma * g.gain), term)
 
+    def _xhat(self) -> np.ndarray:
+        """|x - mu_g| f_g per element."""
+        g = self.groups
+        return np.abs(self.x - _spread(g.means, g, self.x.shape, self.axis)) * _spread(self._f(), g, self.x.shape, self.axis)
+
     def _y(self, e):
+        """r (|gamma_c| gain xhat_i + |beta_c|): the terms of y_i, which a rounding scales with even
+        where they cancel; renorm's d term is bounded by the group's scale instead."""
         if self.groups is None or e.shape != self.x.shape:
             return None
-        scale = _group_reduce(e, self.groups, self.axis, np.max)
-        return _spread(self.rtol("y") * scale + self._mean_rounding(), self.groups, e.shape, self.axis)
+        rank, beta = self.x.ndim, _finite_abs(self.case.initial_state.beta) if self.config.center else 0 * self.gamma
+        terms = broadcast(self.gamma * self.groups.gain, rank, self.axis) * self._xhat() + broadcast(beta, rank, self.axis)
+        if self.groups.gain != 1.0:
+            terms = np.maximum(terms, _spread(_group_reduce(e, self.groups, self.axis, np.max), self.groups, e.shape, self.axis))
+        return self.rtol("y") * terms, _spread(self._mean_rounding(), self.groups, e.shape, self.axis)
 
     def _batch_mean(self, e):
         if self.groups is None:
             return None
-        return self.rtol("batch_mean") * _finite_abs(self.x).mean(axis=reduction_axes(self.x.ndim, self.axis))
+        return self.rtol("batch_mean") * _finite_abs(self.x).mean(axis=reduction_axes(self.x.ndim, self.axis)), 0.0
 
     def _mean_squared_rounding(self) -> np.ndarray:
         """(u |mu_c|)^2 per channel: what a rounded mean adds to a two-pass variance, since
@@ -174,23 +189,23 @@ class _StepBounds:
     def _batch_var(self, e):
         if self.groups is None:
             return None
-        return self.rtol("batch_var") * e + self._mean_squared_rounding() + self._replica_combination()
+        return self.rtol("batch_var") * e, self._mean_squared_rounding() + self._replica_combination()
 
     def _running(self, key: str, e, old, batch):
         return self.rtol(key) * (_finite_abs(old) + _finite_abs(batch))
 
     def _running_mean(self, e):
         batch = batch_moments(self.x, self.axis)[0] if self.step.update_running_stats else 0.0
-        return self._running("running_mean", e, self.before[0], batch)
+        return self._running("running_mean", e, self.before[0], batch), 0.0
 
     def _running_var(self, e):
         if not self.step.update_running_stats:
-            return self._running("running_var", e, self.before[1], 0.0)
+            return self._running("running_var", e, self.before[1], 0.0), 0.0
         n = self.x.size / max(self.x.shape[self.axis], 1)
         bessel = n / (n - 1) if n > 1 else 1.0
         batch = batch_moments(self.x, self.axis)[1] * bessel
         rounding = self._mean_squared_rounding() + self._replica_combination()
-        return self._running("running_var", e, self.before[1], batch) + rounding * bessel
+        return self._running("running_var", e, self.before[1], batch), rounding * bessel
 
     # -- backward ------------------------------------------------------------------------------
     def _backward_terms(self):
@@ -209,22 +224,22 @@ class _StepBounds:
         r = self.rtol("dx")
         if self.step.normalize_with != "batch":
             scale = np.maximum(_group_reduce(e, self.groups, self.axis, np.max), gain * f * d_max)
-            return _spread(r * scale, self.groups, e.shape, self.axis)
+            return _spread(r * scale, self.groups, e.shape, self.axis), 0.0
         scale = np.maximum(_group_reduce(e, self.groups, self.axis, np.max), gain * f * d_max * (2 + xhat ** 2))
         rounding = self.u * gain * f * d_max * (1 + 2 * xhat) * np.abs(self.groups.means) * f
-        return _spread(r * scale + rounding, self.groups, e.shape, self.axis)
+        return _spread(r * scale, self.groups, e.shape, self.axis), _spread(rounding, self.groups, e.shape, self.axis)
 
     def _dgamma(self, e):
         if self.groups is None or self.step.dy is None:
             return None
         f, _, _, dy_sum, dy_xhat = self._backward_terms()
         rounding = self.u * dy_sum * np.abs(self.groups.means) * f if self.step.normalize_with == "batch" else 0 * f
-        return (self.rtol("dgamma") * dy_xhat + rounding).sum(axis=0)
+        return (self.rtol("dgamma") * dy_xhat).sum(axis=0), rounding.sum(axis=0)
 
     def _dbeta(self, e):
         if self.groups is None or self.step.dy is None:
             return None
-        return self.rtol("dbeta") * self._backward_terms()[3].sum(axis=0)
+        return self.rtol("dbeta") * self._backward_terms()[3].sum(axis=0), 0.0
 
 
 _TRACES: collections.OrderedDict = collections.OrderedDict()  # fingerprint -> the oracle's (results, traces)
@@ -272,6 +287,16 @@ def case_bounds(case: Case) -> list[_StepBounds]:
         before = (result["running_mean"], result["running_var"])
     case._derived_bounds = bounds
     return bounds
+
+
+def rounding_room(case: Case, index: int, key: str, expected) -> np.ndarray | None:
+    """The part of the derived bound that is rounding at the size of the element's own terms (no
+    conditioning terms): a defect smaller than this, a right implementation could also produce.
+    None where nothing is derived."""
+    if key not in DERIVED_KEYS:
+        return None
+    room = case_bounds(case)[index].bound(key, np.asarray(expected, np.float64), rounding_only=True)
+    return None if room is None else np.broadcast_to(room, np.shape(expected))
 
 
 def element_bound(case: Case, index: int, key: str, expected, stored: dict | None) -> np.ndarray | None:
