@@ -27,9 +27,10 @@ element's bound is then capped by the stored pair, ``atol + rtol |e_i|``: a deri
 widens what the case file says. Outputs not listed keep the stored pair. A case file needs
 nothing new: the bounds are derived when it is judged (docs/case-format.md, "Error bounds").
 
-:func:`reduction_bias` is the statistical check for reductions (TOSA's dot-product mode does the
-like): the mean of the signed errors over the elements of an output, each divided by its bound,
-must stay within ``BIAS_LIMIT``, so that a systematic bias inside every element's bound fails.
+:func:`reduction_bias` and :func:`reduction_spread` are the statistical checks for reductions
+(TOSA's dot-product mode does the like): the mean of the signed errors over the elements of an
+output, each divided by its bound, must stay within ``BIAS_LIMIT``, so that a systematic bias
+inside every element's bound fails, and their root mean square within ``SPREAD_LIMIT``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,11 @@ _INPUT_DTYPE_KEYS = ("y", "batch_mean", "batch_var", "dx")
 # A right implementation's errors are far inside the bounds (K = 256 or 4 roundings of room each)
 # and of either sign; a mean normalized error past this is a systematic bias (docs/case-format.md).
 BIAS_LIMIT = 0.5
+# ... and most elements use little of their bound: an output of at least SPREAD_MIN_ELEMENTS
+# whose normalized errors have a root mean square past SPREAD_LIMIT is not a few roundings (the
+# float32 two-pass reference uses at most 0.24 of any bound; no framework on the matrix exceeds
+# this limit).
+SPREAD_LIMIT, SPREAD_MIN_ELEMENTS = 0.5, 2
 
 
 @dataclass
@@ -310,6 +316,17 @@ def element_bound(case: Case, index: int, key: str, expected, stored: dict | Non
         return stored_bound
     derived = np.broadcast_to(derived, e.shape)
     return derived if stored_bound is None else np.minimum(derived, stored_bound)
+
+
+def reduction_spread(expected, got, bound) -> tuple[float, int]:
+    """(root mean square over finite elements of (got - expected) / bound, how many elements):
+    a right implementation's errors are a few roundings against a bound of K, so most elements
+    use little of theirs."""
+    e, g, b = (np.asarray(v, np.float64) for v in (expected, got, np.broadcast_to(bound, np.shape(expected))))
+    finite = np.isfinite(e) & np.isfinite(g) & (b > 0) & np.isfinite(b)
+    if not finite.any():
+        return 0.0, 0
+    return float(np.sqrt(np.mean(((g[finite] - e[finite]) / b[finite]) ** 2))), int(finite.sum())
 
 
 def reduction_bias(expected, got, bound) -> float:
