@@ -1,5 +1,5 @@
 """A wheel is enough: built from this tree, installed into a fresh environment that holds only
-bnconform's own requirements (numpy, ml_dtypes, jsonschema, pyyaml) and pytest, and run from an
+bnconform's own requirements (numpy, ml_dtypes, jsonschema, pyyaml), pytest and pytest-xdist, and run from an
 empty directory, it finds the shipped vectors, passes them on the NumPy oracle, and writes its
 reports into that directory, never into the installed package.
 
@@ -90,7 +90,7 @@ def fresh(tmp_path_factory) -> dict:
     assert done.returncode == 0, done.stderr
     site = Path(_run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], tmp).stdout.strip())
     requirements = [Requirement(r).name for r in importlib.metadata.requires("bnconform") if "extra" not in r]
-    _link_requirements(tmp / "requirements", [*requirements, "pytest"])
+    _link_requirements(tmp / "requirements", [*requirements, "pytest", "pytest-xdist"])
     (site / "requirements.pth").write_text(str(tmp / "requirements") + "\n")
     (tmp / "work").mkdir()
     return {"python": python, "bin": venv / "bin", "package": site / "bnconform", "work": tmp / "work",
@@ -125,8 +125,8 @@ def test_check_runs_the_shipped_cases_from_an_empty_directory(fresh):
 
 def test_pytest_runs_the_shipped_cases_and_reports_here(fresh):
     before = _files(fresh["package"])
-    done = _run([str(fresh["python"]), "-m", "pytest", "-p", "bnconform", "--bn-backend", "numpy.oracle", "-q",
-                 "-p", "no:cacheprovider"], fresh["work"])
+    done = _run([str(fresh["python"]), "-m", "pytest", "-n", "2", "-p", "bnconform", "--bn-backend", "numpy.oracle",
+                 "-q", "-p", "no:cacheprovider"], fresh["work"])  # xdist workers parse the command line again
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     passed = int(re.search(r"(\d+) passed", done.stdout).group(1))
     assert passed >= _shipped_case_count() >= 468

@@ -58,7 +58,7 @@ def pytest_configure(config):
     config.pluginmanager.register(_VerdictCollector(config), "bnconform-verdicts")
     if not hasattr(config, "workerinput"):
         _selection(config)  # a bad --bn-* option fails here, once, before any xdist worker starts
-        _collect_shipped_cases(config)
+    _collect_shipped_cases(config)  # xdist workers parse the command line again: they decide alike
     # Items of one host stay on one xdist worker, so each framework is imported once; the groups
     # are scheduled in the order pytest_collection_modifyitems gives (longest first), not by
     # xdist's item count, which would put thousands of instant skips before the long hosts.
