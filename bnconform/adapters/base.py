@@ -48,6 +48,11 @@ class Adapter:
     # How the API spells the EMA knob and which statistic it weighs: ("momentum", "new") means
     # momentum = 1 - decay (torch); ("momentum", "old") means momentum = decay (Keras); None: no EMA knob.
     decay_parameter: ClassVar[tuple[str, str] | None] = None
+    # False for an API that keeps no running statistics between calls (tf.nn.moments +
+    # batch_normalization): the judge then runs each step from the state the case expects before
+    # it (bnconform.judging.stepwise), update steps as plain training steps, and judges every
+    # output but the running statistics, which it records as not observed.
+    keeps_state: ClassVar[bool] = True
 
     def unavailable_reason(self) -> str | None:
         """None if the framework imports here, else why not and what to install."""

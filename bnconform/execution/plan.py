@@ -115,9 +115,10 @@ def presettle(cell: Cell, case=None) -> Verdict | None:
     if not device_present(cell.device):
         note = f"; {cls.device_note}" if cls.device_note else ""
         return Verdict(**base, status="unavailable", detail=f"device {cell.device!r} not present here (no NVIDIA GPU){note}")
-    from ..judging.capabilities import unsupported_reason
+    from ..judging.judge import declared_reason
 
-    reason = unsupported_reason(cls.capabilities, case or load_case(cell.case_path), cell.device, cls.name)
+    reason = declared_reason(cls.capabilities, getattr(cls, "keeps_state", True), case or load_case(cell.case_path),
+                             cell.device, cls.name)
     return Verdict(**base, status="unsupported", detail=reason) if reason else None
 
 

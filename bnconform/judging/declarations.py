@@ -108,6 +108,7 @@ class AdapterContract(Protocol):
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     deviations: ClassVar[tuple[Deviation, ...]]
+    keeps_state: ClassVar[bool]  # False: judged step by step from the expected state (judging.stepwise)
 
     def supports(self, case: Case, device: str) -> str | None: ...
 

@@ -1,7 +1,10 @@
 """Judging one cell (case x adapter x device) into exactly one :class:`~.verdict.Verdict`.
 
 Order: the adapter's declared capabilities (and its residual ``supports``) may make the cell
-*unsupported*; otherwise the adapter runs and its results are compared with the oracle's.
+*unsupported*; otherwise the adapter runs and its results are compared with the oracle's. An API
+that keeps no running state (``keeps_state = False``) runs each step from the state the case
+expects before it and is judged on everything but the running statistics, which the verdict
+lists as ``unobserved`` (bnconform.judging.stepwise).
 
 Every declared deviation whose selector matches the cell is verified, not just the first:
 
@@ -22,6 +25,7 @@ from ..reference import oracle
 from .capabilities import unsupported_reason
 from .compare import compare_case
 from .declarations import AdapterContract, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
+from .stepwise import observed_results, step_cases, step_reasons, unobserved_outputs, unsupported_step
 from .verdict import DEVIATION_KINDS, STATUSES, Verdict  # noqa: F401  (STATUSES re-exported)
 
 
@@ -113,21 +117,65 @@ def _plain(case: Case, results) -> tuple[str, str, list, list]:
     return "fail", detail, [m.to_json() for m in mismatches[:8]], compared
 
 
-def applicable_deviations(adapter: AdapterContract, case: Case, device: str) -> list[Deviation]:
-    """Every declared deviation whose selector matches this cell."""
-    return [d for d in adapter.deviations if d.applies(case, device)]
+def applicable_deviations(adapter: AdapterContract, case: Case, device: str, skipped=()) -> list[Deviation]:
+    """Every declared deviation whose selector matches this cell; for an API that keeps no state,
+    whose selector matches one of the one-step cases it runs (what it was given and observed;
+    ``skipped``: the steps it cannot run)."""
+    if keeps_state(adapter):
+        return [d for d in adapter.deviations if d.applies(case, device)]
+    found = []
+    for index, one in enumerate(step_cases(case)):
+        found += [d for d in adapter.deviations if index not in skipped and d.applies(one, device) and d not in found]
+    return found
+
+
+def keeps_state(adapter) -> bool:
+    """False for an API judged step by step from the expected state (bnconform.judging.stepwise)."""
+    return getattr(adapter, "keeps_state", True)
+
+
+def declared_reason(capabilities, stateful: bool, case: Case, device: str, api: str) -> str | None:
+    """Why the declaration cannot express ``case``: of the case itself, or for an API that keeps no
+    state, of the first step that its one-step case cannot express."""
+    if stateful:
+        return unsupported_reason(capabilities, case, device, api)
+    return unsupported_step(lambda one: unsupported_reason(capabilities, one, device, api), case)
+
+
+def _one_step_reason(adapter: AdapterContract, device: str):
+    return lambda one: unsupported_reason(adapter.capabilities, one, device, adapter.name) or adapter.supports(one, device)
 
 
 def cannot_express(adapter: AdapterContract, case: Case, device: str) -> str | None:
-    """The unsupported reason from the declared capabilities, then the adapter's own limits."""
-    return unsupported_reason(adapter.capabilities, case, device, adapter.name) or adapter.supports(case, device)
+    """The unsupported reason from the declared capabilities, then the adapter's own limits (for an
+    API that keeps no state: only when none of the steps can run)."""
+    if keeps_state(adapter):
+        return unsupported_reason(adapter.capabilities, case, device, adapter.name) or adapter.supports(case, device)
+    return unsupported_step(_one_step_reason(adapter, device), case)
 
 
-def _run(adapter: AdapterContract, case: Case, device: str):
-    """(results, exception, seconds); Unsupported propagates."""
+def _expressible(adapter: AdapterContract, case: Case, device: str) -> tuple[str | None, list[int]]:
+    """(the cell's unsupported reason or None, the steps left out): an API that keeps no state
+    leaves out the steps it cannot express and is unsupported only when that is all of them."""
+    if keeps_state(adapter):
+        return cannot_express(adapter, case, device), []
+    reasons = step_reasons(_one_step_reason(adapter, device), case)
+    if all(reasons):
+        return (reasons[0] if len(reasons) == 1 else f"step 0: {reasons[0]}"), []
+    return None, [i for i, reason in enumerate(reasons) if reason]
+
+
+def _run(adapter: AdapterContract, case: Case, device: str, skipped=()):
+    """(results, exception, seconds); Unsupported propagates. An API that keeps no state runs
+    each step it can express (all but ``skipped``) as its own case from the expected state (None
+    for the others), and reports no state outputs."""
     start, results, exc = time.perf_counter(), None, None
     try:
-        results = adapter.run(case, device)
+        if keeps_state(adapter):
+            results = adapter.run(case, device)
+        else:
+            results = observed_results([None if i in skipped else adapter.run(one, device)[0]
+                                        for i, one in enumerate(step_cases(case))])
     except Unsupported:
         raise
     except Exception as caught:  # the framework's own exception is data, not a crash
@@ -139,12 +187,12 @@ def _run(adapter: AdapterContract, case: Case, device: str):
 def judge(adapter: AdapterContract, case: Case, device: str) -> Verdict:
     """Run one cell and classify it. Never raises for framework behaviour."""
     base = dict(case=case.id, family=case.family, adapter=adapter.name, device=device)
-    reason = cannot_express(adapter, case, device)
+    reason, skipped = _expressible(adapter, case, device)
     if reason:
         return Verdict(**base, status="unsupported", detail=reason)
-    applicable = applicable_deviations(adapter, case, device)
+    applicable = applicable_deviations(adapter, case, device, skipped)
     try:
-        results, exc, seconds = _run(adapter, case, device)
+        results, exc, seconds = _run(adapter, case, device, skipped)
     except Unsupported as unsupported:
         return Verdict(**base, status="unsupported", detail=str(unsupported))
     mismatches, compared, observed = [], [], []
@@ -161,5 +209,9 @@ def judge(adapter: AdapterContract, case: Case, device: str) -> Verdict:
     except ValueError as bad_results:  # wrong number of steps, missing y: the adapter's bug
         status, detail = "error", f"adapter returned bad results: {bad_results}"
     kinds = sorted({d.kind for d in observed}, key=DEVIATION_KINDS.index)
+    unobserved = [] if keeps_state(adapter) else unobserved_outputs(case, skipped)
+    if unobserved and status in ("pass", "deviation", "fail"):
+        note = f"not observed: {', '.join(unobserved)} (an API without running state; each step ran from the expected state)"
+        detail = f"{detail} | {note}" if detail else note
     return Verdict(**base, status=status, detail=detail, deviations=[d.name for d in observed], kinds=kinds,
-                   mismatches=mismatches, compared=compared, seconds=seconds)
+                   mismatches=mismatches, compared=compared, seconds=seconds, unobserved=unobserved)

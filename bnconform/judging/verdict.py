@@ -22,7 +22,9 @@ def cell_id(case: str, adapter: str, device: str) -> str:
 @dataclass
 class Verdict:
     """One judged cell. ``deviations`` names every declared deviation observed in the cell and
-    ``kinds`` their kinds (sorted by DEVIATION_KINDS); both are empty unless status is deviation."""
+    ``kinds`` their kinds (sorted by DEVIATION_KINDS); both are empty unless status is deviation.
+    ``unobserved``: outputs the case expects that the API cannot report (a stateless API's running
+    statistics: bnconform.judging.stepwise); the cell was judged on the rest."""
 
     case: str
     family: str
@@ -36,6 +38,7 @@ class Verdict:
     compared: list[str] = field(default_factory=list)
     seconds: float = 0.0
     version: str = ""
+    unobserved: list[str] = field(default_factory=list)
 
     @property
     def cell_id(self) -> str:

@@ -45,7 +45,8 @@ MISMATCH = {"step": INT, "output": TEXT, "index": _ListOf(INT), "expected": NUMB
             "max_abs_error": NUMBER_OR_TEXT, "max_rel_error": NUMBER_OR_TEXT, "ulps": NUMBER_OR_TEXT, "reason": TEXT}
 VERDICT = {"case": TEXT, "family": TEXT, "adapter": TEXT, "device": TEXT, "status": frozenset(STATUSES),
            "detail": TEXT, "deviations": TEXTS, "kinds": _ListOf(frozenset(DEVIATION_KINDS)),
-           "mismatches": _ListOf(MISMATCH), "compared": TEXTS, "seconds": NUMBER, "version": TEXT}
+           "mismatches": _ListOf(MISMATCH), "compared": TEXTS, "seconds": NUMBER, "version": TEXT,
+           "unobserved": TEXTS}
 DEVIATION = {"name": TEXT, "kind": frozenset(DEVIATION_KINDS), "applies_to": TEXT, "behaviour": TEXT,
              "explanation": TEXT, "link": TEXT, "effect": {"raises": TEXT, "outputs": TEXTS, "variant": TEXT}}
 ADAPTER = {"framework": TEXT, "extra": TEXT, "notes": TEXT, "device_kinds": TEXTS, "doc": TEXT,

@@ -50,29 +50,24 @@ import functools
 import numpy as np
 
 from ...judging.capabilities import Capabilities
-from ...judging.selectors import (changes_results, half_params_rounded_mean_shows, input_dtype_in, mean_far_from_spread,
-                                  param_dtype_in, squares_overflow, training_step, updates_on_empty_batch,
+from ...judging.selectors import (changes_results, input_dtype_in, param_dtype_in, updates_on_empty_batch,
                                   updates_running_stats, where)
 from ...reference.moments import reduction_axes
 from ..base import Adapter, Deviation, MatchesVariant, Mismatches, variant
 from ..findings import empty_batch_nan_running_stats
-from .common import (BATCH_NORMALIZATION_RETURN_LINE, EPS_INSIDE, GRADIENT_NAMES, TF_ENVIRONMENT, channel_shape,
-                     empty_batch_dgamma_nan, graph_gradients, half_parameter_gradients, infinite_mean_nan,
-                     signature_default, tf, tf_device_scope, tf_devices, to_numpy, to_tf_dtype)
+from .common import (EPS_INSIDE, GRADIENT_NAMES, TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, graph_gradients,
+                     half_parameter_gradients, infinite_mean_nan, signature_default, tf, tf_device_scope, tf_devices,
+                     to_numpy, to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
+from .moments_findings import NN_SOURCE, bfloat16_moments_shift_y, half_parameters_half_arithmetic, moments_overflow
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
-NN_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
 
 EMA_CAPABILITIES = Capabilities(
     epsilon_modes=EPS_INSIDE, running_variance=frozenset({"biased"}), running_rules=frozenset({"ema"}),
     step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}),
     gradients=frozenset({"batch", "running"}))
 
-# tf.nn.moments squares float16 input in float32 but returns float16 (variances overflow at 65504);
-# float32 and bfloat16 input it squares in its own dtype (both overflow near 3.4e38).
-MOMENTS_OVERFLOW = ((input_dtype_in("float16") & squares_overflow("float16"))
-                    | (input_dtype_in("float32", "bfloat16") & squares_overflow("float32")))
 
 
 def _float32_decay(decay: float) -> float:
@@ -106,16 +101,7 @@ class TfEmaAdapter(Adapter):
     decay_parameter = ("decay", "old")
     capabilities = EMA_CAPABILITIES
     deviations = (
-        Deviation(
-            name="tf-ema-variance-overflow",
-            kind="precision",
-            applies=MOMENTS_OVERFLOW,
-            behaviour=Mismatches(("y", "batch_var", "running_mean", "running_var", "dx", "dgamma"),
-                                 "the batch variance overflows to Inf, so y collapses to beta and dx = dgamma = 0"),
-            explanation="tf.nn.moments squares deviations in the input dtype, float32 range for float32 and "
-                        "bfloat16 (float16 inputs: computed in float32, then cast back to float16, max 65504), so "
-                        "the variance is Inf where float64 is finite",
-            link=NN_SOURCE),
+        moments_overflow("tf-ema-variance-overflow", ("y", "batch_var", "running_mean", "running_var", "dx", "dgamma")),
         empty_batch_nan_running_stats(
             "tf-ema-empty-batch-nan",
             "tf.nn.moments of an empty batch is reduce_mean over 0 elements = NaN, and "
@@ -140,33 +126,9 @@ class TfEmaAdapter(Adapter):
                         "ExponentialMovingAverage keeps its shadows (and does its arithmetic) in the dtype of "
                         "the tensors it averages, while the case expects float32 running statistics",
             link=EMA_SOURCE),
-        Deviation(
-            name="tf-ema-bfloat16-moments-shift-y",
-            kind="dtype",
-            applies=input_dtype_in("bfloat16") & param_dtype_in("float32") & training_step(1024) & mean_far_from_spread(2),
-            behaviour=Mismatches(("y",), "y normalized with a batch mean computed in bfloat16"),
-            explanation="tf.nn.moments computes bfloat16 moments in bfloat16 (float16 is computed in float32 and "
-                        "cast back), so the mean of offset data carries bfloat16 rounding (ulp 0.0156 at 3): in "
-                        "formulas/bfloat16_nhwc_n1024_offset_train_biased y is off by 0.0148 at elements near 0 "
-                        "(-0.0469 for -0.0616), where a float32 reduction rounded once stays within its element's "
-                        "bound; the whole-output tolerance let it pass",
-            link=EMA_SOURCE),
+        bfloat16_moments_shift_y("tf-ema-bfloat16-moments-shift-y", EMA_SOURCE),
         half_parameter_gradients("tf.nn+ema"),
-        Deviation(
-            name="tf-ema-half-parameters-half-arithmetic",
-            kind="dtype",
-            applies=half_params_rounded_mean_shows,
-            behaviour=Mismatches(("y", "batch_var"), "y and the batch variance computed from half moments in half "
-                                                   "arithmetic"),
-            explanation="with gamma / beta in the input's half dtype nothing is float32: tf.nn.moments returns "
-                        "half moments (float16: computed in float32 and cast back; bfloat16: computed in bfloat16) "
-                        "and tf.nn.batch_normalization returns x * inv + (offset - mean * inv), inv = "
-                        "rsqrt(var + eps) * scale, every product and sum rounded to the half dtype (x * inv ~ 140 "
-                        "here, float16 ulp 0.125); measured eagerly: y off by 0.052 (float16) / 0.46 (bfloat16) "
-                        "where float32 arithmetic rounded once is within 0.0008 / 0.0074 (found by bnconform fuzz); the "
-                        "bfloat16 batch variance is 16 bfloat16 ulps off (0.0547 for 0.0508 in "
-                        "formulas/bfloat16_params_offset_train), beyond 4 roundings of its own channel's variance",
-            link=BATCH_NORMALIZATION_RETURN_LINE),
+        half_parameters_half_arithmetic("tf-ema-half-parameters-half-arithmetic"),
         infinite_mean_nan("tf-ema-infinite-mean-nan",
                           "ExponentialMovingAverage.apply() updates each shadow with assign_moving_average"),
         empty_batch_dgamma_nan("tf-ema-empty-batch-dgamma-nan", "tf.nn+ema"),

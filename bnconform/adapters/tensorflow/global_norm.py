@@ -41,6 +41,7 @@ class TfGlobalNormalizationAdapter(Adapter):
     environment = TF_ENVIRONMENT
 
     name = "tf.global_normalization"
+    keeps_state = False  # a function per call: the caller keeps the running statistics
     framework = "tensorflow"
     extra = "tensorflow"
     requires = ("tensorflow",)

@@ -255,6 +255,7 @@ class TfKerasBackendAdapter(Adapter):
     environment = TF_ENVIRONMENT
 
     name = "tf_keras.backend"
+    keeps_state = False  # a function per call: the caller keeps the running statistics
     framework = "tf_keras"
     extra = "tensorflow"
     requires = ("tensorflow", "tf_keras")
