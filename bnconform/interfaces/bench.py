@@ -6,12 +6,17 @@ shapes and knobs, and a declaration that names a case still selects its copy).
 
 ``--matrix`` also measures, in one run, what bounds the whole matrix under ``pytest -n auto``:
 
-* the import floor: each backend's cold import (a fresh host process serving only it, timed
-  from start to its first answer, one backend at a time) summed, divided by the worker count --
-  the wall time a perfect schedule would need if every backend paid its own import;
+* the import floor: each host environment's cold import, summed, divided by the worker count --
+  the wall time a perfect schedule could not beat. Backends share host processes by host key
+  (bnconform.execution.plan.host_key: TensorFlow, tf_keras and Keras on TensorFlow in one, the JAX
+  family in another, ...), so each environment is imported once: one fresh host process serving
+  the environment's selected backends, timed from its start to its answer about the last of them
+  (python, bnconform, the frameworks, each adapter instantiated and asked for its info -- what a
+  host pays before its first cell), one environment at a time;
 * the matrix wall time of ``pytest -n auto cases``, and of the whole ``pytest -n auto`` (unit
   tests plus the matrix, what CI runs), each with its ratio to that floor;
-* the five backends with the largest import + cell time, and every adapter's ``speed_note``.
+* the five host environments with the largest import + cell time (an xdist worker runs each
+  environment's cells, so that sum is one worker's share), and every adapter's ``speed_note``.
 
 Figures, not assertions: these machines are noisy.
 """
@@ -29,7 +34,7 @@ from pathlib import Path
 
 from ..execution.adapter_classes import adapter_class, registered
 from ..execution.controller import HostProcess
-from ..execution.plan import missing_requirement, plan
+from ..execution.plan import host_key, missing_requirement, plan
 from ..execution.scheduler import Progress, run_cells
 from .usage import case_root, matrix_cases, selected_backends
 
@@ -94,15 +99,53 @@ def _median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def cold_import_seconds(name: str) -> float:
-    """Wall seconds from starting a host process that serves only ``name`` to its first answer."""
-    host = HostProcess([name])
+def cold_import_seconds(names) -> float:
+    """Wall seconds from starting one host process serving ``names`` (the backends of one host
+    key) to its answer about the last of them: each adapter loaded and asked for its info, as a
+    host does before its first cell."""
+    host = HostProcess(list(names))
     start = time.perf_counter()
     try:
-        host.info(name)
+        for name in names:
+            host.info(name)
         return time.perf_counter() - start
     finally:
         host.close()
+
+
+def host_groups(names) -> dict[str, list[str]]:
+    """The runnable backends among ``names`` (their class loads, nothing they require is missing)
+    grouped by host key, keys and backends in order of first appearance: one entry per host
+    process a matrix run starts."""
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        if adapter_class(name) is not None and not missing_requirement(name):
+            groups.setdefault(host_key(name), []).append(name)
+    return groups
+
+
+def environment_imports(groups: dict[str, list[str]]) -> dict[str, float]:
+    """Host key -> cold import seconds (:func:`cold_import_seconds` of the key's backends): one
+    measurement per host environment of ``groups`` (:func:`host_groups`), one at a time; progress on stderr."""
+    imports = {}
+    for key, names in groups.items():
+        imports[key] = cold_import_seconds(names)
+        print(f"  cold import {key} ({len(names)} backends): {imports[key]:.1f} s", file=sys.stderr)
+    return imports
+
+
+def floor_lines(imports: dict[str, float], groups: dict[str, list[str]], workers: int) -> tuple[float, list[str]]:
+    """(the import floor: the environments' cold imports summed / ``workers``, the lines saying so:
+    the sum, then each environment's import, largest first, with the backends it serves)."""
+    floor = sum(imports.values()) / workers
+    backends = sum(len(groups[key]) for key in imports)
+    lines = [(f"import floor: {sum(imports.values()):.1f} s of cold imports over {len(imports)} host environments "
+              f"({backends} backends) / {workers} workers = {floor:.1f} s")]
+    for key, seconds in sorted(imports.items(), key=lambda kv: -kv[1]):
+        names = groups[key]
+        shown = ", ".join(names[:3]) + (f", +{len(names) - 3} more" if len(names) > 3 else "")
+        lines.append(f"  {seconds:6.1f} s  {key}  ({shown})")
+    return floor, lines
 
 
 def _matrix_wall(names, all_selected: bool, paths=("cases",)) -> tuple[float, list, str]:
@@ -125,33 +168,39 @@ def _matrix_wall(names, all_selected: bool, paths=("cases",)) -> tuple[float, li
     return wall, verdicts, tail
 
 
-def matrix_report(names, workers: int) -> list[str]:
-    """The floor, the wall time, their ratio, the slowest backends and the adapters' speed notes."""
-    runnable = [n for n in names if adapter_class(n) is not None and not missing_requirement(n)]
-    imports = {}
-    for name in runnable:
-        imports[name] = cold_import_seconds(name)
-        print(f"  cold import {name:28} {imports[name]:6.1f} s", file=sys.stderr)
-    floor = sum(imports.values()) / workers
-    wall, verdicts, tail = _matrix_wall(names, list(names) == list(registered()))
-    cells = {}
+def top_environments(imports: dict[str, float], groups: dict[str, list[str]], verdicts, count: int = 5) -> list[str]:
+    """The ``count`` host environments with the largest import + cell seconds (the cells of the
+    backends it serves, from ``verdicts``), largest first, one line each naming its costliest backend."""
+    cells: dict[str, float] = {}
     for v in verdicts:
         cells[v.adapter] = cells.get(v.adapter, 0.0) + v.seconds
-    suite_wall, _, suite_tail = _matrix_wall(names, list(names) == list(registered()), paths=())
-    ratio = (lambda seconds: f"{seconds / floor:.2f}" if floor else "nan")
-    lines = [f"import floor: {sum(imports.values()):.1f} s of cold imports over {len(imports)} backends / "
-             f"{workers} workers = {floor:.1f} s",
-             f"matrix wall time (pytest -n auto cases): {wall:.1f} s  ({tail})",
-             f"ratio matrix wall / floor: {ratio(wall)}",
-             f"whole suite wall time (pytest -n auto: unit tests + matrix): {suite_wall:.1f} s  ({suite_tail})",
-             f"ratio suite wall / floor: {ratio(suite_wall)}",
-             "top 5 backends by import + cell seconds:"]
-    totals = {n: imports.get(n, 0.0) + cells.get(adapter_class(n).name if adapter_class(n) else n, 0.0) for n in names}
-    for name, total in sorted(totals.items(), key=lambda kv: -kv[1])[:5]:
-        lines.append(f"  {name:28} {total:7.1f} s  (import {imports.get(name, 0.0):.1f} s)")
-    notes = [(n, getattr(adapter_class(n), "speed_note", "")) for n in names if adapter_class(n) is not None]
-    lines += [f"speed note {n}: {note}" for n, note in notes if note]
+    spent = {n: cells.get(adapter_class(n).name or n, 0.0) for key in imports for n in groups[key]}
+    total = {key: imports[key] + sum(spent[n] for n in groups[key]) for key in imports}
+    lines = [f"top {count} host environments by import + cell seconds:"]
+    for key in sorted(total, key=lambda k: -total[k])[:count]:
+        costliest = max(groups[key], key=spent.get)
+        lines.append(f"  {total[key]:7.1f} s  {key}  (import {imports[key]:.1f} s, cells {total[key] - imports[key]:.1f} s "
+                     f"over {len(groups[key])} backends; most: {costliest} {spent[costliest]:.1f} s)")
     return lines
+
+
+def matrix_report(names, workers: int) -> list[str]:
+    """The floor with each environment's import, the two wall times and their ratios to the floor,
+    the five costliest environments and the adapters' speed notes."""
+    groups = host_groups(names)
+    imports = environment_imports(groups)
+    floor, lines = floor_lines(imports, groups, workers)
+    everything = list(names) == list(registered())
+    wall, verdicts, tail = _matrix_wall(names, everything)
+    suite_wall, _, suite_tail = _matrix_wall(names, everything, paths=())
+    ratio = (lambda seconds: f"{seconds / floor:.2f}" if floor else "nan")
+    lines += [f"matrix wall time (pytest -n auto cases): {wall:.1f} s  ({tail})",
+              f"ratio matrix wall / floor: {ratio(wall)}",
+              f"whole suite wall time (pytest -n auto: unit tests + matrix): {suite_wall:.1f} s  ({suite_tail})",
+              f"ratio suite wall / floor: {ratio(suite_wall)}"]
+    lines += top_environments(imports, groups, verdicts)
+    notes = [(n, getattr(adapter_class(n), "speed_note", "")) for n in names if adapter_class(n) is not None]
+    return lines + [f"speed note {n}: {note}" for n, note in notes if note]
 
 
 def bench(args) -> int:
