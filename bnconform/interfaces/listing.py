@@ -11,13 +11,15 @@ says why one is unavailable.
 from __future__ import annotations
 
 import importlib.metadata
+from pathlib import Path
 
 from ..adapters.base import install_advice
 from ..adapters.exec_backend import ExecAdapter
 from ..adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
 from ..execution.selection import missing_module, nvidia_present, present_device_kinds
 
-HEADER = f"{'backend':26} {'framework':12} {'version':14} {'devices here':18} {'source':30} status"
+HEADER = f"{'backend':26} {'framework':12} {'version':14} {'devices here':18} {'judged':8} {'source':30} status"
+LAST_RESULTS = Path("reports") / "results.json"
 
 
 def _plugin_sources() -> dict[str, str]:
@@ -33,12 +35,25 @@ def _version(distribution: str) -> str:
         return "not installed"
 
 
-def metadata_row(name: str, source: str) -> str:
-    """One line: backend, framework, version, devices present, source, and installed or what to install."""
+def last_coverage(path: Path = LAST_RESULTS) -> dict[str, str]:
+    """backend -> "judged/behaviours" from the last results.json here (bnconform.reporting.coverage);
+    {} when there is none or it cannot be read (the column then shows "-")."""
+    from ..reporting.results import ResultsError, read
+
+    try:
+        adapters = read(path)["adapters"] if path.is_file() else {}
+    except ResultsError:
+        return {}
+    return {name: f"{c['judged']}/{c['behaviours']}" for name, meta in adapters.items() if (c := meta.get("coverage"))}
+
+
+def metadata_row(name: str, source: str, judged: str = "-") -> str:
+    """One line: backend, framework, version, devices present, behaviours judged in the last
+    results, source, and installed or what to install."""
     try:
         cls = resolve(name)
     except RegistryError as exc:  # a module broken mid-edit: its cells will be errors saying so
-        return f"{name:26} {'?':12} {'?':14} {'-':18} {source:30} adapter does not load: {exc}"
+        return f"{name:26} {'?':12} {'?':14} {'-':18} {judged:8} {source:30} adapter does not load: {exc}"
     missing = missing_module(cls.requires)
     status = (f"not installed: no module {missing}" + install_advice(cls) if missing
               else "installed (bnconform list --probe imports it)")
@@ -47,14 +62,17 @@ def metadata_row(name: str, source: str) -> str:
         reason, version = cls.missing(), cls.listed_version()
         status = f"not installed: {reason}" if reason else "installed (bnconform list --probe starts it)"
     devices = ",".join(present_device_kinds(cls.device_kinds)) or "-"
-    return f"{name:26} {cls.framework:12} {version:14} {devices:18} {source:30} {status}"
+    return f"{name:26} {cls.framework:12} {version:14} {devices:18} {judged:8} {source:30} {status}"
 
 
 def list_metadata() -> int:
-    plugins = _plugin_sources()
+    plugins, judged = _plugin_sources(), last_coverage()
     print(HEADER)
     for name in known():
-        print(metadata_row(name, "built-in" if name in BUILTIN else plugins.get(name, "entry point")))
+        print(metadata_row(name, "built-in" if name in BUILTIN else plugins.get(name, "entry point"),
+                           judged.get(name, "-")))
+    if judged:
+        print(f"judged: behaviours judged / behaviours in the suite, from {LAST_RESULTS} (docs/report.md)")
     gpu = "an NVIDIA driver is present" if nvidia_present() else "no NVIDIA driver, so cuda kinds are not listed"
     print(f"devices: {gpu}")
     return 0

@@ -51,7 +51,8 @@ DEVIATION = {"name": TEXT, "kind": frozenset(DEVIATION_KINDS), "applies_to": TEX
              "explanation": TEXT, "link": TEXT, "effect": {"raises": TEXT, "outputs": TEXTS, "variant": TEXT}}
 ADAPTER = {"framework": TEXT, "extra": TEXT, "notes": TEXT, "device_kinds": TEXTS, "doc": TEXT,
            "capabilities": _MapOf(TEXT), "decay_parameter": _Optional(TEXTS), "deviations": _ListOf(DEVIATION),
-           "version": TEXT, "devices": TEXTS, "defaults": _MapOf(_Optional(NUMBER)), "unavailable": _Optional(TEXT)}
+           "version": TEXT, "devices": TEXTS, "defaults": _MapOf(_Optional(NUMBER)), "unavailable": _Optional(TEXT),
+           "coverage": {"judged": INT, "behaviours": INT, "never_observed": TEXTS}}
 CASE_META = {"input_dtype": TEXT, "param_dtype": TEXT, "rank": INT, "epsilon": NUMBER, "epsilon_mode": TEXT,
              "rule": TEXT, "decay": _Optional(NUMBER), "variance": TEXT, "zero_debias": BOOL, "schedule": BOOL,
              "extensions": TEXTS, "training_n": _ListOf(INT), "update_n": _ListOf(INT), "step_kinds": TEXTS,

@@ -22,6 +22,7 @@ from .. import __version__
 from ..caseformat.bounded_input import size_problem
 from ..execution.plan import adapter_metadata
 from ..judging.verdict import Verdict
+from .coverage import coverage
 from .document_check import MAX_RESULTS_BYTES, check_document
 
 RESULTS_FORMAT = 2  # 2: verdicts carry deviations/kinds; adapters carry capabilities, defaults; case_meta
@@ -172,12 +173,15 @@ def build(verdicts: list[Verdict], infos: dict[str, dict], selection: dict, case
         adapters[name] = {**meta, "version": version, "devices": info.get("devices", ran_on),
                           "defaults": info.get("defaults", {}),
                           "unavailable": info.get("unavailable") or _unavailable(verdicts, name, ran_on)}
+    ordered = [v.to_json() for v in sorted(verdicts, key=lambda v: (v.adapter, v.device, v.case))]
+    for name, figures in coverage({"verdicts": ordered}).items():
+        adapters.setdefault(name, {})["coverage"] = figures
     return {"format": RESULTS_FORMAT, "runs": [{**environment(), "selection": selection}],
             "adapters": adapters, "cases": describe_cases(verdicts, Path(case_root)),
             "case_meta": case_meta(verdicts) if case_meta else describe_case_meta(verdicts, Path(case_root)),
             # one order however the cells were run (pytest reports them as they finish), so the
             # document, and every page's choice among equals, is the same whichever way it was run
-            "verdicts": [v.to_json() for v in sorted(verdicts, key=lambda v: (v.adapter, v.device, v.case))]}
+            "verdicts": ordered}
 
 
 def _unavailable(verdicts, name: str, ran_on) -> str | None:
@@ -240,8 +244,11 @@ def merge(documents: list[dict]) -> dict:
             key = (verdict["case"], verdict["adapter"], verdict["device"])
             if key not in cells or verdict["status"] != "unavailable":
                 cells[key] = verdict
-    return {"format": RESULTS_FORMAT, "runs": runs, "adapters": adapters, "cases": cases,
-            "case_meta": case_meta, "verdicts": list(cells.values())}
+    merged = {"format": RESULTS_FORMAT, "runs": runs, "adapters": adapters, "cases": cases,
+              "case_meta": case_meta, "verdicts": list(cells.values())}
+    for name, figures in coverage(merged).items():  # over the merged cells, not either run's
+        adapters.setdefault(name, {})["coverage"] = figures
+    return merged
 
 
 def verdicts_of(document: dict) -> list[Verdict]:

@@ -3,18 +3,20 @@
 Each cell is one outlined ``<rect class="cell">`` holding a stacked bar: one segment per verdict
 category (pass, each deviation kind, unsupported, fail, error, unavailable) whose width is that
 category's share of the cell's verdicts, so the dominant outcome is the widest colour. Hovering a
-cell shows its counts (``<title>``). GitHub renders the file when the markdown embeds it.
+cell shows its counts (``<title>``). GitHub renders the file when the markdown embeds it. Each row's label ends with the backend's
+behaviours judged / behaviours in the suite (bnconform.reporting.coverage).
 """
 
 from __future__ import annotations
 
 from xml.sax.saxutils import escape
 
+from ..coverage import coverage
 from .common import CATEGORIES, counts, families, matrix_rows
 
 COLOURS = {"pass": "#4caf50", "defect": "#d62728", "precision": "#ff7f0e", "dtype": "#9467bd", "edge": "#f2c500",
            "unsupported": "#c8c8c8", "fail": "#111111", "error": "#8c564b", "unavailable": "#f4f4f4"}
-CELL_W, CELL_H, GAP, LABEL_W, HEADER_H, FONT = 92, 18, 3, 250, 26, 12
+CELL_W, CELL_H, GAP, LABEL_W, HEADER_H, FONT = 92, 18, 3, 310, 26, 12
 
 
 def render_heatmap(document: dict) -> str:
@@ -29,9 +31,12 @@ def render_heatmap(document: dict) -> str:
     for j, family in enumerate(cols):
         x = LABEL_W + j * (CELL_W + GAP) + CELL_W / 2
         parts.append(f'<text x="{x:g}" y="{HEADER_H - 8}" text-anchor="middle" font-weight="bold">{escape(family)}</text>')
+    judged = coverage(document)
     for i, (label, verdicts) in enumerate(rows.items()):
         y = HEADER_H + i * (CELL_H + GAP)
-        parts.append(f'<text x="{LABEL_W - 8}" y="{y + CELL_H - 5}" text-anchor="end">{escape(label)}</text>')
+        figure = judged.get(verdicts[0]["adapter"]) if verdicts else None
+        shown = f"{label} · {figure['judged']}/{figure['behaviours']}" if figure else label
+        parts.append(f'<text x="{LABEL_W - 8}" y="{y + CELL_H - 5}" text-anchor="end">{escape(shown)}</text>')
         for j, family in enumerate(cols):
             cell = [v for v in verdicts if v["family"] == family]
             parts += _cell(LABEL_W + j * (CELL_W + GAP), y, label, family, cell)

@@ -12,17 +12,9 @@ from __future__ import annotations
 
 import collections
 
+from ..coverage import coverage_line
 from ..profile import ROWS, build_profile
-from .common import (
-    CATEGORIES,
-    LEGEND,
-    SYMBOL,
-    count_text,
-    families,
-    matrix_rows,
-    not_runnable,
-    why_and_fix,
-)
+from .common import CATEGORIES, LEGEND, SYMBOL, count_text, families, matrix_rows, not_runnable, why_and_fix
 from .findings import findings, summary_line, unexpected, unexpected_line
 from .porting import render_porting
 
@@ -61,7 +53,7 @@ def _header(document: dict, absent: dict[str, str]) -> list[str]:
                                                 for (fw, ver), names in sorted(versions.items())))
     lines.append(f"- {len({v['case'] for v in verdicts})} cases × {len(document['adapters'])} backends = "
                  f"{len(verdicts)} cells")
-    return lines + _absent(absent) + [""]
+    return lines + [coverage_line(document)] + _absent(absent) + [""]
 
 
 def _absent(absent: dict[str, str]) -> list[str]:
