@@ -84,7 +84,33 @@ class YOnly(Adapter):
         return [{"y": r["y"]} for r in self.mutant.run(case, device)]
 
 
+class StatelessYOnly(Adapter):
+    """A mutant behind a tf.nn-style API: no running state (judged step by step from the state the
+    case expects, bnconform.judging.stepwise), no update steps, y alone (no gradients)."""
+
+    framework = "numpy"
+    keeps_state = False
+    capabilities = replace(OracleAdapter.capabilities, gradients=frozenset(),
+                           step_kinds=frozenset({("batch", False), ("running", False)}))
+
+    def __init__(self, mutant: Mutant):
+        self.mutant, self.name = mutant, f"{mutant.name}[stateless y]"
+
+    def run(self, case, device):
+        return [{"y": r["y"]} for r in self.mutant.run(case, device)]
+
+
 CATALOGUE: list[type[Mutant]] = []
+# Defects of keeping running state (updating, counting, debiasing, storing it): an API without
+# running state, handed the expected state at every step, cannot have them, so they have no
+# stateless variant. Every other mutant with ``in_y`` is a defect of the forward computation.
+STATE_DEFECTS = frozenset(f"mutant.{name}" for name in (
+    "updates_in_eval", "never_updates", "updates_without_request", "update_before_normalize", "momentum_flipped",
+    "decay_default_0.99", "variance_kind_swapped", "bessel_from_batch_size", "bessel_unguarded_at_n1",
+    "zero_debias_ignored", "zero_debias_always", "schedule_ignored", "schedule_always", "schedule_resume_ignored",
+    "cumulative_as_ema", "resume_count_ignored", "counter_not_advanced", "empty_batch_counts",
+    "empty_batch_poisons_state", "running_stats_in_half", "renorm_decay_from_momentum", "renorm_variance_ema",
+    "renorm_post_update_corrections", "ghost_bessel_whole_batch", "ghost_update_whole_batch", "replicas_local_bessel"))
 
 
 def mutant(name: str, what: str, families=(), in_y: bool = True, **methods):

@@ -11,7 +11,7 @@ import pytest
 
 import mutants
 from bnconform.judging.judge import judge
-from mutants import CATALOGUE, MARGIN, Mutant, YOnly, shipped_cases
+from mutants import CATALOGUE, MARGIN, STATE_DEFECTS, Mutant, StatelessYOnly, YOnly, shipped_cases
 
 
 def _ordered(cases, families):
@@ -72,3 +72,31 @@ def test_a_ghost_backward_over_the_whole_batch_fails_through_dx():
     failed_dx = [c.id for c in ghost_gradient_cases
                  if any(m["output"] == "dx" for m in judge(wrong, c, "cpu").mismatches)]
     assert len(ghost_gradient_cases) >= 3 and set(failed_dx) == {c.id for c in ghost_gradient_cases}, failed_dx
+
+
+STATELESS_MARGIN = 10
+
+
+def stateless_catches(mutant: Mutant) -> list[str]:
+    """The cases that fail the mutant behind a stateless, y-only API, stopping at STATELESS_MARGIN."""
+    caught, seen = [], StatelessYOnly(mutant)
+    for case in _ordered(shipped_cases(), mutant.families):
+        if len(caught) >= STATELESS_MARGIN:
+            break
+        caught += [case.id] if judge(seen, case, "cpu").status == "fail" else []
+    return caught
+
+
+FORWARD_DEFECTS = [cls for cls in CATALOGUE if cls.in_y and cls.name not in STATE_DEFECTS]
+
+
+@pytest.mark.parametrize("wrong", FORWARD_DEFECTS, ids=lambda cls: cls.name.removeprefix("mutant."))
+def test_stateless_y_only_variant_is_caught(wrong):
+    """Judged step by step from the expected state, through y alone, as tf.nn would be."""
+    caught = stateless_catches(wrong())
+    assert len(caught) >= STATELESS_MARGIN, (f"{wrong.name} ({wrong.what}) behind a stateless y-only API: Expected: "
+                                             f"caught by >= {STATELESS_MARGIN} cases. Received: {len(caught)} ({caught})")
+
+
+def test_every_state_defect_is_in_the_catalogue():
+    assert STATE_DEFECTS <= {cls.name for cls in CATALOGUE}
