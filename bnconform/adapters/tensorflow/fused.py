@@ -4,6 +4,9 @@ Translation table (canonical knob -> framework argument):
 
 ==========================  =====================================================================
 channel_axis 1 / last       ``data_format="NCHW"/"NHWC"`` (rank 4), ``"NCDHW"/"NDHWC"`` (rank 5)
+rank 2 ``[N, C]``           ``tf.reshape`` to ``[N, 1, 1, C]``, ``"NHWC"``; y reshaped back (tf-slim)
+rank 3 ``[N, L, C]``        ``tf.reshape`` to ``[N, L, 1, C]``, ``"NHWC"``; y reshaped back
+rank 3 ``[N, C, L]``        ``tf.reshape`` to ``[N, C, L, 1]``, ``"NCHW"``; y reshaped back
 epsilon (+ epsilon_floor)   ``epsilon=config.effective_epsilon`` (added inside rsqrt)
 scale / center              ``scale=gamma`` / ``offset=beta``; the op requires both tensors, so a
                             switched-off one is passed as ones / zeros (what Keras does)
@@ -20,7 +23,21 @@ dtypes                      x float16/bfloat16/float32; scale/offset/mean/varian
 The variance the op returns in training is Bessel-corrected (N/(N-1)), so it is never reported
 as the (biased) ``batch_var``; the running variance it keeps is therefore the Bessel kind.
 
-Capabilities: ranks 4 and 5 with the channel axis at 1 or last; half/float32 inputs with float32
+Ranks 2 and 3: the op takes only 4-D and 5-D x, and its users reach lower ranks by a reshape,
+as tf-slim's ``batch_norm(fused=True)`` does in ``_fused_batch_norm`` (v1.1.0, SLIM_RESHAPE
+below): a rank-2 ``[N, C]`` becomes ``[-1, 1, 1, C]`` for NHWC (``[-1, C, 1, 1]`` for NCHW) before
+the op and the output is reshaped to the input's shape after it (SLIM_RESHAPE_BACK); tf-slim routes
+every rank-2 input there unless weights, renorm or ``fused=False`` rule it out (SLIM_ROUTING:
+``rank in [2, 4]``, ``rank == 2``; ``fused=None`` means True). Rank 3 gets the same
+reshape with its length as H: unit axes appended to the spatial axes, the channel axis kept where
+it is, so ``data_format`` still names it (neither higher layer fuses rank 3: tf-slim sends it to
+its non-fused code, and tf_keras' fused layer takes rank 4 and 5 only, leaving "reshape it to 4D"
+as a TODO). The statistics cannot change: the CPU kernel (KERNEL) always computes on an NHWC
+``[rest_size, C]`` view (an NCHW x is transposed to NHWC and y back, exact copies), and a unit
+axis adds no element to ``rest_size = N * H * W``, which is the N of the case. The reshapes run
+inside the gradient tape, so dx comes back in x's shape.
+
+Capabilities: ranks 2 to 5 with the channel axis at 1 or last; half/float32 inputs with float32
 scale/offset/mean/variance (no float64 kernel); epsilon inside the sqrt; a plain EMA with one
 fixed factor (no cumulative rule, zero-debias or num_updates schedule); a Bessel-corrected
 running variance (a convention: biased cases whose results depend on it are unsupported); no
@@ -40,16 +57,21 @@ from __future__ import annotations
 
 from ...judging.capabilities import Capabilities
 from ..base import Adapter
-from ..findings import empty_batch_nan_running_stats
+from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from .common import (PLAIN_EMA, TF_ENVIRONMENT, empty_rank5_fused_gradient, signature_default, tape_gradients, tf,
                      tf_device_scope, tf_devices, to_numpy, to_tensor)
 
 API = "tf.compat.v1.nn.fused_batch_norm"
 KERNEL = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/core/kernels/fused_batch_norm_op.cc"
+# tf-slim 1.1.0 (the installed release): [N, C] -> [-1, 1, 1, C] / [-1, C, 1, 1], the op, y back to x's shape.
+_SLIM_LAYERS = "https://github.com/google-research/tf-slim/blob/v1.1.0/tf_slim/layers/layers.py"
+SLIM_RESHAPE = f"{_SLIM_LAYERS}#L278-L285"
+SLIM_RESHAPE_BACK = f"{_SLIM_LAYERS}#L426-L457"
+SLIM_ROUTING = f"{_SLIM_LAYERS}#L593-L613"
 _FORMATS = {(4, "first"): "NCHW", (4, "last"): "NHWC", (5, "first"): "NCDHW", (5, "last"): "NDHWC"}
 
 FUSED_CAPABILITIES = Capabilities(
-    **PLAIN_EMA, running_variance=frozenset({"bessel"}), ranks=frozenset({4, 5}),
+    **PLAIN_EMA, running_variance=frozenset({"bessel"}), ranks=frozenset({2, 3, 4, 5}),
     channel_positions=frozenset({"first", "last"}),
     dtypes=frozenset({("float32", "float32"), ("float16", "float32"), ("bfloat16", "float32")}),
     step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}),
@@ -65,7 +87,8 @@ class TfFusedBatchNormAdapter(Adapter):
     extra = "tensorflow"
     requires = ("tensorflow",)
     device_kinds = ("cpu", "cuda")
-    notes = "4-D/5-D only; scale/center off passed as ones/zeros; the op's unbiased batch variance is not reported"
+    notes = ("2-D/3-D x reshaped to 4-D with unit spatial axes (as tf-slim does for 2-D); scale/center off "
+             "passed as ones/zeros; the op's unbiased batch variance is not reported")
     decay_parameter = ("exponential_avg_factor", "new")
     capabilities = FUSED_CAPABILITIES
     deviations = (
@@ -73,6 +96,13 @@ class TfFusedBatchNormAdapter(Adapter):
             "fused-bn-empty-batch-nan-running-stats",
             "the kernel's batch mean is sum * (1/rest_size) = 0 * inf = NaN for N == 0, and "
             "exponential_avg_factor folds it into the running statistics",
+            KERNEL),
+        float32_variance_overflow(
+            "fused-bn-float32-variance-overflow",
+            "the kernel sums x_centered.square() in float32 (U, the scale dtype; T only for x and y): "
+            "squared deviations above 3.4e38 are inf, so rsqrt(var + eps) = 0, y = offset and dx = dgamma = 0, "
+            "where the float64 oracle stays finite (measured on the rank-2 cases: x ~ 1e37 gives y = beta, "
+            "off by up to 2.84; x ~ 1e21 gives dx = 0 for 6.5e-22 and dgamma = 0 for 2.49)",
             KERNEL),
     ) + empty_rank5_fused_gradient("fused-bn", API)
 
@@ -91,10 +121,19 @@ class TfFusedBatchNormAdapter(Adapter):
             return [state.step(step) for step in case.steps]
 
 
-def _data_format(case) -> str | None:
-    axis = case.config.channel_axis
-    side = "first" if axis == 1 else "last" if axis == case.rank - 1 else None
-    return _FORMATS.get((case.rank, side))
+def fused_layout(shape, channel_axis: int) -> tuple[list[int], str | None]:
+    """The shape x is given to the op and its ``data_format`` (None: the op cannot take it).
+
+    Ranks 4 and 5 pass as they are. Ranks 2 and 3 get unit axes appended to their spatial axes
+    (module docstring): ``[N, C]`` -> ``[N, 1, 1, C]`` NHWC (axis 1 is also the last axis, and
+    NHWC is tf-slim's default), ``[N, L, C]`` -> ``[N, L, 1, C]`` NHWC, ``[N, C, L]`` ->
+    ``[N, C, L, 1]`` NCHW. Only reshapes: no element moves, y is reshaped back to ``shape``."""
+    shape, rank = list(shape), len(shape)
+    side = "last" if channel_axis == rank - 1 else "first" if channel_axis == 1 else None
+    if rank >= 4 or side is None:
+        return shape, _FORMATS.get((rank, side))
+    units = [1] * (4 - rank)
+    return (shape[:-1] + units + shape[-1:], "NHWC") if side == "last" else (shape + units, "NCHW")
 
 
 class _FusedState:
@@ -111,10 +150,16 @@ class _FusedState:
         self.factor = 1.0 - config.running_stats.decay if config.running_stats.decay is not None else 1.0
 
     def _call(self, x, mean, var, is_training, factor):
-        return tf().compat.v1.nn.fused_batch_norm(
-            x, self.scale, self.offset, mean=mean, variance=var,
-            epsilon=self.case.config.effective_epsilon, data_format=_data_format(self.case),
+        """The op on x reshaped as :func:`fused_layout` says; y comes back in x's shape (the
+        reshapes are ops, so a tape around this call differentiates through them). A 4-D / 5-D x
+        gets no reshape: its dx is the kernel's own, folded 5-D empty batches included."""
+        shape, data_format = fused_layout(x.shape, self.case.config.channel_axis)
+        reshaped = shape != list(x.shape)  # ranks 4 and 5 call the op on x itself, reshape-free
+        y, mean, var = tf().compat.v1.nn.fused_batch_norm(
+            tf().reshape(x, shape) if reshaped else x, self.scale, self.offset, mean=mean, variance=var,
+            epsilon=self.case.config.effective_epsilon, data_format=data_format,
             is_training=is_training, exponential_avg_factor=factor)
+        return (tf().reshape(y, x.shape) if reshaped else y), mean, var
 
     def step(self, step):
         x = to_tensor(step.x, self.case.config.input_dtype)

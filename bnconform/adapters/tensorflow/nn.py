@@ -10,6 +10,9 @@ epsilon (+ epsilon_floor)   ``variance_epsilon=config.effective_epsilon`` (added
 scale / center              ``scale=gamma`` / ``offset=beta``, or ``None`` when switched off
 normalize_with="batch"      normalize with the ``tf.nn.moments`` outputs
 normalize_with="running"    normalize with the case's running statistics as given
+sample_weights              ``tf.nn.weighted_moments(x, axes, frequency_weights=w, keepdims=True)``
+                            instead of ``tf.nn.moments``, w reshaped ``[B] -> [B, 1, .., 1]`` (what
+                            tf-slim's ``batch_weights`` path does), broadcast over x by the op
 input / param dtype         x in the input dtype; params in the param dtype; the moments are
                             cast (``tf.cast``) to the param dtype for half inputs so that
                             batch_normalization sees one param dtype
@@ -17,7 +20,14 @@ input / param dtype         x in the input dtype; params in the param dtype; the
 
 Capabilities: no step that updates running statistics (this API keeps none: see ``tf.nn+ema``),
 so the running-statistics conventions never matter; epsilon inside the square root only
-(``rsqrt(variance + variance_epsilon)``); no model extensions.
+(``rsqrt(variance + variance_epsilon)``); of the model extensions, sample weights only.
+
+Sample weights: ``tf.nn.weighted_moments`` (WEIGHTED_MOMENTS_LINE) is the canonical weighted
+moments of docs/semantics.md: mean = sum(w x) / W and the biased, two-pass variance
+sum(w (x - mean)^2) / W, with W = sum(w + zeros_like(x)) over the reduced axes, so every spatial
+position counts with its sample's weight. It upcasts float16 x to float32 (not bfloat16) and
+divides with ``div_no_nan`` (0 for W = 0, a case validation rejects). The weights are constants to
+the tape: dx carries the weighted terms, and nothing is returned for w.
 
 Gradients: a step with an upstream ``dy`` runs the same call under a ``tf.GradientTape`` that
 watches x and the 1-D gamma / beta (reshaped inside the tape) and returns
@@ -36,6 +46,10 @@ from ..base import Adapter
 from .common import (EPS_INSIDE, TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, half_parameter_gradients,
                      signature_default, tape_gradients, tf, tf_device_scope, tf_devices, to_numpy, to_tensor)
 
+# tf.nn.weighted_moments (v1 body; the v2 export calls it): two-pass, div_no_nan (installed 2.21.0 file).
+WEIGHTED_MOMENTS_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
+                         "tensorflow/python/ops/nn_impl.py#L1329-L1401")
+
 
 class TfNnAdapter(Adapter):
     """Runs each step through ``tf.nn.moments`` and ``tf.nn.batch_normalization`` in eager mode."""
@@ -50,7 +64,8 @@ class TfNnAdapter(Adapter):
              "half-input moments cast to float32 params")
 
     capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("batch", False), ("running", False)}),
-                                gradients=frozenset({"batch", "running"}))
+                                gradients=frozenset({"batch", "running"}),
+                                extensions=frozenset({"sample_weights"}))  # tf.nn.weighted_moments
     deviations = (half_parameter_gradients("tf.nn"), empty_batch_dgamma_nan("tf.nn: dgamma of an empty batch is NaN", "tf.nn"))
 
     def devices(self):
@@ -81,7 +96,7 @@ class TfNnAdapter(Adapter):
         """y (and the batch moments of a training step) as tensors."""
         if not step.is_training:
             return {"y": params.normalize(x, params.running_mean, params.running_var)}
-        mean, var = tf().nn.moments(x, axes=list(params.axes), keepdims=True)
+        mean, var = params.moments(x, step.sample_weights)
         y = params.normalize(x, params.as_param(mean), params.as_param(var))
         return {"y": y, "batch_mean": tf().reshape(mean, [-1]), "batch_var": tf().reshape(var, [-1])}
 
@@ -93,7 +108,7 @@ class _Params:
         config, state = case.config, case.initial_state
         self.axes = reduction_axes(case.rank, config.channel_axis)
         self.shape = channel_shape(case.rank, config.channel_axis, case.channels)
-        self.dtype = config.param_dtype
+        self.dtype, self.input_dtype = config.param_dtype, config.input_dtype
         self.epsilon = config.effective_epsilon
         # 1-D gamma / beta: what a gradient is taken with respect to (None when switched off).
         self.gamma = to_tensor(state.gamma, self.dtype) if config.scale else None
@@ -114,6 +129,14 @@ class _Params:
         clone = copy.copy(self)
         clone.scale, clone.offset = self._reshaped(self.gamma), self._reshaped(self.beta)
         return clone
+
+    def moments(self, x, sample_weights=None):
+        """Batch mean and biased variance, keepdims: ``tf.nn.moments``, or with per-sample
+        weights ``tf.nn.weighted_moments`` on the weights reshaped to ``[B, 1, .., 1]``."""
+        if sample_weights is None:
+            return tf().nn.moments(x, axes=list(self.axes), keepdims=True)
+        weights = tf().reshape(to_tensor(sample_weights, self.input_dtype), [-1] + [1] * (len(x.shape) - 1))
+        return tf().nn.weighted_moments(x, axes=list(self.axes), frequency_weights=weights, keepdims=True)
 
     def as_param(self, moment):
         """tf.nn.moments returns the input dtype; batch_normalization needs params of one dtype."""
