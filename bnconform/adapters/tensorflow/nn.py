@@ -45,6 +45,7 @@ from ...reference.moments import reduction_axes
 from ..base import Adapter
 from .common import (EPS_INSIDE, TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, half_parameter_gradients,
                      signature_default, tape_gradients, tf, tf_device_scope, tf_devices, to_numpy, to_tensor)
+from .moments_findings import bfloat16_moments_shift_y, half_parameters_half_arithmetic, moments_overflow
 
 # tf.nn.weighted_moments (v1 body; the v2 export calls it): two-pass, div_no_nan (installed 2.21.0 file).
 WEIGHTED_MOMENTS_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
@@ -56,17 +57,23 @@ class TfNnAdapter(Adapter):
     environment = TF_ENVIRONMENT
 
     name = "tf.nn"
+    keeps_state = False  # a function per call: the caller keeps the running statistics
     framework = "tensorflow"
     extra = "tensorflow"
     requires = ("tensorflow",)
     device_kinds = ("cpu", "cuda")
-    notes = ("stateless: training steps use tf.nn.moments, eval steps the case's initial running stats; "
-             "half-input moments cast to float32 params")
+    notes = ("stateless, judged step by step: training steps use tf.nn.moments, eval steps the running stats the "
+             "case expects before them; half-input moments cast to float32 params")
 
     capabilities = Capabilities(epsilon_modes=EPS_INSIDE, step_kinds=frozenset({("batch", False), ("running", False)}),
                                 gradients=frozenset({"batch", "running"}),
                                 extensions=frozenset({"sample_weights"}))  # tf.nn.weighted_moments
-    deviations = (half_parameter_gradients("tf.nn"), empty_batch_dgamma_nan("tf.nn: dgamma of an empty batch is NaN", "tf.nn"))
+    # Judged step by step (keeps_state = False), training steps that update included: the findings
+    # of tf.nn.moments + batch_normalization that tf.nn+ema declares show here too.
+    deviations = (half_parameter_gradients("tf.nn"), empty_batch_dgamma_nan("tf.nn: dgamma of an empty batch is NaN", "tf.nn"),
+                  moments_overflow("tf-nn-variance-overflow", ("y", "batch_var", "dx", "dgamma")),
+                  bfloat16_moments_shift_y("tf-nn-bfloat16-moments-shift-y"),
+                  half_parameters_half_arithmetic("tf-nn-half-parameters-half-arithmetic"))
 
     def devices(self):
         return tf_devices()
