@@ -6,10 +6,12 @@ inside the sqrt, outside it, or as a floor give answers that differ by far more 
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..caseformat.model import Config
-from .spec import EVAL, TRAIN, Spec
+from .spec import EVAL, TRAIN, Spec, gap
 
 FAMILY = "epsilon"
 _STDS = np.array([1e-5, 1e-4, 10 ** -2.5, 1e-2, 1e-1, 1.0])
@@ -18,6 +20,26 @@ _STDS = np.array([1e-5, 1e-4, 10 ** -2.5, 1e-2, 1e-1, 1.0])
 def _spread(rng, shape):
     """Per-channel spread over six decades (channels on axis 1)."""
     return rng.normal(0.5, 1.0, size=shape) * _STDS.reshape(1, -1, *([1] * (len(shape) - 2)))
+
+
+def _spread_last(rng, shape):
+    """As :func:`_spread`, channels on the last axis."""
+    return rng.normal(0.5, 1.0, size=shape) * _STDS
+
+
+def _tiny_running():
+    """State makers for eval: running means N(0, 0.01^2), running variances 1e-12 ... 1e-2 (log-spaced)."""
+    return dict(running_mean=lambda r, c: r.normal(0.0, 0.01, c), running_var=lambda r, c: np.logspace(-12, -2, c))
+
+
+def _inside_gap(case) -> str:
+    """How far eps inside the square root (the mode ignored) lands from the case's placement."""
+    return f"{gap(case, config=replace(case.config, epsilon_mode='add_inside_sqrt')):.3g}"
+
+
+def _unfloored_gap(case) -> str:
+    """How far the given eps without the floor lands from the case."""
+    return f"{gap(case, config=replace(case.config, epsilon_floor=0.0)):.3g}"
 
 
 def _eps_name(eps: float) -> str:
@@ -59,6 +81,45 @@ def _placements():
                       param_dtype="float64"), [(16, 6)], (TRAIN,), _spread)
 
 
+def _placements_elsewhere():
+    """The placements in eval (running variances 1e-12 ... 1e-2) and in float32 NHWC training."""
+    for mode, text in (("add_outside_sqrt", "1/(sqrt(var) + eps)"), ("max_inside_sqrt", "1/sqrt(max(var, eps))")):
+        yield Spec(FAMILY, f"{mode}_eps_1e-3_eval",
+                   lambda c, t=text: f"Eval mode with running variances 1e-12 ... 1e-2 and eps = 1e-3 placed as {t}: "
+                                     f"the running variance is placed like a batch variance; eps inside the square "
+                                     f"root instead puts y off by up to {_inside_gap(c)}.",
+                   Config(channel_axis=1, epsilon=1e-3, epsilon_mode=mode), [(5, 6, 2)], (EVAL,),
+                   lambda rng, shape: rng.normal(0.0, 0.01, size=shape), **_tiny_running())
+        yield Spec(FAMILY, f"{mode}_eps_1e-5_nhwc_float32_train",
+                   lambda c, t=text: f"float32 NHWC input {list(c.steps[0].x.shape)} (channel variances 1e-10 ... 1) "
+                                     f"with eps = 1e-5 placed as {t}: eps inside the square root instead puts y off "
+                                     f"by up to {_inside_gap(c)}.",
+                   Config(channel_axis=3, epsilon=1e-5, epsilon_mode=mode), [(4, 3, 3, 6)], (TRAIN,), _spread_last)
+
+
+def _floors():
+    """Epsilon floors below which eps is raised (cuDNN's 1e-5, TF fused BN's 1.001e-5), in eval and in
+    float32 training: the floor, not the given eps, decides channels whose variance is below it."""
+    for eps, floor in ((1e-6, 1.001e-5), (0.0, 1e-5)):
+        dtype = "float32" if eps else "float64"
+        yield Spec(FAMILY, f"floor_{_eps_name(floor)}_eps_{_eps_name(eps)}_nhwc_{dtype}_train",
+                   lambda c, e=eps, f=floor, d=dtype: (
+                       f"{d} NHWC input (channel variances 1e-10 ... 1), eps = {e!r} raised to the floor {f!r}: "
+                       f"channels with variance below the floor get 1/sqrt(var + {f!r}); using eps = {e!r} as given "
+                       f"puts y off by up to {_unfloored_gap(c)}."),
+                   Config(channel_axis=3, epsilon=eps, epsilon_floor=floor, input_dtype=dtype, param_dtype=dtype),
+                   [(4, 3, 3, 6)], (TRAIN,), _spread_last)
+    for eps, floor, shape in ((1e-8, 1e-5, (5, 6, 2)), (0.0, 1.001e-5, (3, 6, 2, 2)), (1e-6, 1.001e-5, (2, 6, 2, 2, 2)),
+                              (1e-5, 1.001e-5, (3, 6, 2, 2))):
+        yield Spec(FAMILY, f"floor_{_eps_name(floor)}_eps_{_eps_name(eps)}_eval_rank{len(shape)}",
+                   lambda c, e=eps, f=floor: (
+                       f"Eval mode on a rank-{c.steps[0].x.ndim} input with running variances 1e-12 ... 1e-2, eps = "
+                       f"{e!r} raised to the floor {f!r}: the floor also applies to the running variance; using eps "
+                       f"= {e!r} as given puts y off by up to {_unfloored_gap(c)}."),
+                   Config(channel_axis=1, epsilon=eps, epsilon_floor=floor), [shape], (EVAL,),
+                   lambda rng, shape: rng.normal(0.0, 0.01, size=shape), **_tiny_running())
+
+
 def _eval_tiny_variance():
     for eps in (1e-5, 1e-3, 0.0):
         yield Spec(FAMILY, f"eval_tiny_running_var_eps_{_eps_name(eps)}",
@@ -76,3 +137,5 @@ def specs():
     yield from _values()
     yield from _placements()
     yield from _eval_tiny_variance()
+    yield from _placements_elsewhere()
+    yield from _floors()

@@ -10,12 +10,14 @@ dtype (a model cast with .half()), whose moments must still be kept in float32.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from ..caseformat.dtypes import quantize
 from ..caseformat.model import Config
-from ..reference.oracle import normalize
-from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
+from ..reference.oracle import normalize, run_steps
+from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, fixed, gap, normal
 
 FAMILY = "formulas"
 
@@ -71,6 +73,69 @@ def _affine():
                            f"{'drops' if center else 'still applies'} beta is off by those values.",
                            Config(channel_axis=1, scale=scale, center=center), [(4, 3, 2, 2)],
                            _mode_steps(mode), normal(0.5, 1.3))
+
+
+def _flag_gaps(case) -> str:
+    """How far applying the stored gamma / adding the stored beta despite the flag lands."""
+    config, parts = case.config, []
+    if not config.scale:
+        parts.append(f"applying the stored gamma anyway puts y off by up to "
+                     f"{gap(case, config=replace(config, scale=True)):.3g}")
+    if not config.center:
+        parts.append(f"adding the stored beta anyway puts y off by up to "
+                     f"{gap(case, config=replace(config, center=True)):.3g}")
+    return "; ".join(parts)
+
+
+def _affine_elsewhere():
+    """scale / center off at the other ranks, layouts and dtypes (the flags must reach every code path).
+    The float16 batch is centred near 0 (N(-0.4, 2^2)): tf.nn.batch_normalization's float16 affine
+    arithmetic (moments_findings) stays well inside y's bounds there, so the cell judges the flag alone."""
+    for scale, center, layout, shape, axis, dtype, mode, make_x in (
+            (False, False, "nhwc", (3, 3, 2, 4), 3, "float32", "eval", normal(0.5, 1.3)),
+            (False, True, "ndhwc", (2, 2, 3, 2, 3), 4, "float16", "train", normal(-0.4, 2.0)),
+            (True, False, "nlc", (4, 5, 3), 2, "bfloat16", "train", normal(0.5, 1.3)),
+            (False, False, "nc", (8, 3), 1, "float64", "train", normal(0.5, 1.3))):
+        param = "float64" if dtype == "float64" else "float32"
+        tag = f"scale_{'on' if scale else 'off'}_center_{'on' if center else 'off'}_{layout}_{dtype}_{mode}"
+        yield Spec(FAMILY, tag,
+                   lambda c, lay=layout, d=dtype, m=mode: (
+                       f"scale={c.config.scale}, center={c.config.center} on a rank-{c.steps[0].x.ndim} {lay} {d} "
+                       f"input in {m} mode, with gamma != 1 and beta != 0 stored: {_flag_gaps(c)}."),
+                   Config(channel_axis=axis, scale=scale, center=center, input_dtype=dtype, param_dtype=param),
+                   [shape], _mode_steps(mode), make_x)
+
+
+def _abs_gamma_gap(case) -> str:
+    state = replace(case.initial_state, gamma=np.abs(case.initial_state.gamma))
+    theirs = _run_from(case, state)
+    return f"|gamma| in place of gamma puts y off by up to {theirs:.3g}"
+
+
+def _run_from(case, state) -> float:
+    """max |y difference| over the steps when the oracle starts from ``state`` instead."""
+    ours = [s.expected["y"] for s in case.steps]
+    theirs = [r["y"] for r in run_steps(case.config, state, list(case.steps))]
+    return max(float(np.abs(a.astype(np.float64) - b.astype(np.float64)).max()) for a, b in zip(ours, theirs))
+
+
+def _gamma_elsewhere():
+    """Negative gamma at the other ranks, layouts and dtypes (the sign must survive every code path)."""
+    negative = lambda r, c: -r.uniform(0.5, 2.0, c)  # noqa: E731
+    for name, shape, axis, dtype, param, mode, gamma in (
+            ("gamma_negative_nhwc_float32_train", (3, 3, 2, 4), 3, "float32", "float32", "train", negative),
+            ("gamma_negative_ncl_float16_train", (4, 3, 5), 1, "float16", "float32", "train", negative),
+            ("gamma_negative_ncdhw_bfloat16_eval", (2, 3, 2, 3, 2), 1, "bfloat16", "float32", "eval", negative),
+            ("gamma_mixed_sign_nchw_float64_train", (3, 4, 3, 2), 1, "float64", "float64", "train",
+             fixed(-2.0, -0.5, 0.5, 1.5)),
+            ("gamma_negative_nc_float16_params_train", (8, 3), 1, "float16", "float16", "train", negative)):
+        yield Spec(FAMILY, name,
+                   lambda c, m=mode: (
+                       f"gamma {np.round(c.initial_state.gamma.astype(np.float64), 3).tolist()} on a rank-"
+                       f"{c.steps[0].x.ndim} {c.config.input_dtype} input ({c.config.param_dtype} parameters, {m} "
+                       f"mode): a negative gamma flips its channel's output; {_abs_gamma_gap(c)}."),
+                   Config(channel_axis=axis, input_dtype=dtype, param_dtype=param), [shape], _mode_steps(mode),
+                   normal(1.0, 2.0), gamma=gamma)
 
 
 def _gamma_values():
@@ -143,6 +208,24 @@ def _half_batches():
                    normal(loc, scale))
 
 
+def _half_batches_elsewhere():
+    """The same at other ranks: a rank-5 float16 volume batch, a rank-3 bfloat16 sequence batch and a
+    rank-2 float16 batch of 2048 samples (a dense layer's)."""
+    for dtype, shape, axis, layout, loc, scale, steps in (
+            ("float16", (16, 2, 4, 4, 4), 1, "ncdhw", 6.0, 1.0, (TRAIN,)),
+            ("bfloat16", (32, 16, 2), 2, "nlc", 3.0, 1.0, (TRAIN_NO_UPDATE,)),
+            ("float16", (2048, 2), 1, "nc", 3.0, 1.0, (TRAIN,))):
+        n, updates = int(np.prod(shape)) // shape[axis], steps[0][1]
+        yield Spec(FAMILY, f"{dtype}_{layout}_n{n}_offset_{'train' if updates else 'batch_no_update'}",
+                   lambda c, d=dtype, lay=layout, n=n,
+                   mode="a training step" if updates else "batch statistics, no update": (
+                       f"{d} {lay.upper()} input {list(c.steps[0].x.shape)} with a post-activation offset ({mode}; "
+                       f"N = {n} values per channel): the moments must be accumulated in float32 or wider; "
+                       f"{_half_sum_gap(c)}."),
+                   Config(channel_axis=axis, input_dtype=dtype, param_dtype="float32"), [shape], steps,
+                   normal(loc, scale))
+
+
 def _half_mean_gap(case) -> str:
     """How far y lands when the batch mean is rounded to the half dtype before normalizing."""
     step, dtype = case.steps[0], case.config.input_dtype
@@ -173,3 +256,6 @@ def specs():
     yield from _dtypes()
     yield from _half_batches()
     yield from _half_params()
+    yield from _affine_elsewhere()
+    yield from _gamma_elsewhere()
+    yield from _half_batches_elsewhere()

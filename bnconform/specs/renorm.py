@@ -15,7 +15,8 @@ from dataclasses import replace
 import numpy as np
 
 from ..caseformat.model import Config, Renorm, RunningStats
-from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
+from ..reference.oracle import normalize
+from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap, normal
 
 FAMILY = "renorm"
 THREE_TRAIN_EVAL = (TRAIN, TRAIN, TRAIN, EVAL)
@@ -26,9 +27,9 @@ def _shifting(rng, shape):
     return rng.normal(rng.uniform(-2, 2), rng.uniform(0.5, 3.0), size=shape)
 
 
-def _config(rmin=None, rmax=None, dmax=None, renorm_decay=0.9, decay=0.9, variance="biased", axis=1,
+def _config(rmin=None, rmax=None, dmax=None, renorm_decay=0.9, decay=0.9, variance="biased", axis=1, epsilon=1e-3,
             **extra) -> Config:
-    return Config(channel_axis=axis, epsilon=1e-3, running_stats=RunningStats(decay=decay, variance=variance),
+    return Config(channel_axis=axis, epsilon=epsilon, running_stats=RunningStats(decay=decay, variance=variance),
                   renorm=Renorm(rmin, rmax, dmax, renorm_decay), **extra)
 
 
@@ -150,6 +151,72 @@ def _guards():
                THREE_TRAIN_EVAL, _shifting, renorm_stddev=lambda rng, c: np.logspace(-4, -2, c))
 
 
+def _unguarded_gap(case) -> float:
+    """How far y lands when r and d divide by s_R itself (no max(s_R, sqrt(eps)) guard), each batch-normalized
+    step from the renorm statistics the case expects before it."""
+    eps, knobs, state = case.config.effective_epsilon, case.config.renorm, case.initial_state
+    mean, stddev = state.renorm_mean.astype(np.float64), state.renorm_stddev.astype(np.float64)
+    worst = 0.0
+    for step in case.steps:
+        if step.is_training:
+            batch_mean, batch_var = step.expected["batch_mean"], step.expected["batch_var"]
+            with np.errstate(all="ignore"):
+                r, d = np.sqrt(batch_var + eps) / stddev, (batch_mean - mean) / stddev
+            r = r if knobs.rmin is None else np.maximum(r, knobs.rmin)
+            r = r if knobs.rmax is None else np.minimum(r, knobs.rmax)
+            d = d if knobs.dmax is None else np.clip(d, -knobs.dmax, knobs.dmax)
+            y = normalize(step.x, batch_mean, batch_var, state, case.config, (r, d))
+            both = np.isfinite(y) & np.isfinite(step.expected["y"])
+            worst = max(worst, float(np.abs(y[both] - step.expected["y"][both].astype(np.float64)).max(initial=0.0)))
+        mean, stddev = step.expected["renorm_mean"], step.expected["renorm_stddev"]
+    return worst
+
+
+def _guard_text(case) -> str:
+    """The guard's numbers in a case whose initial renorm stddev is below sqrt(eps)."""
+    eps, stddev = case.config.effective_epsilon, case.initial_state.renorm_stddev.astype(np.float64)
+    r, d = _raw_corrections(case)
+    spread = f"{stddev.min():.3g}" if stddev.min() == stddev.max() else f"{stddev.min():.3g} ... {stddev.max():.3g}"
+    return (f"s_R {spread} < sqrt(eps) = {np.sqrt(eps):.3g}, so step 0 divides by the "
+            f"guard: unclipped r in [{r[0].min():.3g}, {r[0].max():.3g}], |d| <= {np.abs(d[0]).max():.3g} "
+            f"({_clip_counts(case)}); dividing by s_R itself makes step 0's r and d up to "
+            f"{np.sqrt(eps) / stddev.min():.3g}x larger and puts y off by up to {_unguarded_gap(case):.3g}")
+
+
+def _guards_elsewhere():
+    """The guard at other ranks, dtypes, epsilons and bounds, and on steps that do not update (the renorm
+    statistics then stay below sqrt(eps) for every step)."""
+    tiny = lambda value: (lambda rng, c: np.full(c, value))  # noqa: E731
+    wide = dict(rmax=100.0, dmax=100.0)
+    for name, what, config, shape, steps, make_x, stddev in (
+            ("renorm_stddev_below_sqrt_eps_rank3_ncl", "Rank-3 NCL input, rmax 100, dmax 100",
+             _config(**wide), (4, 3, 5), THREE_TRAIN_EVAL, _shifting, tiny(1e-3)),
+            ("renorm_stddev_below_sqrt_eps_ncdhw", "Rank-5 NCDHW input, rmax 100, dmax 100, renorm decay 0.99",
+             _config(renorm_decay=0.99, **wide), (2, 3, 2, 2, 2), THREE_TRAIN_EVAL, _shifting, tiny(1e-3)),
+            ("renorm_stddev_below_sqrt_eps_narrow_batch_clipped",
+             "Batches of std 0.03 (about sqrt(eps)) near a renorm mean N(0, 0.01^2), with tf_keras-style bounds "
+             "rmin 1/3, rmax 3, dmax 5", _config(rmin=1 / 3, rmax=3.0, dmax=5.0), (6, 3), THREE_TRAIN_EVAL,
+             normal(0.0, 0.03), tiny(1e-3)),
+            ("renorm_stddev_below_sqrt_eps_no_update",
+             "Batch-normalized steps without update (the renorm statistics stay below sqrt(eps) on every step), "
+             "rmax 100, dmax 100", _config(**wide), (6, 3), (TRAIN_NO_UPDATE, TRAIN_NO_UPDATE, EVAL), _shifting,
+             tiny(1e-3)),
+            ("renorm_stddev_below_sqrt_eps_float16", "float16 input with float32 parameters, rmax 100, dmax 100",
+             _config(input_dtype="float16", **wide), (8, 3), THREE_TRAIN_EVAL, _shifting, tiny(1e-3)),
+            ("renorm_stddev_below_sqrt_eps_bfloat16_nhwc", "bfloat16 NHWC input with float32 parameters, rmax 100, "
+             "dmax 100", _config(axis=3, input_dtype="bfloat16", **wide), (2, 2, 2, 3), THREE_TRAIN_EVAL, _shifting,
+             tiny(1e-3)),
+            ("renorm_stddev_below_sqrt_eps_eps_1e-5", "float64 with eps 1e-5 (the guard is 3.16e-3) and renorm "
+             "stddevs 1e-5 ... 1e-3, rmax 1e4, dmax 1e4",
+             _config(rmax=1e4, dmax=1e4, epsilon=1e-5, input_dtype="float64", param_dtype="float64"), (6, 3),
+             THREE_TRAIN_EVAL, _shifting, lambda rng, c: np.logspace(-5, -3, c)),
+            ("renorm_stddev_below_sqrt_eps_scale_center_off", "scale and center off (y = xhat * r + d), rmax 100, "
+             "dmax 100", _config(scale=False, center=False, **wide), (6, 3), THREE_TRAIN_EVAL, _shifting, tiny(1e-3))):
+        near = (lambda rng, c: rng.normal(0.0, 0.01, c)) if name.endswith("narrow_batch_clipped") else None
+        yield Spec(FAMILY, name, lambda c, w=what: f"{w}: {_guard_text(c)}.", config, [shape], steps, make_x,
+                   renorm_mean=near, renorm_stddev=stddev)
+
+
 def _layouts():
     clip = dict(rmin=0.5, rmax=2.0, dmax=1.0)
     for name, axis, shape in (("rank4_nchw", 1, (2, 3, 2, 2)), ("rank4_nhwc", 3, (2, 2, 3, 3))):
@@ -175,3 +242,4 @@ def specs():
     yield from _statistics()
     yield from _layouts()
     yield from _guards()
+    yield from _guards_elsewhere()

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from ..caseformat.model import Config, RunningStats
+from ..reference.oracle import broadcast, normalize, reduction_axes
 from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, gap
 
 FAMILY = "weighted"
@@ -96,6 +97,60 @@ def _layouts():
                make_weights=_uniform(0.1, 2.0))
 
 
+def _unbroadcast_gap(case) -> float:
+    """How far y lands when the weighted sums are divided by sum(w) over the samples only (weights not
+    broadcast over the spatial positions), each weighted batch-normalized step on its own."""
+    axis, worst = case.config.channel_axis, 0.0
+    for step in case.steps:
+        if not step.is_training or step.sample_weights is None:
+            continue
+        x = step.x.astype(np.float64)
+        axes = reduction_axes(x.ndim, axis)
+        w = np.broadcast_to(step.sample_weights.astype(np.float64).reshape([-1] + [1] * (x.ndim - 1)), x.shape)
+        total = step.sample_weights.astype(np.float64).sum()
+        mean = (w * x).sum(axis=axes) / total
+        centered = x - broadcast(mean, x.ndim, axis)
+        var = (w * centered * centered).sum(axis=axes) / total
+        y = normalize(x, mean, var, case.initial_state, case.config)
+        worst = max(worst, float(np.abs(y - step.expected["y"].astype(np.float64)).max()))
+    return worst
+
+
+def _spatial_text(case) -> str:
+    x = case.steps[0].x
+    positions = x.size // x.shape[0] // x.shape[case.config.channel_axis]
+    return (f"sum(w) runs over the batch and the {positions} spatial positions of each sample, so dividing by the "
+            f"sample weights alone scales the mean by {positions} and puts y off by up to {_unbroadcast_gap(case):.3g}")
+
+
+def _spatial():
+    """Weights broadcast over the spatial positions at every rank and channel position, dtype and step kind."""
+    outliers = _outliers_at(1)
+    for name, what, config, shape, steps, make_x, weights in (
+            ("rank5_ncdhw", "Weights U(0.2, 3) on a rank-5 NCDHW input", _config(), (3, 2, 2, 2, 2),
+             (TRAIN, TRAIN, EVAL), _shifting, _uniform(0.2, 3.0)),
+            ("rank5_ndhwc", "Weights U(0.2, 3) on a rank-5 NDHWC input", _config(axis=4), (3, 2, 2, 2, 3),
+             (TRAIN, TRAIN, EVAL), _shifting, _uniform(0.2, 3.0)),
+            ("rank3_nlc", "Weights U(0.2, 3) on a rank-3 NLC (channels-last sequence) input", _config(axis=2),
+             (4, 5, 2), (TRAIN, TRAIN, EVAL), _shifting, _uniform(0.2, 3.0)),
+            ("rank4_nhwc_float64", "float64 weights U(0.1, 2) on an NHWC input", _config(
+                axis=3, input_dtype="float64", param_dtype="float64"), (3, 3, 3, 2), (TRAIN, TRAIN, EVAL), _shifting,
+             _uniform(0.1, 2.0)),
+            ("rank4_nhwc_float16", "float16 input (float32 parameters) with weights U(0.2, 3) on an NHWC map",
+             _config(axis=3, input_dtype="float16"), (3, 2, 3, 2), (TRAIN, TRAIN, EVAL), _shifting,
+             _uniform(0.2, 3.0)),
+            ("rank4_nchw_integer_weights", "Integer weights 1, 2, 3 (frequency weights) on an NCHW map", _config(),
+             (3, 2, 2, 3), (TRAIN, TRAIN, EVAL), _shifting, _fixed(1, 2, 3)),
+            ("rank4_nchw_train_without_update", "A weighted batch-normalized NCHW step without update, then eval",
+             _config(), (3, 2, 3, 2), (TRAIN_NO_UPDATE, EVAL), _shifting,
+             lambda rng, batch, index: rng.uniform(0.2, 3.0, size=batch) if index == 0 else None),
+            ("rank3_ncl_zero_weight_outliers", "Weights 1, 0, 1, 1 on an NCL input whose sample 1 holds outliers "
+             "(+40), kept out of the moments", _config(), (4, 2, 5), (TRAIN, TRAIN, EVAL), outliers,
+             _fixed(1, 0, 1, 1))):
+        yield Spec(FAMILY, name, lambda c, w=what: f"{w}: {_spatial_text(c)}; {_ignored(c)}.", config, [shape], steps,
+                   make_x, make_weights=weights)
+
+
 def _steps():
     yield Spec(FAMILY, "train_without_update",
                lambda c: "A weighted batch-normalized step without update, then eval: y uses the weighted moments, "
@@ -114,3 +169,4 @@ def specs():
     yield from _weights()
     yield from _layouts()
     yield from _steps()
+    yield from _spatial()

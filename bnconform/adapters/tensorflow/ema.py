@@ -59,7 +59,8 @@ from .common import (EPS_INSIDE, GRADIENT_NAMES, TF_ENVIRONMENT, channel_shape, 
                      half_parameter_gradients, infinite_mean_nan, signature_default, tf, tf_device_scope, tf_devices,
                      to_numpy, to_tf_dtype)
 from .graph import caller_thread_callable, tiny_graph_session
-from .moments_findings import NN_SOURCE, bfloat16_moments_shift_y, half_parameters_half_arithmetic, moments_overflow
+from .moments_findings import (NN_SOURCE, bfloat16_moments_shift_y, half_inputs_half_arithmetic,
+                               half_parameters_half_arithmetic, moments_overflow)
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
 
@@ -129,6 +130,7 @@ class TfEmaAdapter(Adapter):
         bfloat16_moments_shift_y("tf-ema-bfloat16-moments-shift-y", EMA_SOURCE),
         half_parameter_gradients("tf.nn+ema"),
         half_parameters_half_arithmetic("tf-ema-half-parameters-half-arithmetic"),
+        half_inputs_half_arithmetic("tf-ema-half-inputs-half-arithmetic"),
         infinite_mean_nan("tf-ema-infinite-mean-nan",
                           "ExponentialMovingAverage.apply() updates each shadow with assign_moving_average"),
         empty_batch_dgamma_nan("tf-ema-empty-batch-dgamma-nan", "tf.nn+ema"),

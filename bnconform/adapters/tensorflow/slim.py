@@ -34,7 +34,8 @@ running_mean, running_var (no batch moments or counter are exposed).
 
 Capabilities: epsilon inside the sqrt; the EMA rule without the num_updates schedule;
 zero_debias both ways (slim debiases the mean only: declared); channel axis 1 or last (rank 2:
-axis 1); no inference step that updates; variables in the input dtype (float32 for halves);
+axis 1); no inference step that updates; variables in the input dtype (float32 for halves, but
+half on slim's own weighted path: declared);
 sample weights (``batch_weights``) but not renorm or ghost batches (renorm exists in tf-slim via
 the v1 Keras layer, not translated here). Running variance, a convention that follows the path
 above: biased, Bessel on the fused paths (``when`` override).
@@ -51,7 +52,8 @@ from __future__ import annotations
 import sys
 
 from ...judging.capabilities import Capabilities
-from ...judging.selectors import changes_results, updates_on_empty_batch, where
+from ...judging.selectors import (changes_results, input_dtype_in, param_dtype_in, updates_on_empty_batch,
+                                  updates_running_stats, where)
 from ..base import Deviation, MatchesVariant, Mismatches
 from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from . import graph as g
@@ -131,8 +133,29 @@ INFINITE_MEAN_NAN = infinite_mean_nan(
     "batch_norm updates through assign_moving_average (its own path: rank 2, zero_debias_moving_mean) or "
     "through the Keras layer's _assign_moving_average (rank 4/5, graph mode), the same arithmetic")
 
+@where("sample weights (batch_weights: slim's own non-layer code)")
+def _weighted_case(case) -> bool:
+    return _weighted(case)
+
+
+WEIGHTED_HALF_VARIABLES = Deviation(
+    name="tf_slim: batch_weights keeps half moving statistics",
+    kind="dtype",
+    applies=input_dtype_in("float16", "bfloat16") & param_dtype_in("float32") & _weighted_case & updates_running_stats
+    & ~updates_on_empty_batch,
+    behaviour=Mismatches(("running_mean", "running_var"), "the moving statistics are stored (and averaged) in the "
+                                                         "half input dtype"),
+    explanation="with batch_weights, batch_norm leaves the core layer (which keeps float32 variables for half "
+                "inputs) for its own code, where dtype = inputs.dtype.base_dtype makes beta, gamma, moving_mean and "
+                "moving_variance half variables, so assign_moving_average rounds every update to the half dtype: in "
+                "weighted/rank4_nhwc_float16 running_var is 1.853515625 for 1.853823 after one update (2.7x its "
+                "bound, 2576 float32 ulps) and running_mean 1.06640625 for 1.065774 after two (9.7x, 5.9e-4 "
+                "relative)",
+    link=_SOURCE,
+)
+
 DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY, FLOAT64_DECAY_ROUNDED,
-              INFINITE_MEAN_NAN, *empty_rank5_fused_gradient(
+              INFINITE_MEAN_NAN, WEIGHTED_HALF_VARIABLES, *empty_rank5_fused_gradient(
                   "tf_slim", f"{_API} (rank 5: the tf_keras layer's fused path)", fused_path))
 
 
