@@ -9,17 +9,21 @@ from pathlib import Path
 import pytest
 
 from bnconform.adapters.registry import known, load_class
-from bnconform.judging.capabilities import unsupported_reason
 from bnconform.execution.plan import discover_cases
+from bnconform.judging.capabilities import unsupported_reason
+from bnconform.judging.stepwise import step_cases
 
 CASES = discover_cases(Path(__file__).resolve().parents[1] / "cases")
 
 
 def _expressible_cells(cls, selector):
-    """(case id, device) cells the selector picks that the adapter's capabilities can express."""
+    """(case id, device) cells the selector picks that the adapter's capabilities can express; for
+    an API without running state, the one-step cases it is judged on (bnconform.judging.stepwise)."""
     for case in CASES:
+        judged = [case] if getattr(cls, "keeps_state", True) else step_cases(case)
         for device in cls.device_kinds:
-            if selector(case, device) and unsupported_reason(cls.capabilities, case, device, cls.name) is None:
+            if any(selector(one, device) and unsupported_reason(cls.capabilities, one, device, cls.name) is None
+                   for one in judged):
                 yield case.id, device
 
 
