@@ -15,16 +15,21 @@ loosened every element of the output. Here each element is judged by the terms o
     batch_var   r |e_c| + r v_c + (u |mu_c|)^2        (two-pass: var_hat = var + (mu_hat - mu)^2 exactly)
                 + 2 u' |mu_c| sqrt(v_c) on a replicated step (u' = eps(compute): replicas' rounded
                 means enter a combined variance linearly)
-    running_*   r |e_c| + r (|old_c| + |batch term_c|)  (old: the state before the step; running_var
-                also + (u |mu_c|)^2 N/(N-1), the batch variance's own term)
+    running_*   keep b_prev + take B + 4 eps(param) (keep |old_c| + take |batch_c| + |e_c|): the
+                previous value's bound and the batch statistic's bound B (r of the compute dtype)
+                with their weights in the update (d and 1 - d for a plain EMA, else 1 and 1),
+                and the update's own roundings; running_var also take (u |mu_c|)^2 N/(N-1);
+                renorm's statistics r |e_c| + r (|old_c| + |batch_c|)
     dx[i]       r |e_i| + r max(S_g, |gamma_c| f_g D_g (2 + xhat_g^2)) + u |gamma_c| f_g D_g (1 + 2 xhat_g) |mu_g| f_g
                 (training; inference: r |e_i| + r max(S_g, |gamma_c| f_g D_g))
     dgamma      r |e_c| + r sum_g sum|dy xhat| + u sum_g sum|dy| |mu_g| f_g
     dbeta       r |e_c| + r sum|dy|
 
-with f_g = 1 / sigma_g, xhat_g = max |x - mu_g| f_g and D_g = max |dy| over the group. Every
+with f_g = 1 / sigma_g, xhat_g = max |x - mu_g| f_g and D_g = max |dy| over the group, plus one
+ulp of e_i in the returned dtype (the last rounding; it matters among subnormals). Every
 element's bound is then capped by the stored pair, ``atol + rtol |e_i|``: a derived bound never
-widens what the case file says. Outputs not listed keep the stored pair. A case file needs
+widens what the case file says (the generator raises the stored atol to the derived envelope,
+:func:`widen_stored_to_envelope`, so for generated cases the cap does not bind). Outputs not listed keep the stored pair. A case file needs
 nothing new: the bounds are derived when it is judged (docs/case-format.md, "Error bounds").
 
 :func:`reduction_bias` and :func:`reduction_spread` are the statistical checks for reductions
@@ -42,7 +47,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..caseformat.dtypes import HALF_DTYPES, compute_dtype, machine_epsilon
+from ..caseformat.dtypes import HALF_DTYPES, compute_dtype, machine_epsilon, numpy_dtype
 from ..caseformat.model import Case
 from .moments import batch_moments, broadcast, ghost_indices, inverse_std, reduction_axes
 
@@ -117,12 +122,13 @@ def _finite_abs(values) -> np.ndarray:
 class _StepBounds:
     """The derived bounds of one step, output by output (``bound(key, expected)``)."""
 
-    def __init__(self, case: Case, index: int, groups: _Groups | None, before: tuple):
+    def __init__(self, case: Case, index: int, groups: _Groups | None, before: tuple, carried: dict):
         self.case, self.config, self.step, self.groups = case, case.config, case.steps[index], groups
         self.x = np.asarray(self.step.x, np.float64)
         self.axis = self.config.channel_axis
         self.u = 8 * machine_epsilon(compute_dtype(self.config.input_dtype))
         self.before = before  # running (mean, var) before the step
+        self.carried = carried  # running key -> the bound of the previous step's value (0 before step 0)
         scale = self.config.scale and case.initial_state.gamma is not None
         self.gamma = _finite_abs(case.initial_state.gamma) if scale else np.ones(self.x.shape[self.axis])
 
@@ -144,7 +150,25 @@ class _StepBounds:
             if parts is None:
                 return None
             extra = parts[0] if rounding_only else parts[0] + parts[1]
-        return self.rtol(key) * e + np.where(np.isfinite(extra), extra, np.inf)
+        return self._own_rounding(key) * e + self._spacing(key, e) + np.where(np.isfinite(extra), extra, np.inf)
+
+    def _own_rounding(self, key: str) -> float:
+        """The share of |e| a result's own last operations may round by: r, except for a plain
+        running-statistics update (a few roundings of the param dtype: :meth:`_running`)."""
+        return 4 * machine_epsilon(self.config.param_dtype) if self._plain_update(key) else self.rtol(key)
+
+    def _plain_update(self, key: str) -> bool:
+        """A running statistic of a step modelled by :meth:`_running` (not renorm's)."""
+        return key in ("running_mean", "running_var") and self.config.renorm is None
+
+    def _spacing(self, key: str, e: np.ndarray) -> np.ndarray:
+        """One ulp of each expected value in the returned dtype: the last rounding no result can
+        avoid, which r |e| undercounts only among subnormals (a float16 y of 1.7e-6 has an ulp of
+        6e-8, r |e| is 7e-9)."""
+        dtype = numpy_dtype(self.config.input_dtype if key in _INPUT_DTYPE_KEYS else self.config.param_dtype)
+        with np.errstate(over="ignore", invalid="ignore"):
+            spacing = np.spacing(e.astype(dtype)).astype(np.float64)
+        return np.where(np.isfinite(spacing), spacing, 0.0)  # beyond the dtype's range: its infinity is judged
 
     # -- forward -------------------------------------------------------------------------------
     def _f(self) -> np.ndarray:
@@ -197,21 +221,50 @@ class _StepBounds:
             return None
         return self.rtol("batch_var") * e, self._mean_squared_rounding() + self._replica_combination()
 
-    def _running(self, key: str, e, old, batch):
-        return self.rtol(key) * (_finite_abs(old) + _finite_abs(batch))
+    def _weights(self) -> tuple[float, float]:
+        """(weight of the old statistic, of the batch statistic) in this step's update: (d, 1 - d)
+        for a plain EMA with a constant decay; (1, 1), an upper bound, where zero-debias divides,
+        a schedule or the cumulative rule moves the weights, or renorm keeps its own statistics;
+        (1, 0) without an update."""
+        rs = self.config.running_stats
+        if not self.step.update_running_stats:
+            return 1.0, 0.0
+        if self.config.renorm is not None or rs.zero_debias or rs.rule != "ema" or rs.num_updates_schedule:
+            return 1.0, 1.0
+        return rs.stored_decay, 1.0 - rs.stored_decay
+
+    def _running(self, key: str, old, batch, batch_bound):
+        """keep b_prev + take B + 4 eps(param) (keep |old| + take |batch|): the previous value's own
+        bound carried with its weight, the batch statistic's bound (computed in the compute dtype)
+        with its weight, and the update's few roundings (renorm: r (|old| + |batch|) as one term)."""
+        if not self._plain_update(key):
+            return self.rtol(key) * (_finite_abs(old) + _finite_abs(batch))
+        keep, take = self._weights()
+        update = 4 * machine_epsilon(self.config.param_dtype) * (keep * _finite_abs(old) + take * _finite_abs(batch))
+        return keep * self.carried.get(key, 0.0) + take * batch_bound + update
+
+    def _batch_rtol(self) -> float:
+        """rtol of a batch statistic as the update receives it, in the compute dtype (a half input's
+        moments rounded to half first are a declared dtype deviation, not this bound's room)."""
+        return _rtol(compute_dtype(self.config.input_dtype))
 
     def _running_mean(self, e):
-        batch = batch_moments(self.x, self.axis)[0] if self.step.update_running_stats else 0.0
-        return self._running("running_mean", e, self.before[0], batch), 0.0
+        if not self.step.update_running_stats or self.x.size == 0:
+            return self._running("running_mean", self.before[0], 0.0, 0.0), 0.0
+        mean = batch_moments(self.x, self.axis)[0]
+        spread = _finite_abs(self.x).mean(axis=reduction_axes(self.x.ndim, self.axis))
+        return self._running("running_mean", self.before[0], mean, self._batch_rtol() * (_finite_abs(mean) + spread)), 0.0
 
     def _running_var(self, e):
-        if not self.step.update_running_stats:
-            return self._running("running_var", e, self.before[1], 0.0), 0.0
+        if not self.step.update_running_stats or self.x.size == 0:
+            return self._running("running_var", self.before[1], 0.0, 0.0), 0.0
         n = self.x.size / max(self.x.shape[self.axis], 1)
         bessel = n / (n - 1) if n > 1 else 1.0
-        batch = batch_moments(self.x, self.axis)[1] * bessel
+        var = batch_moments(self.x, self.axis)[1]
         rounding = self._mean_squared_rounding() + self._replica_combination()
-        return self._running("running_var", e, self.before[1], batch), rounding * bessel
+        take = self._weights()[1]
+        own = self._running("running_var", self.before[1], var * bessel, self._batch_rtol() * 2 * _finite_abs(var) * bessel)
+        return own, take * rounding * bessel
 
     # -- backward ------------------------------------------------------------------------------
     def _backward_terms(self):
@@ -287,12 +340,45 @@ def case_bounds(case: Case) -> list[_StepBounds]:
     if cached is not None:
         return cached
     results, traces = _traced(case)
-    bounds, before = [], (case.initial_state.running_mean, case.initial_state.running_var)
+    bounds, before, carried = [], (case.initial_state.running_mean, case.initial_state.running_var), {}
     for index, (result, trace) in enumerate(zip(results, traces)):
-        bounds.append(_StepBounds(case, index, _groups(case, index, trace), before))
+        step = _StepBounds(case, index, _groups(case, index, trace), before, carried)
+        bounds.append(step)
         before = (result["running_mean"], result["running_var"])
+        carried = {**carried, **_running_bounds(step, case.steps[index].expected)}
     case._derived_bounds = bounds
     return bounds
+
+
+def _running_bounds(step: _StepBounds, expected: dict) -> dict:
+    """The step's derived bound of each running statistic it defines (carried into the next)."""
+    found = {}
+    for key in ("running_mean", "running_var"):
+        value = expected.get(key)
+        bound = None if value is None else step.bound(key, value)
+        if bound is not None:
+            found[key] = np.where(np.isfinite(bound), bound, 0.0)
+    return found
+
+
+def widen_stored_to_envelope(case: Case) -> None:
+    """Raise each stored ``atol`` of a derived output to the envelope of its derived bounds,
+    max_i (bound_i - rtol |e_i|), where that is larger, so that the cap the stored pair puts on
+    the derived bounds (:func:`element_bound`) never binds: the pair stays one conservative
+    number a reader can use, the per-element bounds judge. Called by the generator and by
+    ``bnconform new`` once a case's expected values and stored pairs are set."""
+    for index, step in enumerate(case.steps):
+        for key in DERIVED_KEYS:
+            stored, expected = step.tolerance.get(key), step.expected.get(key)
+            if stored is None or expected is None:
+                continue
+            e = np.asarray(expected, np.float64)
+            derived = case_bounds(case)[index].bound(key, e)
+            finite = np.isfinite(e) & np.isfinite(np.broadcast_to(derived, e.shape)) if derived is not None else None
+            if derived is None or not finite.any():
+                continue
+            envelope = float(np.max((np.broadcast_to(derived, e.shape) - stored["rtol"] * np.abs(e))[finite]))
+            step.tolerance[key] = {**stored, "atol": max(stored["atol"], envelope)}
 
 
 def rounding_room(case: Case, index: int, key: str, expected) -> np.ndarray | None:

@@ -21,6 +21,7 @@ import numpy as np
 from ..caseformat.dtypes import quantize
 from ..caseformat.model import RENORM_STATE_KEYS, Case, Config, State, Step, count_per_channel
 from ..reference import oracle
+from ..reference.bounds import widen_stored_to_envelope
 from ..reference.tolerance import step_tolerance
 
 # Step kinds: (normalize_with, update_running_stats).
@@ -161,6 +162,7 @@ def build(spec: Spec) -> Case:
     case = Case(spec.id, spec.family, "", spec.config, state, steps)
     if case.extensions:
         _attach_traced(case)
+        widen_stored_to_envelope(case)
         case.description = spec.description(case) if callable(spec.description) else spec.description
         return case
     running = (state.running_mean, state.running_var)
@@ -170,6 +172,7 @@ def build(spec: Spec) -> Case:
         stats = (expected["batch_mean"], expected["batch_var"]) if step.is_training else running
         step.tolerance = step_tolerance(spec.config, expected, stats if n else None, state.gamma, step)
         running = (expected["running_mean"], expected["running_var"])
+    widen_stored_to_envelope(case)  # the stored pair covers every per-element bound (reference.bounds)
     case.description = spec.description(case) if callable(spec.description) else spec.description
     return case
 
