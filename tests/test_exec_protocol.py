@@ -150,6 +150,7 @@ def test_a_variant_deviation_from_data_rounds_the_cases_own_knob():
     (lambda h: h.update(protocol=2), "handshake/protocol: Expected: 1"),
     (lambda h: h.update(name="other"), "handshake/name: Expected: 'fake'"),
     (lambda h: h.update(colour="red"), "handshake: Expected: fields among"),
+    (lambda h: h.update(keeps_state="no"), "handshake/keeps_state: Expected: true or false"),
     (lambda h: h["capabilities"].update(ranks=[6]), "handshake/capabilities/ranks: Expected: values among"),
     (lambda h: h["capabilities"].update(momentum=[0.9]), "handshake/capabilities/momentum: Expected: a Capabilities field"),
     (lambda h: h.update(deviations=[{"name": "x", "kind": "bug", "applies": {}, "behaviour": {},
@@ -306,3 +307,9 @@ def test_the_c_kernel_is_compiled_on_first_use_and_a_compile_error_is_each_cells
     (broken / "bn.c").write_text("int main(void) { return syntax error; }\n")
     verdict = _judge_all(f"exec:{broken}", ["formulas/rank2_nc_train"])[0]
     assert verdict.status == "error" and "build failed (cc -std=c99" in verdict.detail and "error" in verdict.detail
+
+
+def test_a_backend_without_running_state_says_so_in_its_handshake():
+    """keeps_state: false makes the judge run it step by step (bnconform.judging.stepwise); absent: true."""
+    assert parse_handshake(json.loads(json.dumps(EVERYTHING)), "fake").keeps_state is True
+    assert parse_handshake({**json.loads(json.dumps(EVERYTHING)), "keeps_state": False}, "fake").keeps_state is False

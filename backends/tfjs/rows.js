@@ -51,8 +51,10 @@ const BATCH_NORM = {
   name: 'tfjs.batchNorm',
   run: runBatchNorm,
   declaration: () => ({
-    notes: 'stateless tf.batchNorm: training steps normalize with tf.moments (two-pass, biased), eval steps with '
-      + "the case's running statistics; parameters 1-D for channels last, else broadcast to x's shape",
+    notes: 'stateless tf.batchNorm, judged step by step: training steps normalize with tf.moments (two-pass, '
+      + "biased), eval steps with the running statistics the case expects before them; parameters 1-D for "
+      + "channels last, else broadcast to x's shape",
+    keeps_state: false, // no running statistics: bnconform hands each step the state it expects
     decay_parameter: null,
     defaults: { decay_parameter: null },
     capabilities: {
@@ -62,7 +64,17 @@ const BATCH_NORM = {
       extensions: [],
       gradients: [],
     },
-    deviations: [],
+    deviations: [
+      {
+        name: 'float32-variance-overflow',
+        kind: 'precision',
+        applies: { selector: 'squares_overflow', args: ['float32'] },
+        behaviour: { mismatches: ['y', 'batch_var'], text: 'the variance overflows to Infinity: y collapses to beta' },
+        explanation: 'tf.moments squares x - mean in float32, which overflows beyond 1.8e19, so the batch variance '
+          + 'is Infinity and tf.batchNorm returns beta (degenerate/huge_mixed_sign_float32: y -0.314 for 2.53)',
+        link: 'https://github.com/tensorflow/tfjs/blob/tfjs-v4.22.0/tfjs-core/src/ops/moments.ts',
+      },
+    ],
   }),
 };
 

@@ -208,6 +208,7 @@ class ExecAdapter(Adapter):
     capabilities = _FromHandshake("capabilities", UNKNOWN_CAPABILITIES)
     deviations = _FromHandshake("deviations", ())
     decay_parameter = _FromHandshake("decay_parameter", None)
+    keeps_state = _FromHandshake("keeps_state", True)
     notes = _FromHandshake("notes", lambda cls: "capabilities unknown until it runs: "
                            + (cls._probed.get("failure") or cls.missing() or cls.handshake().unavailable))
 

@@ -283,10 +283,11 @@ class Handshake:
     decay_parameter: tuple[str, str] | None = None
     defaults: dict = dataclasses.field(default_factory=dict)
     unavailable: str | None = None
+    keeps_state: bool = True  # false: judged step by step from the expected state (bnconform.judging.stepwise)
 
 
 _HANDSHAKE_FIELDS = ("protocol", "name", "version", "devices", "capabilities", "deviations", "notes",
-                     "decay_parameter", "defaults", "unavailable")
+                     "decay_parameter", "defaults", "unavailable", "keeps_state")
 
 
 def parse_handshake(obj, expected_name: str) -> Handshake:
@@ -316,7 +317,8 @@ def parse_handshake(obj, expected_name: str) -> Handshake:
         deviations=tuple(deviation_from_json(d, f"handshake/deviations/{i}") for i, d in enumerate(deviations)),
         notes=_require(obj.get("notes", ""), str, "handshake/notes", "a string"),
         decay_parameter=tuple(decay) if decay else None,
-        defaults=_require(obj.get("defaults", {}), dict, "handshake/defaults", "an object"))
+        defaults=_require(obj.get("defaults", {}), dict, "handshake/defaults", "an object"),
+        keeps_state=_require(obj.get("keeps_state", True), bool, "handshake/keeps_state", "true or false"))
 
 
 # --- Requests and answers -----------------------------------------------------------------------
