@@ -12,7 +12,7 @@ import numpy as np
 from bnconform.adapters.numpy_oracle import OracleAdapter
 from bnconform.caseformat.validation import load_case
 from bnconform.execution import plan
-from bnconform.execution.plan import Cell, presettle
+from bnconform.execution.plan import Cell, discover_cases, presettle
 from bnconform.judging.judge import judge
 from bnconform.judging.stepwise import state_before, step_case
 from bnconform.reference import oracle
@@ -85,3 +85,36 @@ def test_a_cell_with_nothing_observable_stays_unsupported_in_the_planner_and_the
     monkeypatch.setattr(plan, "adapter_class", lambda name: EvalOnly)
     settled = presettle(Cell(str(case.path), case.id, case.family, EvalOnly.name, "cpu"), case)
     assert settled is not None and settled.status == "unsupported" and settled.detail == verdict.detail
+
+
+class DriftsAtStepOne(OracleAdapter):
+    """A stateful API whose second update adds 0.5 to the running mean (the error then travels)."""
+
+    name = "test.drifts_at_step_one"
+
+    def run(self, case, device):
+        results = oracle.run_case(case)
+        if "#step" in case.id and not case.id.endswith("#step1"):
+            return results  # run from the expected state, another step: right
+        start = 0 if "#step" not in case.id else 1
+        for index, result in enumerate(results, start):
+            if index >= 1:
+                result["running_mean"] = result["running_mean"] + 0.5
+        return results
+
+
+def test_a_stateful_api_run_stepwise_names_the_first_step_that_diverges_only():
+    case = load_case(THREE_UPDATES_THEN_EVAL)
+    whole = judge(DriftsAtStepOne(), case, "cpu")
+    steps = judge(DriftsAtStepOne(), case, "cpu", stepwise=True)
+    assert whole.status == "fail" and {m["step"] for m in whole.mismatches} == {1, 2, 3}
+    assert steps.status == "fail" and {m["step"] for m in steps.mismatches} == {1}
+    assert "running_mean" in steps.compared and steps.unobserved == []
+
+
+def test_stepwise_leaves_out_steps_whose_state_the_case_cannot_carry():
+    """A zero-debiased EMA's accumulators are not in the canonical state: after the first update
+    such a step cannot be started from the case's state, and is named, not failed."""
+    zero_debias = [c for c in discover_cases(CASES) if c.config.running_stats.zero_debias and len(c.steps) > 2]
+    verdict = judge(OracleAdapter(), zero_debias[0], "cpu", stepwise=True)
+    assert verdict.status == "pass" and any(u.startswith("step ") for u in verdict.unobserved), verdict

@@ -205,7 +205,8 @@ class HostProcess:
         """The verdict of one cell; an ``error`` verdict if the host crashed or hung."""
         reply, problem = self._load(cell.adapter)
         if reply is not None:
-            request = {"case": cell.case_path, "device": cell.device, "adapter": target_of(cell.adapter)}
+            request = {"case": cell.case_path, "device": cell.device, "adapter": target_of(cell.adapter),
+                       "stepwise": cell.stepwise}
             reply, problem = self._ask(request, self.cell_timeout)
         if reply is not None and "verdict" in reply:
             return Verdict.from_json(reply["verdict"])

@@ -53,7 +53,7 @@ class Hosted:
                 "unavailable": self.unavailable, "import_seconds": self.import_seconds,
                 "defaults": self.defaults}
 
-    def verdict(self, case, device: str) -> Verdict:
+    def verdict(self, case, device: str, stepwise: bool = False) -> Verdict:
         base = dict(case=case.id, family=case.family, adapter=self.name, device=device)
         if self.broken:
             return Verdict(**base, status="error", detail=self.broken)
@@ -63,7 +63,7 @@ class Hosted:
             note = f"; {self.adapter.device_note}" if self.adapter.device_note else ""
             return Verdict(**base, status="unavailable", detail=f"device {device!r} not present here "
                            f"(usable: {', '.join(self.devices) or 'none'}){note}")
-        return judge(self.adapter, case, device)
+        return judge(self.adapter, case, device, stepwise)
 
 
 def _safe_defaults(adapter) -> dict:
@@ -97,7 +97,7 @@ class Host:
                 self.cases[path] = load_case(path)
         except CaseError as exc:
             return {"invalid": str(exc)}
-        verdict = hosted.verdict(self.cases[path], request["device"])
+        verdict = hosted.verdict(self.cases[path], request["device"], bool(request.get("stepwise")))
         return {"verdict": {**verdict.to_json(), "version": hosted.version}}
 
 

@@ -36,6 +36,7 @@ class Cell:
     family: str
     adapter: str
     device: str
+    stepwise: bool = False  # run a stateful API's steps each from the expected state (judge(..., stepwise))
 
     @property
     def cell_id(self) -> str:
@@ -64,7 +65,7 @@ def discover_cases(root: Path, families=None) -> list:
     return [load_case(p) for p in case_files(root, families)]
 
 
-def plan(cases, adapters, devices=None) -> list[Cell]:
+def plan(cases, adapters, devices=None, stepwise: bool = False) -> list[Cell]:
     """Cells for every adapter x device kind of that adapter (filtered by ``devices``) x case.
 
     An adapter none of whose device kinds is among ``devices`` (torch.nn.SyncBatchNorm on a machine
@@ -73,7 +74,7 @@ def plan(cases, adapters, devices=None) -> list[Cell]:
     cells = []
     for name in adapters:
         for device in planned_kinds(name, devices):
-            cells += [Cell(str(c.path), c.id, c.family, name, device) for c in cases]
+            cells += [Cell(str(c.path), c.id, c.family, name, device, stepwise) for c in cases]
     return cells
 
 

@@ -49,6 +49,8 @@ def pytest_addoption(parser):
                     help="write this run's reports into this directory, as `bnconform run --out` does (default: "
                          "reports/ for the whole matrix, else reports/partial/<selection>/)")
     group.addoption("--bn-timeout", type=float, default=120.0, help="seconds per cell before its host is killed")
+    group.addoption("--bn-stepwise", action="store_true",
+                    help="run each step from the state the case expects before it, as `bnconform run --stepwise`")
 
 
 def pytest_configure(config):
@@ -251,7 +253,8 @@ class CaseFile(pytest.File):
         selection = _selection(self.config)
         for name in selection["names"]:
             for device in planned_kinds(name, selection["devices"]):
-                yield self._item(Cell(str(self.path), case.id, case.family, name, device), case)
+                yield self._item(Cell(str(self.path), case.id, case.family, name, device,
+                                      bool(self.config.getoption("--bn-stepwise"))), case)
 
     def _item(self, cell, case):
         """The cell's item: presettled cells carry their verdict and spread freely; the others
@@ -395,7 +398,7 @@ def _write_reports(config, verdict_dicts) -> Path:
 
     selection = _selection(config)
     verdicts = [Verdict.from_json(v) for v in verdict_dicts]
-    options = {k: config.getoption(f"--bn-{k}") for k in ("backend", "adapter", "device", "family")}
+    options = {k: config.getoption(f"--bn-{k}") for k in ("backend", "adapter", "device", "family", "stepwise")}
     document = results.build(verdicts, config.stash[_INFOS], {k: v for k, v in options.items() if v},
                              selection["root"], config.stash.get(_CASE_META, None))
     return write_reports(document, _default_reports(config), _whole_matrix(config, verdicts),
@@ -409,7 +412,7 @@ def _whole_matrix(config, verdicts) -> bool:
     from ..execution.selection import is_whole_matrix
 
     selection = _selection(config)
-    if selection["root"] != _default_case_root(config).resolve():
+    if selection["root"] != _default_case_root(config).resolve() or config.getoption("--bn-stepwise"):
         return False
     if not is_whole_matrix(selection["names"], selection["families"], selection["devices"], selection["all_families"]):
         return False

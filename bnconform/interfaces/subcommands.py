@@ -50,10 +50,11 @@ def cmd_run(args) -> int:
     args.cases = case_root(args.cases)
     cases, families = matrix_cases(args.cases, args.family)
     selected, devices = selected_backends(args)
-    selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family") if getattr(args, k)}
-    whole = is_whole_matrix(selected, args.family, args.device, families) and is_default_case_root(args.cases)
+    selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family", "stepwise") if getattr(args, k)}
+    whole = (is_whole_matrix(selected, args.family, args.device, families) and is_default_case_root(args.cases)
+             and not args.stepwise)
     target = target_dir(selection, selected, Path(args.reports), whole, args.out)
-    cells = plan(cases, selected, devices)
+    cells = plan(cases, selected, devices, args.stepwise)
     try:
         with reserved(target, create=False):  # a second run for these reports is refused now, not later
             print(f"running {len(cells)} cells: {len(cases)} cases x {len(selected)} backends on "
@@ -220,6 +221,9 @@ def register(sub) -> None:
                      help="report directory (default: reports); a run over less than the whole matrix writes "
                           "under <reports>/partial/<selection>/")
     run.add_argument("--out", help="write this run's reports into OUT instead")
+    run.add_argument("--stepwise", action="store_true",
+                     help="run each step from the state the case expects before it (stateful APIs too), so a "
+                          "verdict names the first step that diverges; writes under reports/partial/")
     run.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 2, help="backends run at once")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help=_CHECK_HELP, description=_CHECK_HELP)

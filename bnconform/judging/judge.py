@@ -25,7 +25,7 @@ from ..reference import oracle
 from .capabilities import unsupported_reason
 from .compare import compare_case
 from .declarations import AdapterContract, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
-from .stepwise import observed_results, step_cases, step_reasons, unobserved_outputs, unsupported_step
+from .stepwise import not_resumable, observed_results, step_cases, step_reasons, unobserved_outputs, unsupported_step
 from .verdict import DEVIATION_KINDS, STATUSES, Verdict  # noqa: F401  (STATUSES re-exported)
 
 
@@ -117,14 +117,14 @@ def _plain(case: Case, results) -> tuple[str, str, list, list]:
     return "fail", detail, [m.to_json() for m in mismatches[:8]], compared
 
 
-def applicable_deviations(adapter: AdapterContract, case: Case, device: str, skipped=()) -> list[Deviation]:
-    """Every declared deviation whose selector matches this cell; for an API that keeps no state,
-    whose selector matches one of the one-step cases it runs (what it was given and observed;
-    ``skipped``: the steps it cannot run)."""
-    if keeps_state(adapter):
+def applicable_deviations(adapter: AdapterContract, case: Case, device: str, skipped=(), stepwise=False) -> list[Deviation]:
+    """Every declared deviation whose selector matches this cell; judged step by step (an API
+    that keeps no state, or ``stepwise``), whose selector matches one of the one-step cases it
+    runs (what it was given and observed; ``skipped``: the steps it cannot run)."""
+    if keeps_state(adapter) and not stepwise:
         return [d for d in adapter.deviations if d.applies(case, device)]
     found = []
-    for index, one in enumerate(step_cases(case)):
+    for index, one in enumerate(step_cases(case, keeps_state(adapter))):
         found += [d for d in adapter.deviations if index not in skipped and d.applies(one, device) and d not in found]
     return found
 
@@ -154,28 +154,37 @@ def cannot_express(adapter: AdapterContract, case: Case, device: str) -> str | N
     return unsupported_step(_one_step_reason(adapter, device), case)
 
 
-def _expressible(adapter: AdapterContract, case: Case, device: str) -> tuple[str | None, list[int]]:
-    """(the cell's unsupported reason or None, the steps left out): an API that keeps no state
-    leaves out the steps it cannot express and is unsupported only when that is all of them."""
-    if keeps_state(adapter):
+def _expressible(adapter: AdapterContract, case: Case, device: str, stepwise=False) -> tuple[str | None, list[int]]:
+    """(the cell's unsupported reason or None, the steps left out): judged step by step (an API
+    that keeps no state, or ``stepwise``), the steps it cannot express (or, keeping their update,
+    cannot start from the canonical state) are left out; unsupported only when that is all of them."""
+    if keeps_state(adapter) and not stepwise:
         return cannot_express(adapter, case, device), []
-    reasons = step_reasons(_one_step_reason(adapter, device), case)
+    reason_of = _one_step_reason(adapter, device)
+    if keeps_state(adapter):
+        whole = cannot_express(adapter, case, device)
+        if whole:
+            return whole, []
+        reasons = [reason_of(one) or not_resumable(one) for one in step_cases(case, keep_update=True)]
+    else:
+        reasons = step_reasons(reason_of, case)
     if all(reasons):
         return (reasons[0] if len(reasons) == 1 else f"step 0: {reasons[0]}"), []
     return None, [i for i, reason in enumerate(reasons) if reason]
 
 
-def _run(adapter: AdapterContract, case: Case, device: str, skipped=()):
-    """(results, exception, seconds); Unsupported propagates. An API that keeps no state runs
-    each step it can express (all but ``skipped``) as its own case from the expected state (None
-    for the others), and reports no state outputs."""
+def _run(adapter: AdapterContract, case: Case, device: str, skipped=(), stepwise=False):
+    """(results, exception, seconds); Unsupported propagates. Judged step by step, each step it
+    can express (all but ``skipped``) runs as its own case from the expected state (None for the
+    others); an API that keeps no state reports no state outputs."""
     start, results, exc = time.perf_counter(), None, None
     try:
-        if keeps_state(adapter):
+        if keeps_state(adapter) and not stepwise:
             results = adapter.run(case, device)
         else:
-            results = observed_results([None if i in skipped else adapter.run(one, device)[0]
-                                        for i, one in enumerate(step_cases(case))])
+            ran = [None if i in skipped else adapter.run(one, device)[0]
+                   for i, one in enumerate(step_cases(case, keeps_state(adapter)))]
+            results = ran if keeps_state(adapter) else observed_results(ran)
     except Unsupported:
         raise
     except Exception as caught:  # the framework's own exception is data, not a crash
@@ -184,15 +193,17 @@ def _run(adapter: AdapterContract, case: Case, device: str, skipped=()):
     return results, exc, time.perf_counter() - start
 
 
-def judge(adapter: AdapterContract, case: Case, device: str) -> Verdict:
-    """Run one cell and classify it. Never raises for framework behaviour."""
+def judge(adapter: AdapterContract, case: Case, device: str, stepwise: bool = False) -> Verdict:
+    """Run one cell and classify it. Never raises for framework behaviour. ``stepwise``: run a
+    stateful API's steps each from the state the case expects before it, so a failure names the
+    first step that diverges rather than every later one (an API without state always runs so)."""
     base = dict(case=case.id, family=case.family, adapter=adapter.name, device=device)
-    reason, skipped = _expressible(adapter, case, device)
+    reason, skipped = _expressible(adapter, case, device, stepwise)
     if reason:
         return Verdict(**base, status="unsupported", detail=reason)
-    applicable = applicable_deviations(adapter, case, device, skipped)
+    applicable = applicable_deviations(adapter, case, device, skipped, stepwise)
     try:
-        results, exc, seconds = _run(adapter, case, device, skipped)
+        results, exc, seconds = _run(adapter, case, device, skipped, stepwise)
     except Unsupported as unsupported:
         return Verdict(**base, status="unsupported", detail=str(unsupported))
     mismatches, compared, observed = [], [], []
@@ -209,9 +220,11 @@ def judge(adapter: AdapterContract, case: Case, device: str) -> Verdict:
     except ValueError as bad_results:  # wrong number of steps, missing y: the adapter's bug
         status, detail = "error", f"adapter returned bad results: {bad_results}"
     kinds = sorted({d.kind for d in observed}, key=DEVIATION_KINDS.index)
-    unobserved = [] if keeps_state(adapter) else unobserved_outputs(case, skipped)
+    unobserved = (unobserved_outputs(case, skipped) if not keeps_state(adapter)
+                  else [f"step {i}" for i in skipped] if stepwise else [])
     if unobserved and status in ("pass", "deviation", "fail"):
-        note = f"not observed: {', '.join(unobserved)} (an API without running state; each step ran from the expected state)"
+        why = "an API without running state" if not keeps_state(adapter) else "run with --stepwise"
+        note = f"not observed: {', '.join(unobserved)} ({why}; each step ran from the expected state)"
         detail = f"{detail} | {note}" if detail else note
     return Verdict(**base, status=status, detail=detail, deviations=[d.name for d in observed], kinds=kinds,
                    mismatches=mismatches, compared=compared, seconds=seconds, unobserved=unobserved)

@@ -42,11 +42,17 @@ def state_before(case: Case, index: int) -> State:
                  int(after.get("num_updates") or 0), **renorm)
 
 
-def step_case(case: Case, index: int) -> Case:
-    """Step ``index`` of ``case`` as a case of its own that starts from :func:`state_before` and
-    updates nothing (module docstring); its expected running statistics are the state it starts from."""
-    state = replace(state_before(case, index), num_updates=0)
+def step_case(case: Case, index: int, keep_update: bool = False) -> Case:
+    """Step ``index`` of ``case`` as a case of its own that starts from :func:`state_before`.
+    Without ``keep_update`` (an API without state) it updates nothing (module docstring) and its
+    expected running statistics are the state it starts from. With it (a stateful API run from the
+    expected state, ``--stepwise``) it is the original step, counter and conventions included."""
     step = case.steps[index]
+    if keep_update:
+        one = replace(step, expected=dict(step.expected), tolerance=dict(step.tolerance))
+        return Case(f"{case.id}#step{index}", case.family, case.description, case.config, state_before(case, index),
+                    [one], case.path)
+    state = replace(state_before(case, index), num_updates=0)
     expected = dict(step.expected)
     expected.update(running_mean=state.running_mean, running_var=state.running_var, num_updates=0)
     plain = replace(case.config, running_stats=RunningStats(decay=case.config.running_stats.decay or 0.9,
@@ -56,9 +62,21 @@ def step_case(case: Case, index: int) -> Case:
     return Case(f"{case.id}#step{index}", case.family, case.description, plain, state, [one], case.path)
 
 
-def step_cases(case: Case) -> list[Case]:
+def step_cases(case: Case, keep_update: bool = False) -> list[Case]:
     """Every step of ``case`` as :func:`step_case`."""
-    return [step_case(case, i) for i in range(len(case.steps))]
+    return [step_case(case, i, keep_update) for i in range(len(case.steps))]
+
+
+def not_resumable(one: Case) -> str | None:
+    """Why a one-step case that keeps its update cannot stand for its step: the canonical state
+    before it does not carry what the step needs (zero-debias accumulators, a renorm stddev
+    history), seen as the oracle failing to reproduce the step's expected results from it."""
+    from ..reference.oracle import run_case
+    from .compare import compare_case
+
+    if compare_case(one, run_case(one))[0]:
+        return "the state before this step is not all in the case's canonical state (e.g. zero-debias accumulators)"
+    return None
 
 
 def step_reasons(reason_of, case: Case) -> list[str | None]:
