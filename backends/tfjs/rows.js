@@ -47,6 +47,19 @@ function runBatchNorm(tf, config, knobs, state, steps) {
   });
 }
 
+// tf.moments' float32 squares overflow, seen by both rows; ``consequence`` ends the explanation.
+function float32VarianceOverflow(outputs, consequence) {
+  return {
+    name: 'float32-variance-overflow',
+    kind: 'precision',
+    applies: { selector: 'squares_overflow', args: ['float32'] },
+    behaviour: { mismatches: outputs, text: 'the variance overflows to Infinity: y collapses to beta' },
+    explanation: 'tf.moments squares x - mean in float32, which overflows beyond 1.8e19, so the batch variance '
+      + consequence,
+    link: 'https://github.com/tensorflow/tfjs/blob/tfjs-v4.22.0/tfjs-core/src/ops/moments.ts',
+  };
+}
+
 const BATCH_NORM = {
   name: 'tfjs.batchNorm',
   run: runBatchNorm,
@@ -65,15 +78,8 @@ const BATCH_NORM = {
       gradients: [],
     },
     deviations: [
-      {
-        name: 'float32-variance-overflow',
-        kind: 'precision',
-        applies: { selector: 'squares_overflow', args: ['float32'] },
-        behaviour: { mismatches: ['y', 'batch_var'], text: 'the variance overflows to Infinity: y collapses to beta' },
-        explanation: 'tf.moments squares x - mean in float32, which overflows beyond 1.8e19, so the batch variance '
-          + 'is Infinity and tf.batchNorm returns beta (degenerate/huge_mixed_sign_float32: y -0.314 for 2.53)',
-        link: 'https://github.com/tensorflow/tfjs/blob/tfjs-v4.22.0/tfjs-core/src/ops/moments.ts',
-      },
+      float32VarianceOverflow(['y', 'batch_var'], 'is Infinity and tf.batchNorm returns beta '
+        + '(degenerate/huge_mixed_sign_float32: y -0.314 for 2.53)'),
     ],
   }),
 };
@@ -156,15 +162,7 @@ const LAYERS_DEVIATIONS = [
       + 'mean 0 and variance 0 and the layer folds them into the moving statistics like a real batch',
     link: 'https://github.com/tensorflow/tfjs/blob/tfjs-v4.22.0/tfjs-backend-cpu/src/kernels/Mean.ts',
   },
-  {
-    name: 'float32-variance-overflow',
-    kind: 'precision',
-    applies: { selector: 'squares_overflow', args: ['float32'] },
-    behaviour: { mismatches: ['y', 'running_var'], text: 'the variance overflows to Infinity: y collapses to beta' },
-    explanation: 'tf.moments squares x - mean in float32, which overflows beyond 1.8e19, so the batch variance '
-      + 'and then the moving variance are Infinity',
-    link: 'https://github.com/tensorflow/tfjs/blob/tfjs-v4.22.0/tfjs-core/src/ops/moments.ts',
-  },
+  float32VarianceOverflow(['y', 'running_var'], 'and then the moving variance are Infinity'),
   {
     name: 'moving-average-turns-infinite-mean-nan',
     kind: 'edge',
