@@ -25,7 +25,8 @@ from ..reference import oracle
 from .capabilities import unsupported_reason
 from .compare import compare_case
 from .declarations import AdapterContract, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
-from .stepwise import not_resumable, observed_results, step_cases, step_reasons, unobserved_outputs, unsupported_step
+from .stepwise import (not_resumable, observed_results, settle, step_cases, step_reasons, unobserved_outputs,
+                       unsupported_step)
 from .verdict import DEVIATION_KINDS, STATUSES, Verdict  # noqa: F401  (STATUSES re-exported)
 
 
@@ -165,12 +166,8 @@ def _expressible(adapter: AdapterContract, case: Case, device: str, stepwise=Fal
         whole = cannot_express(adapter, case, device)
         if whole:
             return whole, []
-        reasons = [reason_of(one) or not_resumable(one) for one in step_cases(case, keep_update=True)]
-    else:
-        reasons = step_reasons(reason_of, case)
-    if all(reasons):
-        return (reasons[0] if len(reasons) == 1 else f"step 0: {reasons[0]}"), []
-    return None, [i for i, reason in enumerate(reasons) if reason]
+        return settle([reason_of(one) or not_resumable(one) for one in step_cases(case, keep_update=True)])
+    return settle(step_reasons(reason_of, case))
 
 
 def _run(adapter: AdapterContract, case: Case, device: str, skipped=(), stepwise=False):

@@ -85,13 +85,17 @@ def step_reasons(reason_of, case: Case) -> list[str | None]:
     return [reason_of(one) for one in step_cases(case)]
 
 
+def settle(reasons: list) -> tuple[str | None, list[int]]:
+    """(the cell's unsupported reason when no step can run, nothing being observable: the first
+    step's, as "step 0: <reason>" in a case of several steps; else None, the steps left out)."""
+    if all(reasons):
+        return (reasons[0] if len(reasons) == 1 else f"step 0: {reasons[0]}"), []
+    return None, [index for index, reason in enumerate(reasons) if reason]
+
+
 def unsupported_step(reason_of, case: Case) -> str | None:
-    """The cell's unsupported reason when no step can run (nothing is observable): the first
-    step's, as "step i: <reason>" in a case of several steps; None when some step can run."""
-    reasons = step_reasons(reason_of, case)
-    if any(reason is None for reason in reasons):
-        return None
-    return reasons[0] if len(case.steps) == 1 else f"step 0: {reasons[0]}"
+    """:func:`settle`'s reason for the one-step cases ``reason_of`` (case -> reason or None) judges."""
+    return settle(step_reasons(reason_of, case))[0]
 
 
 def observed_results(results: list) -> list:
