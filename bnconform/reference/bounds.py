@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -180,10 +181,21 @@ class _StepBounds:
         term = self.u * self.gamma * g.gain * np.abs(g.means) * self._f()
         return np.where(g.vars == 0, np.minimum(term, self.gamma * g.gain), term)
 
+    @functools.cached_property
     def _xhat(self) -> np.ndarray:
-        """|x - mu_g| f_g per element."""
+        """|x - mu_g| f_g per element (computed once per step, for y and the gradients)."""
         g = self.groups
         return np.abs(self.x - _spread(g.means, g, self.x.shape, self.axis)) * _spread(self._f(), g, self.x.shape, self.axis)
+
+    @functools.cached_property
+    def _moments(self) -> tuple[np.ndarray, np.ndarray]:
+        """The whole batch's (mean, biased variance) per channel, computed once per step."""
+        return batch_moments(self.x, self.axis)
+
+    @functools.cached_property
+    def _mean_abs_x(self) -> np.ndarray:
+        """mean |x| per channel: the size of the terms a batch sum rounds at."""
+        return _finite_abs(self.x).mean(axis=reduction_axes(self.x.ndim, self.axis))
 
     def _y(self, e):
         """r (|gamma_c| gain xhat_i + |beta_c|): the terms of y_i, which a rounding scales with even
@@ -191,7 +203,7 @@ class _StepBounds:
         if self.groups is None or e.shape != self.x.shape:
             return None
         rank, beta = self.x.ndim, _finite_abs(self.case.initial_state.beta) if self.config.center else 0 * self.gamma
-        terms = broadcast(self.gamma * self.groups.gain, rank, self.axis) * self._xhat() + broadcast(beta, rank, self.axis)
+        terms = broadcast(self.gamma * self.groups.gain, rank, self.axis) * self._xhat + broadcast(beta, rank, self.axis)
         if self.groups.gain != 1.0:
             terms = np.maximum(terms, _spread(_group_reduce(e, self.groups, self.axis, np.max), self.groups, e.shape, self.axis))
         return self.rtol("y") * terms, _spread(self._mean_rounding(), self.groups, e.shape, self.axis)
@@ -199,21 +211,21 @@ class _StepBounds:
     def _batch_mean(self, e):
         if self.groups is None:
             return None
-        return self.rtol("batch_mean") * _finite_abs(self.x).mean(axis=reduction_axes(self.x.ndim, self.axis)), 0.0
+        return self.rtol("batch_mean") * self._mean_abs_x, 0.0
 
     def _mean_squared_rounding(self) -> np.ndarray:
         """(u |mu_c|)^2 per channel: what a rounded mean adds to a two-pass variance, since
         sum (x - mu_hat)^2 / N = var + (mu - mu_hat)^2 (sum (x - mu) = 0). A constant channel's
         variance is 0, and a right float32 implementation returns this instead (TensorFlow:
         9.5e-7 for a constant 1.6e4, half an ulp squared)."""
-        return (self.u * np.abs(batch_moments(self.x, self.axis)[0])) ** 2
+        return (self.u * np.abs(self._moments[0])) ** 2
 
     def _replica_combination(self) -> np.ndarray:
         """2 (u / 8) |mu_c| sqrt(v_c) on a replicated step (else 0): a variance combined from the
         replicas' moments takes each replica's rounded mean linearly (tolerance._replica_combination)."""
         if not self.step.replica_sizes:
             return 0.0
-        mean, var = batch_moments(self.x, self.axis)
+        mean, var = self._moments
         return 2 * (self.u / 8) * np.abs(mean) * np.sqrt(np.maximum(var, 0.0))
 
     def _batch_var(self, e):
@@ -251,34 +263,35 @@ class _StepBounds:
     def _running_mean(self, e):
         if not self.step.update_running_stats or self.x.size == 0:
             return self._running("running_mean", self.before[0], 0.0, 0.0), 0.0
-        mean = batch_moments(self.x, self.axis)[0]
-        spread = _finite_abs(self.x).mean(axis=reduction_axes(self.x.ndim, self.axis))
-        return self._running("running_mean", self.before[0], mean, self._batch_rtol() * (_finite_abs(mean) + spread)), 0.0
+        mean = self._moments[0]
+        return self._running("running_mean", self.before[0], mean,
+                             self._batch_rtol() * (_finite_abs(mean) + self._mean_abs_x)), 0.0
 
     def _running_var(self, e):
         if not self.step.update_running_stats or self.x.size == 0:
             return self._running("running_var", self.before[1], 0.0, 0.0), 0.0
         n = self.x.size / max(self.x.shape[self.axis], 1)
         bessel = n / (n - 1) if n > 1 else 1.0
-        var = batch_moments(self.x, self.axis)[1]
+        var = self._moments[1]
         rounding = self._mean_squared_rounding() + self._replica_combination()
         take = self._weights()[1]
         own = self._running("running_var", self.before[1], var * bessel, self._batch_rtol() * 2 * _finite_abs(var) * bessel)
         return own, take * rounding * bessel
 
     # -- backward ------------------------------------------------------------------------------
+    @functools.cached_property
     def _backward_terms(self):
-        """(G, C) arrays: f, xhat max, D = max|dy|, sum|dy|, sum|dy xhat|."""
-        g, dy = self.groups, np.asarray(self.step.dy, np.float64)
+        """(G, C) arrays, computed once per step for dx, dgamma and dbeta: f, xhat max,
+        D = max|dy|, sum|dy|, sum|dy xhat|."""
+        g, dy, centered = self.groups, np.asarray(self.step.dy, np.float64), self._xhat
         f = self._f()
-        centered = np.abs(self.x - _spread(g.means, g, self.x.shape, self.axis)) * _spread(f, g, self.x.shape, self.axis)
         return (f, _group_reduce(centered, g, self.axis, np.max), _group_reduce(np.abs(dy), g, self.axis, np.max),
                 _group_reduce(np.abs(dy), g, self.axis, np.sum), _group_reduce(np.abs(dy) * centered, g, self.axis, np.sum))
 
     def _dx(self, e):
         if self.groups is None or self.step.dy is None or e.shape != self.x.shape:
             return None
-        f, xhat, d_max, _, _ = self._backward_terms()
+        f, xhat, d_max, _, _ = self._backward_terms
         gain = self.gamma * self.groups.gain
         r = self.rtol("dx")
         if self.step.normalize_with != "batch":
@@ -291,14 +304,14 @@ class _StepBounds:
     def _dgamma(self, e):
         if self.groups is None or self.step.dy is None:
             return None
-        f, _, _, dy_sum, dy_xhat = self._backward_terms()
+        f, _, _, dy_sum, dy_xhat = self._backward_terms
         rounding = self.u * dy_sum * np.abs(self.groups.means) * f if self.step.normalize_with == "batch" else 0 * f
         return (self.rtol("dgamma") * dy_xhat).sum(axis=0), rounding.sum(axis=0)
 
     def _dbeta(self, e):
         if self.groups is None or self.step.dy is None:
             return None
-        return self.rtol("dbeta") * self._backward_terms()[3].sum(axis=0), 0.0
+        return self.rtol("dbeta") * self._backward_terms[3].sum(axis=0), 0.0
 
 
 _TRACES: collections.OrderedDict = collections.OrderedDict()  # fingerprint -> the oracle's (results, traces)
