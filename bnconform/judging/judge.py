@@ -25,8 +25,7 @@ from ..reference import oracle
 from .capabilities import unsupported_reason
 from .compare import compare_case
 from .declarations import AdapterContract, Deviation, MatchesVariant, Mismatches, Raises, Unsupported
-from .stepwise import (not_resumable, observed_results, settle, step_cases, step_reasons, unobserved_outputs,
-                       unsupported_step)
+from .stepwise import not_resumable, observed_results, settle, step_cases, unobserved_outputs, unsupported_step
 from .verdict import DEVIATION_KINDS, STATUSES, Verdict  # noqa: F401  (STATUSES re-exported)
 
 
@@ -118,14 +117,14 @@ def _plain(case: Case, results) -> tuple[str, str, list, list]:
     return "fail", detail, [m.to_json() for m in mismatches[:8]], compared
 
 
-def applicable_deviations(adapter: AdapterContract, case: Case, device: str, skipped=(), stepwise=False) -> list[Deviation]:
-    """Every declared deviation whose selector matches this cell; judged step by step (an API
-    that keeps no state, or ``stepwise``), whose selector matches one of the one-step cases it
-    runs (what it was given and observed; ``skipped``: the steps it cannot run)."""
-    if keeps_state(adapter) and not stepwise:
+def applicable_deviations(adapter: AdapterContract, case: Case, device: str, skipped=(), ones=None) -> list[Deviation]:
+    """Every declared deviation whose selector matches this cell; judged step by step (``ones``:
+    its one-step cases), whose selector matches one of the one-step cases it runs (what it was
+    given and observed; ``skipped``: the steps it cannot run)."""
+    if ones is None:
         return [d for d in adapter.deviations if d.applies(case, device)]
     found = []
-    for index, one in enumerate(step_cases(case, keeps_state(adapter))):
+    for index, one in enumerate(ones):
         found += [d for d in adapter.deviations if index not in skipped and d.applies(one, device) and d not in found]
     return found
 
@@ -155,32 +154,31 @@ def cannot_express(adapter: AdapterContract, case: Case, device: str) -> str | N
     return unsupported_step(_one_step_reason(adapter, device), case)
 
 
-def _expressible(adapter: AdapterContract, case: Case, device: str, stepwise=False) -> tuple[str | None, list[int]]:
-    """(the cell's unsupported reason or None, the steps left out): judged step by step (an API
-    that keeps no state, or ``stepwise``), the steps it cannot express (or, keeping their update,
-    cannot start from the canonical state) are left out; unsupported only when that is all of them."""
-    if keeps_state(adapter) and not stepwise:
+def _expressible(adapter: AdapterContract, case: Case, device: str, ones=None) -> tuple[str | None, list[int]]:
+    """(the cell's unsupported reason or None, the steps left out): judged step by step (``ones``:
+    its one-step cases), the steps it cannot express (or, keeping their update, cannot start from
+    the canonical state) are left out; unsupported only when that is all of them."""
+    if ones is None:
         return cannot_express(adapter, case, device), []
     reason_of = _one_step_reason(adapter, device)
     if keeps_state(adapter):
         whole = cannot_express(adapter, case, device)
         if whole:
             return whole, []
-        return settle([reason_of(one) or not_resumable(one) for one in step_cases(case, keep_update=True)])
-    return settle(step_reasons(reason_of, case))
+        return settle([reason_of(one) or not_resumable(one) for one in ones])
+    return settle([reason_of(one) for one in ones])
 
 
-def _run(adapter: AdapterContract, case: Case, device: str, skipped=(), stepwise=False):
-    """(results, exception, seconds); Unsupported propagates. Judged step by step, each step it
-    can express (all but ``skipped``) runs as its own case from the expected state (None for the
-    others); an API that keeps no state reports no state outputs."""
+def _run(adapter: AdapterContract, case: Case, device: str, skipped=(), ones=None):
+    """(results, exception, seconds); Unsupported propagates. Judged step by step (``ones``), each
+    step it can express (all but ``skipped``) runs as its own case from the expected state (None
+    for the others); an API that keeps no state reports no state outputs."""
     start, results, exc = time.perf_counter(), None, None
     try:
-        if keeps_state(adapter) and not stepwise:
+        if ones is None:
             results = adapter.run(case, device)
         else:
-            ran = [None if i in skipped else adapter.run(one, device)[0]
-                   for i, one in enumerate(step_cases(case, keeps_state(adapter)))]
+            ran = [None if i in skipped else adapter.run(one, device)[0] for i, one in enumerate(ones)]
             results = ran if keeps_state(adapter) else observed_results(ran)
     except Unsupported:
         raise
@@ -195,12 +193,14 @@ def judge(adapter: AdapterContract, case: Case, device: str, stepwise: bool = Fa
     stateful API's steps each from the state the case expects before it, so a failure names the
     first step that diverges rather than every later one (an API without state always runs so)."""
     base = dict(case=case.id, family=case.family, adapter=adapter.name, device=device)
-    reason, skipped = _expressible(adapter, case, device, stepwise)
+    # the one-step cases, built once for the whole cell (None: the case runs end to end)
+    ones = step_cases(case, keep_update=keeps_state(adapter)) if stepwise or not keeps_state(adapter) else None
+    reason, skipped = _expressible(adapter, case, device, ones)
     if reason:
         return Verdict(**base, status="unsupported", detail=reason)
-    applicable = applicable_deviations(adapter, case, device, skipped, stepwise)
+    applicable = applicable_deviations(adapter, case, device, skipped, ones)
     try:
-        results, exc, seconds = _run(adapter, case, device, skipped, stepwise)
+        results, exc, seconds = _run(adapter, case, device, skipped, ones)
     except Unsupported as unsupported:
         return Verdict(**base, status="unsupported", detail=str(unsupported))
     mismatches, compared, observed = [], [], []
