@@ -6,8 +6,9 @@ first and last, every epsilon placement, scale / center on and off, negative and
 dy all-ones (training dx ~ 0: the mean and variance absorb any per-channel constant), float64 /
 float32 / float16 / bfloat16, N = 2, N = 1 in inference and training, N = 0, a constant channel,
 1e4 + N(0, 1) and mixed-sign ~1e21 (squares overflow) in float32, inference after training (the
-second gradient depends on the running statistics the first step updated), ghost batches, renorm
-and sample weights.
+second gradient depends on the running statistics the first step updated), ghost batches and
+sample weights at ranks 2-5, renorm, half inputs (float16, bfloat16) with batch statistics and no
+update, and cross-replica (synchronized) steps, whose backward must all-reduce its own sums.
 
 Each description quotes what a wrong backward gets: treating the batch mean and variance as
 constants (dx = gamma * dy / sigma, the classic shortcut) in training, or differentiating through
@@ -20,6 +21,7 @@ import numpy as np
 
 from ..caseformat.model import Config, Renorm, RunningStats
 from ..reference.moments import broadcast, inverse_std
+from .replicas import per_replica
 from .spec import EVAL, TRAIN, TRAIN_NO_UPDATE, Spec, normal
 
 FAMILY = "gradients"
@@ -194,6 +196,14 @@ def _without_update():
     yield _spec("batch_no_update_nhwc_float16", "Batch statistics without an update, float16 input with float32 "
                 "parameters, channels last.", Config(channel_axis=3, input_dtype="float16", param_dtype="float32"),
                 (2, 3, 2, 4), (TRAIN_NO_UPDATE,), make_x=normal(1.0, 2.0))
+    for dtype, rank, layout, shape, axis in (("float16", 3, "ncl", (4, 3, 5), 1), ("bfloat16", 2, "nc", (8, 3), 1),
+                                             ("bfloat16", 4, "nchw", (3, 4, 3, 2), 1)):
+        yield _spec(f"batch_no_update_{layout}_{dtype}", f"Batch statistics without an update, {dtype} input and dy "
+                    f"with float32 parameters, rank {rank} ({layout}): the moments and the backward's sums should "
+                    f"run in float32 and round dx once to {dtype} ({dtype} keeps "
+                    f"{'11' if dtype == 'float16' else '8'} significant bits).",
+                    Config(channel_axis=axis, input_dtype=dtype, param_dtype="float32"), shape, (TRAIN_NO_UPDATE,),
+                    make_x=normal(1.0, 2.0))
 
 
 def _extensions():
@@ -212,6 +222,47 @@ def _extensions():
                 make_weights=lambda r, b, i: r.uniform(0.2, 2.0, b))
 
 
+def _extensions_above_rank2():
+    """Ghost batches and sample weights at ranks 3-5: the weight (or the ghost batch) of sample i applies
+    to every position of that sample, so a backward that broadcasts it along the wrong axis, or groups
+    ghost batches after moving channels, is visible in dx."""
+    for split, rank, layout, shape, axis in (("contiguous", 3, "ncl", (6, 3, 4), 1),
+                                             ("interleaved", 4, "nhwc", (8, 2, 3, 3), 3),
+                                             ("contiguous", 5, "ncdhw", (4, 2, 2, 3, 2), 1)):
+        yield _spec(f"ghost_{split}_rank{rank}_{layout}_train", f"Ghost batches of 2 samples ({split} split) of a "
+                    f"rank-{rank} input {list(shape)} ({layout}): each ghost batch is differentiated through its own "
+                    f"per-channel moments over its samples and all their positions; dgamma / dbeta sum over all.",
+                    Config(channel_axis=axis, virtual_batch_size=2, ghost_split=split), shape)
+    for rank, layout, shape, axis in ((3, "nlc", (5, 4, 3), 2), (4, "nchw", (4, 3, 2, 3), 1),
+                                      (5, "ndhwc", (3, 2, 2, 2, 3), 4)):
+        yield _spec(f"weighted_rank{rank}_{layout}_train", f"Sample weights on a rank-{rank} input {list(shape)} "
+                    f"({layout}): sample i's weight w_i multiplies every position of it, dmu/dx_i = w_i / W and "
+                    f"dvar/dx_i = 2 w_i (x_i - mu) / W with W = sum of w over samples and positions.",
+                    Config(channel_axis=axis, running_stats=RunningStats(variance="biased")), shape,
+                    make_weights=lambda r, b, i: r.uniform(0.2, 2.0, b))
+
+
+def _replicated():
+    """Cross-replica training gradients: the loss is the sum over every replica's sum(dy y), so dx is the
+    unsplit batch's backward; a synchronized backward gets there only by all-reducing its sum(dy) and
+    sum(dy xhat) across replicas, and dgamma / dbeta are sums over all replicas (what a data-parallel
+    all-reduce of the replicas' parameter gradients adds up to)."""
+    local = (" A backward that reduces sum(dy) and sum(dy xhat) over its own replica only (the forward synced, "
+             "the backward not) gets a different dx on every replica.")
+    for name, sizes, inner, axis, means in (("r2_unequal_far_means", (6, 2), (), 1, [-3.0, 3.0]),
+                                            ("r4_one_empty_nhwc", (3, 0, 2, 3), (2, 2), 3, [-1.0, 0.0, 1.0, 2.0]),
+                                            ("r2_equal_ncl", (3, 3), (4,), 1, [0.5, -0.5])):
+        channels = 3
+        dims = list(inner)
+        dims.insert(axis - 1, channels)
+        shape = (sum(sizes), *dims)
+        yield Spec(FAMILY, f"replicas_{name}_train", describe(
+            f"Synchronized BN over {len(sizes)} replicas of {', '.join(map(str, sizes))} samples "
+            f"(input {list(shape)}, channels on axis {axis}), trained with dy." + local),
+            Config(channel_axis=axis), [shape], (TRAIN,), per_replica(sizes, means), make_dy=random_dy,
+            replica_sizes=[sizes])
+
+
 def specs():
     yield from _layouts()
     yield from _epsilon()
@@ -223,3 +274,5 @@ def specs():
     yield from _sequences()
     yield from _without_update()
     yield from _extensions()
+    yield from _extensions_above_rank2()
+    yield from _replicated()
