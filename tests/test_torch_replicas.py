@@ -1,7 +1,8 @@
 """torch's synchronized BN rows: torch.gloo_sync really runs each replicated step on R separate
-processes of one gloo group (the test checks the processes it saw), its CPU ports of the three
-CUDA-only kernels compute what their CUDA kernels compute (checked against NumPy on the pooled
-samples), torch.nn.SyncBatchNorm is unavailable here with torch's own reason, and a crash or hang
+processes of one gloo group (the test checks the processes it saw), its backward is synchronized
+across them (dx against the case file, where a per-replica backward would miss), its CPU ports of
+the CUDA-only kernels compute what their CUDA kernels compute (checked against NumPy on the pooled
+samples and against torch's CPU batch_norm gradients), torch.nn.SyncBatchNorm is unavailable here with torch's own reason, and a crash or hang
 in the replica pool costs one run, not the host, and leaves no process behind."""
 
 from __future__ import annotations
@@ -78,6 +79,62 @@ def test_unreplicated_cases_are_left_to_torch_nn():
     case = _case("momentum/decay_0.9_bessel_3steps")
     reason = unsupported_reason(TorchGlooSyncAdapter.capabilities, case, "cpu", "torch.gloo_sync")
     assert reason and "replica_sizes" in reason
+
+
+# --- gradients: loss.backward() on every rank, SyncBatchNorm's all_reduce across the processes -----
+
+def _per_replica_backward_dx(case) -> np.ndarray:
+    """dx if each replica reduced sum(dy) and sum(dy * xhat) over its OWN samples only (the forward
+    synchronized, the backward not): what the test must tell apart from the synchronized one."""
+    step, gamma = case.steps[0], case.initial_state.gamma
+    x, dy = step.x.astype(np.float64), step.dy.astype(np.float64)
+    mean, var = x.mean(axis=0), x.var(axis=0)
+    xhat, parts = (x - mean) / np.sqrt(var + case.config.epsilon), []
+    for start, end in zip(np.cumsum((0,) + step.replica_sizes[:-1]), np.cumsum(step.replica_sizes)):
+        d, h = dy[start:end], xhat[start:end]
+        parts.append(gamma / np.sqrt(var + case.config.epsilon) * (d - d.mean(axis=0) - h * (d * h).mean(axis=0)))
+    return np.concatenate(parts)
+
+
+def test_dx_is_the_synchronized_backward_not_a_per_replica_one():
+    """Unequal replicas with far-apart means: dx matches the case file's expected dx (the gradient
+    of the global loss), which a per-replica backward misses by far more than the tolerance."""
+    case = _case("gradients/replicas_r2_unequal_far_means_train")
+    step = case.steps[0]
+    expected, tol = step.expected["dx"], step.tolerance["dx"]
+    assert np.abs(_per_replica_backward_dx(case) - expected).max() > 100 * (tol["atol"] + tol["rtol"])
+    got = TorchGlooSyncAdapter().run(case, "cpu")[0]
+    np.testing.assert_allclose(got["dx"], expected, rtol=tol["rtol"], atol=tol["atol"])
+    for key in ("dgamma", "dbeta"):  # summed over the replicas, not one replica's share
+        np.testing.assert_allclose(got[key], step.expected[key], rtol=step.tolerance[key]["rtol"],
+                                   atol=step.tolerance[key]["atol"])
+
+
+def test_an_empty_replica_takes_part_in_the_backward():
+    """R = 4 with one empty replica: every rank all-reduces (no hang), the empty rank's dx is empty."""
+    case = _case("gradients/replicas_r4_one_empty_nhwc_train")
+    verdict = judge(TorchGlooSyncAdapter(), case, "cpu")
+    assert verdict.status == "pass", verdict.detail
+    assert {"dx", "dgamma", "dbeta", "replicas"} <= set(verdict.compared)
+    assert 0 in case.steps[0].replica_sizes
+
+
+def test_backward_kernels_give_torch_cpu_batch_norm_gradients():
+    """One replica holding the whole batch: the ported backward reduce + elemt equal the gradients
+    of torch's own CPU F.batch_norm (training) on the same batch, in float64."""
+    torch = _torch()
+    rng = np.random.default_rng(2)
+    x, dy, weight = (torch.tensor(rng.normal(size=s)) for s in ((5, 3, 4), (5, 3, 4), (3,)))
+    mean, invstd = sync_kernels.batch_norm_stats(x, 1e-5)
+    sum_dy, sum_dy_xmu, dgamma, dbeta = sync_kernels.batch_norm_backward_reduce(dy, x, mean, invstd, weight,
+                                                                               True, True, True)
+    dx = sync_kernels.batch_norm_backward_elemt(dy, x, mean, invstd, weight, sum_dy, sum_dy_xmu,
+                                                torch.tensor([[20]], dtype=torch.int32))
+    leaves = [t.clone().requires_grad_() for t in (x, weight, torch.zeros(3, dtype=torch.float64))]
+    y = torch.nn.functional.batch_norm(leaves[0], None, None, *leaves[1:], True, 0.1, 1e-5)
+    expected = torch.autograd.grad(y, leaves, grad_outputs=dy)
+    for got, want in zip((dx, dgamma, dbeta), expected):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-10, atol=1e-12)
 
 
 # --- the CPU ports of batch_norm_stats / _gather_stats_with_counts / _elemt ------------------------

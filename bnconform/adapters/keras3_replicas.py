@@ -30,9 +30,17 @@ sums and cross-device all-reduces), so BN is synchronized by construction, with 
 layout splits the batch evenly: only equal splits are expressible (``replica_splits={"equal"}``;
 nothing is padded). The R devices are JAX's host platform devices, ``XLA_FLAGS=
 --xla_force_host_platform_device_count`` in the JAX host's environment (``jax.common``).
+Gradients (steps with ``dy``, training and inference; ``gradients`` as keras3.jax's): ``jax.vjp`` of
+that same jitted ``stateless_call`` w.r.t. x and the trainable variables, cotangent dy sharded like x
+(``_vjp_program``). JAX differentiates the global program -- y of the whole batch with its global
+moments -- so the VJP is the gradient of the global loss sum(dy * y) over every sample, which the
+cases define (for gamma / beta equivalently the sum over replicas of each replica's own gradient);
+XLA partitions the backward like the forward, its sums of dy and dy * xhat becoming per-device
+partial sums and all-reduces. dx comes back sharded like x (checked: shard r on mesh device r),
+dgamma / dbeta replicated. Unequal splits stay inexpressible, as for the forward.
 
 Conventions as ``keras3`` (biased running variance, plain EMA, training=True always updates);
-forward only.
+``keras3.tensorflow.synchronized`` is forward only.
 """
 
 from __future__ import annotations
@@ -150,13 +158,14 @@ class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
     extra = "jax"
     requires = ("jax", "keras")
     environment = X64_ENVIRONMENT  # shares the JAX family's host (x64, host platform devices)
-    capabilities = replace(KERAS3_CAPABILITIES, **REPLICATED, replica_splits=frozenset({"equal"}),
-                           replica_counts=frozenset({2, 4, 8}))
+    capabilities = replace(KERAS3_CAPABILITIES, **{**REPLICATED, "gradients": KERAS3_CAPABILITIES.gradients},
+                           replica_splits=frozenset({"equal"}), replica_counts=frozenset({2, 4, 8}))
     deviations = FINDINGS["keras3.jax.DataParallel"]
     notes = ("keras.distribution.DataParallel over R JAX CPU devices: the batch sharded evenly, one replica's "
              "samples per device; moments of the global array (synchronized=True is TensorFlow-only)")
     speed_note = ("~130 ms CPU per case first pass (one jitted SPMD program per layer, mode and shape; the eager "
-                  "call compiles each op per sharded shape, ~2.5x that), ~2 ms warm")
+                  "call compiles each op per sharded shape, ~2.5x that), ~2 ms warm; a gradient step is one jitted "
+                  "forward+VJP SPMD program (~350 ms first pass)")
 
     def run(self, case, device):
         replicas = replica_count(case)
@@ -170,16 +179,21 @@ class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
             return [self._step(layer, distribution, step) for step in case.steps]
 
     def _step(self, layer, distribution, step) -> dict:
-        x = _sharded(step.x, step.replica_sizes, distribution)
-        stats = layer.non_trainable_variables
-        y, updated = self._program(layer, step.is_training)(x, [v.value for v in layer.trainable_variables],
-                                                             [v.value for v in stats])
+        x, sizes = _sharded(step.x, step.replica_sizes, distribution), step.replica_sizes
+        trainable, stats = layer.trainable_variables, layer.non_trainable_variables
+        weights, values = [v.value for v in trainable], [v.value for v in stats]
+        mesh_devices = distribution.device_mesh.backend_mesh.devices.tolist()
+        if step.dy is None:  # forward only: no VJP
+            (y, updated), grads = self._program(layer, step.is_training)(x, weights, values), {}
+        else:
+            dy = _sharded(np.asarray(step.dy, dtype=step.x.dtype), sizes, distribution)
+            y, dx, dweights, updated = self._vjp_program(layer, step.is_training)(x, weights, values, dy)
+            grads = _gradients(self._parameters(layer), trainable, dx, dweights, sizes, mesh_devices)
         for variable, value in zip(stats, updated):  # what the stateful call would have assigned
             variable.assign(value)
-        mesh_devices = distribution.device_mesh.backend_mesh.devices.tolist()
         return {"y": np.asarray(y), "running_mean": np.asarray(layer.moving_mean.value),
                 "running_var": np.asarray(layer.moving_variance.value),
-                "replicas": _devices_holding(y, step.replica_sizes, mesh_devices)}
+                "replicas": _devices_holding(y, sizes, mesh_devices), **grads}
 
     def _program(self, layer, training: bool):
         """jit(layer.stateless_call) per layer, mode, momentum and epsilon (plain floats call() reads,
@@ -191,6 +205,22 @@ class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
         if key not in self._programs:
             self._programs[key] = jax.jit(lambda x, weights, stats: layer.stateless_call(weights, stats, x,
                                                                                         training=training))
+        return self._programs[key]
+
+    def _vjp_program(self, layer, training: bool):
+        """jit(forward + jax.vjp) of ``layer.stateless_call`` w.r.t. x and the trainable variables,
+        cotangent dy, per layer, mode, momentum and epsilon (keras3.jax's program, here on sharded
+        x and dy): XLA partitions the forward, its cross-device all-reduces and their transposes."""
+        import jax
+
+        key = ("vjp", id(layer), training, layer.momentum, layer.epsilon)
+        if key not in self._programs:
+            def program(x, weights, stats, dy):
+                call = lambda x, weights: layer.stateless_call(weights, stats, x, training=training)  # noqa: E731
+                y, vjp, updated = jax.vjp(call, x, weights, has_aux=True)
+                return (y, *vjp(dy.astype(y.dtype)), updated)
+
+            self._programs[key] = jax.jit(program)
         return self._programs[key]
 
     @functools.lru_cache(maxsize=None)
@@ -219,11 +249,20 @@ def _sharded(x: np.ndarray, sizes, distribution):
     return jax.make_array_from_single_device_arrays(x.shape, sharding, pieces)
 
 
-def _devices_holding(y, sizes, mesh_devices) -> int:
-    """How many distinct devices hold y, checking that mesh position r holds replica r's rows and
-    nothing else (else raise)."""
+def _gradients(parameters: dict, trainable: list, dx, dweights, sizes, mesh_devices) -> dict:
+    """{"dx", "dgamma", "dbeta"} as numpy: dx (whole batch) checked to lie as x does, mesh position r
+    holding replica r's rows; dgamma / dbeta picked from the trainable variables' cotangents by
+    identity (``parameters``: the layer's {"dgamma": gamma, "dbeta": beta} present)."""
+    _devices_holding(dx, sizes, mesh_devices, "dx")
+    position = {id(v): i for i, v in enumerate(trainable)}
+    return {"dx": np.asarray(dx), **{k: np.asarray(dweights[position[id(v)]]) for k, v in parameters.items()}}
+
+
+def _devices_holding(y, sizes, mesh_devices, name: str = "y") -> int:
+    """How many distinct devices hold y (or dx, ``name``), checking that mesh position r holds
+    replica r's rows and nothing else (else raise)."""
     rows = sorted(((s.index[0].start or 0, s.index[0].stop), s.device) for s in y.addressable_shards)
     expected = list(zip(bounds(sizes), mesh_devices))
     if rows != expected:
-        raise RuntimeError(f"Expected: y's shards (rows, device) {expected}. Received: {rows}")
+        raise RuntimeError(f"Expected: {name}'s shards (rows, device) {expected}. Received: {rows}")
     return len({device for _, device in rows})

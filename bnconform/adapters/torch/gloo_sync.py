@@ -9,10 +9,13 @@ only the layer and the device differ:
   (torch/nn/modules/_functions.py): per rank ``batch_norm_stats`` (mean, invstd) and its count,
   ``all_gather`` of [mean, invstd, count] over the gloo group, empty ranks (count 0) masked out,
   ``batch_norm_gather_stats_with_counts`` (global mean/invstd and the running update) and
-  ``batch_norm_elemt``. Those three ops have no CPU kernel in torch 2.13; they run as CPU ports
-  of their CUDA kernels, registered with torch.library in the worker processes only
-  (:mod:`.sync_kernels`). Everything else -- the Function, all_gather on gloo, the masking, the
-  count dtype, the module's counter and momentum logic -- is torch's code.
+  ``batch_norm_elemt``; its backward ``batch_norm_backward_reduce`` (per rank sum_dy, sum_dy_xmu,
+  grad_weight, grad_bias), ``all_reduce`` SUM of [sum_dy, sum_dy_xmu] over the gloo group (an
+  empty rank all-reduces zeros) and ``batch_norm_backward_elemt`` with the gathered counts. Those
+  five ops have no CPU kernel in torch 2.13; they run as CPU ports of their CUDA kernels,
+  registered with torch.library in the worker processes only (:mod:`.sync_kernels`). Everything
+  else -- the Function's forward and backward, all_gather and all_reduce on gloo, the masking, the
+  count dtype, autograd, the module's counter and momentum logic -- is torch's code.
 * ``torch.nn.SyncBatchNorm`` (cuda) -- torch.nn.SyncBatchNorm itself, rank r on cuda:(r mod the
   GPU count), over the same gloo process group (SyncBatchNorm takes its gloo branch). Without a
   GPU its cells are unavailable: torch 2.13's forward() raises ValueError("SyncBatchNorm
@@ -33,8 +36,21 @@ normalize_with running      eval(): F.batch_norm with the running stats on each 
 
 Outputs: y, the running statistics and num_batches_tracked of rank 0 (every rank must hold the
 same, else the run raises), and ``replicas`` = the size of the process group the layer
-synchronized over, as reported by every rank. Forward only: the backward ops
-(batch_norm_backward_reduce / _elemt) are not ported, so no gradients.
+synchronized over, as reported by every rank.
+
+Gradients (training steps, i.e. batch statistics; ``gradients={"batch"}``): a step with dy gives
+each rank its rows of dy; the rank runs ``loss = (y * dy_r).sum(); loss.backward()`` through torch's
+autograd, which calls the SyncBatchNorm Function's backward on every rank at once: its all_reduce
+of sum_dy / sum_dy_xmu really crosses the R gloo processes (an empty rank takes part with zeros),
+so dx is the gradient of the GLOBAL loss sum_r sum(dy_r * y_r). dx = each rank's x.grad (zeros on
+an empty rank), concatenated in rank order; dgamma / dbeta = weight.grad / bias.grad all-reduced
+with SUM over the group on the ranks (DistributedDataParallel's all-reduce, without its division
+by the world size: the model's parameter gradient is that of the summed loss), the same on every
+rank. Considered and not taken: a differentiable ``torch.distributed.nn.functional.all_reduce`` of
+the moments around F.batch_norm would be autodiff through another forward (plain all-reduced sums,
+not SyncBatchNorm's all_gather / Chan merge), i.e. not torch's synchronized BN. Upstream:
+torch/nn/modules/_functions.py (SyncBatchNorm.backward), aten/src/ATen/native/cuda/Normalization.cuh
+(the two backward kernels), torch/nn/parallel/distributed.py (DDP averages gradients).
 """
 
 from __future__ import annotations
@@ -56,10 +72,11 @@ GPU_CHECK = ("torch.nn.SyncBatchNorm needs GPU tensors: in torch 2.13 its forwar
 
 # torch's conventions (eps inside the root, Bessel running variance with the GLOBAL count,
 # plain EMA or the cumulative average), one affine flag, train() always updates, only
-# replicated cases (one replica is torch.nn's row), any R from 2 to 8 and any split.
+# replicated cases (one replica is torch.nn's row), any R from 2 to 8 and any split; gradients of
+# the synchronized training call (the eval call runs per rank and is not claimed here).
 SYNC_CAPABILITIES = replace(
     TORCH_CAPABILITIES, separate_scale_center=False, step_kinds=frozenset({("batch", True), ("running", False)}),
-    gradients=frozenset(), extensions=frozenset({"replicas"}), unreplicated=False,
+    gradients=frozenset({"batch"}), extensions=frozenset({"replicas"}), unreplicated=False,
     replica_counts=frozenset(range(2, 9)))
 
 
@@ -115,10 +132,12 @@ def replica_bounds(sizes) -> list[tuple[int, int]]:
 
 
 def local_case(case: model.Case, rank: int) -> model.Case:
-    """The case as replica ``rank`` holds it: each step's x cut to its samples, no expectations."""
+    """The case as replica ``rank`` holds it: each step's x (and dy) cut to its samples, no
+    expectations."""
     def local(step):
         start, end = replica_bounds(step.replica_sizes)[rank]
-        return replace(step, x=step.x[start:end], expected={}, tolerance={})
+        dy = None if step.dy is None else step.dy[start:end]
+        return replace(step, x=step.x[start:end], dy=dy, expected={}, tolerance={})
     return replace(case, steps=[local(s) for s in case.steps])
 
 
@@ -133,19 +152,28 @@ def raise_first_error(answers: list[dict]) -> None:
             raise cls(f"{answer['message']} [replica rank {rank}]\n{answer['trace']}")
 
 
+REPLICATED_KEYS = ("running_mean", "running_var", "num_updates", "dgamma", "dbeta")  # equal on every rank
+
+
 def merged_step(answers: list[dict], i: int) -> dict:
-    """Step ``i``: y concatenated in rank order; the state every rank holds; the group size."""
+    """Step ``i``: y (and dx) concatenated in rank order; the state and the all-reduced parameter
+    gradients every rank holds (rank 0's, after checking they agree); the group size."""
     steps = [a["steps"][i] for a in answers]
-    for key in ("running_mean", "running_var", "num_updates"):
-        values = [np.asarray(s[key]) for s in steps]
-        if not all(np.array_equal(values[0], v, equal_nan=True) for v in values[1:]):
-            raise RuntimeError(f"step {i}: Expected: every replica holds the same {key} after the step. "
-                               f"Received: {[v.tolist() for v in values]}")
+    shared = {key: same_on_every_rank(steps, key, i) for key in REPLICATED_KEYS if key in steps[0]}
     sizes = {a["world_size"] for a in answers}
     if len(sizes) != 1:
         raise RuntimeError(f"Expected: one process-group size on every replica. Received: {sorted(sizes)}")
-    return {"y": np.concatenate([s["y"] for s in steps], axis=0), "running_mean": steps[0]["running_mean"],
-            "running_var": steps[0]["running_var"], "num_updates": steps[0]["num_updates"], "replicas": sizes.pop()}
+    rows = {key: np.concatenate([s[key] for s in steps], axis=0) for key in ("y", "dx") if key in steps[0]}
+    return {**rows, **shared, "replicas": sizes.pop()}
+
+
+def same_on_every_rank(steps: list[dict], key: str, i: int):
+    """Rank 0's ``key`` of step ``i``; raises when another rank holds a different value."""
+    values = [np.asarray(s[key]) for s in steps]
+    if not all(np.array_equal(values[0], v, equal_nan=True) for v in values[1:]):
+        raise RuntimeError(f"step {i}: Expected: every replica holds the same {key} after the step. "
+                           f"Received: {[v.tolist() for v in values]}")
+    return steps[0][key]
 
 
 class TorchGlooSyncAdapter(_ReplicatedTorchAdapter):
@@ -155,8 +183,9 @@ class TorchGlooSyncAdapter(_ReplicatedTorchAdapter):
     device_kinds = ("cpu",)
     notes = ("CPU reproduction of torch.nn.SyncBatchNorm's rule, not SyncBatchNorm itself: R gloo processes run "
              "torch's SyncBatchNorm Function via nn.SyncBatchNorm.forward minus its GPU check; batch_norm_stats, "
-             "batch_norm_gather_stats_with_counts and batch_norm_elemt have no CPU kernel in torch 2.13 and run as "
-             "CPU ports of their CUDA kernels (var_mean for the Welford stats)")
+             "batch_norm_gather_stats_with_counts, batch_norm_elemt and the backward's batch_norm_backward_reduce / _elemt "
+             "have no CPU kernel in torch 2.13 and run as CPU ports of their CUDA kernels (var_mean for the Welford "
+             "stats); gradients by loss.backward() on every rank, dgamma/dbeta all-reduced with SUM")
     speed_note = "a persistent pool of 8 gloo processes started on the first replicated case; each case is one round trip"
 
     def devices(self) -> list[str]:

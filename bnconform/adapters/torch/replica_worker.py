@@ -13,7 +13,9 @@ hold only this rank's samples (the pool scattered them). The rank builds a SyncB
 the case's initial state and process group R, runs the steps (train() for batch statistics,
 eval() for running ones) and answers, per step, its local y, its running statistics and counter,
 plus ``world_size`` = the size of the process group the layer synchronized over, its rank and
-device. An exception is answered as ``{"error": type name, "message", "trace"}``.
+device. A step with dy (this rank's rows) also runs ``loss.backward()`` on every rank together
+(:func:`_backward`) and answers its local dx and the group-summed dgamma / dbeta. An exception is
+answered as ``{"error": type name, "message", "trace"}``.
 
 * kind "cpu" (row torch.gloo_sync): :func:`gloo_sync_batch_norm`, nn.SyncBatchNorm's forward
   minus its GPU check, calling torch's own SyncBatchNorm Function with the CPU kernels of
@@ -124,7 +126,7 @@ def _run(request: dict, rank: int, group) -> dict:
     device = _select_device(kind, rank)
     with device_context(kind):
         layer = _layer(kind, case, group)
-        steps = [_step(layer, case, step, kind) for step in case.steps]
+        steps = [_step(layer, case, step, kind, group) for step in case.steps]
     return {"steps": steps, "world_size": dist.get_world_size(group), "rank": dist.get_rank(group),
             "pid": os.getpid(), "device": device}
 
@@ -162,16 +164,56 @@ def _layer(kind: str, case, group):
     return layer
 
 
-def _step(layer, case, step, kind: str) -> dict:
-    """One call of the layer on this rank's samples (train() synchronizes, eval() does not)."""
-    from .common import from_channels_first, to_channels_first, to_numpy, to_tensor
+def _step(layer, case, step, kind: str, group) -> dict:
+    """One call of the layer on this rank's samples (train() synchronizes, eval() does not); a step
+    with dy also runs its backward (:func:`_backward`)."""
+    from .common import from_channels_first, gradient_context, input_tensor, to_channels_first, to_numpy
 
     axis = case.config.channel_axis
     layer.train(step.is_training)
-    x = to_tensor(step.x, case.config.input_dtype, kind)
-    y = from_channels_first(layer(to_channels_first(x, axis)), axis)
-    return {"y": to_numpy(y), "running_mean": to_numpy(layer.running_mean),
+    x = input_tensor(step, case.config.input_dtype, kind)
+    with gradient_context(step):
+        y = from_channels_first(layer(to_channels_first(x, axis)), axis)
+    grads = _backward(layer, x, y, step, kind, group) if step.dy is not None else {}
+    return {"y": to_numpy(y), **grads, "running_mean": to_numpy(layer.running_mean),
             "running_var": to_numpy(layer.running_var), "num_updates": int(layer.num_batches_tracked.item())}
+
+
+def _backward(layer, x, y, step, kind: str, group) -> dict:
+    """``loss = (y * dy).sum(); loss.backward()`` on this rank (dy: its rows of the step's dy, in
+    y's dtype), as a data-parallel training step runs it: the layer's backward all-reduces over
+    ``group`` (SyncBatchNorm's Function, every rank, an empty one included). Returns dx = x.grad
+    (zeros where autograd left it None: an empty rank) and dgamma / dbeta = weight.grad /
+    bias.grad all-reduced with SUM over ``group`` (:func:`_summed_grad`)."""
+    import torch
+
+    from .common import to_numpy, to_tensor
+
+    layer.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        loss = (y * to_tensor(step.dy, str(y.dtype).removeprefix("torch."), kind)).sum()
+        loss.backward()
+    dx = x.grad if x.grad is not None else torch.zeros_like(x)
+    grads = {"dx": to_numpy(dx)}
+    for key, parameter in (("dgamma", layer.weight), ("dbeta", layer.bias)):
+        if parameter is not None:
+            grads[key] = to_numpy(_summed_grad(parameter, group))
+    return grads
+
+
+def _summed_grad(parameter, group):
+    """The parameter's gradient summed over every rank of ``group`` by ``dist.all_reduce(SUM)``:
+    the gradient of the global loss (the sum of the ranks' losses). DistributedDataParallel
+    all-reduces the same way and then divides by the world size (it averages, treating each rank's
+    loss as a mean); bnconform's dgamma / dbeta are the gradient of the sum, so no division. A rank
+    whose grad is None (SyncBatchNorm gives none to an empty rank) contributes zeros."""
+    import torch
+    import torch.distributed as dist
+
+    grad = parameter.grad if parameter.grad is not None else torch.zeros_like(parameter)
+    summed = grad.detach().clone()
+    dist.all_reduce(summed, dist.ReduceOp.SUM, group)
+    return summed
 
 
 @functools.lru_cache(maxsize=None)

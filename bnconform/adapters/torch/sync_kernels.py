@@ -1,6 +1,7 @@
-"""CPU kernels for the three ATen ops that torch's SyncBatchNorm Function calls and that torch 2.13
+"""CPU kernels for the five ATen ops that torch's SyncBatchNorm Function calls and that torch 2.13
 registers for CUDA only (``NotImplementedError: Could not run 'aten::batch_norm_stats' with
-arguments from the 'CPU' backend``). Each follows its CUDA kernel in
+arguments from the 'CPU' backend``): three in its forward, two in its backward. Each follows its
+CUDA kernel in
 aten/src/ATen/native/cuda/Normalization.cuh / Normalization.cu, computing in the same accumulate
 type (``acc_type<T, is_cuda=true>``: float for half, bfloat16 and float; double for double):
 
@@ -19,6 +20,17 @@ type (``acc_type<T, is_cuda=true>``: float for half, bfloat16 and float; double 
 * ``batch_norm_elemt(input, weight, bias, mean, invstd, eps) -> y``: the general-path lambda of
   ``batch_norm_elementwise``, ((x - mean) * invstd) * weight + bias in the accumulate type,
   rounded to the input dtype (eps is unused, as on CUDA).
+* ``batch_norm_backward_reduce(grad_out, input, mean, invstd, weight, input_g, weight_g, bias_g)
+  -> (sum_dy, sum_dy_xmu, grad_weight, grad_bias)``: ``batch_norm_backward_reduce_kernel``, this
+  replica's per-channel sums of dy and dy * (x - mean) in the accumulate type (mean's dtype;
+  ``GradOp`` + ``reduce``), grad_weight = sum_dy_xmu * invstd and grad_bias = sum_dy in the
+  weight's dtype; an output whose flag is False is left undefined (None), as on CUDA.
+* ``batch_norm_backward_elemt(grad_out, input, mean, invstd, weight, sum_dy, sum_dy_xmu, count)
+  -> grad_input``: the ``count`` overload of ``batch_norm_backward_elemt_kernel``: norm_fct =
+  1 / (sum of the replicas' int32 counts) in the accumulate type, then per element
+  (dy - sum_dy * norm_fct - (x - mean) * invstd^2 * sum_dy_xmu * norm_fct) * weight * invstd,
+  rounded to the input dtype. sum_dy and sum_dy_xmu arrive already all-reduced over the group
+  by the Function's backward (torch's code, not ported).
 
 :func:`register_cpu_kernels` installs them with ``torch.library`` so that torch's own
 ``torch.nn.modules._functions.SyncBatchNorm`` runs unchanged on CPU tensors. Call it only in the
@@ -99,14 +111,40 @@ def batch_norm_elemt(input, weight, bias, mean, invstd, eps: float):
     return y.to(input.dtype)
 
 
+def batch_norm_backward_reduce(grad_out, input, mean, invstd, weight, input_g: bool, weight_g: bool,
+                               bias_g: bool):
+    """This replica's (sum_dy, sum_dy_xmu) in mean's dtype and (grad_weight, grad_bias) in the
+    weight's dtype, per channel; each output whose flag is False is None (undefined)."""
+    acc, dims = mean.dtype, [0, *range(2, input.dim())]
+    dy = grad_out.to(acc)
+    sum_dy = dy.sum(dims)
+    sum_dy_xmu = (dy * (input.to(acc) - _per_channel(mean, input.dim()))).sum(dims)
+    grad_weight = (sum_dy_xmu * invstd).to(weight.dtype) if weight_g else None
+    grad_bias = sum_dy.to(weight.dtype) if bias_g else None
+    return (sum_dy if input_g else None, sum_dy_xmu if input_g else None, grad_weight, grad_bias)
+
+
+def batch_norm_backward_elemt(grad_out, input, mean, invstd, weight, sum_dy, sum_dy_xmu, count):
+    """grad_input from the group-wide sums; ``count`` holds every non-empty replica's count (int32)."""
+    torch, acc, ndim = _torch(), mean.dtype, input.dim()
+    norm_fct = torch.tensor(1, dtype=acc) / torch.tensor(int(count.to(torch.int64).sum()), dtype=acc)
+    m_dy = _per_channel(sum_dy * norm_fct, ndim)
+    factor_2 = invstd if weight is None else weight.to(acc) * invstd
+    factor_1 = _per_channel(invstd * invstd * sum_dy_xmu * norm_fct, ndim)
+    xmu = input.to(acc) - _per_channel(mean, ndim)
+    return ((grad_out.to(acc) - m_dy - xmu * factor_1) * _per_channel(factor_2, ndim)).to(input.dtype)
+
+
 KERNELS = {"batch_norm_stats": batch_norm_stats,
            "batch_norm_gather_stats_with_counts": batch_norm_gather_stats_with_counts,
-           "batch_norm_elemt": batch_norm_elemt}
+           "batch_norm_elemt": batch_norm_elemt,
+           "batch_norm_backward_reduce": batch_norm_backward_reduce,
+           "batch_norm_backward_elemt": batch_norm_backward_elemt}
 
 
 @functools.lru_cache(maxsize=None)
 def register_cpu_kernels():
-    """Install the kernels above as the CPU implementations of the three ATen ops (once per
+    """Install the kernels above as the CPU implementations of the five ATen ops (once per
     process); returns the ``torch.library.Library`` that holds them (it must stay alive)."""
     library = _torch().library.Library("aten", "IMPL")
     for name, kernel in KERNELS.items():
