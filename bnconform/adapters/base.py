@@ -25,6 +25,7 @@ from ..judging.capabilities import Capabilities
 # The declaration vocabulary is judging's; adapter authors import it from here (or bnconform.adapters).
 from ..judging.declarations import Deviation, MatchesVariant, Mismatches, Raises, Unsupported  # noqa: F401
 from ..judging.selectors import Selector, has_training_step  # noqa: F401  (has_training_step: public helper)
+from .environment import PythonEnvironment
 
 
 class Adapter:
@@ -39,6 +40,12 @@ class Adapter:
     device_note: ClassVar[str] = ""  # why it needs those devices (added to a "device not present" reason)
     environment: ClassVar[dict[str, str]] = {}  # process environment it needs (adapters with equal ones share a host process)
     isolated: ClassVar[bool] = False  # True: never share a host process with other adapters
+    # A Python environment of its own (pinned requirements, built with uv in the user cache), for a
+    # framework that cannot share the user's environment (tflearn: TensorFlow 2.12, NumPy < 1.24).
+    python_environment: ClassVar[PythonEnvironment | None] = None
+    # Requirements beside ``<framework>==<version>`` in a version sweep's environment (torch 2.1
+    # was built against NumPy 1.x: ("numpy<2",)); see version_environment.
+    sweep_requirements: ClassVar[tuple[str, ...]] = ()
     deviations: ClassVar[tuple[Deviation, ...]] = ()
     notes: ClassVar[str] = ""  # one line for the report (e.g. "channels-last by transposition")
     speed_note: ClassVar[str] = ""  # one line: why its median ms per case is what it is, where that needs saying
@@ -63,6 +70,13 @@ class Adapter:
                 first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
                 return f"cannot import {module} ({first})" + install_advice(type(self))
         return self.missing_tool()
+
+    @classmethod
+    def version_environment(cls, version: str) -> PythonEnvironment:
+        """The environment of a version sweep's run at ``version`` of the framework: the backend's
+        own environment (or none) with ``<framework>==<version>`` and ``sweep_requirements``."""
+        base = cls.python_environment or PythonEnvironment(cls.framework, ())
+        return base.with_pins({cls.framework: version}, f"{cls.framework}-{version}", cls.sweep_requirements)
 
     @classmethod
     def missing_tool(cls) -> str | None:

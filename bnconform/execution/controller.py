@@ -22,6 +22,7 @@ from pathlib import Path
 from ..judging.verdict import Verdict
 from . import host_memory
 from .adapter_classes import adapter_class, target_of
+from .environments import environment_of, host_command
 from .plan import host_key
 
 STARTUP_TIMEOUT = 600.0  # framework import under load (TensorFlow on 2 busy cores)
@@ -93,6 +94,10 @@ class _OverMemory(Exception):
     """A host holds more memory than its limit; the message says how much."""
 
 
+def _say(line: str) -> None:
+    print(f"bnconform: {line}", file=sys.stderr, flush=True)
+
+
 class HostProcess:
     """One host process for a group of adapters sharing an environment, restarted on demand."""
 
@@ -117,9 +122,10 @@ class HostProcess:
                 self.environment = dict(cls.environment)
 
     def _start(self) -> None:
-        env = {**host_environment(self.environment), "PYTHONUNBUFFERED": "1"}
+        interpreter, extra = host_command(environment_of(self.names[0]), log=_say)
+        env = {**host_environment(self.environment), **extra, "PYTHONUNBUFFERED": "1"}
         self.stderr = tempfile.TemporaryFile()
-        command = [sys.executable, "-m", "bnconform.execution.host", *map(target_of, self.names)]
+        command = [*interpreter, "-m", "bnconform.execution.host", *map(target_of, self.names)]
         with _LIVE_LOCK:  # started and registered under the lock, so kill_all cannot miss it
             if _REFUSING.is_set():
                 raise RuntimeError("interrupted: no new host process")

@@ -3,7 +3,8 @@ of them the controller can settle itself without starting any backend process.
 
 A cell is *presettled* when its verdict follows from data the controller already has:
 
-* unavailable -- a distribution the adapter ``requires`` is not installed, or the cell's device
+* unavailable -- a distribution the adapter ``requires`` is not installed, its own Python
+  environment cannot be built (bnconform.execution.environments), or the cell's device
   is a GPU kind and this machine has no NVIDIA driver (both answered by
   :mod:`bnconform.execution.selection`, which imports no framework);
 * unsupported -- the adapter class's declared ``capabilities`` cannot express the case
@@ -16,6 +17,7 @@ Every other cell travels to a host process, where the adapter's residual ``suppo
 from __future__ import annotations
 
 import functools
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +26,7 @@ from ..adapters.registry import resolve
 from ..caseformat.validation import load_case
 from ..judging.verdict import Verdict, cell_id
 from .adapter_classes import adapter_class, device_kinds
+from .environments import EnvironmentBuildError, ensure, environment_of, recent_failure
 from .selection import device_present, missing_module
 
 
@@ -93,12 +96,28 @@ def missing_requirement(name: str) -> str | None:
         return cls.missing()
     if cls is None:
         return None
+    env = environment_of(name)
+    if env is not None:  # its modules live in its own environment (built on first use), not here
+        failure = recent_failure(env)
+        return f"its environment {env.label} cannot be built: {failure}" if failure else None
     module = missing_module(cls.requires)
     if module is None:
         return cls.missing_tool()
     from ..adapters.base import install_advice
 
     return f"{module} is not installed" + install_advice(cls)
+
+
+@functools.lru_cache(maxsize=None)
+def environment_problem(name: str) -> str | None:
+    """Why the adapter's own Python environment cannot be had (built first if need be, which takes
+    seconds to minutes, announced on stderr), or None when it is ready."""
+    env = environment_of(name)
+    try:
+        ensure(env, log=lambda line: print(f"bnconform: {line}", file=sys.stderr, flush=True))
+    except EnvironmentBuildError as exc:
+        return f"its environment {env.label} ({' '.join(env.requirements)}) cannot be built: {exc}"
+    return None
 
 
 def presettle(cell: Cell, case=None) -> Verdict | None:
@@ -110,7 +129,7 @@ def presettle(cell: Cell, case=None) -> Verdict | None:
     if cls is None:
         return None  # a broken module: its host says why
     base = dict(case=cell.case_id, family=cell.family, adapter=cls.name or cell.adapter, device=cell.device)
-    missing = missing_requirement(cell.adapter)
+    missing = missing_requirement(cell.adapter) or (environment_of(cell.adapter) and environment_problem(cell.adapter))
     if missing:
         return Verdict(**base, status="unavailable", detail=missing)
     if not device_present(cell.device):
@@ -156,4 +175,6 @@ def host_key(name: str) -> str:
         return name
     distribution = cls.__module__.partition(".")[0]
     env = ",".join(f"{k}={v}" for k, v in sorted(cls.environment.items()))
-    return f"{distribution}[{env}]" if env else distribution
+    python = environment_of(name)  # a Python environment of its own: never the same process as others
+    own = f"@{python.label}-{python.key}" if python is not None else ""
+    return (f"{distribution}[{env}]" if env else distribution) + own

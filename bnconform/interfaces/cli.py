@@ -123,6 +123,9 @@ def _parser() -> argparse.ArgumentParser:
     from .setup_backends import register_setup  # bnconform setup
 
     register_setup(sub)
+    from .env_command import register_env  # bnconform env list|sync|clean
+
+    register_env(sub)
     return parser
 
 

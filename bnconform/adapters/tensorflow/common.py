@@ -53,6 +53,7 @@ from ...judging.selectors import (Selector, empty_batch_gamma_gradient, empty_ra
                                   empty_rank5_transposed_eval_gradient, has_gradient_step, input_dtype_in,
                                   param_dtype_in, updates_infinite_running_mean, where)
 from ..base import Deviation, Mismatches, Raises, variant
+from ..environment import PythonEnvironment
 
 _DEVICE_NAMES = {"cpu": "/CPU:0", "cuda": "/GPU:0"}
 NN_IMPL_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/ops/nn_impl.py"
@@ -302,3 +303,13 @@ def empty_rank5_fused_gradient(prefix: str, api: str, route: Selector | None = N
                          "rank-4 tensor (found by bnconform fuzz)"),
             link=FUSED_GRAD_TRANSPOSE_LINE),
     )
+
+
+# The TF1-era libraries (tflearn, TensorLayer, the real tf-slim) in one environment of their own:
+# tflearn 0.5.0 fails on TensorFlow >= 2.15 (nest.is_sequence removed) and with pillow >= 10
+# (Image.ANTIALIAS removed); TensorLayer 2.2.5 imports opencv, scikit-image, scikit-learn, imageio,
+# progressbar2, cloudpickle and matplotlib without declaring them (shared/reference/legacy-tf-env.md).
+LEGACY_TF = PythonEnvironment("legacy-tf", (
+    "tensorflow==2.12.1", "numpy<1.24", "pillow<10", "tflearn==0.5.0", "tensorlayer==2.2.5", "tf-slim==1.1.0",
+    "opencv-python-headless<4.9", "cloudpickle", "imageio", "progressbar2", "scikit-image", "scikit-learn",
+    "matplotlib"))

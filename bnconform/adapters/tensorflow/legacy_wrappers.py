@@ -40,7 +40,7 @@ from ...judging.capabilities import FLOAT_DTYPES, Capabilities, dtype_pairs
 from ...judging.selectors import affine_partly_off, squares_overflow, updates_on_empty_batch
 from ..base import Adapter, Deviation, Mismatches, Raises
 from . import graph as g
-from .common import PLAIN_EMA
+from .common import LEGACY_TF, PLAIN_EMA
 
 _MOMENTS_DOCS = "https://tensorflow.org/api_docs/python/tf/nn/moments"
 _TL_SOURCE = ("https://github.com/tensorlayer/TensorLayer/blob/36c17f3d21910d0e124a9e9210c5e0c3a8af8627/"
@@ -105,6 +105,7 @@ class TensorLayerAdapter(Adapter):
                     "'tensorlayer==2.2.5' 'opencv-python-headless<4.9' cloudpickle imageio progressbar2 "
                     "scikit-image scikit-learn matplotlib")
     requires = ("tensorflow", "tensorlayer")
+    python_environment = LEGACY_TF
     device_kinds = ("cpu", "cuda")
     deviations = (TL_NO_BETA_OR_GAMMA,) + _deviations("tensorlayer")
     capabilities = TL_CAPABILITIES
@@ -186,6 +187,7 @@ class TflearnAdapter(Adapter):
     # Not in any extra: tflearn 0.5.0 fails on TensorFlow >= 2.15 (nest.is_sequence) and pillow >= 10
     install_hint = "an environment of its own: pip install 'tensorflow==2.12.1' 'numpy<1.24' 'pillow<10' 'tflearn==0.5.0'"
     requires = ("tensorflow", "tflearn")
+    python_environment = LEGACY_TF
     device_kinds = ("cpu", "cuda")
     deviations = _deviations("tflearn")
     capabilities = TFLEARN_CAPABILITIES

@@ -57,8 +57,8 @@ from ...judging.selectors import (changes_results, input_dtype_in, param_dtype_i
 from ..base import Deviation, MatchesVariant, Mismatches
 from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from . import graph as g
-from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, empty_rank5_fused_gradient, float64_decay_rounds,
-                     infinite_mean_nan, rounded_decay_variant, signature_default, updating_counts)
+from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, LEGACY_TF, empty_rank5_fused_gradient,
+                     float64_decay_rounds, infinite_mean_nan, rounded_decay_variant, signature_default, updating_counts)
 
 _API = "tf_slim.layers.batch_norm"
 _SOURCE = ("https://github.com/google-research/tf-slim/blob/33b354461522ad9ffc425695553afaa2f27b93bd/"
@@ -233,6 +233,7 @@ class TfSlimAdapter(g.GraphLayerAdapter):
     name = "tf_slim"
     framework = "tf-slim"
     requires = ("tensorflow", "tf_keras", "tf_slim")
+    python_environment = LEGACY_TF
     deviations = DEVIATIONS
     capabilities = SLIM_CAPABILITIES
     decay_parameter = ("decay", "old")
@@ -277,6 +278,7 @@ class TfSlimCompatAdapter(TfSlimAdapter):
     # whenever a tf_slim+compat cell ran first (187 cells turned from unavailable into pass or
     # deviation in a randomly ordered pytest run). A host of its own keeps them here.
     isolated = True
+    python_environment = None  # the shim makes tf-slim 1.1.0 import on this environment's TensorFlow
     notes = ("tf-slim with compat aliases (ops.Tensor, tf_keras.legacy_tf_layers) restored; "
              "TF1 graph mode; UPDATE_OPS run per step")
 

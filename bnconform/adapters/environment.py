@@ -1,0 +1,70 @@
+"""How a backend declares a Python environment of its own (built by bnconform.execution.environments).
+
+A :class:`PythonEnvironment` is pinned requirements on one Python version; its ``key`` (a hash of
+both and of bnconform's base requirements) names its folder under :func:`envs_root`, so equal
+declarations share one environment and a changed pin gets a new one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+# bnconform's own dependencies without framework extras (pyproject's [project] dependencies; the
+# numpy floor is the one the TF1-era stack allows).
+BASE_REQUIREMENTS = ("numpy>=1.23", "ml_dtypes>=0.3", "jsonschema>=4.18", "pyyaml>=6")
+MARKER = "bnconform-env.json"  # written last by a build: a folder without it is incomplete
+
+
+@dataclass(frozen=True)
+class PythonEnvironment:
+    """A backend's environment: ``requirements`` (pip syntax, pinned) on Python ``python``.
+
+    ``label`` names the folder for people (``legacy-tf``, ``torch-2.1.2``); the key decides reuse."""
+
+    label: str
+    requirements: tuple[str, ...]
+    python: str = field(default_factory=lambda: f"{sys.version_info.major}.{sys.version_info.minor}")
+
+    @property
+    def key(self) -> str:
+        text = json.dumps([self.python, sorted(self.requirements), sorted(BASE_REQUIREMENTS)])
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def path(self) -> Path:
+        return envs_root() / f"{self.label}-{self.key}"
+
+    @property
+    def interpreter(self) -> Path:
+        return self.path / "bin" / "python"
+
+    def with_pins(self, pins: dict[str, str], label: str, extra: tuple[str, ...] = ()) -> PythonEnvironment:
+        """The same environment with ``name==version`` for each of ``pins`` instead of what it asked of
+        those distributions, plus ``extra`` requirements (a version sweep)."""
+        names = {_distribution(n) for n in pins}
+        kept = [r for r in self.requirements if _distribution(r) not in names]
+        pinned = tuple(f"{n}=={v}" for n, v in pins.items())
+        return PythonEnvironment(label, tuple(kept) + pinned + tuple(extra), self.python)
+
+    def ready(self) -> bool:
+        return (self.path / MARKER).is_file()
+
+
+def _distribution(requirement: str) -> str:
+    """'tensorflow==2.12.1' -> 'tensorflow' (the name before any version or marker)."""
+    for stop in "<>=!~;[ ":
+        requirement = requirement.split(stop)[0]
+    return requirement.strip().lower().replace("_", "-")
+
+
+def envs_root() -> Path:
+    if os.environ.get("BNCONFORM_ENVS"):
+        return Path(os.environ["BNCONFORM_ENVS"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "envs"
+
+
