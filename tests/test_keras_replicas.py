@@ -8,6 +8,8 @@
 * The findings are checked against hand-derived numbers: tf_keras' empty replica dilutes the
   moving statistics to (R - empty) / R of the update; Keras 3's all-empty step pulls them
   towards 0; both TensorFlow rows' one-pass variance loses the 1e4 + N(0, 1) variance.
+* Both TensorFlow rows' gradients of a replicated training step are the case files' (the global
+  loss's), and a per-replica backward (the all-reduces' gradient replaced by the identity) fails them.
 * Other TensorFlow adapters still run on /CPU:0 once the CPU is split.
 
 Biased running variance throughout: both Keras layers keep one (their convention).
@@ -199,6 +201,45 @@ def test_one_pass_variance_loses_the_offset_variance(row):
         exact = state.running_var + 0.5 * (x.var(axis=0) - state.running_var)
         assert lost[0] < np.abs(adapter.run(case, "cpu")[0]["running_var"] - exact).max() < lost[1]
     assert judge(adapter, _case((8, 8), [10.0, 10.5]), "cpu").status == "pass"  # mean / spread ~ 10: no loss
+
+
+def _per_replica_backward(monkeypatch) -> None:
+    """The mutant: the layer's all-reduces keep their forward but get the identity as gradient, so each
+    replica's backward sees only its own dy (a per-replica backward of the synchronized forward)."""
+    from bnconform.adapters.tensorflow.common import tf
+
+    context, real = tf().distribute.ReplicaContext, tf().distribute.ReplicaContext.all_reduce
+
+    def forward_only(self, reduce_op, value, options=None):
+        @tf().custom_gradient
+        def reduced(v):
+            return real(self, reduce_op, v, options), lambda dv: dv
+        return reduced(value)
+
+    monkeypatch.setattr(context, "all_reduce", forward_only)
+
+
+@on_tensorflow
+@pytest.mark.parametrize("row", ROWS)
+@pytest.mark.parametrize("name", ["replicas_r2_unequal_far_means_train_biased",
+                                  "replicas_r4_one_empty_nhwc_train_biased"])
+def test_backward_is_synchronized_not_per_replica(monkeypatch, row, name):
+    """The case file's dx, dgamma, dbeta (gradients of the global loss sum(dy * y); unequal replicas
+    with far means, and 4 replicas with an empty one) match the row's (tf_keras' empty-replica cell
+    is a deviation of its moving statistics only). With a per-replica backward (the mutant) dx
+    fails the same case file, while dgamma / dbeta -- the replicas' gradients summed -- still match."""
+    from pathlib import Path
+
+    from bnconform.caseformat.validation import load_case
+    from bnconform.judging.compare import compare_case
+
+    case = load_case(Path(__file__).resolve().parent.parent / "cases" / "gradients" / f"{name}.json")
+    verdict = judge(_tf_row(row), case, "cpu")
+    assert verdict.status in ("pass", "deviation") and {"dx", "dgamma", "dbeta"} <= set(verdict.compared)
+    assert not {m["output"] for m in verdict.mismatches} & {"dx", "dgamma", "dbeta"}, verdict.detail
+    _per_replica_backward(monkeypatch)
+    mismatched = {m.output for m in compare_case(case, _tf_row(row).run(case, "cpu"))[0]}
+    assert mismatched - {"running_mean", "running_var"} == {"dx"}
 
 
 @on_tensorflow

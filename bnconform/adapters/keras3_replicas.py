@@ -15,7 +15,12 @@ momentum * moving + (1 - momentum) * moment to the moving statistics (MirroredVa
 Findings: the one-pass variance cancels for |mean| >> spread (as tf_keras'); an all-empty batch
 has 0 / 0 -> 0 moments, which the update folds in (the moving statistics decay towards 0). An
 empty replica beside full ones is harmless: it receives the same all-reduced moments and updates
-its copy like the others.
+its copy like the others. Gradients (training steps with ``dy``; ``gradients={"batch"}``):
+``tensorflow.mirrored.run_replicated_vjp``, as tf_keras.SyncBatchNormalization's -- a
+tf.GradientTape per replica context over the eager call, w.r.t. x_r and the tf.Variables behind
+gamma / beta (as keras3.tensorflow), loss reduce_sum(y_r * dy_r); TensorFlow differentiates the
+three moment all-reduces (their gradient is an all-reduce SUM), so dx is the gradient of the global
+loss; dgamma / dbeta are strategy.reduce(SUM) of the replicas' gradients (no 1 / R scaling).
 
 ``keras3.jax.DataParallel`` -- ``synchronized=True`` is TensorFlow-only (the layer raises
 ValueError on JAX); Keras 3's data-parallel path on JAX is ``keras.distribution.DataParallel``:
@@ -40,7 +45,8 @@ partial sums and all-reduces. dx comes back sharded like x (checked: shard r on 
 dgamma / dbeta replicated. Unequal splits stay inexpressible, as for the forward.
 
 Conventions as ``keras3`` (biased running variance, plain EMA, training=True always updates);
-``keras3.tensorflow.synchronized`` is forward only.
+``keras3.tensorflow.synchronized`` differentiates training steps only (no replicated case has an
+eval step with dy).
 """
 
 from __future__ import annotations
@@ -55,8 +61,8 @@ from .base import Deviation, Mismatches, Unsupported
 from .jax.common import X64_ENVIRONMENT
 from .keras3 import FLOAT64_AS_FLOAT32, KERAS3_CAPABILITIES, KERAS_BACKEND_SOURCE, _dtype_policy, _Keras3Adapter
 from .tensorflow.common import LOGICAL_CPUS, TF_ENVIRONMENT, tf, to_numpy, to_tf_dtype
-from .tensorflow.keras_sync import one_pass_variance
-from .tensorflow.mirrored import bounds, replica_count, run_replicated, strategy
+from .tensorflow.keras_sync import SYNC_GRADIENTS, one_pass_variance
+from .tensorflow.mirrored import bounds, replica_count, run_replicated, run_replicated_vjp, strategy
 
 REPLICATED = dict(extensions=frozenset({"replicas"}), unreplicated=False, gradients=frozenset())
 TF_SOURCE = KERAS_BACKEND_SOURCE.format(backend="tensorflow")
@@ -121,13 +127,15 @@ class Keras3TensorflowSyncAdapter(_Keras3ReplicatedAdapter):
     requires = ("tensorflow", "keras")
     environment = TF_ENVIRONMENT  # shares the TensorFlow adapters' host (and its logical CPUs)
     synchronized = True
-    capabilities = replace(KERAS3_CAPABILITIES, **REPLICATED,
+    capabilities = replace(KERAS3_CAPABILITIES, **{**REPLICATED, "gradients": SYNC_GRADIENTS},
                            replica_counts=frozenset(r for r in (2, 4, 8) if r <= LOGICAL_CPUS))
     deviations = (ALL_EMPTY_DECAYS_TO_ZERO,) + FINDINGS["keras3.tensorflow.synchronized"]
     notes = (f"synchronized=True; MirroredStrategy over R of {LOGICAL_CPUS} logical CPU devices, one replica's "
              "samples each")
     speed_note = ("~50 ms CPU per case first pass, ~25 warm: eager strategy.run runs one thread per replica and "
-                  "all-reduces three tensors; a tf.function would trace per layer, shape and split (each once here)")
+                  "all-reduces three tensors; a tf.function would trace per layer, shape and split (each once here); "
+                  "a gradient case ~60-120 ms first pass, ~45-120 warm: "
+                  "the tape's eager backward all-reduces three cotangents again")
 
     def keras(self):
         tf()  # TensorFlow first, so its CPU is split into logical devices before Keras starts the runtime
@@ -141,13 +149,20 @@ class Keras3TensorflowSyncAdapter(_Keras3ReplicatedAdapter):
                 self._layers[key] = self._build(case)
         layer, dtype = self._layers[key], to_tf_dtype(case.config.input_dtype)
         self._load(layer, case)
-        results = []
-        for step in case.steps:
-            call = lambda x, training=step.is_training: layer(x, training=training)  # noqa: E731
-            y, replicas = run_replicated(mirrored, call, step.x, step.replica_sizes, dtype)
-            results.append({"y": y, "running_mean": to_numpy(layer.moving_mean.value),
-                            "running_var": to_numpy(layer.moving_variance.value), "replicas": replicas})
-        return results
+        return [self._replicated_step(mirrored, layer, step, dtype) for step in case.steps]
+
+    def _replicated_step(self, mirrored, layer, step, dtype) -> dict:
+        """One replicated call: y, the moving statistics, ``replicas``; with dy also dx, dgamma, dbeta
+        of the whole step (``run_replicated_vjp``, w.r.t. the tf.Variables behind gamma / beta)."""
+        call = lambda x: layer(x, training=step.is_training)  # noqa: E731
+        if step.dy is None:  # forward only: no tape
+            (y, replicas), grads = run_replicated(mirrored, call, step.x, step.replica_sizes, dtype), {}
+        else:
+            parameters = lambda: {k: v.value for k, v in self._parameters(layer).items()}  # noqa: E731
+            y, replicas, grads = run_replicated_vjp(mirrored, call, parameters, step.x, step.dy, step.replica_sizes,
+                                                    dtype)
+        return {"y": y, "running_mean": to_numpy(layer.moving_mean.value),
+                "running_var": to_numpy(layer.moving_variance.value), "replicas": replicas, **grads}
 
 
 class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
