@@ -251,9 +251,10 @@ def half_parameter_gradients(api: str) -> Deviation:
 
 
 def infinite_mean_nan(name: str, route: str, link: str = ASSIGN_MOVING_AVERAGE_LINE,
-                      applies: Selector = updates_infinite_running_mean) -> Deviation:
+                      applies: Selector = updates_infinite_running_mean,
+                      found: str = "found by bnconform fuzz") -> Deviation:
     """assign_moving_average's subtractive form on a +-Inf running mean (a fuzz finding, promoted);
-    ``route`` says how the API reaches it, ``link`` where that update is written."""
+    ``route`` says how the API reaches it, ``link`` where that update is written, ``found`` how."""
     return Deviation(
         name=name,
         kind="edge",
@@ -261,7 +262,7 @@ def infinite_mean_nan(name: str, route: str, link: str = ASSIGN_MOVING_AVERAGE_L
         behaviour=Mismatches(("running_mean",), "an infinite running mean becomes NaN (the model's stays infinite)"),
         explanation=(f"{route}: variable -= (variable - value) * (1 - decay) (zero_debias does the same to its "
                      "biased accumulator) is Inf - Inf = NaN for variable = +-Inf, where the model's "
-                     "decay * r + (1 - decay) * b keeps +-Inf (found by bnconform fuzz)"),
+                     f"decay * r + (1 - decay) * b keeps +-Inf ({found})"),
         link=link)
 
 

@@ -117,7 +117,9 @@ class GraphLayer:
         v1 = tf().compat.v1
         GraphLayer.builds += 1
         self.device, self.dy, self._gradients, self._gradient_runs = device, None, {}, {}  # gradient ops: on first use
-        self.graph, self.input_dtype = tf().Graph(), numpy_dtype(input_dtype)
+        # TensorFlow's own NumPy type for the input dtype: before 2.13 its bfloat16 is not ml_dtypes'
+        # (numpy_dtype's), and NumPy has no cast between the two (as_feed goes through float32).
+        self.graph, self.input_dtype = tf().Graph(), np.dtype(to_tf_dtype(input_dtype).as_numpy_dtype)
         with self.graph.as_default(), tf_device_scope(device):
             shape = [None] * rank
             shape[channel_axis] = channels
@@ -216,6 +218,16 @@ class GraphLayer:
         return {**dict.fromkeys(GRADIENT_NAMES), **{k: _plain(v) for k, v in fetched.items()}}
 
 
+def as_feed(value, dtype: np.dtype) -> np.ndarray:
+    """``value`` as an array of ``dtype`` (a placeholder's own NumPy type). TensorFlow < 2.13 has a
+    bfloat16 type of its own, and NumPy casts neither way between it and ml_dtypes.bfloat16: such a
+    value goes through float32, which holds every bfloat16 exactly."""
+    value = np.asarray(value)
+    if dtype.name == "bfloat16" and value.dtype != dtype:
+        value = value.astype(np.float32)
+    return value.astype(dtype, copy=False)
+
+
 def _plain(value) -> np.ndarray:
     """bfloat16 results widened to float32 (exact) so the comparison can read them."""
     value = np.asarray(value)
@@ -240,9 +252,9 @@ def run_case(layer: GraphLayer, case) -> list[dict]:
     dtype, decay = layer.input_dtype, case.config.running_stats.decay
     results = []
     for s in case.steps:
-        weights = None if s.sample_weights is None else np.asarray(s.sample_weights, dtype=dtype)
-        dy = None if s.dy is None else np.asarray(s.dy, dtype=dtype)
-        results.append(layer.step(np.asarray(s.x, dtype=dtype), s.is_training, s.update_running_stats, weights, decay,
+        weights = None if s.sample_weights is None else as_feed(s.sample_weights, dtype)
+        dy = None if s.dy is None else as_feed(s.dy, dtype)
+        results.append(layer.step(as_feed(s.x, dtype), s.is_training, s.update_running_stats, weights, decay,
                                   dy))
     return results
 

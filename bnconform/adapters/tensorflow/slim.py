@@ -4,11 +4,17 @@ tf-slim 1.1.0 (the last release) does not run on TensorFlow 2.21 as installed: e
 (``tf_slim/layers/utils.py`` uses ``ops.Tensor``, removed from ``tensorflow.python.framework.ops``,
 and 4-D inputs go through ``tensorflow.python.layers.normalization``, which lazily imports
 ``tf_keras.legacy_tf_layers`` where tf_keras 2.21 has ``tf_keras.src.legacy_tf_layers``).
-:class:`TfSlimAdapter` therefore probes one real call and reports it unavailable with that
-exact error, so it runs again the day a tf-slim release works. :class:`TfSlimCompatAdapter`
-(ad hoc: ``--adapter bnconform.adapters.tensorflow.slim:TfSlimCompatAdapter``) restores those two
-names as aliases (``ops.Tensor = tensor.Tensor``; the module path) and nothing else, to measure
-tf-slim's own numerics.
+:class:`TfSlimAdapter` (the ``tf_slim`` row) therefore runs in the ``LEGACY_TF`` environment
+(TensorFlow 2.12.1 with its bundled Keras 2.12, no tf_keras; built by ``bnconform env sync``),
+where tf-slim runs as installed; it still probes one real call and reports a failure as
+unavailable with the exact error. :class:`TfSlimCompatAdapter` (``tf_slim+compat``, in the main
+environment) restores those two names as aliases (``ops.Tensor = tensor.Tensor``; the module
+path) and nothing else, to measure tf-slim's numerics on the current TensorFlow.
+
+Established on TensorFlow 2.12.1 (whole suite, CPU): the same verdicts as ``tf_slim+compat`` on
+2.21 but for one cell: 2.12's CPU FusedBatchNormV3 has no bfloat16 kernel outside the oneDNN
+rewrite of 4-D input, so a rank-5 bfloat16 input raises (declared for this row only). TF 2.12's
+bfloat16 is its own NumPy type, not ml_dtypes' (graph.as_feed converts through float32).
 
 Translation table (canonical knob -> argument):
 
@@ -52,9 +58,9 @@ from __future__ import annotations
 import sys
 
 from ...judging.capabilities import Capabilities
-from ...judging.selectors import (changes_results, input_dtype_in, param_dtype_in, updates_on_empty_batch,
-                                  updates_running_stats, where)
-from ..base import Deviation, MatchesVariant, Mismatches
+from ...judging.selectors import (changes_results, device_in, input_dtype_in, param_dtype_in, rank_in,
+                                  updates_on_empty_batch, updates_running_stats, where)
+from ..base import Deviation, MatchesVariant, Mismatches, Raises
 from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from . import graph as g
 from .common import (EPS_INSIDE, LAYER_DTYPES, LAYER_STEP_KINDS, LEGACY_TF, empty_rank5_fused_gradient,
@@ -159,6 +165,25 @@ DEVIATIONS = (EMPTY_BATCH_NAN, FLOAT32_VARIANCE_OVERFLOW, ZERO_DEBIAS_MEAN_ONLY,
                   "tf_slim", f"{_API} (rank 5: the tf_keras layer's fused path)", fused_path))
 
 
+# TensorFlow 2.12 (the LEGACY_TF environment of the plain tf_slim row) only: its CPU
+# FusedBatchNormV3 kernel for bfloat16 is a placeholder that raises, registered so that the oneDNN
+# graph pass can replace the op; measured on 2.12.1 CPU: the replacement happens for 4-D input
+# (rank-4 bfloat16 cases pass), not for 5-D (NCDHW and NDHWC both raise, training and inference).
+_TF212_BF16_PLACEHOLDER = ("https://github.com/tensorflow/tensorflow/blob/v2.12.1/"
+                           "tensorflow/core/kernels/mkl/mkl_tmp_bf16_ops.cc")
+
+TF212_RANK5_BFLOAT16_RAISES = Deviation(
+    name="tf_slim on TensorFlow 2.12: rank-5 bfloat16 input raises on CPU",
+    kind="dtype",
+    applies=input_dtype_in("bfloat16") & rank_in(5) & fused_path & device_in("cpu"),
+    behaviour=Raises("InvalidArgumentError", "Op does not support bfloat16 inputs"),
+    explanation="tf-slim sends rank-5 input to the Keras layer's fused path (FusedBatchNormV3); TensorFlow "
+                "2.12's CPU kernel for bfloat16 only raises (a placeholder for the oneDNN rewrite, which takes "
+                "4-D input only), so a valid rank-5 bfloat16 batch norm cannot run on CPU",
+    link=_TF212_BF16_PLACEHOLDER,
+)
+
+
 def _data_format(case) -> str | None:
     """NHWC for the last axis (rank 2: axis 1), NCHW for axis 1; None when neither applies."""
     axis, rank = case.config.channel_axis, case.rank
@@ -232,9 +257,11 @@ class TfSlimAdapter(g.GraphLayerAdapter):
 
     name = "tf_slim"
     framework = "tf-slim"
-    requires = ("tensorflow", "tf_keras", "tf_slim")
+    # TensorFlow 2.12 (LEGACY_TF) bundles its Keras 2.12 (keras.legacy_tf_layers): no tf_keras there.
+    requires = ("tensorflow", "tf_slim")
+    install_hint = "built automatically in its own environment (bnconform env sync)"
     python_environment = LEGACY_TF
-    deviations = DEVIATIONS
+    deviations = DEVIATIONS + (TF212_RANK5_BFLOAT16_RAISES,)
     capabilities = SLIM_CAPABILITIES
     decay_parameter = ("decay", "old")
     graph_key, build_graph = staticmethod(_graph_key), staticmethod(_build_graph)
@@ -274,6 +301,9 @@ class TfSlimCompatAdapter(TfSlimAdapter):
     """
 
     name = "tf_slim+compat"
+    requires = ("tensorflow", "tf_keras", "tf_slim")  # the aliases point into tf_keras 2.21
+    install_hint = ""  # the tensorflow extra of this environment
+    deviations = DEVIATIONS  # on this environment's TensorFlow (2.21), not 2.12's
     # The aliases are process-wide: in a shared host they made the plain tf_slim row's probe pass
     # whenever a tf_slim+compat cell ran first (187 cells turned from unavailable into pass or
     # deviation in a randomly ordered pytest run). A host of its own keeps them here.
