@@ -25,7 +25,7 @@ ARGUMENTS = {
     "generate": [], "validate": ["{path}" + CASE], "new": ["{path}examples/published/keras_inference_so47567655.yaml"],
     "show": ["{path}" + CASE], "run": [], "check": ["{path}" + CASE], "list": [],
     "report": ["{path}reports/results.json"], "diff": ["{path}reports/results.json", "{path}reports/results.json"],
-    "bench": [], "fuzz": [], "port": ["torch.nn", "keras3.jax"], "setup": [], "env": ["list"],
+    "bench": [], "fuzz": [], "port": ["torch.nn", "keras3.jax"], "setup": [], "env": ["list"], "history": [],
 }
 BAD_NUMBERS = {"--jobs": ["0", "two"], "--timeout": ["0", "-1", "inf"], "--seconds": ["0", "nan"],
                "--max-examples": ["0"]}

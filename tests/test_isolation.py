@@ -169,4 +169,15 @@ def test_an_adapter_that_patches_its_framework_runs_in_a_host_of_its_own():
     from bnconform.execution.plan import host_key
 
     assert host_key("tf_slim+compat") == "tf_slim+compat"
-    assert host_key("tf_slim") == host_key("tf.v1.layers") != host_key("tf_slim+compat")
+    assert host_key("tf.v1.layers") != host_key("tf_slim+compat")
+
+
+def test_an_adapter_with_an_environment_of_its_own_never_shares_a_host_with_the_main_environment():
+    """The real tf_slim runs in the legacy TensorFlow 2.12 environment: its host key names that
+    environment, so it is never served by the TensorFlow 2.21 host of tf.v1.layers."""
+    from bnconform.execution.environments import environment_of
+    from bnconform.execution.plan import host_key
+
+    env = environment_of("tf_slim")
+    assert env is not None and host_key("tf_slim").endswith(f"@{env.label}-{env.key}")
+    assert host_key("tf_slim") != host_key("tf.v1.layers") and host_key("tflearn") != host_key("tf_slim")

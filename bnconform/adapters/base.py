@@ -43,9 +43,6 @@ class Adapter:
     # A Python environment of its own (pinned requirements, built with uv in the user cache), for a
     # framework that cannot share the user's environment (tflearn: TensorFlow 2.12, NumPy < 1.24).
     python_environment: ClassVar[PythonEnvironment | None] = None
-    # Requirements beside ``<framework>==<version>`` in a version sweep's environment (torch 2.1
-    # was built against NumPy 1.x: ("numpy<2",)); see version_environment.
-    sweep_requirements: ClassVar[tuple[str, ...]] = ()
     deviations: ClassVar[tuple[Deviation, ...]] = ()
     notes: ClassVar[str] = ""  # one line for the report (e.g. "channels-last by transposition")
     speed_note: ClassVar[str] = ""  # one line: why its median ms per case is what it is, where that needs saying
@@ -74,9 +71,15 @@ class Adapter:
     @classmethod
     def version_environment(cls, version: str) -> PythonEnvironment:
         """The environment of a version sweep's run at ``version`` of the framework: the backend's
-        own environment (or none) with ``<framework>==<version>`` and ``sweep_requirements``."""
+        own environment (or none) with ``<framework>==<version>`` and :meth:`sweep_requirements`."""
         base = cls.python_environment or PythonEnvironment(cls.framework, ())
-        return base.with_pins({cls.framework: version}, f"{cls.framework}-{version}", cls.sweep_requirements)
+        return base.with_pins({cls.framework: version}, f"{cls.framework}-{version}", cls.sweep_requirements(version))
+
+    @classmethod
+    def sweep_requirements(cls, version: str) -> tuple[str, ...]:
+        """Requirements beside ``<framework>==<version>`` in a sweep's environment (torch before 2.3
+        was built against NumPy 1.x, so its environment needs ``numpy<2``)."""
+        return ()
 
     @classmethod
     def missing_tool(cls) -> str | None:

@@ -122,7 +122,7 @@ class HostProcess:
                 self.environment = dict(cls.environment)
 
     def _start(self) -> None:
-        interpreter, extra = host_command(environment_of(self.names[0]), log=_say)
+        interpreter, extra = host_command(environment_of(self.names[0], adapter_class(self.names[0])), log=_say)
         env = {**host_environment(self.environment), **extra, "PYTHONUNBUFFERED": "1"}
         self.stderr = tempfile.TemporaryFile()
         command = [*interpreter, "-m", "bnconform.execution.host", *map(target_of, self.names)]

@@ -186,15 +186,16 @@ def run_in(name: str, env: PythonEnvironment | None) -> None:
         _OVERRIDES[name] = env
 
 
-def environment_of(name: str) -> PythonEnvironment | None:
+def environment_of(name: str, cls=None) -> PythonEnvironment | None:
     """The environment adapter ``name``'s host runs in: a sweep's override, else what its class
-    declares, else None (this process's own environment)."""
-    from .adapter_classes import adapter_class
-
+    declares (``cls`` when the caller has it), else None (this process's own environment)."""
     if name in _OVERRIDES:
         return _OVERRIDES[name]
-    cls = adapter_class(name)
-    return getattr(cls, "python_environment", None) if cls is not None else None
+    if cls is None:
+        from .adapter_classes import adapter_class
+
+        cls = adapter_class(name)
+    return getattr(cls, "python_environment", None)
 
 
 def host_command(env: PythonEnvironment | None, log=None) -> tuple[list[str], dict[str, str]]:

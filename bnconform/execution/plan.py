@@ -96,7 +96,7 @@ def missing_requirement(name: str) -> str | None:
         return cls.missing()
     if cls is None:
         return None
-    env = environment_of(name)
+    env = environment_of(name, cls)
     if env is not None:  # its modules live in its own environment (built on first use), not here
         failure = recent_failure(env)
         return f"its environment {env.label} cannot be built: {failure}" if failure else None
@@ -129,7 +129,7 @@ def presettle(cell: Cell, case=None) -> Verdict | None:
     if cls is None:
         return None  # a broken module: its host says why
     base = dict(case=cell.case_id, family=cell.family, adapter=cls.name or cell.adapter, device=cell.device)
-    missing = missing_requirement(cell.adapter) or (environment_of(cell.adapter) and environment_problem(cell.adapter))
+    missing = missing_requirement(cell.adapter) or (environment_of(cell.adapter, cls) and environment_problem(cell.adapter))
     if missing:
         return Verdict(**base, status="unavailable", detail=missing)
     if not device_present(cell.device):
@@ -175,6 +175,6 @@ def host_key(name: str) -> str:
         return name
     distribution = cls.__module__.partition(".")[0]
     env = ",".join(f"{k}={v}" for k, v in sorted(cls.environment.items()))
-    python = environment_of(name)  # a Python environment of its own: never the same process as others
+    python = environment_of(name, cls)  # a Python environment of its own: never the same process as others
     own = f"@{python.label}-{python.key}" if python is not None else ""
     return (f"{distribution}[{env}]" if env else distribution) + own

@@ -126,6 +126,9 @@ def _parser() -> argparse.ArgumentParser:
     from .env_command import register_env  # bnconform env list|sync|clean
 
     register_env(sub)
+    from .sweep import register_history  # bnconform history
+
+    register_history(sub)
     return parser
 
 

@@ -53,6 +53,10 @@ def cmd_run(args) -> int:
     selection = {k: getattr(args, k) for k in ("backend", "adapter", "device", "family", "stepwise") if getattr(args, k)}
     whole = (is_whole_matrix(selected, args.family, args.device, families) and is_default_case_root(args.cases)
              and not args.stepwise)
+    if args.versions:
+        from .sweep import sweep
+
+        return sweep(args, cases, selected, devices, _run_and_report)
     target = target_dir(selection, selected, Path(args.reports), whole, args.out)
     cells = plan(cases, selected, devices, args.stepwise)
     try:
@@ -224,6 +228,9 @@ def register(sub) -> None:
     run.add_argument("--stepwise", action="store_true",
                      help="run each step from the state the case expects before it (stateful APIs too), so a "
                           "verdict names the first step that diverges; writes under reports/partial/")
+    run.add_argument("--versions", help="comma-separated versions of the selected backends' framework (e.g. "
+                     "2.1.2,2.13.0): each runs in an environment of its own and writes "
+                     "<reports>/versions/<framework>-<version>/ (bnconform history gathers them)")
     run.add_argument("--jobs", type=positive_int, default=os.cpu_count() or 2, help="backends run at once")
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check", help=_CHECK_HELP, description=_CHECK_HELP)

@@ -89,6 +89,10 @@ class Deviation:
     behaviour: Raises | MatchesVariant | Mismatches
     explanation: str
     link: str
+    # The framework versions it holds in, as comparisons joined by commas (">=2.3", ">=2.1,<2.5");
+    # "" = every version. A version outside the range does not apply it (a version sweep, bnconform
+    # history, shows where the behaviour began or ended).
+    versions: str = ""
 
     def __post_init__(self):
         if self.kind not in DEVIATION_KINDS:
@@ -99,7 +103,34 @@ class Deviation:
 
     @property
     def applies_to(self) -> str:
-        return self.applies.describe()
+        return self.applies.describe() + (f" (versions {self.versions})" if self.versions else "")
+
+    def holds_in(self, version: str) -> bool:
+        """Whether ``version`` of the framework is inside :attr:`versions` (an unknown one is)."""
+        have = release(version)
+        if not self.versions or not have:
+            return True
+        for bound in self.versions.split(","):
+            op = bound.strip().rstrip("0123456789.")
+            want = release(bound.strip()[len(op):])
+            if not _COMPARE[op.strip()](have, want):
+                return False
+        return True
+
+
+_COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, b: a <= b, "<": lambda a, b: a < b,
+            "==": lambda a, b: a[:len(b)] == b}
+
+
+def release(version: str) -> tuple[int, ...]:
+    """'2.1.2+cpu' -> (2, 1, 2): the leading numeric release, for comparing versions."""
+    parts = []
+    for piece in version.split("+")[0].split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
 
 
 class AdapterContract(Protocol):

@@ -121,12 +121,35 @@ def applicable_deviations(adapter: AdapterContract, case: Case, device: str, ski
     """Every declared deviation whose selector matches this cell; judged step by step (``ones``:
     its one-step cases), whose selector matches one of the one-step cases it runs (what it was
     given and observed; ``skipped``: the steps it cannot run)."""
+    declared = deviations_in_version(adapter)
     if ones is None:
-        return [d for d in adapter.deviations if d.applies(case, device)]
+        return [d for d in declared if d.applies(case, device)]
     found = []
     for index, one in enumerate(ones):
-        found += [d for d in adapter.deviations if index not in skipped and d.applies(one, device) and d not in found]
+        found += [d for d in declared if index not in skipped and d.applies(one, device) and d not in found]
     return found
+
+
+def _framework_version(adapter) -> str:
+    """The version the adapter reports ("" when it cannot say: every declaration then holds)."""
+    try:
+        return adapter.framework_version()
+    except Exception:  # noqa: BLE001 (a test double or an adapter without a distribution)
+        return ""
+
+
+def deviations_in_version(adapter: AdapterContract) -> tuple:
+    """The adapter's declared deviations that hold in the framework version it runs (Deviation.versions),
+    read once per adapter instance."""
+    cached = getattr(adapter, "_deviations_in_version", None)
+    if cached is None:
+        version = _framework_version(adapter) if any(d.versions for d in adapter.deviations) else ""
+        cached = tuple(d for d in adapter.deviations if d.holds_in(version))
+        try:
+            adapter._deviations_in_version = cached
+        except AttributeError:  # a frozen or slotted test double: ask again next time
+            pass
+    return cached
 
 
 def keeps_state(adapter) -> bool:
