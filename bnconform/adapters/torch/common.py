@@ -36,8 +36,10 @@ import functools
 import numpy as np
 
 from ...judging.capabilities import Capabilities
-from ...judging.selectors import device_in, epsilon_zero, half_params_rounded_mean_shows, training_step
+from ...judging.selectors import (device_in, epsilon_zero, half_params_rounded_mean_shows, input_dtype_in,
+                                  training_channel_moments, training_step, where)
 from ..base import Adapter, Deviation, Mismatches, Raises
+from ..environment import release
 from ..findings import float32_variance_overflow
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
@@ -50,6 +52,8 @@ ENVIRONMENT = {"OMP_NUM_THREADS": "1", "KERAS_BACKEND": "torch"}
 DOCS_BATCHNORM = "https://docs.pytorch.org/docs/stable/generated/torch.nn.modules.batchnorm.BatchNorm1d.html"
 ISSUE_SINGLE_VALUE = "https://github.com/pytorch/pytorch/issues/1381"
 PR_POSITIVE_EPS = "https://github.com/pytorch/pytorch/pull/166756"
+INV_STD_SOURCE = "https://github.com/pytorch/pytorch/blob/v2.5.1/aten/src/ATen/native/Normalization.cpp"
+PR_CPU_HALF = "https://github.com/pytorch/pytorch/pull/102070"  # "add Half support for BatchNorm on CPU"
 PR_FLOAT32_OVERFLOW = "https://github.com/pytorch/pytorch/pull/178123"
 # The CPU kernel file at the commit the installed torch 2.13.0 was built from (torch.version.git_version).
 BATCH_NORM_KERNEL = ("https://github.com/pytorch/pytorch/blob/cf30153c4c131c8164ee7798e5022d810682e2cb/"
@@ -188,6 +192,30 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
             explanation=f"{api}: since torch 2.10 F.batch_norm raises for eps <= 0 in training (eval allows 0); "
                         "the canonical model divides by sqrt(var) and yields inf/NaN for constant channels",
             link=PR_POSITIVE_EPS,
+            versions=">=2.10",  # the sweep: 2.1.2 and 2.5.1 accept eps = 0 (reports/history.md)
+        ),
+        Deviation(
+            name="constant-channel-eps-zero-gives-beta",
+            kind="edge",
+            applies=constant_channel_eps_zero,
+            behaviour=Mismatches(("y",), "y = beta on the constant channel, where the model's 0/0 is NaN"),
+            explanation=f"{api} before torch 2.10 accepts eps = 0 in training, and its InvStd transform "
+                        "returns invstd = 0 when var == 0 and eps == 0 (aten/src/ATen/native/Normalization.cpp), so "
+                        "a constant channel normalizes to exactly beta instead of (x - mu) / sqrt(0) = 0/0 = NaN "
+                        "(measured by the version sweep in 2.1.2, 2.5.1 and 2.9.1: y equals beta there)",
+            link=INV_STD_SOURCE,
+            versions="<2.10",
+        ),
+        Deviation(
+            name="cpu-half-not-implemented",
+            kind="dtype",
+            applies=input_dtype_in("float16") & device_in("cpu"),
+            behaviour=Raises("RuntimeError", "not implemented for 'Half'"),
+            explanation=f"{api} before torch 2.2 has no float16 CPU kernel: batch_norm raises "
+                        "'\"batch_norm\" not implemented for 'Half'' (added by pull request 102070, first released "
+                        "in 2.2; measured by the version sweep: 2.1.2 raises, 2.5.1 runs)",
+            link=PR_CPU_HALF,
+            versions="<2.2",
         ),
         float32_variance_overflow(
             "float32-variance-overflow",
@@ -214,6 +242,11 @@ def shared_deviations(api: str) -> tuple[Deviation, ...]:
     )
 
 
+@where("eps == 0 and a constant channel in a training batch")
+def constant_channel_eps_zero(case) -> bool:
+    return case.config.effective_epsilon <= 0 and any((spread == 0).any() for _, spread in training_channel_moments(case))
+
+
 def signature_defaults(function) -> dict[str, float | None]:
     """momentum and eps defaults of a torch callable, read from its signature."""
     import inspect
@@ -232,6 +265,11 @@ class TorchAdapter(Adapter):
     device_kinds = DEVICE_KINDS
     environment = ENVIRONMENT
     decay_parameter = ("momentum", "new")
+
+    @classmethod
+    def sweep_requirements(cls, version: str) -> tuple[str, ...]:
+        """torch before 2.3 was built against NumPy 1.x (Tensor.numpy() fails under NumPy 2)."""
+        return ("numpy<2",) if release(version) < (2, 3) else ()
 
     def devices(self) -> list[str]:
         return torch_devices()
