@@ -132,8 +132,15 @@ def to_tf_dtype(name: str):
 
 
 def to_tensor(array, dtype_name: str):
-    """A constant tensor of dtype ``dtype_name`` holding ``array`` (create it inside a device scope)."""
-    return tf().constant(np.asarray(array), dtype=to_tf_dtype(dtype_name))
+    """A constant tensor of dtype ``dtype_name`` holding ``array`` (create it inside a device scope).
+
+    TensorFlow < 2.13 has a bfloat16 NumPy type of its own that NumPy cannot cast to or from
+    ml_dtypes.bfloat16 (a version sweep's TF 2.12): bfloat16 values then go through float32, which
+    holds every bfloat16 exactly, and are cast by TensorFlow."""
+    value = np.asarray(array)
+    if value.dtype.name == "bfloat16" and value.dtype != to_tf_dtype(dtype_name).as_numpy_dtype:
+        return tf().cast(tf().constant(value.astype(np.float32)), to_tf_dtype(dtype_name))
+    return tf().constant(value, dtype=to_tf_dtype(dtype_name))
 
 
 def to_numpy(tensor) -> np.ndarray:
