@@ -108,3 +108,21 @@ def test_a_sweep_pin_replaces_the_declared_one():
     pinned = env.with_pins({"tensorflow": "2.11.1"}, "tensorflow-2.11.1", ("pillow<10",))
     assert pinned.requirements == ("numpy<1.24", "tensorflow==2.11.1", "pillow<10")
     assert pinned.key != env.key and pinned.path.name.startswith("tensorflow-2.11.1-")
+
+
+def test_two_selections_merge_into_one_report(tmp_path):
+    """The CI matrix of docs/environments.md: jobs run selections separately, a last job merges their
+    results.json with `bnconform report` into one report holding every cell of both."""
+    from bnconform.interfaces.cli import main
+    from bnconform.reporting.results import read
+
+    for family in ("formulas", "epsilon"):
+        assert main(["run", "--backend", "numpy.oracle", "--family", family, "--cases", str(ROOT / "cases"),
+                     "--out", str(tmp_path / family)]) == 0
+    merged = tmp_path / "merged"
+    assert main(["report", str(tmp_path / "formulas" / "results.json"), str(tmp_path / "epsilon" / "results.json"),
+                 "--output", str(merged / "conformance.md"), "--merged", str(merged / "results.json")]) == 0
+    families = {v["family"] for v in read(merged / "results.json")["verdicts"]}
+    expected = sum(1 for f in ("formulas", "epsilon") for _ in (ROOT / "cases" / f).glob("*.json"))
+    assert families == {"formulas", "epsilon"} and len(read(merged / "results.json")["verdicts"]) == expected
+    assert (merged / "conformance.md").read_text().count("numpy.oracle") > 0

@@ -30,8 +30,13 @@ def load_versions(root: Path) -> dict[str, dict[str, list]]:
     """backend -> version -> its verdicts, from every results.json under ``root``."""
     found: dict[str, dict[str, list]] = collections.defaultdict(dict)
     for path in sorted(Path(root).glob("*/results.json")):
-        for verdict in verdicts_of(read(path)):
-            found[verdict.adapter].setdefault(verdict.version or "?", []).append(verdict)
+        document = read(path)
+        for verdict in verdicts_of(document):
+            # cells settled without a host (unsupported, unavailable) carry no version: the host's
+            # report of that backend, else the version the sweep asked for, says which it was
+            version = (document["adapters"].get(verdict.adapter, {}).get("version") or verdict.version
+                       or document["runs"][-1]["selection"].get("versions") or "?")
+            found[verdict.adapter].setdefault(version, []).append(verdict)
     return found
 
 
