@@ -59,7 +59,8 @@ import numpy as np
 from ..judging.selectors import updates_on_empty_batch
 from .base import Deviation, Mismatches, Unsupported
 from .jax.common import X64_ENVIRONMENT
-from .keras3 import FLOAT64_AS_FLOAT32, KERAS3_CAPABILITIES, KERAS_BACKEND_SOURCE, _dtype_policy, _Keras3Adapter
+from .keras3 import (FLOAT64_AS_FLOAT32, KERAS3_CAPABILITIES, KERAS_BACKEND_SOURCE, _dtype_policy, _Keras3Adapter,
+                     stateless_vjp)
 from .tensorflow.common import LOGICAL_CPUS, TF_ENVIRONMENT, tf, to_numpy, to_tf_dtype
 from .tensorflow.keras_sync import SYNC_GRADIENTS, one_pass_variance
 from .tensorflow.mirrored import bounds, replica_count, run_replicated, run_replicated_vjp, strategy
@@ -226,16 +227,10 @@ class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
         """jit(forward + jax.vjp) of ``layer.stateless_call`` w.r.t. x and the trainable variables,
         cotangent dy, per layer, mode, momentum and epsilon (keras3.jax's program, here on sharded
         x and dy): XLA partitions the forward, its cross-device all-reduces and their transposes."""
-        import jax
 
         key = ("vjp", id(layer), training, layer.momentum, layer.epsilon)
         if key not in self._programs:
-            def program(x, weights, stats, dy):
-                call = lambda x, weights: layer.stateless_call(weights, stats, x, training=training)  # noqa: E731
-                y, vjp, updated = jax.vjp(call, x, weights, has_aux=True)
-                return (y, *vjp(dy.astype(y.dtype)), updated)
-
-            self._programs[key] = jax.jit(program)
+            self._programs[key] = stateless_vjp(layer, training)
         return self._programs[key]
 
     @functools.lru_cache(maxsize=None)
