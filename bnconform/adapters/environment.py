@@ -14,8 +14,6 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..judging.declarations import release  # noqa: F401  (re-exported: sweeps compare versions)
-
 # bnconform's own dependencies without framework extras (pyproject's [project] dependencies; the
 # numpy floor is the one the TF1-era stack allows).
 BASE_REQUIREMENTS = ("numpy>=1.23", "ml_dtypes>=0.3", "jsonschema>=4.18", "pyyaml>=6")
@@ -68,6 +66,3 @@ def envs_root() -> Path:
     if os.environ.get("BNCONFORM_ENVS"):
         return Path(os.environ["BNCONFORM_ENVS"])
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "envs"
-
-
-

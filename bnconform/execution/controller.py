@@ -13,7 +13,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +21,7 @@ from pathlib import Path
 from ..judging.verdict import Verdict
 from . import host_memory
 from .adapter_classes import adapter_class, target_of
-from .environments import environment_of, host_command
+from .environments import announce, environment_of, host_command
 from .plan import host_key
 
 STARTUP_TIMEOUT = 600.0  # framework import under load (TensorFlow on 2 busy cores)
@@ -94,10 +93,6 @@ class _OverMemory(Exception):
     """A host holds more memory than its limit; the message says how much."""
 
 
-def _say(line: str) -> None:
-    print(f"bnconform: {line}", file=sys.stderr, flush=True)
-
-
 class HostProcess:
     """One host process for a group of adapters sharing an environment, restarted on demand."""
 
@@ -122,7 +117,7 @@ class HostProcess:
                 self.environment = dict(cls.environment)
 
     def _start(self) -> None:
-        interpreter, extra = host_command(environment_of(self.names[0], adapter_class(self.names[0])), log=_say)
+        interpreter, extra = host_command(environment_of(self.names[0], adapter_class(self.names[0])), log=announce)
         env = {**host_environment(self.environment), **extra, "PYTHONUNBUFFERED": "1"}
         self.stderr = tempfile.TemporaryFile()
         command = [*interpreter, "-m", "bnconform.execution.host", *map(target_of, self.names)]

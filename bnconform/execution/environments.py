@@ -79,9 +79,19 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def announce(line: str) -> None:
+    """Tell the person running bnconform about slow work (an environment being built) on stderr."""
+    print(f"bnconform: {line}", file=sys.stderr, flush=True)
+
+
+def _failure_file(env: PythonEnvironment) -> Path:
+    """Where a failed build of ``env`` leaves its one-line reason."""
+    return env.path.with_name(env.path.name + ".failed")
+
+
 def recent_failure(env: PythonEnvironment) -> str | None:
     """The reason of a build that failed less than :data:`RETRY_AFTER` seconds ago, else None."""
-    failed = env.path.with_name(env.path.name + ".failed")
+    failed = _failure_file(env)
     try:
         if time.time() - failed.stat().st_mtime < RETRY_AFTER:
             return failed.read_text(encoding="utf-8").strip()
@@ -106,7 +116,7 @@ def ensure(env: PythonEnvironment, log=None) -> Path:
         try:
             _build(env, log)
         except EnvironmentBuildError as exc:
-            env.path.with_name(env.path.name + ".failed").write_text(str(exc) + "\n", encoding="utf-8")
+            _failure_file(env).write_text(str(exc) + "\n", encoding="utf-8")
             shutil.rmtree(env.path, ignore_errors=True)
             raise
     return env.interpreter

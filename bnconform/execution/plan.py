@@ -17,7 +17,6 @@ Every other cell travels to a host process, where the adapter's residual ``suppo
 from __future__ import annotations
 
 import functools
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from ..adapters.registry import resolve
 from ..caseformat.validation import load_case
 from ..judging.verdict import Verdict, cell_id
 from .adapter_classes import adapter_class, device_kinds
-from .environments import EnvironmentBuildError, ensure, environment_of, recent_failure
+from .environments import EnvironmentBuildError, announce, ensure, environment_of, recent_failure
 from .selection import device_present, missing_module
 
 
@@ -114,7 +113,7 @@ def environment_problem(name: str) -> str | None:
     seconds to minutes, announced on stderr), or None when it is ready."""
     env = environment_of(name)
     try:
-        ensure(env, log=lambda line: print(f"bnconform: {line}", file=sys.stderr, flush=True))
+        ensure(env, log=announce)
     except EnvironmentBuildError as exc:
         return f"its environment {env.label} ({' '.join(env.requirements)}) cannot be built: {exc}"
     return None

@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 from pathlib import Path
 
-from ..adapters.environment import release
+from ..judging.declarations import release
 from .coverage import behaviour as behaviour_of
 from .results import read, verdicts_of
 
@@ -40,13 +40,14 @@ def load_versions(root: Path) -> dict[str, dict[str, list]]:
     return found
 
 
+def _cell_word(verdict) -> str:
+    """A cell's status with the deviations it matched: ``deviation (name)``."""
+    return verdict.status + (f" ({', '.join(verdict.deviations)})" if verdict.deviations else "")
+
+
 def _verdict_word(verdicts) -> str:
-    """One behaviour's verdict in one version: its judged statuses with their deviations."""
-    words = set()
-    for v in verdicts:
-        if v.status in JUDGED:
-            words.add(v.status + (f" ({', '.join(v.deviations)})" if v.deviations else ""))
-    return "; ".join(sorted(words)) or "not judged"
+    """One behaviour's verdict in one version: its judged cells' words, each once."""
+    return "; ".join(sorted({_cell_word(v) for v in verdicts if v.status in JUDGED})) or "not judged"
 
 
 def behaviour_rows(by_version: dict[str, list]) -> tuple[list[str], dict[str, dict[str, str]], dict]:
@@ -59,7 +60,7 @@ def behaviour_rows(by_version: dict[str, list]) -> tuple[list[str], dict[str, di
         grouped = collections.defaultdict(list)
         for v in by_version[version]:
             grouped[behaviour_of(v.case)].append(v)
-            cells[behaviour_of(v.case)][version][v.case] = v.status + (f" ({', '.join(v.deviations)})" if v.deviations else "")
+            cells[behaviour_of(v.case)][version][v.case] = _cell_word(v)
         for behaviour, verdicts in grouped.items():
             words[behaviour][version] = _verdict_word(verdicts)
     return versions, words, cells

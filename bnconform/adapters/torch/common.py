@@ -36,10 +36,10 @@ import functools
 import numpy as np
 
 from ...judging.capabilities import Capabilities
+from ...judging.declarations import release
 from ...judging.selectors import (device_in, epsilon_zero, half_params_rounded_mean_shows, input_dtype_in,
                                   training_channel_moments, training_step, where)
 from ..base import Adapter, Deviation, Mismatches, Raises
-from ..environment import release
 from ..findings import float32_variance_overflow
 
 DEVICE_KINDS = ("cpu", "cuda", "cuda-nocudnn")
