@@ -57,6 +57,13 @@ class Adapter:
     # it (bnconform.judging.stepwise), update steps as plain training steps, and judges every
     # output but the running statistics, which it records as not observed.
     keeps_state: ClassVar[bool] = True
+    # How the layer runs (``execution_mode``, an axis, beside the device): "eager" (the framework's own
+    # call), "compiled" (a jit compiler's program: torch.compile, XLA, jax.jit), "exported" (a graph
+    # an exporter wrote, run by a deployment runtime) or "folded" (BN folded into a convolution or
+    # linear layer). A non-eager row names the eager row it transforms in ``eager_row`` and is named
+    # ``<eager_row>+<how>`` (torch.nn+compile), so it sorts right after that row in every table.
+    execution_mode: ClassVar[str] = "eager"
+    eager_row: ClassVar[str] = ""
 
     def unavailable_reason(self) -> str | None:
         """None if the framework imports here, else why not and what to install."""

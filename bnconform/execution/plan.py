@@ -150,7 +150,7 @@ def adapter_metadata(name: str) -> dict:
         "framework": cls.framework, "extra": cls.extra, "notes": cls.notes,
         "device_kinds": list(cls.device_kinds), "doc": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
         "capabilities": describe(cls.capabilities) if _declares_capabilities(cls) else {},
-        "decay_parameter": cls.decay_parameter,
+        "decay_parameter": cls.decay_parameter, "mode": cls.execution_mode, "eager_row": cls.eager_row,
         "deviations": [{"name": d.name, "kind": d.kind, "applies_to": d.applies_to, "behaviour": d.behaviour.describe(),
                         "explanation": d.explanation, "link": d.link} for d in cls.deviations],
     }

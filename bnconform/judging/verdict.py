@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 STATUSES = ("pass", "fail", "deviation", "unsupported", "unavailable", "error")
 # A deviation's kind, from this closed set (worst first: the report ranks findings this way).
 DEVIATION_KINDS = ("defect", "precision", "dtype", "edge")
+# How a row runs the layer (``Adapter.execution_mode``): the framework's own call, a jit compiler's program,
+# an exporter's graph in a deployment runtime, or BN folded into a preceding convolution / linear.
+MODES = ("eager", "compiled", "exported", "folded")
 
 
 def cell_id(case: str, adapter: str, device: str) -> str:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..judging.verdict import DEVIATION_KINDS, STATUSES
+from ..judging.verdict import DEVIATION_KINDS, MODES, STATUSES
 
 MAX_RESULTS_BYTES = 256 * 2**20
 
@@ -50,7 +50,8 @@ VERDICT = {"case": TEXT, "family": TEXT, "adapter": TEXT, "device": TEXT, "statu
 DEVIATION = {"name": TEXT, "kind": frozenset(DEVIATION_KINDS), "applies_to": TEXT, "behaviour": TEXT,
              "explanation": TEXT, "link": TEXT, "effect": {"raises": TEXT, "outputs": TEXTS, "variant": TEXT}}
 ADAPTER = {"framework": TEXT, "extra": TEXT, "notes": TEXT, "device_kinds": TEXTS, "doc": TEXT,
-           "capabilities": _MapOf(TEXT), "decay_parameter": _Optional(TEXTS), "deviations": _ListOf(DEVIATION),
+           "capabilities": _MapOf(TEXT), "decay_parameter": _Optional(TEXTS),
+           "mode": frozenset(MODES), "eager_row": TEXT, "deviations": _ListOf(DEVIATION),
            "version": TEXT, "devices": TEXTS, "defaults": _MapOf(_Optional(NUMBER)), "unavailable": _Optional(TEXT),
            "coverage": {"judged": INT, "behaviours": INT, "never_observed": TEXTS}}
 CASE_META = {"input_dtype": TEXT, "param_dtype": TEXT, "rank": INT, "epsilon": NUMBER, "epsilon_mode": TEXT,

@@ -152,13 +152,18 @@ class TorchModuleAdapter(TorchAdapter):
         module.running_var.copy_(tensors["running_var"])
         module.num_batches_tracked.fill_(case.initial_state.num_updates)
 
+    def _forward(self, module, x):
+        """The module's output for a channels-first x; rows that compile or export the module
+        (torch.nn+compile, ...) run it their way here, with the same state around it."""
+        return module(x)
+
     def _step(self, module, case: model.Case, step: model.Step, device: str) -> dict:
         """One module call (train() or eval()); with dy, the VJP of that call comes back too."""
         axis = case.config.channel_axis
         module.train(step.is_training)
         x = input_tensor(step, case.config.input_dtype, device)
         with gradient_context(step):
-            y = from_channels_first(module(to_channels_first(x, axis)), axis)
+            y = from_channels_first(self._forward(module, to_channels_first(x, axis)), axis)
         wrt = {"dx": x, "dgamma": module.weight, "dbeta": module.bias}
         return {"y": to_numpy(y), **(vjp(y, step, wrt, device) if step.dy is not None else {}),
                 "running_mean": to_numpy(module.running_mean),

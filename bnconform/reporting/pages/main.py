@@ -53,7 +53,20 @@ def _header(document: dict, absent: dict[str, str]) -> list[str]:
                                                 for (fw, ver), names in sorted(versions.items())))
     lines.append(f"- {len({v['case'] for v in verdicts})} cases × {len(document['adapters'])} backends = "
                  f"{len(verdicts)} cells")
-    return lines + [coverage_line(document)] + _absent(absent) + [""]
+    return lines + _modes(document) + [coverage_line(document)] + _absent(absent) + [""]
+
+
+def _modes(document: dict) -> list[str]:
+    """One line naming the rows that do not run eagerly, by mode, each with the eager row it
+    transforms (the rows sort side by side: ``torch.nn``, ``torch.nn+compile``)."""
+    by_mode = collections.defaultdict(list)
+    for name, meta in sorted(document["adapters"].items()):
+        if meta.get("mode", "eager") != "eager":
+            by_mode[meta["mode"]].append(f"{name} (of {meta.get('eager_row') or '?'})")
+    if not by_mode:
+        return []
+    return ["- Execution modes beside eager: " + " · ".join(f"{mode}: {', '.join(rows)}"
+                                                          for mode, rows in sorted(by_mode.items()))]
 
 
 def _absent(absent: dict[str, str]) -> list[str]:
