@@ -170,6 +170,17 @@ def _frozen(uv: str, env: PythonEnvironment) -> dict[str, str]:
     return {name.lower(): version for name, version in pairs}
 
 
+def built_record(env: PythonEnvironment) -> dict | None:
+    """The record a complete build of ``env`` wrote (requirements, packages and their versions), or
+    None when it is not built (or only half built)."""
+    if not env.ready():
+        return None
+    try:
+        return json.loads((env.path / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
 def installed() -> list[dict]:
     """Every environment folder under :func:`envs_root`: its record (``path`` added), or a line
     saying it is incomplete."""

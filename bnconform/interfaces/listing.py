@@ -1,7 +1,8 @@
 """``bnconform list``: every backend, answered from metadata (fast), or by importing it (--probe).
 
 The metadata answer imports no framework: the version is the installed distribution's
-(``importlib.metadata``), "installed" means :func:`bnconform.execution.selection.missing_module` finds each
+(``importlib.metadata``) -- for a backend that runs in an environment of its own (tflearn,
+mindspore.nn: docs/environments.md), the version that environment's build recorded, or "not built" --, "installed" means :func:`bnconform.execution.selection.missing_module` finds each
 top-level module the adapter ``requires`` (``find_spec`` locates without importing), and devices are the declared
 kinds present on this machine (:func:`bnconform.execution.selection.present_device_kinds`). It cannot see a
 framework that is installed but broken; ``--probe`` imports each backend in its own process and
@@ -16,9 +17,11 @@ from pathlib import Path
 from ..adapters.base import install_advice
 from ..adapters.exec_backend import ExecAdapter
 from ..adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
+from ..execution.environments import built_record
 from ..execution.selection import missing_module, nvidia_present, present_device_kinds
 
-HEADER = f"{'backend':26} {'framework':12} {'version':14} {'devices here':18} {'judged':8} {'source':30} status"
+WIDTH = 32  # the backend column: the longest built-in name (keras3.tensorflow.synchronized) and a space
+HEADER = f"{'backend':{WIDTH}} {'framework':12} {'version':14} {'devices here':18} {'judged':8} {'source':30} status"
 LAST_RESULTS = Path("reports") / "results.json"
 
 
@@ -53,7 +56,7 @@ def metadata_row(name: str, source: str, judged: str = "-") -> str:
     try:
         cls = resolve(name)
     except RegistryError as exc:  # a module broken mid-edit: its cells will be errors saying so
-        return f"{name:26} {'?':12} {'?':14} {'-':18} {judged:8} {source:30} adapter does not load: {exc}"
+        return f"{name:{WIDTH}} {'?':12} {'?':14} {'-':18} {judged:8} {source:30} adapter does not load: {exc}"
     missing = missing_module(cls.requires)
     status = (f"not installed: no module {missing}" + install_advice(cls) if missing
               else "installed (bnconform list --probe imports it)")
@@ -61,8 +64,23 @@ def metadata_row(name: str, source: str, judged: str = "-") -> str:
     if issubclass(cls, ExecAdapter):  # an executable (docs/protocol.md): its manifest says what it needs
         reason, version = cls.missing(), cls.listed_version()
         status = f"not installed: {reason}" if reason else "installed (bnconform list --probe starts it)"
+    if cls.python_environment is not None:
+        version, status = own_environment(cls)
     devices = ",".join(present_device_kinds(cls.device_kinds)) or "-"
-    return f"{name:26} {cls.framework:12} {version:14} {devices:18} {judged:8} {source:30} {status}"
+    return f"{name:{WIDTH}} {cls.framework:12} {version:14} {devices:18} {judged:8} {source:30} {status}"
+
+
+def own_environment(cls) -> tuple[str, str]:
+    """(version, status) of a backend that runs in an environment of its own: read from the record
+    of that environment's build (no interpreter started), or what happens when it is not built."""
+    env = cls.python_environment
+    record = built_record(env)
+    if record is None:
+        return "not built", (f"runs in its own environment {env.label} ({', '.join(env.requirements)}), "
+                             "built with uv on its first run or by `bnconform env sync`")
+    packages = {name.lower().replace("_", "-"): v for name, v in record.get("packages", {}).items()}
+    version = packages.get(cls.framework.lower().replace("_", "-"), "?")
+    return version, f"installed in its own environment {env.path}"
 
 
 def list_metadata() -> int:
@@ -96,10 +114,10 @@ def list_probe(jobs: int) -> int:
     names = list(known())
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as executor:
         infos = dict(zip(names, executor.map(_probe, names)))
-    print(f"{'backend':26} {'version':14} {'devices':18} status")
+    print(f"{'backend':{WIDTH}} {'version':14} {'devices':18} status")
     for name in names:
         info = infos[name]
         status = f"unavailable: {info['unavailable']}" if info.get("unavailable") else "available"
         devices = ",".join(info.get("devices") or []) or "-"
-        print(f"{name:26} {info.get('version', '?'):14} {devices:18} {status}")
+        print(f"{name:{WIDTH}} {info.get('version', '?'):14} {devices:18} {status}")
     return 0
