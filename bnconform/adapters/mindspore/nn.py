@@ -39,8 +39,9 @@ no cumulative rule, zero-debias or schedule. Conventions of the CPU kernel (oneD
 Bessel-corrected running variance (it multiplies the biased batch variance by nhw / (nhw - 1)).
 
 Findings (:data:`DEVIATIONS`, each verified on every run): eps = 0 raises (edge); N == 1 makes
-the running variance NaN through that factor (edge); an empty batch shrinks the running
-statistics by the decay (defect); float16 parameters are never updated (defect); float32 squares
+the running variance NaN through that factor (edge); an empty batch updates the running
+statistics with batch statistics it never computed, 0 in a fresh process, else what an earlier
+call left (defect: its numbers depend on what ran before); float16 parameters are never updated (defect); float32 squares
 overflow in the float32 moments (precision).
 
 :meth:`MindSporeBatchNormAdapter.unavailable_reason` runs one operation, so an environment with
@@ -100,11 +101,13 @@ DEVIATIONS = (
         kind="defect",
         applies=updates_on_empty_batch,
         behaviour=Mismatches(("running_mean", "running_var", "y", "dx", "dgamma"),
-                             "the running statistics shrink by the decay instead of staying unchanged (and later "
-                             "steps normalized with them follow)"),
-        explanation="an empty training batch still runs the kernel's update with a batch mean and variance of 0 "
-                    "(and bessel_correction = 0 / (0 - 1)): moving = decay * moving, e.g. 1.5858 -> 1.4273 at "
-                    "decay 0.9, where the model leaves them unchanged for N == 0",
+                             "the running statistics change instead of staying unchanged (and later steps "
+                             "normalized with them follow)"),
+        explanation="an empty training batch still runs the kernel's update, with batch statistics it never "
+                    "computed for N == 0: in a fresh process they read 0, so moving = decay * moving (1.5858 -> "
+                    "1.4273 at decay 0.9), but after another call they hold what that call left (run after "
+                    "degenerate/huge_mixed_sign_float32 in one process, the running mean became -1.07e36), so the "
+                    "numbers depend on what ran before; the model leaves the statistics unchanged for N == 0",
         link=KERNEL_SOURCE,
     ),
     Deviation(
