@@ -58,9 +58,9 @@ from ..findings import empty_batch_nan_running_stats
 from .common import (EPS_INSIDE, GRADIENT_NAMES, TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, graph_gradients,
                      half_parameter_gradients, infinite_mean_nan, signature_default, tf, tf_device_scope, tf_devices,
                      to_numpy, to_tf_dtype)
-from .graph import caller_thread_callable, tiny_graph_session
-from .moments_findings import (NN_SOURCE, bfloat16_moments_shift_y, half_inputs_half_arithmetic,
-                               half_parameters_half_arithmetic, moments_overflow)
+from .graph import as_feed, caller_thread_callable, tiny_graph_session
+from .moments_findings import (NN_SOURCE, bfloat16_mean_accumulated_in_bfloat16, bfloat16_moments_shift_y,
+                               half_inputs_half_arithmetic, half_parameters_half_arithmetic, moments_overflow)
 
 EMA_SOURCE = "https://github.com/tensorflow/tensorflow/blob/master/tensorflow/python/training/moving_averages.py"
 
@@ -128,6 +128,8 @@ class TfEmaAdapter(Adapter):
                         "the tensors it averages, while the case expects float32 running statistics",
             link=EMA_SOURCE),
         bfloat16_moments_shift_y("tf-ema-bfloat16-moments-shift-y", EMA_SOURCE),
+        bfloat16_mean_accumulated_in_bfloat16("tf-ema-bfloat16-mean-accumulated-in-bfloat16",
+                                              ("y", "batch_mean", "batch_var", "running_mean", "running_var")),
         half_parameter_gradients("tf.nn+ema"),
         half_parameters_half_arithmetic("tf-ema-half-parameters-half-arithmetic"),
         half_inputs_half_arithmetic("tf-ema-half-inputs-half-arithmetic"),
@@ -300,5 +302,6 @@ class _EmaGraph:
 
 
 def _as_fed(placeholders, values) -> list:
-    """Values as NumPy arrays of each placeholder's dtype (callables do not convert)."""
-    return [np.asarray(v, dtype=p.dtype.as_numpy_dtype) for p, v in zip(placeholders, values)]
+    """Values as NumPy arrays of each placeholder's dtype (callables do not convert); a bfloat16
+    value for TensorFlow < 2.13's own bfloat16 type goes through float32 (graph.as_feed)."""
+    return [as_feed(v, np.dtype(p.dtype.as_numpy_dtype)) for p, v in zip(placeholders, values)]

@@ -56,7 +56,8 @@ channels-last first. Forward-only steps run no tape.
 from __future__ import annotations
 
 from ...judging.capabilities import Capabilities
-from ..base import Adapter
+from ...judging.selectors import device_in, input_dtype_in, rank_in
+from ..base import Adapter, Deviation, Raises
 from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
 from .common import (PLAIN_EMA, TF_ENVIRONMENT, empty_rank5_fused_gradient, signature_default, tape_gradients, tf,
                      tf_device_scope, tf_devices, to_numpy, to_tensor)
@@ -69,6 +70,23 @@ SLIM_RESHAPE = f"{_SLIM_LAYERS}#L278-L285"
 SLIM_RESHAPE_BACK = f"{_SLIM_LAYERS}#L426-L457"
 SLIM_ROUTING = f"{_SLIM_LAYERS}#L593-L613"
 _FORMATS = {(4, "first"): "NCHW", (4, "last"): "NHWC", (5, "first"): "NCDHW", (5, "last"): "NDHWC"}
+
+# Before TensorFlow 2.14 the CPU FusedBatchNormV3 registered for bfloat16 was the oneDNN placeholder
+# (mkl_tmp_bf16_ops.cc), which only raises; the graph rewrite replaces it for 4-D input, not 5-D. Pull
+# request 60413 (merged 2023-07-22) registered the Eigen bfloat16 kernels. Measured: 2.12.1 and 2.13.1
+# raise on rank-5 bfloat16 input (inference and training), 2.14.1, 2.15.1, 2.16.2 and 2.21.0 run it.
+CPU_BFLOAT16_RANK5_RAISES = Deviation(
+    name="fused-bn-cpu-bfloat16-rank5-raises",
+    kind="dtype",
+    applies=input_dtype_in("bfloat16") & rank_in(5) & device_in("cpu"),
+    behaviour=Raises("InvalidArgumentError", "Op does not support bfloat16 inputs"),
+    explanation="before TensorFlow 2.14 the CPU FusedBatchNormV3 kernel registered for bfloat16 is the oneDNN "
+                "placeholder, which raises unless the oneDNN graph pass replaces the op, and that pass takes 4-D "
+                "input only: a valid rank-5 (NCDHW / NDHWC) bfloat16 batch norm cannot run on CPU (2.12.1, 2.13.1); "
+                "the Eigen bfloat16 kernels were registered by this pull request, first released in 2.14",
+    link="https://github.com/tensorflow/tensorflow/pull/60413",
+    versions="<2.14",
+)
 
 FUSED_CAPABILITIES = Capabilities(
     **PLAIN_EMA, running_variance=frozenset({"bessel"}), ranks=frozenset({2, 3, 4, 5}),
@@ -104,6 +122,7 @@ class TfFusedBatchNormAdapter(Adapter):
             "where the float64 oracle stays finite (measured on the rank-2 cases: x ~ 1e37 gives y = beta, "
             "off by up to 2.84; x ~ 1e21 gives dx = 0 for 6.5e-22 and dgamma = 0 for 2.49)",
             KERNEL),
+        CPU_BFLOAT16_RANK5_RAISES,
     ) + empty_rank5_fused_gradient("fused-bn", API)
 
     def devices(self):

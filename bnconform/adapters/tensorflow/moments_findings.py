@@ -13,8 +13,8 @@ import numpy as np
 
 from ...caseformat.dtypes import quantize
 from ...judging.compare import output_mismatch
-from ...judging.selectors import (half_params_rounded_mean_shows, input_dtype_in, mean_far_from_spread, param_dtype_in,
-                                  squares_overflow, training_step, where)
+from ...judging.selectors import (Selector, half_params_rounded_mean_shows, input_dtype_in, mean_far_from_spread,
+                                  param_dtype_in, squares_overflow, training_step, where)
 from ..base import Deviation, Mismatches
 from .common import BATCH_NORMALIZATION_RETURN_LINE
 
@@ -42,6 +42,7 @@ def moments_overflow(name: str, outputs: tuple[str, ...]) -> Deviation:
 
 
 def bfloat16_moments_shift_y(name: str, link: str = NN_SOURCE) -> Deviation:
+    # From 2.16 (float32 accumulation, bfloat16_mean_accumulated_in_bfloat16): before, the mean itself is off.
     return Deviation(
         name=name, kind="dtype",
         applies=BFLOAT16_MEAN_SHIFT,
@@ -51,7 +52,36 @@ def bfloat16_moments_shift_y(name: str, link: str = NN_SOURCE) -> Deviation:
                     "formulas/bfloat16_nhwc_n1024_offset_train(_biased) y is off by 0.0148 at elements near 0 "
                     "(-0.0469 for -0.0616), where a float32 reduction rounded once stays within its element's "
                     "bound; the whole-output tolerance let it pass",
-        link=link)
+        link=link, versions=">=2.16")
+
+
+# Measured on 2.12.1, 2.13.1, 2.14.1 and 2.15.1 (CPU): the cases whose results the bfloat16 running sum
+# moves beyond their bounds (a one-step case of a stateless row carries its case's id and "#step<i>").
+BFLOAT16_ACCUMULATION_CASES = ("formulas/bfloat16_nhwc_n1024_offset_train", "formulas/bfloat16_nhwc_n1024_offset_train_biased",
+                               "formulas/bfloat16_nlc_n512_offset_batch_no_update",
+                               "formulas/scale_on_center_off_nlc_bfloat16_train",
+                               "formulas/scale_on_center_off_nlc_bfloat16_train_biased")
+BFLOAT16_ACCUMULATION_SHOWS = Selector("the cases " + ", ".join(BFLOAT16_ACCUMULATION_CASES),
+                                       lambda case, device: case.id.partition("#")[0] in BFLOAT16_ACCUMULATION_CASES)
+
+
+def bfloat16_mean_accumulated_in_bfloat16(name: str, outputs: tuple[str, ...]) -> Deviation:
+    """TensorFlow < 2.16: the CPU Mean kernel sums bfloat16 in a bfloat16 accumulator (pull request
+    62051 added the float32 one), so tf.nn.moments' mean, and the variance built on it, drift."""
+    return Deviation(
+        name=name, kind="precision", applies=BFLOAT16_ACCUMULATION_SHOWS,
+        behaviour=Mismatches(outputs, "the batch mean and variance of bfloat16 input are running sums rounded to "
+                                      "bfloat16 at every addition, and y is normalized with them"),
+        explanation="before TensorFlow 2.16 the CPU Mean kernel behind tf.nn.moments accumulates bfloat16 input in "
+                    "a bfloat16 sum, rounded at every addition (the Sum kernel already used float32; this pull request "
+                    "gave Mean the same float32 accumulator, first released in 2.16). Measured on 2.12.1 to 2.15.1: "
+                    "the mean equals a bfloat16 running sum (every addition rounded) divided by N; once the sum reaches 2048 an "
+                    "addition of ~4 rounds away, so N=1024 samples of mean 4.07 give 2.016 "
+                    "(formulas/bfloat16_nhwc_n1024_offset_train, batch_var 4.78 for 2.19) and N=512 of mean 3.00 "
+                    "give 2.50; at N=20 the mean is 2.6 bfloat16 ulps off (0.4219 for 0.4169), moving y near 0 "
+                    "by 0.006 (formulas/scale_on_center_off_nlc_bfloat16_train); 2.16.2 returns the exact mean "
+                    "rounded once",
+        link="https://github.com/tensorflow/tensorflow/pull/62051", versions="<2.16")
 
 
 def half_parameters_half_arithmetic(name: str) -> Deviation:

@@ -45,8 +45,8 @@ from ...reference.moments import reduction_axes
 from ..base import Adapter
 from .common import (EPS_INSIDE, TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, half_parameter_gradients,
                      signature_default, tape_gradients, tf, tf_device_scope, tf_devices, to_numpy, to_tensor)
-from .moments_findings import (bfloat16_moments_shift_y, half_inputs_half_arithmetic, half_parameters_half_arithmetic,
-                               moments_overflow)
+from .moments_findings import (bfloat16_mean_accumulated_in_bfloat16, bfloat16_moments_shift_y,
+                               half_inputs_half_arithmetic, half_parameters_half_arithmetic, moments_overflow)
 
 # tf.nn.weighted_moments (v1 body; the v2 export calls it): two-pass, div_no_nan (installed 2.21.0 file).
 WEIGHTED_MOMENTS_LINE = ("https://github.com/tensorflow/tensorflow/blob/v2.21.0/"
@@ -74,6 +74,8 @@ class TfNnAdapter(Adapter):
     deviations = (half_parameter_gradients("tf.nn"), empty_batch_dgamma_nan("tf.nn: dgamma of an empty batch is NaN", "tf.nn"),
                   moments_overflow("tf-nn-variance-overflow", ("y", "batch_var", "dx", "dgamma")),
                   bfloat16_moments_shift_y("tf-nn-bfloat16-moments-shift-y"),
+                  bfloat16_mean_accumulated_in_bfloat16("tf-nn-bfloat16-mean-accumulated-in-bfloat16",
+                                                        ("y", "batch_mean", "batch_var")),
                   half_parameters_half_arithmetic("tf-nn-half-parameters-half-arithmetic"),
                   half_inputs_half_arithmetic("tf-nn-half-inputs-half-arithmetic"))
 
