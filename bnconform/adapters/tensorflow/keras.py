@@ -80,7 +80,8 @@ from .common import (TF_ENVIRONMENT, channel_shape, empty_batch_dgamma_nan, empt
                      tf_device_scope, tf_devices, to_numpy, to_tensor)
 from .keras_common import (GRADIENTS, KERAS_DTYPES, LAYER, backend_deviations, empty_batch_deviation,
                            float64_decay_deviation, fused_path, infinite_mean_deviation, layer_capabilities,
-                           layer_defaults, overflow_deviation, renorm_float64_deviation, tape_vjp, tf_keras)
+                           layer_defaults, overflow_deviation, renorm_float64_deviation, tape_vjp, tensorflow_for,
+                           tf_keras)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -104,6 +105,10 @@ class _TfKerasLayerAdapter(Adapter):
 
     def __init__(self):
         self._layers = {}  # (device, dtype, rank, shape of params, knobs) -> layer or ValueError
+
+    @classmethod
+    def sweep_requirements(cls, version: str) -> tuple[str, ...]:
+        return tensorflow_for(version)  # tf_keras X.Y runs on TensorFlow X.Y
 
     def devices(self):
         return tf_devices()
@@ -274,6 +279,10 @@ class TfKerasBackendAdapter(Adapter):
     capabilities = Capabilities(
         epsilon_modes=frozenset({"add_inside_sqrt"}), dtypes=KERAS_DTYPES, gradients=GRADIENTS,
         step_kinds=frozenset({("batch", True), ("batch", False), ("running", False)}))
+
+    @classmethod
+    def sweep_requirements(cls, version: str) -> tuple[str, ...]:
+        return tensorflow_for(version)  # tf_keras X.Y runs on TensorFlow X.Y
 
     def devices(self):
         return tf_devices()

@@ -44,6 +44,13 @@ def tf_keras():
     return module
 
 
+def tensorflow_for(version: str) -> tuple[str, ...]:
+    """A version sweep's TensorFlow beside tf_keras ``version``: tf_keras X.Y is released for (and
+    requires) TensorFlow X.Y, so its environment pins ``tensorflow~=X.Y.0``."""
+    major, minor = (version.split(".") + ["0"])[:2]
+    return (f"tensorflow~={major}.{minor}.0",)
+
+
 def layer_defaults(layer_class) -> dict[str, float]:
     """momentum and epsilon defaults of a Keras BatchNormalization class, read from its signature."""
     import inspect

@@ -45,7 +45,7 @@ from dataclasses import replace
 from ...judging.selectors import input_dtype_in, mean_far_from_spread, where
 from ..base import Adapter, Deviation, Mismatches
 from .common import LOGICAL_CPUS, TF_ENVIRONMENT, to_numpy, to_tf_dtype
-from .keras_common import BN_SOURCE, LAYER_CAPABILITIES, float64_decay_deviation, layer_defaults, tf_keras
+from .keras_common import BN_SOURCE, LAYER_CAPABILITIES, float64_decay_deviation, layer_defaults, tensorflow_for, tf_keras
 from .mirrored import replica_count, run_replicated, run_replicated_vjp, strategy
 
 API = "tf_keras SyncBatchNormalization"
@@ -119,6 +119,10 @@ class TfKerasSyncAdapter(Adapter):
 
     def __init__(self):
         self._layers = {}
+
+    @classmethod
+    def sweep_requirements(cls, version: str) -> tuple[str, ...]:
+        return tensorflow_for(version)  # tf_keras X.Y runs on TensorFlow X.Y
 
     def devices(self):
         return ["cpu"]
