@@ -99,6 +99,11 @@ def _precision():
                "float32 inputs 1e4 + N(0,1): E[x^2] - E[x]^2 in float32 loses every digit (ulp of 1e8 is 8), "
                "giving variance garbage, negative values or NaN; two-pass or Welford gets var ~ 1.",
                Config(channel_axis=1), [(32, 3)], (TRAIN, TRAIN, EVAL), normal(1e4, 1.0))
+    yield Spec(FAMILY, "cancellation_float32_1e4_nhwc",
+               "The same float32 1e4 + N(0,1) cancellation at rank 4, channels last, where fused kernels take "
+               "over (tf_keras' fused path under XLA computes E[x^2] - E[x]^2 in float32: variance off by "
+               "~50%, y NaN; tensorflow#118701); a two-pass or Welford variance gets var ~ 1.",
+               Config(channel_axis=3), [(8, 2, 2, 3)], (TRAIN, TRAIN, EVAL), normal(1e4, 1.0))
     yield Spec(FAMILY, "cancellation_float64_1e8",
                "float64 inputs 1e8 + N(0,1): E[x^2]-E[x]^2 in float64 keeps only ~0 digits of var (ulp of "
                "1e16 is 2); a float32 path cannot represent the spread at all.",
