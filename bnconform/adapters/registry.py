@@ -53,6 +53,8 @@ BUILTIN = {
     "tf.v1.layers": "bnconform.adapters.tensorflow.v1_layers:TfV1LayersAdapter",
     "tf_keras.SyncBatchNormalization": "bnconform.adapters.tensorflow.keras_sync:TfKerasSyncAdapter",
     "tf_keras.auto": "bnconform.adapters.tensorflow.keras:TfKerasAutoAdapter",
+    "tf_keras.auto+litert": "bnconform.adapters.tensorflow.export_litert:TfKerasLiteRtAdapter",
+    "tf_keras.auto+tf2onnx": "bnconform.adapters.tensorflow.export_tf2onnx:TfKerasTf2OnnxAdapter",
     "tf_keras.auto+tf.function": "bnconform.adapters.tensorflow.compiled:TfKerasAutoGraphAdapter",
     "tf_keras.auto+xla": "bnconform.adapters.tensorflow.compiled:TfKerasAutoXlaAdapter",
     "tf_keras.backend": "bnconform.adapters.tensorflow.keras:TfKerasBackendAdapter",
@@ -67,6 +69,7 @@ BUILTIN = {
     "torch.functional": "bnconform.adapters.torch.functional:TorchFunctionalAdapter",
     "torch.gloo_sync": "bnconform.adapters.torch.gloo_sync:TorchGlooSyncAdapter",
     "torch.nn": "bnconform.adapters.torch.nn:TorchModuleAdapter",
+    "torch.nn+folded": "bnconform.adapters.torch.folded:TorchFoldedAdapter",
     "torch.nn.SyncBatchNorm": "bnconform.adapters.torch.gloo_sync:TorchSyncBatchNormAdapter",
 }
 
