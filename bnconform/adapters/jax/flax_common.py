@@ -6,6 +6,7 @@ step loop (:func:`flax_state`, :func:`run_flax_steps`). Importing this module do
 from __future__ import annotations
 
 from ...caseformat.model import Case
+from ...judging.declarations import release
 from ...judging.selectors import input_dtype_in, mean_far_from_spread, where
 from ..base import Deviation, Mismatches
 from ..findings import empty_batch_nan_running_stats, float32_variance_overflow
@@ -77,9 +78,19 @@ REPLICA_FINDINGS = {"flax.linen": flax_replica_deviations("flax", FLAX_NORMALIZA
 REPLICA_FINDINGS["flax.linen.exact_variance"] = REPLICA_FINDINGS["flax.linen"]
 
 
+# A version sweep's JAX beside flax==X.Y (flax asks only for jax >= a floor, so the newest JAX would
+# come with every old flax): the JAX release of the flax minor's era, jaxlib with it ([cpu]); other
+# minors get the newest.
+SWEEP_JAX = {(0, 10): "jax[cpu]==0.6.2", (0, 11): "jax[cpu]==0.7.1", (0, 12): "jax[cpu]==0.10.2"}
+
+
 class FlaxAdapter(JaxAdapter):
     """What flax.linen and flax.nnx share: the flax distribution, ``JAX_CAPABILITIES`` as they are
     (flax has no Bessel, zero-debias or schedule option), and ``momentum`` weighing the old statistic."""
+
+    @classmethod
+    def sweep_requirements(cls, version: str) -> tuple[str, ...]:
+        return (SWEEP_JAX.get(release(version)[:2], "jax[cpu]"),)
 
     framework = "flax"
     requires = ("jax", "flax")

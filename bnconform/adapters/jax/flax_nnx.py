@@ -71,9 +71,9 @@ def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str, sta
                               use_scale=use_scale, use_bias=use_bias, param_dtype=numpy_dtype(param_dtype),
                               axis_name=axis_name, rngs=nnx.Rngs(0))
         for name, value in params.items():
-            getattr(layer, name).set_value(value)
-        layer.mean.set_value(stats["mean"])
-        layer.var.set_value(stats["var"])
+            _set(getattr(layer, name), value)
+        _set(layer.mean, stats["mean"])
+        _set(layer.var, stats["var"])
         return layer
 
     def step(params, stats, x, training, momentum, epsilon, mask=None):
@@ -81,12 +81,24 @@ def build_step(axis: int, use_scale: bool, use_bias: bool, param_dtype: str, sta
             def branch(operands):
                 layer = make_layer(*operands, momentum, epsilon)
                 y = layer(x, use_running_average=use_running_average, mask=mask)
-                return y, {"mean": layer.mean.get_value(), "var": layer.var.get_value()}
+                return y, {"mean": _get(layer.mean), "var": _get(layer.var)}
             return branch
 
         return in_mode(static, training, run(False), run(True), (params, stats))
 
     return step if mesh is None else sharded(step, mesh, sharded_at=(2, 6))
+
+
+def _set(variable, value) -> None:
+    """variable.set_value(value); flax before 0.12.x (a version sweep) has only the ``value`` property."""
+    if hasattr(variable, "set_value"):
+        variable.set_value(value)
+    else:
+        variable.value = value
+
+
+def _get(variable):
+    return variable.get_value() if hasattr(variable, "get_value") else variable.value
 
 
 NNX_FAST_VARIANCE_CANCELS = fast_variance_cancels(
