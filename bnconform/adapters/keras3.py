@@ -81,6 +81,7 @@ import numpy as np
 
 from ..caseformat.model import Case
 from ..judging.capabilities import Capabilities
+from ..judging.declarations import release
 from ..judging.selectors import case_in, empty_batch_gamma_gradient, input_dtype_in
 from .base import Adapter, Deviation, Mismatches
 from .findings import empty_batch_nan_running_stats, float32_variance_overflow
@@ -161,8 +162,13 @@ FLOAT64_AS_FLOAT32 = Deviation(
                          "y, the moving statistics and the gradients carry float32 (not float64) precision"),
     explanation=("call() computes in backend.result_type(inputs.dtype, 'float32'), and Keras maps "
                  "float64 to float32 on every backend but TensorFlow, so a float64 layer normalizes "
-                 "in float32 (errors ~1e-7 relative; 1e150-scale inputs overflow to NaN)"),
+                 "in float32 (errors ~1e-7 relative; 1e150-scale inputs overflow to NaN). Since Keras 3.12: "
+                 "its result_type forces 64-bit dtypes to 32-bit off TensorFlow (keras/src/backend/common/"
+                 "dtypes.py; absent from 3.11.3, it came as Keras stopped setting JAX_DEFAULT_DTYPE_BITS, pull "
+                 "request 21604); before it result_type(float64, float32) is float64 with JAX_ENABLE_X64 and the "
+                 "sweep passes these cells on 3.3.3 to 3.11.3 (reports/history.md)"),
     link="https://github.com/keras-team/keras/issues/23704",
+    versions=">=3.12",
 )
 
 # Where the torch backend's one-pass variance E[x^2] - E[x]^2 (float32) cancels badly: a mean 1e4
@@ -182,6 +188,16 @@ TORCH_ONE_PASS_VARIANCE = Deviation(
 )
 
 
+# A version sweep's backend beside keras==X.Y (Keras 3 imports its backend, never requires it): a
+# release of the same era per Keras minor (jaxlib before 0.4.31 was built against NumPy 1.x; keras 3.3
+# imports packaging without requiring it, which TensorFlow brings and JAX does not); other
+# minors get the newest release. The torch backend is never pinned (PyPI's torch carries CUDA).
+SWEEP_BACKENDS = {"tensorflow": {(3, 3): ("tensorflow~=2.16.0",), (3, 8): ("tensorflow~=2.18.0",),
+                                 (3, 15): ("tensorflow~=2.21.0",)},
+                  "jax": {(3, 3): ("jax[cpu]==0.4.26", "numpy<2", "packaging"), (3, 8): ("jax[cpu]==0.4.38",),
+                          (3, 11): ("jax[cpu]==0.7.1",), (3, 12): ("jax[cpu]==0.8.0",), (3, 15): ("jax[cpu]==0.10.2",)}}
+
+
 class _Keras3Adapter(Adapter):
     """Shared machinery; subclasses pick the backend."""
 
@@ -194,6 +210,11 @@ class _Keras3Adapter(Adapter):
     def __init__(self):
         self._layers: dict = {}
         self._programs: dict = {}  # jitted VJP programs (JAX backend only)
+
+    @classmethod
+    def sweep_requirements(cls, version: str) -> tuple[str, ...]:
+        """The backend framework of keras ``version``'s era (SWEEP_BACKENDS), else its newest release."""
+        return SWEEP_BACKENDS.get(cls.backend, {}).get(release(version)[:2], (cls.requires[0],))
 
     def keras(self):
         return _keras(self.backend)
@@ -280,7 +301,9 @@ class _Keras3Adapter(Adapter):
     @staticmethod
     def _parameters(layer) -> dict:
         """{"dgamma": gamma, "dbeta": beta} for the variables the layer has (scale / center on)."""
-        return {k: v for k, v in (("dgamma", layer.gamma), ("dbeta", layer.beta)) if v is not None}
+        # getattr: older Keras (3.3.3 and 3.4.1; a version sweep's) leaves it unset when scale / center is off
+        return {k: v for k, v in (("dgamma", getattr(layer, "gamma", None)), ("dbeta", getattr(layer, "beta", None)))
+                if v is not None}
 
 
 class Keras3TensorflowAdapter(_Keras3Adapter):

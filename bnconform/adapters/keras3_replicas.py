@@ -198,7 +198,7 @@ class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
         x, sizes = _sharded(step.x, step.replica_sizes, distribution), step.replica_sizes
         trainable, stats = layer.trainable_variables, layer.non_trainable_variables
         weights, values = [v.value for v in trainable], [v.value for v in stats]
-        mesh_devices = distribution.device_mesh.backend_mesh.devices.tolist()
+        mesh_devices = _jax_mesh(distribution.device_mesh).devices.tolist()
         if step.dy is None:  # forward only: no VJP
             (y, updated), grads = self._program(layer, step.is_training)(x, weights, values), {}
         else:
@@ -244,6 +244,25 @@ class Keras3JaxDataParallelAdapter(_Keras3ReplicatedAdapter):
         return keras.distribution.DataParallel(devices=found[:replicas])
 
 
+def _jax_mesh(device_mesh):
+    """The jax.sharding.Mesh of a Keras DeviceMesh (``backend_mesh``; Keras before 3.10, a version
+    sweep's, converts with the jax backend's ``_to_jax_mesh``)."""
+    if hasattr(device_mesh, "backend_mesh"):
+        return device_mesh.backend_mesh
+    from keras.src.backend.jax.distribution_lib import _to_jax_mesh
+
+    return _to_jax_mesh(device_mesh)
+
+
+def _jax_layout(layout):
+    """The jax.sharding.NamedSharding of a Keras TensorLayout (``backend_layout``; older Keras as above)."""
+    if hasattr(layout, "backend_layout"):
+        return layout.backend_layout
+    from keras.src.backend.jax.distribution_lib import _to_jax_layout
+
+    return _to_jax_layout(layout)
+
+
 def _sharded(x: np.ndarray, sizes, distribution):
     """One jax.Array laid out as Keras' DataParallel lays out a batch (``get_data_layout``: axis 0
     split over the mesh), built from per-device pieces: the device of mesh position r receives
@@ -253,7 +272,7 @@ def _sharded(x: np.ndarray, sizes, distribution):
     if len(set(sizes)) != 1:
         raise Unsupported(f"DataParallel splits the batch evenly over the mesh. Expected: equal replica sizes. "
                           f"Received: {list(sizes)}")
-    sharding = distribution.get_data_layout(x.shape).backend_layout
+    sharding = _jax_layout(distribution.get_data_layout(x.shape))
     placement = sharding.addressable_devices_indices_map(x.shape)  # device -> its slice of x
     pieces = [jax.device_put(x[index], device) for device, index in placement.items()]
     return jax.make_array_from_single_device_arrays(x.shape, sharding, pieces)
