@@ -35,3 +35,14 @@ def test_every_declaration_selects_a_cell(name):
     dead += [f"capability override {changes} when {selector.describe()}" for selector, changes in cls.capabilities.when
              if not any(selector(c, d) for c in CASES for d in cls.device_kinds)]
     assert not dead, f"{name}: applies to no cell of the shipped families: {'; '.join(dead)}"
+
+
+def test_release_reads_only_the_leading_dotted_numbers():
+    """A sweep's version string names the backend after the release ('3.3.3 (jax 0.4.26)'): none of
+    it may leak into the comparison, or a patch-level bound would compare (3, 3, 30, 4, 26)."""
+    from bnconform.judging.declarations import release
+
+    assert release("3.3.3 (jax 0.4.26)") == (3, 3, 3)
+    assert release("2.13.0+cpu") == (2, 13, 0) and release("2.0.0rc1") == (2, 0, 0)
+    assert release("not installed") == () and release("") == ()
+    assert release("3.3.3 (jax 0.4.26)") < release("3.3.4")

@@ -9,6 +9,7 @@ they live here because the judge gives them their meaning (:mod:`.judge`).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Callable, ClassVar, Protocol
 
@@ -123,14 +124,10 @@ _COMPARE = {">=": lambda a, b: a >= b, ">": lambda a, b: a > b, "<=": lambda a, 
 
 
 def release(version: str) -> tuple[int, ...]:
-    """'2.1.2+cpu' -> (2, 1, 2): the leading numeric release, for comparing versions."""
-    parts = []
-    for piece in version.split("+")[0].split("."):
-        digits = "".join(ch for ch in piece if ch.isdigit()) if piece[:1].isdigit() else ""
-        if not digits:
-            break
-        parts.append(int(digits))
-    return tuple(parts)
+    """'2.1.2+cpu' -> (2, 1, 2), '3.3.3 (jax 0.4.26)' -> (3, 3, 3), '2.0.0rc1' -> (2, 0, 0): the
+    leading dotted numbers, for comparing versions (what follows them never counts)."""
+    leading = re.match(r"\d+(?:\.\d+)*", version.strip())
+    return tuple(int(piece) for piece in leading.group(0).split(".")) if leading else ()
 
 
 class AdapterContract(Protocol):
