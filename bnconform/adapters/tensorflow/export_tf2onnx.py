@@ -45,7 +45,7 @@ class TfKerasTf2OnnxAdapter(TfKerasExportAdapter):
     notes = ("tf2onnx.convert.from_keras (default opset) + onnxruntime CPU; inference steps only, one conversion "
              "per state; fused path -> BatchNormalization, non-fused -> Mul + Add; bfloat16 is written as float16 "
              "(TF_TO_ONNX_DTYPE), so bfloat16 is unsupported")
-    speed_note = ("~0.1 s per inference step (the first ~0.6 s): the state is frozen into the ONNX initializers, "
+    speed_note = ("~0.1-0.2 s per inference step (the first ~0.7 s): the state is frozen into the ONNX initializers, "
                   "so each step's state is converted anew (trace, freeze, tf2onnx rewriters) and a session created")
 
     def devices(self):
