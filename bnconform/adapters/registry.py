@@ -67,8 +67,10 @@ BUILTIN = {
     "tflearn": "bnconform.adapters.tensorflow.legacy_wrappers:TflearnAdapter",
     "tinygrad.nn": "bnconform.adapters.tinygrad.nn:TinygradBatchNormAdapter",
     "torch.functional": "bnconform.adapters.torch.functional:TorchFunctionalAdapter",
+    "torch.functional+compile": "bnconform.adapters.torch.compiled:TorchCompiledFunctionalAdapter",
     "torch.gloo_sync": "bnconform.adapters.torch.gloo_sync:TorchGlooSyncAdapter",
     "torch.nn": "bnconform.adapters.torch.nn:TorchModuleAdapter",
+    "torch.nn+compile": "bnconform.adapters.torch.compiled:TorchCompiledModuleAdapter",
     "torch.nn+folded": "bnconform.adapters.torch.folded:TorchFoldedAdapter",
     "torch.nn.SyncBatchNorm": "bnconform.adapters.torch.gloo_sync:TorchSyncBatchNormAdapter",
 }

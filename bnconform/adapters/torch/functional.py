@@ -60,15 +60,21 @@ class TorchFunctionalAdapter(TorchAdapter):
         track = step.update_running_stats or not step.is_training
         x = input_tensor(step, config.input_dtype, device)
         with gradient_context(step):
-            y = torch().nn.functional.batch_norm(
+            y = self._batch_norm(
                 to_channels_first(x, config.channel_axis),
                 params.running_mean if track else None, params.running_var if track else None,
-                params.weight, params.bias, training=step.is_training,
-                momentum=1.0 - config.running_stats.decay, eps=config.effective_epsilon)
+                params.weight, params.bias, step.is_training, 1.0 - config.running_stats.decay,
+                config.effective_epsilon)
             y = from_channels_first(y, config.channel_axis)
         wrt = {"dx": x, "dgamma": params.weight, "dbeta": params.bias}
         return {"y": to_numpy(y), **(vjp(y, step, wrt, device) if step.dy is not None else {}),
                 "running_mean": to_numpy(params.running_mean), "running_var": to_numpy(params.running_var)}
+
+    def _batch_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps):
+        """F.batch_norm on a channels-first x; a row that compiles it (torch.functional+compile) runs
+        its program here, with the same tensors around it."""
+        return torch().nn.functional.batch_norm(x, running_mean, running_var, weight, bias, training=training,
+                                                momentum=momentum, eps=eps)
 
 
 class _Params:
