@@ -59,15 +59,7 @@ gradients too (their Mismatches name dx and dgamma).
 Model extensions: renorm, virtual_batch_size and sample_weights are not translated here (Keras 3
 has renorm=..., but no ghost batches and only a boolean mask, not real-valued weights).
 
-Declared deviations (findings; each re-checked on every run):
-
-* empty batch (all backends, defect): 0/0 moments are assigned, moving statistics become NaN.
-* float64 on jax/torch (dtype): Keras type promotion maps float64 to float32 except on
-  TensorFlow, so a float64 layer computes in float32.
-* float32 inputs of ~1e37 (precision; tensorflow/jax): squared deviations overflow, variance inf,
-  y = beta; torch: mean(x^2) overflows and inf - inf gives NaN.
-* torch backend (precision): one-pass variance mean(x^2) - mean(x)^2 cancels (NaN or 2.6e-4
-  relative error).
+Declared deviations (findings; each re-checked on every run): :mod:`.keras3_findings`.
 """
 
 from __future__ import annotations
@@ -82,18 +74,14 @@ import numpy as np
 from ..caseformat.model import Case
 from ..judging.capabilities import Capabilities
 from ..judging.declarations import release
-from ..judging.selectors import case_in, empty_batch_gamma_gradient, input_dtype_in
-from .base import Adapter, Deviation, Mismatches
-from .findings import empty_batch_nan_running_stats, float32_variance_overflow
+from .base import Adapter
+from .keras3_findings import (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, TORCH_ONE_PASS_VARIANCE, empty_batch_dgamma_deviation,
+                              overflow_deviation)
 from .jax.common import X64_ENVIRONMENT
 from .tensorflow.common import TF_ENVIRONMENT, tf, tf_devices
 from .tensorflow.keras_common import GRADIENTS, KERAS_DTYPES, layer_defaults, tape_vjp
 from .torch.common import ENVIRONMENT as TORCH_ENVIRONMENT
 
-KERAS_BN_SOURCE = ("https://github.com/keras-team/keras/blob/master/"
-                   "keras/src/layers/normalization/batch_normalization.py")
-
-KERAS_BACKEND_SOURCE = "https://github.com/keras-team/keras/blob/master/keras/src/backend/{backend}/nn.py"
 
 
 @functools.lru_cache(maxsize=None)
@@ -116,77 +104,6 @@ KERAS3_CAPABILITIES = Capabilities(
     epsilon_modes=frozenset({"add_inside_sqrt"}), running_variance=frozenset({"biased"}),
     zero_debias=frozenset({False}), num_updates_schedule=frozenset({False}), running_rules=frozenset({"ema"}),
     step_kinds=frozenset({("batch", True), ("running", False)}), dtypes=KERAS_DTYPES, gradients=GRADIENTS)
-
-EMPTY_BATCH_NAN = empty_batch_nan_running_stats(
-    "keras3-empty-batch-nan-moving-stats",
-    ("the moments of an empty batch are 0/0 = NaN and call() assigns "
-     "momentum * moving + (1 - momentum) * NaN with no N == 0 guard"),
-    KERAS_BN_SOURCE)
-
-
-def _overflow_deviation(backend: str, what_happens: str) -> Deviation:
-    return float32_variance_overflow(
-        f"keras3-{backend}-float32-variance-overflow",
-        ("BatchNormalization computes the moments of float32 inputs in float32 "
-         f"(no wider accumulator), so squares of ~1e37 overflow: {what_happens}"),
-        KERAS_BACKEND_SOURCE.format(backend=backend), effect=what_happens)
-
-
-# ops.batch_normalization per backend at keras v3.15.1: the line that applies rsqrt(var + eps) * scale.
-_NORMALIZE_LINES = {"jax": ("x * inv + (offset - mean * inv) with inv = rsqrt(variance + epsilon) * scale", 1080),
-                    "tensorflow": ("tf.nn.batch_normalization, x * inv + (offset - mean * inv) with inv = "
-                                   "rsqrt(variance + epsilon) * scale", 1564),
-                    "torch": ("(x - mean) * (rsqrt(variance + epsilon) * scale) + offset", 1029)}
-
-
-def _empty_batch_dgamma_deviation(backend: str) -> Deviation:
-    """A fuzz finding, promoted: the layer's ops.batch_normalization backward on an empty batch."""
-    form, line = _NORMALIZE_LINES[backend]
-    return Deviation(
-        name="keras3-empty-batch-dgamma-nan",
-        kind="edge",
-        applies=empty_batch_gamma_gradient,
-        behaviour=Mismatches(("dgamma",), "dgamma is NaN on an empty batch (the model's is 0, an empty sum)"),
-        explanation=(f"call() normalizes with ops.batch_normalization, on {backend} {form}; for N == 0 the "
-                     "moments are 0/0 = NaN and d/dscale = rsqrt(variance + epsilon) * (empty sums) = NaN * 0 "
-                     "(found by bnconform fuzz)"),
-        link=f"https://github.com/keras-team/keras/blob/v3.15.1/keras/src/backend/{backend}/nn.py#L{line}",
-    )
-
-
-FLOAT64_AS_FLOAT32 = Deviation(
-    name="keras3-float64-computed-in-float32",
-    kind="dtype",
-    applies=input_dtype_in("float64"),
-    behaviour=Mismatches(("y", "running_mean", "running_var", "dx", "dgamma", "dbeta"),
-                         "y, the moving statistics and the gradients carry float32 (not float64) precision"),
-    explanation=("call() computes in backend.result_type(inputs.dtype, 'float32'), and Keras maps "
-                 "float64 to float32 on every backend but TensorFlow, so a float64 layer normalizes "
-                 "in float32 (errors ~1e-7 relative; 1e150-scale inputs overflow to NaN). Since Keras 3.12: "
-                 "its result_type forces 64-bit dtypes to 32-bit off TensorFlow (keras/src/backend/common/"
-                 "dtypes.py; absent from 3.11.3, it came as Keras stopped setting JAX_DEFAULT_DTYPE_BITS, pull "
-                 "request 21604); before it result_type(float64, float32) is float64 with JAX_ENABLE_X64 and the "
-                 "sweep passes these cells on 3.3.3 to 3.11.3 (reports/history.md)"),
-    link="https://github.com/keras-team/keras/issues/23704",
-    versions=">=3.12",
-)
-
-# Where the torch backend's one-pass variance E[x^2] - E[x]^2 (float32) cancels badly: a mean 1e4
-# times the spread, and a batch of two with a spread close to epsilon (data-dependent: named cases).
-TORCH_ONE_PASS_VARIANCE = Deviation(
-    name="keras3-torch-one-pass-variance",
-    kind="precision",
-    applies=case_in("degenerate/cancellation_float32_1e4_biased", "degenerate/cancellation_float32_1e4_nhwc_biased",
-                    "momentum/decay_0.9_biased_n2",
-                    "gradients/offset_1e4_float32_train_biased"),
-    behaviour=Mismatches(("y", "running_var", "dx", "dgamma"),
-                         "y (and running_var, dx, dgamma) lose precision to cancellation, down to NaN"),
-    explanation=("the torch backend's ops.moments computes variance as mean(x^2) - mean(x)^2 in float32, "
-                 "which cancels (negative variance -> NaN y for mean/std ~ 1e4; 2.6e-4 relative y error "
-                 "for N=2 with variance near epsilon) where the two-pass TF/JAX moments do not"),
-    link="https://github.com/keras-team/keras-core/pull/866",
-)
-
 
 # A version sweep's backend beside keras==X.Y (Keras 3 imports its backend, never requires it): a
 # release of the same era per Keras minor (jaxlib before 0.4.31 was built against NumPy 1.x; keras 3.3
@@ -314,8 +231,8 @@ class Keras3TensorflowAdapter(_Keras3Adapter):
     extra = "tensorflow"
     requires = ("tensorflow", "keras")
     environment = TF_ENVIRONMENT  # shares the TensorFlow adapters' host
-    deviations = (EMPTY_BATCH_NAN, _overflow_deviation("tensorflow", "variance inf, y = beta, dx = dgamma = 0"),
-                  _empty_batch_dgamma_deviation("tensorflow"))
+    deviations = (EMPTY_BATCH_NAN, overflow_deviation("tensorflow", "variance inf, y = beta, dx = dgamma = 0"),
+                  empty_batch_dgamma_deviation("tensorflow"))
     notes = "Keras 3 layer on the TensorFlow backend, eager call; any channel axis natively"
     speed_note = ("~3-4 ms CPU per case: an eager call runs ~30 TF ops (~1-1.5 ms per step) and a new layer "
                   "structure costs ~3-6 ms of variable creation; a tf.function traces in ~40-60 ms per layer and "
@@ -345,8 +262,8 @@ class Keras3JaxAdapter(_Keras3Adapter):
     # float64 variables need jax_enable_x64 (else JAX stores them as float32 with a warning)
     environment = X64_ENVIRONMENT  # shares the JAX family's host
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32,
-                  _overflow_deviation("jax", "variance inf, y = beta, dx = dgamma = 0"),
-                  _empty_batch_dgamma_deviation("jax"))
+                  overflow_deviation("jax", "variance inf, y = beta, dx = dgamma = 0"),
+                  empty_batch_dgamma_deviation("jax"))
     notes = "Keras 3 layer on the JAX backend (JAX_ENABLE_X64=1), eager call; any channel axis natively"
     speed_note = ("~1.5 ms per case once compiled; its first-pass median (~75 ms CPU) is XLA compiling each "
                   "eager op for every new input shape, and jitting the whole call per shape costs more (~110 ms); "
@@ -409,8 +326,8 @@ class Keras3TorchAdapter(_Keras3Adapter):
     requires = ("torch", "keras")
     environment = TORCH_ENVIRONMENT  # shares the torch adapters' host
     deviations = (EMPTY_BATCH_NAN, FLOAT64_AS_FLOAT32, TORCH_ONE_PASS_VARIANCE,
-                  _overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y, dx, dgamma NaN"),
-                  _empty_batch_dgamma_deviation("torch"))
+                  overflow_deviation("torch", "mean(x^2) is inf, variance inf - inf = NaN, y, dx, dgamma NaN"),
+                  empty_batch_dgamma_deviation("torch"))
     notes = "Keras 3 layer on the PyTorch backend, eager call; any channel axis natively"
 
     def devices(self) -> list[str]:

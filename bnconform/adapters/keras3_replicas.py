@@ -59,8 +59,8 @@ import numpy as np
 from ..judging.selectors import updates_on_empty_batch
 from .base import Deviation, Mismatches, Unsupported
 from .jax.common import X64_ENVIRONMENT
-from .keras3 import (FLOAT64_AS_FLOAT32, KERAS3_CAPABILITIES, KERAS_BACKEND_SOURCE, _dtype_policy, _Keras3Adapter,
-                     stateless_vjp)
+from .keras3 import KERAS3_CAPABILITIES, _dtype_policy, _Keras3Adapter, stateless_vjp
+from .keras3_findings import FLOAT64_AS_FLOAT32, KERAS_BACKEND_SOURCE
 from .tensorflow.common import LOGICAL_CPUS, TF_ENVIRONMENT, tf, to_numpy, to_tf_dtype
 from .tensorflow.keras_sync import SYNC_GRADIENTS, one_pass_variance
 from .tensorflow.mirrored import bounds, replica_count, run_replicated, run_replicated_vjp, strategy
