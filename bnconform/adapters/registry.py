@@ -72,6 +72,9 @@ BUILTIN = {
     "torch.nn": "bnconform.adapters.torch.nn:TorchModuleAdapter",
     "torch.nn+compile": "bnconform.adapters.torch.compiled:TorchCompiledModuleAdapter",
     "torch.nn+folded": "bnconform.adapters.torch.folded:TorchFoldedAdapter",
+    "torch.nn+onnx": "bnconform.adapters.torch.export_onnx:TorchOnnxAdapter",
+    "torch.nn+onnx.dynamo": "bnconform.adapters.torch.export_onnx:TorchOnnxDynamoAdapter",
+    "torch.nn+openvino": "bnconform.adapters.torch.export_openvino:TorchOpenVinoAdapter",
     "torch.nn.SyncBatchNorm": "bnconform.adapters.torch.gloo_sync:TorchSyncBatchNormAdapter",
 }
 

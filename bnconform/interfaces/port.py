@@ -19,7 +19,7 @@ import collections
 import sys
 from pathlib import Path
 
-from .port_translation import CONVENTION_WORDS, Side, ema_lines, translation  # noqa: F401 (port.Side, port.ema_lines)
+from .port_translation import CONVENTION_WORDS, Side, ema_lines, exported_lines, translation  # noqa: F401 (port.Side, port.ema_lines)
 
 DEFAULT_RESULTS = Path("reports/results.json")
 
@@ -209,6 +209,10 @@ def report(document: dict, a: str, b: str, source: str) -> list[str]:
     sa, sb = side_of(document, a), side_of(document, b)
     lines = [f"Porting a model from {a} to {b}", "", "1. Parameter translation (from the adapters' metadata)"]
     lines += [f"  {line}" for line in translation(sa, sb)]
+    exported = exported_lines(sa, sb)
+    if exported:
+        lines += ["", "1b. Parameters as written into the exported graph (the adapters' exported_parameters)"]
+        lines += [f"  {line}" for line in exported]
     lines += ["", f"2. Measured differences ({source})"] + [f"  {line}" for line in difference_lines(document, a, b)]
     profile = profile_lines(document, a, b)
     if profile:

@@ -174,3 +174,70 @@ def structural_lines(a: Side, b: Side) -> list[str]:
 def translation(a: Side, b: Side) -> list[str]:
     parts = (ema_lines, epsilon_lines, variance_lines, convention_lines, structural_lines)
     return [line for part in parts for line in part(a, b)]
+
+
+# --- Part 1b: what an exported graph holds --------------------------------------------------------
+
+def ported_config(a: Side):
+    """The canonical knobs of a layer built with FROM's defaults (its EMA value read as a decay
+    through its ``decay_parameter``; decay 0.9 and epsilon 1e-5 where the document records none)."""
+    from ..caseformat.model import Config, RunningStats
+
+    value, decay = a.defaults.get("decay_parameter"), 0.9
+    if a.decay_parameter is not None and _is_number(value):
+        decay = 1 - float(value) if a.decay_parameter[1] == "new" else float(value)
+    epsilon = a.defaults.get("epsilon")
+    epsilon = float(epsilon) if _is_number(epsilon) else 1e-5
+    return Config(channel_axis=1, epsilon=epsilon, running_stats=RunningStats(decay=decay))
+
+
+def _exporter(name: str):
+    """The adapter class's ``exported_parameters(config) -> {label: {parameter: value}}`` hook, if it has one."""
+    from ..adapters.registry import RegistryError, resolve
+
+    try:
+        return getattr(resolve(name), "exported_parameters", None)
+    except RegistryError:
+        return None
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _convention(side: Side, written, decay: float) -> str:
+    """' (momentum=0.9 is the weight on the old statistic, as <side> declares)': which statistic a
+    written EMA value weighs, read against the decay it was built from ('' when it cannot tell)."""
+    weighs = [w for w, value in (("old", decay), ("new", 1 - decay)) if _is_number(written) and abs(written - value) <= 1e-6]
+    if len(weighs) != 1:  # no EMA value written, or decay 0.5 (both readings agree)
+        return ""
+    spelled = side.decay_parameter[0] if side.decay_parameter else "momentum"
+    text = f" ({spelled}={number(written)} is the {WEIGHS[weighs[0]]}"
+    if side.decay_parameter is None:
+        return text + ")"
+    if side.decay_parameter[1] == weighs[0]:
+        return text + f", as {side.name}'s decay_parameter declares)"
+    return text + f"; {side.name}'s decay_parameter says the {WEIGHS[side.decay_parameter[1]]}: they disagree)"
+
+
+def exported_lines(a: Side, b: Side) -> list[str]:
+    """For each side whose adapter writes the model into another graph (an ``exported_parameters``
+    classmethod), the parameters that graph holds for a layer built with FROM's defaults, and
+    which statistic its written momentum weighs; [] when neither side exports."""
+    config, lines = ported_config(a), []
+    decay = config.running_stats.decay
+    for side in (a, b):
+        hook = _exporter(side.name)
+        if hook is None:
+            continue
+        try:
+            found = hook(config)
+        except Exception as exc:  # noqa: BLE001 - a missing exporter or runtime: say so, keep the report
+            lines.append(f"{side.name}: not exported here ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+            continue
+        for label, values in found.items():
+            shown = ", ".join(f"{key}={number(v) if isinstance(v, float) else v}" for key, v in values.items())
+            lines.append(f"{side.name} {label}: {shown}" + _convention(side, values.get("momentum"), decay))
+    if lines:
+        lines.insert(0, f"for a layer with {a.name}'s defaults (decay {number(decay)}, epsilon {number(config.epsilon)}):")
+    return lines
