@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from conftest import requires
 
+from bnconform.execution.selection import select_backends
 from bnconform.interfaces.cli import main
 from bnconform.interfaces.port import report
 from bnconform.judging.capabilities import Capabilities, describe
 from bnconform.judging.selectors import where
 from bnconform.reporting import results
-from bnconform.execution.selection import select_backends
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN_EMA = {"epsilon_modes": {"add_inside_sqrt"}, "zero_debias": {False}, "num_updates_schedule": {False}}
