@@ -26,18 +26,14 @@ the terminal; a refusal still reaches the judge as the converter's exception.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import logging
-import os
-import sys
-import warnings
 from dataclasses import replace
 
 import numpy as np
 
 from ...judging.selectors import input_dtype_in, where
 from ..base import Deviation, Raises
+from ..quiet import silenced
 from .common import tf, tf_device_scope
 from .keras import TfKerasAutoAdapter, _assign_state
 from .keras_common import fused_path, layer_capabilities, tf_keras
@@ -55,30 +51,9 @@ CACHE_SIZE = 64  # converted models kept (one per state and shape; a case needs 
 LOGGERS = ("tensorflow", "absl", "tf2onnx", "h5py")
 
 
-@contextlib.contextmanager
 def quiet_native():
-    """Descriptors 1 and 2 on /dev/null, Python warnings ignored and the converters' loggers at
-    ERROR for the duration: converters print from C++ below Python's sys.stderr."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    levels = {name: logging.getLogger(name).level for name in LOGGERS}
-    null = os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 1), os.dup2(null, 2)
-        for name in LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    """:func:`..quiet.silenced` with the converters' loggers (descriptors 1 and 2 on /dev/null meanwhile)."""
+    return silenced(LOGGERS)
 
 
 def state_digest(case) -> str:

@@ -16,16 +16,12 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
-import os
-import sys
-import warnings
 
 import numpy as np
 
 from ...caseformat import model
+from ..quiet import silenced
 from .common import torch, torch_dtype
 from .nn import momentum_for
 
@@ -33,29 +29,9 @@ LOGGERS = ("torch.onnx", "torch.export", "torch._dynamo", "torch.fx", "onnxscrip
 PARAMETERS = ("weight", "bias", "running_mean", "running_var")  # BatchNormalization inputs 1..4, in order
 
 
-@contextlib.contextmanager
 def quiet_native():
-    """Descriptors 1 and 2 on /dev/null, Python warnings ignored and the exporters' loggers at ERROR
-    for the duration: exporters and runtimes also print from C++, below Python's sys.stderr."""
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved, null = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
-    levels = {name: logging.getLogger(name).level for name in LOGGERS}
-    try:
-        os.dup2(null, 1), os.dup2(null, 2)
-        for name in LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            stream.flush()
-        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
-        for name, level in levels.items():
-            logging.getLogger(name).setLevel(level)
+    """:func:`..quiet.silenced` with the exporters' loggers (descriptors 1 and 2 on /dev/null meanwhile)."""
+    return silenced(LOGGERS)
 
 
 def placeholder_module(module):
