@@ -98,3 +98,18 @@ def test_tf2onnx_writes_one_batch_normalization_node(monkeypatch):
     assert len(nodes) == 1
     (epsilon,) = [onnx.helper.get_attribute_value(a) for a in nodes[0].attribute if a.name == "epsilon"]
     assert epsilon == pytest.approx(case.config.effective_epsilon, rel=1e-7)
+
+
+def test_native_output_is_shown_when_asked_for(monkeypatch, capfd):
+    """BNCONFORM_NATIVE_OUTPUT=1 turns the silencing off: what a converter writes to fd 2 shows."""
+    import os
+
+    from bnconform.adapters.quiet import silenced
+
+    with silenced(("tensorflow",)):
+        os.write(2, b"hidden line\n")
+    monkeypatch.setenv("BNCONFORM_NATIVE_OUTPUT", "1")
+    with silenced(("tensorflow",)):
+        os.write(2, b"shown line\n")
+    err = capfd.readouterr().err
+    assert "shown line" in err and "hidden line" not in err

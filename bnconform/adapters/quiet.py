@@ -1,6 +1,7 @@
 """Keeping what exporters, converters and runtimes print off the user's terminal (issue 22: their
 warnings reach the user only when asked for). They print from C++ too, below Python's sys.stderr,
-so redirecting Python's streams is not enough: the process's descriptors 1 and 2 go to /dev/null."""
+so redirecting Python's streams is not enough: the process's descriptors 1 and 2 go to /dev/null.
+``BNCONFORM_NATIVE_OUTPUT=1`` in the environment asks for that output: nothing is silenced."""
 
 from __future__ import annotations
 
@@ -10,11 +11,17 @@ import os
 import sys
 import warnings
 
+ASK = "BNCONFORM_NATIVE_OUTPUT"
+
 
 @contextlib.contextmanager
 def silenced(loggers: tuple[str, ...]):
     """Descriptors 1 and 2 on /dev/null, Python warnings ignored and ``loggers`` at ERROR for the
-    duration; everything restored after, also when the body raises."""
+    duration; everything restored after, also when the body raises. A no-op when the user asked for
+    the output (``BNCONFORM_NATIVE_OUTPUT=1``)."""
+    if os.environ.get(ASK) == "1":
+        yield
+        return
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     saved, null = [os.dup(1), os.dup(2)], os.open(os.devnull, os.O_WRONLY)
