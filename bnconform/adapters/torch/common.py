@@ -272,4 +272,5 @@ class TorchAdapter(Adapter):
         return ("numpy<2",) if release(version) < (2, 3) else ()
 
     def devices(self) -> list[str]:
-        return torch_devices()
+        """The device kinds torch can use here that this row declares (``device_kinds``)."""
+        return [device for device in torch_devices() if device in self.device_kinds]

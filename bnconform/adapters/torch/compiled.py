@@ -37,7 +37,7 @@ from ...judging.selectors import (device_in, epsilon_zero, mean_far_from_spread,
                                   where)
 from ..base import Deviation, Mismatches, Raises
 from ..findings import float32_variance_overflow
-from .common import torch, torch_devices
+from .common import torch
 from .functional import TorchFunctionalAdapter
 from .nn import TorchModuleAdapter
 
@@ -239,9 +239,6 @@ class TorchCompiledModuleAdapter(TorchModuleAdapter):
         super().__init__()
         self._compiled = {}
 
-    def devices(self) -> list[str]:
-        return [device for device in torch_devices() if device in self.device_kinds]
-
     def _forward(self, module, x):
         """The module's compiled program on x (built on first use, kept per module object)."""
         if module not in self._compiled:
@@ -265,9 +262,6 @@ class TorchCompiledFunctionalAdapter(TorchFunctionalAdapter):
     def __init__(self):
         super().__init__()
         self._program = None
-
-    def devices(self) -> list[str]:
-        return [device for device in torch_devices() if device in self.device_kinds]
 
     def _batch_norm(self, x, running_mean, running_var, weight, bias, training, momentum, eps):
         """The compiled F.batch_norm call (one program cache for every case)."""

@@ -300,9 +300,6 @@ class TorchOnnxAdapter(TorchModuleAdapter):
         super().__init__()
         self._graphs: dict = {}  # graph_key -> serialized ModelProto, or the exporter's exception
 
-    def devices(self) -> list[str]:
-        return ["cpu"]
-
     def framework_version(self) -> str:
         versions = [f"{d} {importlib.metadata.version(d)}" for d in self.requires if d != "torch"]
         return f"{super().framework_version()} ({', '.join(versions)})"

@@ -132,9 +132,6 @@ class TorchOpenVinoAdapter(TorchModuleAdapter):
         super().__init__()
         self._compiled: collections.OrderedDict = collections.OrderedDict()
 
-    def devices(self) -> list[str]:
-        return ["cpu"]
-
     def framework_version(self) -> str:
         return f"{super().framework_version()} (openvino {importlib.metadata.version('openvino')})"
 

@@ -188,9 +188,6 @@ class TorchGlooSyncAdapter(_ReplicatedTorchAdapter):
              "stats); gradients by loss.backward() on every rank, dgamma/dbeta all-reduced with SUM")
     speed_note = "a persistent pool of 8 gloo processes started on the first replicated case; each case is one round trip"
 
-    def devices(self) -> list[str]:
-        return ["cpu"]
-
 
 class TorchSyncBatchNormAdapter(_ReplicatedTorchAdapter):
     """torch.nn.SyncBatchNorm itself, rank r on cuda:(r mod GPUs), over the gloo replica pool."""
@@ -206,6 +203,3 @@ class TorchSyncBatchNormAdapter(_ReplicatedTorchAdapter):
         if reason is None and not torch().cuda.is_available():
             return f"torch.cuda.is_available() is False (torch {torch().__version__}); {GPU_CHECK}"
         return reason
-
-    def devices(self) -> list[str]:
-        return ["cuda"] if torch().cuda.is_available() else []
