@@ -187,9 +187,6 @@ class TfKerasLiteRtAdapter(TfKerasExportAdapter):
                   "each step's state is converted anew (trace, freeze, MLIR passes); the interpreter call is ~0.1 ms")
     deviations = LITERT_DEVIATIONS
 
-    def devices(self):
-        return ["cpu"]
-
     def export(self, model, case):
         from ai_edge_litert.interpreter import Interpreter
 

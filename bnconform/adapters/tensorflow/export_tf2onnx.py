@@ -48,9 +48,6 @@ class TfKerasTf2OnnxAdapter(TfKerasExportAdapter):
     speed_note = ("~0.1-0.2 s per inference step (the first ~0.7 s): the state is frozen into the ONNX initializers, "
                   "so each step's state is converted anew (trace, freeze, tf2onnx rewriters) and a session created")
 
-    def devices(self):
-        return ["cpu"]
-
     def export(self, model, case):
         import onnxruntime
         import tf2onnx

@@ -111,7 +111,7 @@ class _TfKerasLayerAdapter(Adapter):
         return tensorflow_for(version)  # tf_keras X.Y runs on TensorFlow X.Y
 
     def devices(self):
-        return tf_devices()
+        return [device for device in tf_devices() if device in self.device_kinds]
 
     def framework_defaults(self):
         return layer_defaults(tf_keras().layers.BatchNormalization)
@@ -285,7 +285,7 @@ class TfKerasBackendAdapter(Adapter):
         return tensorflow_for(version)  # tf_keras X.Y runs on TensorFlow X.Y
 
     def devices(self):
-        return tf_devices()
+        return [device for device in tf_devices() if device in self.device_kinds]
 
     def framework_defaults(self):
         import inspect
