@@ -23,6 +23,12 @@ def _case(name: str):
     return load_case(CASES / f"{name}.json")
 
 
+@pytest.fixture(autouse=True)
+def fresh_export_cache(tmp_path, monkeypatch):
+    """Each test converts for itself (an empty export cache of its own)."""
+    monkeypatch.setenv("BNCONFORM_EXPORT_CACHE", str(tmp_path / "exports"))
+
+
 @pytest.fixture(scope="module")
 def litert():
     return TfKerasLiteRtAdapter()
@@ -71,6 +77,36 @@ def test_converter_refusal_is_the_declared_raises_and_stays_quiet(litert, capfd)
     judge(litert, _case("formulas/rank3_nlc_eval"), "cpu")
     out, err = capfd.readouterr()
     assert "loc(" not in err and "XNNPACK" not in err + out and "TF Select" not in err, err[-2000:]
+
+
+@pytest.mark.parametrize("row", ["litert", "tf2onnx"])
+def test_a_kept_artifact_runs_as_the_conversion_did(row, monkeypatch):
+    """A second adapter (a new layer, another generated name) finds the first one's artifact under
+    the same key and never converts: the judged y is bit-identical; another state converts anew."""
+    import numpy as np
+
+    from bnconform.adapters import export_cache
+    from bnconform.adapters.tensorflow.export_tf2onnx import TfKerasTf2OnnxAdapter
+
+    cls = {"litert": TfKerasLiteRtAdapter, "tf2onnx": TfKerasTf2OnnxAdapter}[row]
+    case = _case("formulas/rank4_nhwc_eval")
+    first = cls().run(case, "cpu")
+    import tensorflow as tf
+    import tf2onnx
+
+    def converted_again(*args, **kwargs):
+        pytest.fail("converted although the artifact was kept")
+    # the converters themselves (the adapter's own code is part of the key: patching it is a new key)
+    monkeypatch.setattr(tf.lite.TFLiteConverter, "from_keras_model", converted_again)
+    monkeypatch.setattr(tf2onnx.convert, "from_keras", converted_again)
+    reused = export_cache.COUNTS["reused"]
+    again = cls().run(case, "cpu")
+    assert export_cache.COUNTS["reused"] == reused + 1
+    assert np.array_equal(first[0]["y"], again[0]["y"])
+    state = case.initial_state
+    moved = replace(case, initial_state=replace(state, running_mean=state.running_mean + 1.0))
+    with pytest.raises(pytest.fail.Exception, match="converted although"):
+        cls().run(moved, "cpu")
 
 
 def test_only_inference_steps_are_expressible(litert):

@@ -30,6 +30,12 @@ CASES = Path(__file__).resolve().parent.parent / "cases"
 CONFIG = Config(channel_axis=1, epsilon=1e-5, running_stats=RunningStats(decay=0.9))  # torch momentum 0.1
 
 
+@pytest.fixture(autouse=True)
+def fresh_export_cache(tmp_path, monkeypatch):
+    """Each test exports for itself (an empty export cache of its own)."""
+    monkeypatch.setenv("BNCONFORM_EXPORT_CACHE", str(tmp_path / "exports"))
+
+
 def _case(name: str):
     return load_case(CASES / f"{name}.json")
 
@@ -140,6 +146,33 @@ def test_openvino_converts_the_module_into_eval_and_passes_inference():
     assert str(compiled.get_property("INFERENCE_PRECISION_HINT")) in ("<Type: 'float32'>", "f32")
     verdict = judge(TorchOpenVinoAdapter(), _case("formulas/rank4_nchw_eval"), "cpu")
     assert verdict.status == "pass", verdict.detail
+
+
+@pytest.mark.parametrize("row", ["torch.nn+onnx", "torch.nn+onnx.dynamo", "torch.nn+openvino"])
+def test_a_kept_artifact_runs_as_the_export_did(row, monkeypatch):
+    """A second adapter finds the first one's exported file under the same key and never exports:
+    the judged y is bit-identical; a graph of another key (eps) exports anew."""
+    from bnconform.adapters import export_cache
+    from bnconform.adapters.torch import export_openvino
+    from bnconform.execution.adapter_classes import adapter_class
+
+    pytest.importorskip({"torch.nn+onnx": "onnx", "torch.nn+onnx.dynamo": "onnxscript", "torch.nn+openvino": "openvino"}[row])
+    cls, case = adapter_class(row), _case("formulas/rank4_nchw_eval")
+    first = cls().run(case, "cpu")
+
+    def exported_again(*args, **kwargs):
+        raise AssertionError("exported although the artifact was kept")
+    # the exporters themselves (the adapter's own code is part of the key: patching it is a new key)
+    monkeypatch.setattr(torch.onnx, "export", exported_again)
+    if row == "torch.nn+openvino":
+        monkeypatch.setattr(export_openvino.openvino()[0], "convert_model", exported_again)
+    reused = export_cache.COUNTS["reused"]
+    again = cls().run(case, "cpu")
+    assert export_cache.COUNTS["reused"] == reused + 1
+    assert np.array_equal(first[0]["y"], again[0]["y"])
+    other = replace(case, config=replace(case.config, epsilon=case.config.epsilon * 2))
+    with pytest.raises(AssertionError, match="exported although"):
+        cls().run(other, "cpu")
 
 
 def test_port_names_momentum_and_the_written_parameters(tmp_path, capsys):

@@ -15,7 +15,9 @@ layer's variables into constants (LiteRT folds the inference BN into MUL + ADD w
 scale and offset), so every state needs a conversion of its own: converted models are cached per
 (layer structure, epsilon, per-sample shape, state bytes) -- the model takes a batch of any size
 (``Input(batch_size=None)``, as users export; the interpreter is resized to each batch, an empty
-one included) -- and a case costs one conversion per inference step (``speed_note``).
+one included) -- and a case costs one conversion per inference step (``speed_note``). The
+flatbuffers are also kept on disk between runs (bnconform.adapters.export_cache, keyed by
+:func:`model_subject`, the converter's versions and this module's export code).
 
 The converter's C++ diagnostics (MLIR ``loc(...)`` lines, absl logging) and the interpreter's
 "Created TensorFlow Lite XNNPACK delegate" line go to file descriptor 2, below Python:
@@ -33,6 +35,7 @@ import numpy as np
 
 from ...judging.selectors import input_dtype_in, where
 from ..base import Deviation, Raises
+from ..export_cache import cached_artifact, recipe
 from ..quiet import silenced
 from .common import tf, tf_device_scope
 from .keras import TfKerasAutoAdapter, _assign_state
@@ -108,12 +111,30 @@ class TfKerasExportAdapter(TfKerasAutoAdapter):
             # batch None, as users export: the runtime is resized to each batch (an empty one too)
             inputs = tf_keras().Input(shape=tuple(shape[1:]), dtype=cfg.input_dtype)
             model = tf_keras().Model(inputs, layer(inputs, training=False))
-            self._exported[key] = self.export(model, case)
+            artifact = cached_artifact(self.name, self.converter_distributions,
+                                       recipe(TfKerasExportAdapter._runner, type(self).convert),
+                                       model_subject(layer, shape, cfg.input_dtype), lambda: self.convert(model))
+            self._exported[key] = self.runtime(artifact)
         return self._exported[key]
 
-    def export(self, model, case):
-        """Convert ``model`` and return ``x -> y`` (NumPy) running it in the runtime."""
+    def convert(self, model) -> bytes:
+        """Convert ``model``; the serialized artifact (kept by bnconform.adapters.export_cache)."""
         raise NotImplementedError
+
+    def runtime(self, artifact: bytes):
+        """``x -> y`` (NumPy): the runtime running the artifact :meth:`convert` wrote."""
+        raise NotImplementedError
+
+
+def model_subject(layer, shape, input_dtype) -> bytes:
+    """What the converter reads of the one-layer model: the layer's class and configuration without
+    its generated name, whether it took the fused path, the per-sample input shape and dtype, then
+    every weight's dtype, shape and bytes in the layer's order (export_cache's subject)."""
+    config = {k: v for k, v in layer.get_config().items() if k != "name"}
+    head = f"{type(layer).__module__}.{type(layer).__qualname__};{sorted(config.items())!r};fused={layer.fused};"
+    head += f"input={tuple(shape[1:])}:{input_dtype}"
+    weights = [np.ascontiguousarray(w.numpy()) for w in layer.weights]
+    return head.encode() + b"".join(f";{w.dtype}{w.shape}".encode() + w.tobytes() for w in weights)
 
 
 def feed(x, dtype) -> np.ndarray:
@@ -184,14 +205,19 @@ class TfKerasLiteRtAdapter(TfKerasExportAdapter):
     notes = ("TFLiteConverter.from_keras_model (float, builtin ops) + ai_edge_litert Interpreter (XNNPACK); "
              "inference steps only, one conversion per state; BN becomes MUL + ADD with folded constants")
     speed_note = ("~0.3-0.7 s per inference step (the first ~3 s): the state is frozen into the flatbuffer, so "
-                  "each step's state is converted anew (trace, freeze, MLIR passes); the interpreter call is ~0.1 ms")
+                  "each step's state is converted anew (trace, freeze, MLIR passes); ~20-50 ms once the flatbuffer "
+                  "is kept from an earlier run (export cache); the interpreter call is ~0.1 ms")
     deviations = LITERT_DEVIATIONS
 
-    def export(self, model, case):
+    converter_distributions = ("tensorflow", "tf_keras")  # tf.lite's converter ships in tensorflow
+
+    def convert(self, model) -> bytes:
+        return tf().lite.TFLiteConverter.from_keras_model(model).convert()
+
+    def runtime(self, artifact: bytes):
         from ai_edge_litert.interpreter import Interpreter
 
-        flatbuffer = tf().lite.TFLiteConverter.from_keras_model(model).convert()
-        interpreter = Interpreter(model_content=flatbuffer)
+        interpreter = Interpreter(model_content=artifact)
         return lambda x: invoke(interpreter, x)
 
 

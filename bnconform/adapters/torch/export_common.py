@@ -9,6 +9,8 @@
 - ``example_input(rank, C, dtype)``: the fixed example every graph is exported with (3 samples, 2
   positions per spatial axis: no axis of size 0 or 1 to specialize, N > 1 for a training trace).
 - ``graph_key(module, x)``: what an exported graph depends on besides the state values.
+- ``module_subject(module, x)``: the graph key, the state's bytes and the example's: the subject an
+  exported artifact is kept under (bnconform.adapters.export_cache).
 - ``shortest(value)``: the decimal a float32 attribute was written from (0.9, not 0.899999976).
 
 Importing this module does not import torch.
@@ -58,6 +60,23 @@ def graph_key(module, x) -> tuple:
     """What the exported graph depends on (its state values are written per case)."""
     return (type(module).__name__, module.num_features, str(x.dtype), str(module.running_mean.dtype),
             module.affine, module.eps, module.momentum, module.training, x.dim())
+
+
+def module_subject(module, x) -> bytes:
+    """What an exporter reads of a BN module and its example input (export_cache's subject): the
+    :func:`graph_key`, then each parameter's and buffer's dtype and bytes (None: absent) and the
+    example input's dtype, shape and bytes."""
+    parts = [repr(graph_key(module, x)).encode()]
+    for name in PARAMETERS:
+        tensor = getattr(module, name)
+        parts.append(name.encode() + (b"=None" if tensor is None else f"={tensor.dtype}:".encode() + raw_bytes(tensor)))
+    parts.append(f"x={x.dtype}{tuple(x.shape)}:".encode() + raw_bytes(x))
+    return b";".join(parts)
+
+
+def raw_bytes(tensor) -> bytes:
+    """A CPU tensor's bytes (bfloat16 included: viewed as uint8, which NumPy can hold)."""
+    return tensor.detach().contiguous().view(-1).view(torch().uint8).numpy().tobytes()
 
 
 def shortest(value: float) -> float:

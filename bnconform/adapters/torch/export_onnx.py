@@ -29,7 +29,9 @@ example input whose non-channel axes are dynamic (a graph exported once runs eve
 deployed). Per case the module's state is written into the graph's initializers -- the bytes the
 exporter writes for a module holding that state (tests/test_export_torch.py checks this against a
 fresh export) -- and a session is created (~1-5 ms). An exporter's refusal is cached and re-raised
-for every case of its key, so it is that cell's error or declared Raises.
+for every case of its key, so it is that cell's error or declared Raises. Exported graphs are also
+kept on disk between runs (bnconform.adapters.export_cache: keyed by the placeholder module's
+:func:`~.export_common.module_subject`, the exporters' versions and the export functions' source).
 
 Exporter warnings (DeprecationWarning of the TorchScript exporter, "training mode" UserWarning)
 and ONNX Runtime's C++ log lines are silenced inside the adapter (:func:`quiet_native`).
@@ -46,18 +48,22 @@ import numpy as np
 
 from ...caseformat import model
 from ...judging.compare import compare_case
-from ...judging.selectors import Selector, affine_partly_off, changes_results, epsilon_zero, input_dtype_in, training_step
+from ...judging.selectors import (Selector, affine_partly_off, changes_results, epsilon_zero, input_dtype_in,
+                                  training_step)
 from ...reference import oracle
 from ..base import Deviation, MatchesVariant, Raises
+from ..export_cache import cached_artifact, recipe
 from ..findings import float32_variance_overflow
 from .common import PR_POSITIVE_EPS, torch
-from .export_common import PARAMETERS, example_input, exported_module, graph_key, placeholder_module, quiet_native, shortest
+from .export_common import (PARAMETERS, example_input, exported_module, graph_key, module_subject, placeholder_module,
+                            quiet_native, shortest)
 from .nn import TorchModuleAdapter
 
 TORCHLIB_CORE = ("https://github.com/microsoft/onnxscript/blob/v0.7.2/"
                  "onnxscript/function_libs/torch_lib/ops/core.py")
 ORT_BATCH_NORM = ("https://github.com/microsoft/onnxruntime/blob/0606f7d6a37fb8dfc2cde779e3cf4dd02fe457ea/"
                   "onnxruntime/core/providers/cpu/nn/batch_norm.h")
+EXPORT_DISTRIBUTIONS = ("torch", "onnx", "onnxscript")  # what writes the ONNX file (export_cache key)
 ONNX_TYPES = {"float16": "FLOAT16", "bfloat16": "BFLOAT16", "float32": "FLOAT", "float64": "DOUBLE"}
 
 
@@ -335,9 +341,12 @@ class TorchOnnxAdapter(TorchModuleAdapter):
         key = graph_key(module, x)
         if key not in self._graphs:
             twin = placeholder_module(module).train(module.training)
+            example = example_input(x.dim(), module.num_features, x.dtype)
+            how = recipe(type(self).export, export_torchscript, export_dynamo, placeholder_module, example_input)
             try:
                 with quiet_native():
-                    self._graphs[key] = self.export(twin, example_input(x.dim(), module.num_features, x.dtype))
+                    self._graphs[key] = cached_artifact(self.name, EXPORT_DISTRIBUTIONS, how, module_subject(twin, example),
+                                                        lambda: self.export(twin, example))
             except Exception as exc:  # an exporter's refusal is every such case's outcome
                 self._graphs[key] = exc
         if isinstance(self._graphs[key], Exception):
@@ -363,7 +372,7 @@ class TorchOnnxDynamoAdapter(TorchOnnxAdapter):
     capabilities = replace(TorchOnnxAdapter.capabilities, running_variance=TorchModuleAdapter.capabilities.running_variance)
     notes = ("torch.onnx.export(dynamo=True) of nn.BatchNorm1d/2d/3d, dynamic non-channel axes, run by onnxruntime "
              "CPU; torchlib exports batch norm as an inference node even from train()")
-    speed_note = ("one torch.export + torchlib export per graph key (~0.6-2 s), then per case the state written "
+    speed_note = ("one torch.export + torchlib export per graph key (~0.6-2 s; none once kept from an earlier run), then per case the state written "
                   "into the initializers and an ONNX Runtime session (~1-5 ms)")
 
     # No float32 variance overflow: the graph never computes a batch variance (an inference node).
