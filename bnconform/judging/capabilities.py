@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
-from ..caseformat.model import (EPSILON_MODES, EXTENSIONS, GHOST_SPLITS, NORMALIZE_WITH, RUNNING_RULES, VARIANCE_KINDS,
+from ..caseformat.model import (EPSILON_MODES, GHOST_SPLITS, NORMALIZE_WITH, RUNNING_RULES, VARIANCE_KINDS,
                                 Case, variant)
-from .selectors import Selector, oracle_reproduces
+from .selectors import oracle_reproduces
 
 FLOAT_DTYPES = ("float64", "float32", "float16", "bfloat16")
 HALF_DTYPES = ("float16", "bfloat16")
