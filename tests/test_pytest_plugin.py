@@ -132,3 +132,27 @@ def test_an_existing_reports_directory_as_option_value_keeps_the_matrix(tmp_path
     listed = pytest_run("--collect-only", "-q", "--bn-backend", "numpy.oracle", "--bn-family", "degenerate",
                         "--bn-reports", tmp_path, "--ignore=tests")
     assert "cases/degenerate/c1_rank2.json::numpy.oracle-cpu" in listed.stdout, listed.stdout[-1500:]
+
+
+def test_a_projects_own_cases_folder_is_not_taken_for_vectors(tmp_path):
+    """A project with bnconform installed and a ``cases/`` folder of its own JSON runs its own
+    tests: that folder is not a case root (its first JSON file does not open as a case file), so
+    none of its files is collected as a case."""
+    (tmp_path / "cases" / "fixtures").mkdir(parents=True)
+    (tmp_path / "cases" / "fixtures" / "request.json").write_text('{"name": "a fixture of the project"}')
+    (tmp_path / "test_own.py").write_text("def test_own():\n    assert True\n")
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", *UNRELATED_PLUGINS, "-p", "no:cacheprovider"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0 and "1 passed" in done.stdout and "request.json" not in done.stdout, done.stdout[-1500:]
+
+
+def test_a_case_root_is_recognized_by_its_first_case_file(tmp_path):
+    from bnconform.caseformat.shipped_data import default_cases, holds_cases
+
+    assert holds_cases(ROOT / "cases") and not holds_cases(tmp_path / "absent")
+    (tmp_path / "cases" / "family").mkdir(parents=True)
+    assert not holds_cases(tmp_path / "cases")  # empty
+    (tmp_path / "cases" / "family" / "a.json").write_text('{"format_version": 1, "id": "family/a"}')
+    assert holds_cases(tmp_path / "cases") and default_cases(tmp_path) == tmp_path / "cases"
+    (tmp_path / "cases" / "family" / "0.json").write_text('[1, 2, 3]')
+    assert not holds_cases(tmp_path / "cases") and default_cases(tmp_path) != tmp_path / "cases"

@@ -33,6 +33,22 @@ def shipped_backends() -> Path:
 
 def default_cases(directory: Path | None = None) -> Path:
     """``cases/`` of ``directory`` (the current one by default) when it holds case families (a
-    checkout, or a project with vectors of its own), else the shipped vectors."""
+    checkout, or a project with vectors of its own: :func:`holds_cases`), else the shipped vectors."""
     local = Path(directory or ".") / "cases"
-    return local if local.is_dir() else shipped_cases()
+    return local if holds_cases(local) else shipped_cases()
+
+
+def holds_cases(folder: Path) -> bool:
+    """Whether ``folder`` is a bnconform case root rather than a project's unrelated ``cases/``:
+    its first ``<family>/<name>.json`` (in name order) opens as every case file does, with a
+    ``"format_version"`` key first (caseformat.casefile writes it first). Only that file's first
+    256 bytes are read; an empty folder, or one of other JSON, is not a case root."""
+    if not folder.is_dir():
+        return False
+    first = next(iter(sorted(p for p in folder.glob("*/*.json") if p.name != "schema.json")), None)
+    try:
+        with open(first, "rb") as handle:
+            head = handle.read(256).lstrip()
+    except (TypeError, OSError):  # TypeError: no case file at all
+        return False
+    return head.startswith(b"{") and head[1:].lstrip().startswith(b'"format_version"')

@@ -119,14 +119,16 @@ def _selection(config) -> dict:
 
 
 def _default_case_root(config) -> Path:
-    """<rootdir>/cases; else <invocation dir>/cases; else the vectors shipped with bnconform.
-    pytest takes the value of an option given as `--bn-reports DIR` (DIR existing) for a path
-    argument when it picks the rootdir, which then lands in DIR without the project's configfile;
-    the checkout's cases must still be found."""
-    from ..caseformat.shipped_data import shipped_cases
+    """<rootdir>/cases; else <invocation dir>/cases; else the vectors shipped with bnconform. A
+    ``cases/`` folder counts only if it holds case files (shipped_data.holds_cases): a project's
+    own unrelated ``cases/`` of JSON is never collected as vectors. pytest takes the value of an
+    option given as `--bn-reports DIR` (DIR existing) for a path argument when it picks the
+    rootdir, which then lands in DIR without the project's configfile; the checkout's cases must
+    still be found."""
+    from ..caseformat.shipped_data import holds_cases, shipped_cases
 
     for base in (Path(config.rootpath), Path(config.invocation_params.dir)):
-        if (base / "cases").is_dir():
+        if holds_cases(base / "cases"):
             return base / "cases"
     return shipped_cases()
 
