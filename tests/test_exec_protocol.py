@@ -313,3 +313,30 @@ def test_a_backend_without_running_state_says_so_in_its_handshake():
     """keeps_state: false makes the judge run it step by step (bnconform.judging.stepwise); absent: true."""
     assert parse_handshake(json.loads(json.dumps(EVERYTHING)), "fake").keeps_state is True
     assert parse_handshake({**json.loads(json.dumps(EVERYTHING)), "keeps_state": False}, "fake").keeps_state is False
+
+
+def test_a_shipped_backend_with_a_setup_runs_from_a_user_cache_copy(tmp_path, monkeypatch):
+    """Inside an installed bnconform (its _data folder), TensorFlow.js' folder is read from a copy in
+    the user cache (without node_modules), so `npm ci --prefix` and the node commands never write
+    into site-packages; the checkout's own folder is used as it is; a changed shipped file is a new copy."""
+    from bnconform.adapters import exec_manifest
+
+    shipped = tmp_path / "site-packages" / "bnconform" / "_data"
+    shutil.copytree(ROOT / "backends" / "tfjs", shipped / "backends" / "tfjs",
+                    ignore=shutil.ignore_patterns("node_modules"))
+    monkeypatch.setattr(exec_manifest, "SHIPPED", shipped)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    before = sorted(p.relative_to(shipped) for p in shipped.rglob("*"))
+
+    rows = exec_manifest.read_manifest(str(shipped / "backends" / "tfjs"))
+    folder = rows[0].folder
+    assert folder.parent.parent == tmp_path / "cache" / "bnconform" / "backends" and folder.name == "tfjs"
+    assert (folder / "backend.js").read_bytes() == (ROOT / "backends" / "tfjs" / "backend.js").read_bytes()
+    assert not (folder / "node_modules").exists()
+    assert rows[0].setup[rows[0].setup.index("--prefix") + 1] == str(folder)
+    assert exec_manifest.read_manifest(str(shipped / "backends" / "tfjs"))[0].folder == folder
+    assert sorted(p.relative_to(shipped) for p in shipped.rglob("*")) == before
+
+    (shipped / "backends" / "tfjs" / "backend.js").write_text("// a newer backend\n")
+    assert exec_manifest.read_manifest(str(shipped / "backends" / "tfjs"))[0].folder != folder
+    assert exec_manifest.read_manifest(str(ROOT / "backends" / "tfjs"))[0].folder == ROOT / "backends" / "tfjs"

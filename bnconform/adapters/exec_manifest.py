@@ -82,7 +82,7 @@ def read_manifest(location: str) -> list[Row]:
     problem = _field_problem(obj)
     if problem:
         raise ManifestError(f"{path}: {problem}")
-    folder = path.parent.resolve()
+    folder = working_folder(path.parent.resolve(), bool(obj.get("setup")))
     requires, timeouts = obj.get("requires", {}), obj.get("timeouts", {})
     shared = dict(folder=folder, framework=obj.get("framework", ""), executables=tuple(requires.get("executables", ())),
                   files=tuple(requires.get("files", ())), install=obj.get("install", "").replace("{folder}", _shown(folder)),
@@ -92,6 +92,32 @@ def read_manifest(location: str) -> list[Row]:
                   case_timeout=float(timeouts.get("case", CASE_TIMEOUT)))
     return [Row(name=row["name"], command=tuple(row["command"]), doc=row.get("doc", ""),
                 device_kinds=tuple(row.get("device_kinds", ("cpu",))), **shared) for row in obj["backends"]]
+
+
+def working_folder(folder: Path, has_setup: bool) -> Path:
+    """Where a backend's setup installs and its commands run: its own folder, except for a
+    backend shipped inside an installed bnconform that declares a setup (``npm ci`` for
+    TensorFlow.js), which runs from a copy of its shipped files in the user cache
+    (``~/.cache/bnconform/backends/<hash>/<name>/``, ``$XDG_CACHE_HOME`` if set), so that setup
+    never writes into site-packages. The hash covers every shipped file's path and bytes: an
+    upgraded bnconform gets a fresh copy. The copy is made under a temporary name and renamed, so
+    concurrent readers see all of it or none."""
+    if not has_setup or SHIPPED.resolve() not in folder.parents:
+        return folder
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "node_modules" not in p.relative_to(folder).parts)
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes())
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "backends"
+    copy = base / digest.hexdigest()[:16] / folder.name
+    if not copy.is_dir():
+        temporary = copy.with_name(f".{folder.name}.{os.getpid()}.tmp")
+        shutil.copytree(folder, temporary, ignore=shutil.ignore_patterns("node_modules"), dirs_exist_ok=True)
+        try:
+            os.rename(temporary, copy)
+        except OSError:  # another process renamed its copy first: the same bytes
+            shutil.rmtree(temporary, ignore_errors=True)
+    return copy
 
 
 def _field_problem(obj: dict) -> str | None:
