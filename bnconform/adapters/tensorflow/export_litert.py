@@ -28,7 +28,6 @@ the terminal; a refusal still reaches the judge as the converter's exception.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 import numpy as np
@@ -59,15 +58,6 @@ def quiet_native():
     return silenced(LOGGERS)
 
 
-def state_digest(case) -> str:
-    """A digest of every state array the converter freezes (gamma, beta, moving and renorm state)."""
-    state, digest = case.initial_state, hashlib.sha256()
-    for name in ("gamma", "beta", "running_mean", "running_var", "renorm_mean", "renorm_stddev", "running_stddev"):
-        value = getattr(state, name, None)
-        digest.update(name.encode() + (b"-" if value is None else np.ascontiguousarray(value).tobytes()))
-    return digest.hexdigest()
-
-
 def inference_capabilities(eager):
     """The eager row's capabilities narrowed to what an inference-only graph expresses: inference
     steps, no gradients."""
@@ -88,7 +78,7 @@ class TfKerasExportAdapter(TfKerasAutoAdapter):
 
     def __init__(self):
         super().__init__()
-        self._exported = {}  # (layer, epsilon, per-sample shape, state digest) -> x -> y
+        self._exported = {}  # (layer, model_subject) -> x -> y
 
     def run(self, case, device):
         layer = self._layer(case, device)
@@ -103,17 +93,18 @@ class TfKerasExportAdapter(TfKerasAutoAdapter):
 
     def _runner(self, layer, case, shape):
         """The exported model for this layer, state and per-sample shape (cached; batch dynamic)."""
-        cfg = case.config
-        key = (id(layer), cfg.effective_epsilon, tuple(shape[1:]), state_digest(case))
+        dtype = case.config.input_dtype
+        subject = model_subject(layer, shape, dtype)  # epsilon, shape and state included
+        key = (id(layer), subject)
         if key not in self._exported:
             if len(self._exported) >= CACHE_SIZE:
                 self._exported.pop(next(iter(self._exported)))
             # batch None, as users export: the runtime is resized to each batch (an empty one too)
-            inputs = tf_keras().Input(shape=tuple(shape[1:]), dtype=cfg.input_dtype)
+            inputs = tf_keras().Input(shape=tuple(shape[1:]), dtype=dtype)
             model = tf_keras().Model(inputs, layer(inputs, training=False))
             artifact = cached_artifact(self.name, self.converter_distributions,
-                                       recipe(TfKerasExportAdapter._runner, type(self).convert),
-                                       model_subject(layer, shape, cfg.input_dtype), lambda: self.convert(model))
+                                       recipe(TfKerasExportAdapter._runner, type(self).convert), subject,
+                                       lambda: self.convert(model))
             self._exported[key] = self.runtime(artifact)
         return self._exported[key]
 

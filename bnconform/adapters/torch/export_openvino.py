@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import collections
 import functools
-import hashlib
 import importlib.metadata
 from dataclasses import replace
 from pathlib import Path
@@ -44,8 +43,7 @@ from ...judging.selectors import input_dtype_in
 from ..base import Deviation, Mismatches
 from ..export_cache import cached_artifact, pack, recipe, unpack
 from .common import torch
-from .export_common import (PARAMETERS, example_input, exported_module, graph_key, module_subject, placeholder_module,
-                            quiet_native, raw_bytes)
+from .export_common import example_input, exported_module, module_subject, placeholder_module, quiet_native
 from .nn import TorchModuleAdapter
 
 TS_DECODER = ("https://github.com/openvinotoolkit/openvino/blob/releases/2026/4/"
@@ -64,15 +62,6 @@ def openvino():
     import openvino as ov
 
     return ov, ov.Core()
-
-
-def state_digest(module) -> str:
-    """A digest of the module state the conversion freezes into constants."""
-    digest = hashlib.sha256()
-    for name in PARAMETERS:
-        tensor = getattr(module, name)
-        digest.update(name.encode() + (b"-" if tensor is None else raw_bytes(tensor)))
-    return digest.hexdigest()
 
 
 def convert(module, x):
@@ -179,13 +168,13 @@ class TorchOpenVinoAdapter(TorchModuleAdapter):
 
     def _model(self, module, x):
         """The compiled model for the module's key and state, converted once (LRU of CACHE_SIZE)."""
-        key = (graph_key(module, x), state_digest(module))
+        example = example_input(x.dim(), module.num_features, x.dtype)
+        key = module_subject(module, example)  # the graph key and the state's bytes
         if key in self._compiled:
             self._compiled.move_to_end(key)
         else:
-            example = example_input(x.dim(), module.num_features, x.dtype)
-            artifact = cached_artifact(self.name, ("torch", "openvino"), recipe(converted_ir, example_input),
-                                       module_subject(module, example), lambda: converted_ir(module, example))
+            artifact = cached_artifact(self.name, ("torch", "openvino"), recipe(converted_ir, example_input), key,
+                                       lambda: converted_ir(module, example))
             self._compiled[key] = compiled_ir(artifact)
             if len(self._compiled) > CACHE_SIZE:
                 self._compiled.popitem(last=False)
