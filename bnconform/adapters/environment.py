@@ -62,7 +62,14 @@ def _distribution(requirement: str) -> str:
     return requirement.strip().lower().replace("_", "-")
 
 
+def user_cache(name: str) -> Path:
+    """``$XDG_CACHE_HOME/bnconform/<name>`` (``~/.cache/bnconform/<name>`` where it is unset): where
+    bnconform keeps what it builds or caches for this user (environments, compiled kernels, exported
+    artifacts), never inside a checkout or an installed package."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / name
+
+
 def envs_root() -> Path:
     if os.environ.get("BNCONFORM_ENVS"):
         return Path(os.environ["BNCONFORM_ENVS"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "envs"
+    return user_cache("envs")

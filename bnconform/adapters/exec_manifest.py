@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..caseformat.bounded_input import read_text
 from ..caseformat.shipped_data import SHIPPED
+from .environment import user_cache
 
 MANIFEST = "bnconform-backend.json"
 PREFIX = "exec:"
@@ -108,8 +109,7 @@ def working_folder(folder: Path, has_setup: bool) -> Path:
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(folder)).encode() + b"\0" + file.read_bytes())
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "backends"
-    copy = base / digest.hexdigest()[:16] / folder.name
+    copy = user_cache("backends") / digest.hexdigest()[:16] / folder.name
     if not copy.is_dir():
         temporary = copy.with_name(f".{folder.name}.{os.getpid()}.tmp")
         shutil.copytree(folder, temporary, ignore=shutil.ignore_patterns("node_modules"), dirs_exist_ok=True)
@@ -201,8 +201,7 @@ def build_output(row: Row) -> Path:
     site-packages."""
     if SHIPPED.resolve() not in row.folder.resolve().parents:
         return row.folder / row.build["output"]
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "builds"
-    return base / hashlib.sha256(str(row.folder.resolve()).encode()).hexdigest()[:16] / row.build["output"]
+    return user_cache("builds") / hashlib.sha256(str(row.folder.resolve()).encode()).hexdigest()[:16] / row.build["output"]
 
 
 def _build_outputs_stale(row: Row) -> bool:

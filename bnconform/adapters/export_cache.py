@@ -38,6 +38,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
+from .environment import user_cache
+
 FORMAT = "bnconform-export-cache-1"
 COUNTS: collections.Counter = collections.Counter()  # "reused" / "converted" in this process
 
@@ -49,7 +51,7 @@ def cache_folder() -> Path | None:
         return None
     if setting:
         return Path(setting)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / "exports"
+    return user_cache("exports")
 
 
 def versions(distributions: Iterable[str]) -> str:

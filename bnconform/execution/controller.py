@@ -16,8 +16,8 @@ import subprocess
 import tempfile
 import threading
 import time
-from pathlib import Path
 
+from ..adapters.environment import user_cache
 from ..judging.verdict import Verdict
 from . import host_memory
 from .adapter_classes import adapter_class, target_of
@@ -66,8 +66,7 @@ def compile_cache_environment() -> dict[str, str]:
     those of a fresh compile. ``BNCONFORM_JAX_CACHE=off`` disables it."""
     if os.environ.get("BNCONFORM_JAX_CACHE", "").lower() in ("0", "off", "no"):
         return {}
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return {"JAX_COMPILATION_CACHE_DIR": str(base / "bnconform" / "jax-compilation-cache"),
+    return {"JAX_COMPILATION_CACHE_DIR": str(user_cache("jax-compilation-cache")),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 

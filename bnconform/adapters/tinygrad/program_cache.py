@@ -26,6 +26,8 @@ import pickle
 import shutil
 from pathlib import Path
 
+from ..environment import user_cache
+
 _STATE: dict = {}
 
 
@@ -49,8 +51,7 @@ def fingerprint() -> str:
 
 
 def cache_file() -> Path:
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "bnconform" / "tinygrad-programs" / f"{fingerprint()}.pkl"
+    return user_cache("tinygrad-programs") / f"{fingerprint()}.pkl"
 
 
 def _read(path: Path) -> tuple[dict, bool]:
