@@ -28,7 +28,7 @@ from __future__ import annotations
 import numpy as np
 
 from .keras3 import Keras3JaxAdapter, Keras3TensorflowAdapter
-from .tensorflow.common import tf
+from .tensorflow.common import layer_call, reached, tf
 
 
 class Keras3TensorflowJitAdapter(Keras3TensorflowAdapter):
@@ -58,16 +58,9 @@ class Keras3TensorflowJitAdapter(Keras3TensorflowAdapter):
         """The cached ``tf.function`` of one step (public for tests: experimental_get_compiler_ir)."""
         key = (id(layer), training, gradients, layer.momentum, layer.epsilon)
         if key not in self._programs:
-            body = _tape_step(layer, training, self._parameters(layer)) if gradients else _call(layer, training)
+            body = _tape_step(layer, training, self._parameters(layer)) if gradients else layer_call(layer, training)
             self._programs[key] = tf().function(body, jit_compile=True, reduce_retracing=True)
         return self._programs[key]
-
-
-def _call(layer, training: bool):
-    """x -> y: the stateful layer call."""
-    def body(x):
-        return layer(x, training=training)
-    return body
 
 
 def _tape_step(layer, training: bool, parameters: dict):
@@ -83,10 +76,7 @@ def _tape_step(layer, training: bool, parameters: dict):
 
 def _named(names: list[str], grads, to_numpy) -> dict[str, np.ndarray]:
     """{name: gradient as NumPy}; a gradient the tape did not reach is an error, never a zero."""
-    missing = [n for n, g in zip(names, grads) if g is None]
-    if missing:
-        raise RuntimeError(f"Expected: gradients {names}. Received: None for {missing} (not connected to y)")
-    return {n: to_numpy(g) for n, g in zip(names, grads)}
+    return {n: to_numpy(g) for n, g in reached(names, grads)}
 
 
 class Keras3JaxJitAdapter(Keras3JaxAdapter):

@@ -16,6 +16,8 @@ Stable, small API (other adapters import it):
 - ``tape_gradients(tape, y, dy, x, gamma, beta)`` / ``graph_gradients(y, dy, x, gamma, beta)``
   -> ``{"dx", "dgamma", "dbeta"}``: the VJP of y with cotangent dy by TensorFlow's own autodiff
   (eager ``tf.GradientTape`` / TF1 ``tf.gradients``); None sources give None.
+- ``layer_call(layer, training)`` and ``reached(names, grads)``: a compiled row's forward program
+  body and the check that its tape reached every gradient (tf_keras and Keras 3 compiled rows).
 
 Shared by the non-Keras adapters (tf.nn, tf.nn+ema, fused, global norm, v1 layers, slim,
 legacy wrappers): the capability pieces ``EPS_INSIDE``, ``PLAIN_EMA``, ``LAYER_DTYPES``,
@@ -183,6 +185,23 @@ def tape_gradients(tape, y, dy, x, gamma=None, beta=None) -> dict:
     grads = dict.fromkeys(GRADIENT_NAMES)
     grads.update({name: None if g is None else to_numpy(g) for name, g in zip(present, found)})
     return grads
+
+
+def layer_call(layer, training: bool):
+    """x -> layer(x, training=training): a compiled row's forward program body (a named function:
+    AutoGraph cannot parse a lambda that shares its line)."""
+    def body(x):
+        return layer(x, training=training)
+    return body
+
+
+def reached(names: list[str], grads) -> list[tuple[str, object]]:
+    """(name, gradient) pairs of a compiled program's tape VJP; a gradient the tape did not reach
+    raises (never a silent zero or a missing output)."""
+    missing = [n for n, g in zip(names, grads) if g is None]
+    if missing:
+        raise RuntimeError(f"Expected: gradients {names}. Received: None for {missing} (not connected to y)")
+    return list(zip(names, grads))
 
 
 def graph_gradients(y, dy, x, gamma=None, beta=None) -> dict:

@@ -36,7 +36,7 @@ from typing import ClassVar
 
 from ...judging.selectors import case_in, empty_batch_gamma_gradient, updates_infinite_running_mean
 from ..base import Deviation, Mismatches, Raises
-from .common import infinite_mean_nan, tf, to_numpy, to_tensor
+from .common import infinite_mean_nan, layer_call, reached, tf, to_numpy, to_tensor
 from .keras import TfKerasAutoAdapter
 from .keras_common import BN_SOURCE, LAYER, fused_path, renorm_float64_deviation
 
@@ -123,16 +123,9 @@ class _TfKerasAutoCompiled(TfKerasAutoAdapter):
         ``experimental_get_compiler_ir`` and tracing count show what XLA compiled)."""
         key = (id(layer), training, gradients, layer.momentum, layer.epsilon)
         if key not in self._programs:
-            body = _forward_and_vjp(layer, training) if gradients else _forward(layer, training)
+            body = _forward_and_vjp(layer, training) if gradients else layer_call(layer, training)
             self._programs[key] = tf().function(body, jit_compile=self.jit_compile, reduce_retracing=True)
         return self._programs[key]
-
-
-def _forward(layer, training: bool):
-    """x -> y: the layer call (a named function: AutoGraph cannot parse a lambda that shares its line)."""
-    def body(x):
-        return layer(x, training=training)
-    return body
 
 
 def _gradient_sources(layer) -> list:
@@ -154,11 +147,8 @@ def _forward_and_vjp(layer, training: bool):
 def _named_gradients(layer, y, grads) -> tuple:
     """(y, {"dx", "dgamma", "dbeta"}) as NumPy; a gradient the tape did not reach is an error."""
     names = ["dx"] + [n for n, v in (("dgamma", layer.gamma), ("dbeta", layer.beta)) if v is not None]
-    missing = [n for n, g in zip(names, grads) if g is None]
-    if missing:
-        raise RuntimeError(f"Expected: gradients {names}. Received: None for {missing} (not connected to y)")
     # gamma / beta may be (1, .., C, ..) with ghost batches: flattened to (C,)
-    return y, {n: to_numpy(g) if n == "dx" else to_numpy(g).reshape(-1) for n, g in zip(names, grads)}
+    return y, {n: to_numpy(g) if n == "dx" else to_numpy(g).reshape(-1) for n, g in reached(names, grads)}
 
 
 def _state_outputs(layer) -> dict:
