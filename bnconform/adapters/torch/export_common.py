@@ -75,8 +75,8 @@ def module_subject(module, x) -> bytes:
 
 
 def raw_bytes(tensor) -> bytes:
-    """A CPU tensor's bytes (bfloat16 included: viewed as uint8, which NumPy can hold)."""
-    return tensor.detach().contiguous().view(-1).view(torch().uint8).numpy().tobytes()
+    """A tensor's bytes, as the CPU holds them (bfloat16 included: viewed as uint8, which NumPy can hold)."""
+    return tensor.detach().contiguous().cpu().view(-1).view(torch().uint8).numpy().tobytes()
 
 
 def shortest(value: float) -> float:

@@ -56,7 +56,7 @@ from ..export_cache import cached_artifact, recipe
 from ..findings import float32_variance_overflow
 from .common import PR_POSITIVE_EPS, torch
 from .export_common import (PARAMETERS, example_input, exported_module, graph_key, module_subject, placeholder_module,
-                            quiet_native, shortest)
+                            quiet_native, raw_bytes, shortest)
 from .nn import TorchModuleAdapter
 
 TORCHLIB_CORE = ("https://github.com/microsoft/onnxscript/blob/v0.7.2/"
@@ -155,7 +155,7 @@ def _fill(initializer, tensor) -> None:
     initializer.Clear()
     initializer.name, initializer.data_type = name, data_type
     initializer.dims.extend(dims)
-    initializer.raw_data = tensor.detach().contiguous().cpu().view(-1).view(torch().uint8).numpy().tobytes()
+    initializer.raw_data = raw_bytes(tensor)
 
 
 def session(data: bytes):
