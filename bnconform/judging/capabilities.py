@@ -85,6 +85,11 @@ class Capabilities:
     unreplicated: bool = True
     when: tuple = field(default=())  # ((Selector, {knob: values}), ...): conditional overrides
 
+    def inference_only(self) -> "Capabilities":
+        """These capabilities narrowed to what an inference-only graph expresses (an exported or
+        folded model): inference steps (running statistics, no update), no gradients."""
+        return replace(self, step_kinds=frozenset({("running", False)}), gradients=frozenset())
+
     def for_case(self, case: Case, device: str) -> "Capabilities":
         """These capabilities with every matching ``when`` override applied."""
         resolved = self

@@ -28,7 +28,6 @@ the terminal; a refusal still reaches the judge as the converter's exception.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import numpy as np
 
@@ -58,12 +57,6 @@ def quiet_native():
     return silenced(LOGGERS)
 
 
-def inference_capabilities(eager):
-    """The eager row's capabilities narrowed to what an inference-only graph expresses: inference
-    steps, no gradients."""
-    return replace(eager, step_kinds=frozenset({("running", False)}), gradients=frozenset())
-
-
 class TfKerasExportAdapter(TfKerasAutoAdapter):
     """The tf_keras.auto layer in a functional model, exported per state and shape by
     :meth:`export` (returns ``x -> y``); every step is an inference step from the case's state."""
@@ -73,7 +66,7 @@ class TfKerasExportAdapter(TfKerasAutoAdapter):
     eager_row = "tf_keras.auto"
     keeps_state = False
     isolated = True  # converters import their own machinery; keep it out of the eager rows' process
-    capabilities = inference_capabilities(layer_capabilities(None))
+    capabilities = layer_capabilities(None).inference_only()
     deviations = ()
 
     def __init__(self):

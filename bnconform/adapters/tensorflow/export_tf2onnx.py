@@ -22,7 +22,7 @@ from dataclasses import replace
 import numpy as np
 
 from .common import tf
-from .export_litert import TfKerasExportAdapter, feed, inference_capabilities
+from .export_litert import TfKerasExportAdapter, feed
 from .keras_common import layer_capabilities
 
 # tf_utils.TF_TO_ONNX_DTYPE: types_pb2.DT_BFLOAT16 -> onnx_pb.TensorProto.FLOAT16 (installed 1.17.0 file).
@@ -40,7 +40,7 @@ class TfKerasTf2OnnxAdapter(TfKerasExportAdapter):
     requires = ("tensorflow", "tf_keras", "tf2onnx", "onnxruntime")
     device_kinds = ("cpu",)
     # bfloat16 becomes float16 in the exported model (module docstring): not a bfloat16 BN.
-    capabilities = replace(inference_capabilities(_EAGER),
+    capabilities = replace(_EAGER.inference_only(),
                            dtypes=frozenset(p for p in _EAGER.dtypes if "bfloat16" not in p))
     notes = ("tf2onnx.convert.from_keras (default opset) + onnxruntime CPU; inference steps only, one conversion "
              "per state; fused path -> BatchNormalization, non-fused -> Mul + Add; bfloat16 is written as float16 "

@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import functools
 import importlib.metadata
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +132,7 @@ class TorchOpenVinoAdapter(TorchModuleAdapter):
     requires = ("torch", "openvino")
     device_kinds = ("cpu",)
     decay_parameter = None  # the converted model is inference only: no momentum survives the conversion
-    capabilities = replace(TorchModuleAdapter.capabilities, step_kinds=frozenset({("running", False)}),
-                           gradients=frozenset())
+    capabilities = TorchModuleAdapter.capabilities.inference_only()
     deviations = (FLOAT64_AS_FLOAT32,)
     notes = ("openvino.convert_model(module) (PyTorch frontend; it calls module.eval(), so inference steps only), "
              "compiled for CPU with INFERENCE_PRECISION_HINT=f32 (default bf16 on this CPU)")

@@ -29,7 +29,6 @@ Importing this module does not import torch.
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 from ...judging.selectors import input_dtype_in, param_dtype_in
 from ..base import Deviation, Raises
@@ -74,8 +73,7 @@ class TorchFoldedAdapter(TorchModuleAdapter):
              "(fuse_conv_bn_eval); rank 2 as (N, C, 1) through Conv1d; inference steps only")
     speed_note = ("~1 ms per inference step (the first ~0.2 s, importing torch.ao.quantization): a deepcopy and "
                   "fuse_conv_bn_weights per state, then one conv call")
-    capabilities = replace(TorchModuleAdapter.capabilities, step_kinds=frozenset({("running", False)}),
-                           gradients=frozenset())
+    capabilities = TorchModuleAdapter.capabilities.inference_only()
     # torch.nn's declarations are about training, updates and gradients: none reaches an inference step.
     deviations = (
         Deviation(
