@@ -46,8 +46,8 @@ class PythonEnvironment:
     def with_pins(self, pins: dict[str, str], label: str, extra: tuple[str, ...] = ()) -> PythonEnvironment:
         """The same environment with ``name==version`` for each of ``pins`` instead of what it asked of
         those distributions, plus ``extra`` requirements (a version sweep)."""
-        names = {_distribution(n) for n in pins}
-        kept = [r for r in self.requirements if _distribution(r) not in names]
+        names = {distribution_name(n) for n in pins}
+        kept = [r for r in self.requirements if distribution_name(r) not in names]
         pinned = tuple(f"{n}=={v}" for n, v in pins.items())
         return PythonEnvironment(label, tuple(kept) + pinned + tuple(extra), self.python)
 
@@ -55,7 +55,7 @@ class PythonEnvironment:
         return (self.path / MARKER).is_file()
 
 
-def _distribution(requirement: str) -> str:
+def distribution_name(requirement: str) -> str:
     """'tensorflow==2.12.1' -> 'tensorflow' (the name before any version or marker)."""
     for stop in "<>=!~;[ ":
         requirement = requirement.split(stop)[0]

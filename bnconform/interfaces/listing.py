@@ -15,6 +15,7 @@ import importlib.metadata
 from pathlib import Path
 
 from ..adapters.base import install_advice
+from ..adapters.environment import distribution_name
 from ..adapters.exec_backend import ExecAdapter
 from ..adapters.registry import BUILTIN, ENTRY_POINT_GROUP, RegistryError, known, resolve
 from ..execution.environments import built_record
@@ -78,8 +79,8 @@ def own_environment(cls) -> tuple[str, str]:
     if record is None:
         return "not built", (f"runs in its own environment {env.label} ({', '.join(env.requirements)}), "
                              "built with uv on its first run or by `bnconform env sync`")
-    packages = {name.lower().replace("_", "-"): v for name, v in record.get("packages", {}).items()}
-    version = packages.get(cls.framework.lower().replace("_", "-"), "?")
+    packages = {distribution_name(name): v for name, v in record.get("packages", {}).items()}
+    version = packages.get(distribution_name(cls.framework), "?")
     return version, f"installed in its own environment {env.path}"
 
 
