@@ -18,9 +18,10 @@ import sys
 import time
 
 from ..adapters.registry import load_class
-from ..caseformat.validation import CaseError, load_case
+from ..caseformat.validation import CaseError
 from ..judging.judge import judge
 from ..judging.verdict import Verdict
+from .case_cache import load_case
 
 
 def protocol_channel():

@@ -22,9 +22,9 @@ from pathlib import Path
 
 from ..adapters.exec_backend import ExecAdapter
 from ..adapters.registry import resolve
-from ..caseformat.validation import load_case
 from ..judging.verdict import Verdict, cell_id
 from .adapter_classes import adapter_class, device_kinds
+from .case_cache import load_case
 from .environments import EnvironmentBuildError, announce, ensure, environment_of, recent_failure
 from .selection import device_present, missing_module
 

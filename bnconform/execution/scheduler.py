@@ -14,9 +14,10 @@ import sys
 import threading
 import time
 
-from ..caseformat.validation import CaseError, load_case
+from ..caseformat.validation import CaseError
 from ..judging.verdict import Verdict
 from . import controller
+from .case_cache import load_case
 from .plan import host_key, presettle
 
 

@@ -245,7 +245,8 @@ class CaseFile(pytest.File):
     """One case file: an item per selected backend x device kind."""
 
     def collect(self):
-        from ..caseformat.validation import CaseError, load_case
+        from ..caseformat.validation import CaseError
+        from ..execution.case_cache import load_case
         from ..execution.plan import Cell, planned_kinds
 
         try:

@@ -113,7 +113,8 @@ def describe_case_meta(verdicts, case_root: Path) -> dict[str, dict]:
 
 def _read_metadata(path) -> tuple[str, dict] | None:
     """(the case's id, its :func:`case_metadata`), or None for a file that is not a valid case."""
-    from ..caseformat.validation import CaseError, load_case
+    from ..caseformat.validation import CaseError
+    from ..execution.case_cache import load_case
 
     try:
         case = load_case(path)
