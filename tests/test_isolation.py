@@ -181,3 +181,17 @@ def test_an_adapter_with_an_environment_of_its_own_never_shares_a_host_with_the_
     env = environment_of("tf_slim")
     assert env is not None and host_key("tf_slim").endswith(f"@{env.label}-{env.key}")
     assert host_key("tf_slim") != host_key("tf.v1.layers") and host_key("tflearn") != host_key("tf_slim")
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_closing_the_pytest_plugins_pool_leaves_none_of_its_hosts_running():
+    """Hosts.close kills every host and then reaps each: none is left running or a zombie."""
+    from bnconform.execution.controller import Hosts
+
+    hosts = Hosts(cell_timeout=60)
+    for name in ("numpy.oracle", "faulty_adapters:RaisingAdapter"):
+        hosts.for_adapter(name).info(name)
+    pids = [process.proc.pid for process in hosts.processes.values()]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    hosts.close()
+    assert not any(Path(f"/proc/{pid}").exists() for pid in pids), pids

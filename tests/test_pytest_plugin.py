@@ -9,6 +9,7 @@ per host): a process and a torch import each instead of three."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -99,6 +100,15 @@ def test_verdicts_map_to_pytest_outcomes_and_reports_go_where_bn_reports_says(tw
     assert not marker.exists()  # the unavailable cells never reached a host
     written = [p.parent for p in reports.rglob("results.json")]
     assert written == [reports], written  # --bn-reports DIR is `bnconform run --out DIR`
+
+
+def test_each_adapters_host_info_reaches_the_report_though_sent_once_per_worker(two_workers):
+    """A worker attaches an adapter's host info (version, devices, defaults) to its first cell's
+    report only; the report still names them for every adapter that ran, as `bnconform run` does."""
+    adapters = json.loads((two_workers[1] / "results.json").read_text())["adapters"]
+    for name in ("torch.nn", "torch.functional", "numpy.oracle"):
+        assert adapters[name]["version"] not in ("", "?") and adapters[name]["devices"] == ["cpu"], adapters[name]
+    assert adapters["torch.nn"]["defaults"] == {"decay_parameter": 0.1, "epsilon": 1e-05}, adapters["torch.nn"]["defaults"]
 
 
 def test_declared_deviation_is_an_xfail_naming_the_deviation_and_its_kind(two_workers):

@@ -32,6 +32,7 @@ _WRITTEN = pytest.StashKey[str]()  # the line about the reports: where they went
 _SECONDS = pytest.StashKey[dict]()  # adapter -> seconds per run cell in the last results.json
 _CASE_META = pytest.StashKey[object]()  # results.CaseMetaInAdvance, started at the first verdict
 _INFOS = pytest.StashKey[dict]()  # adapter -> its host's info (version, devices, defaults), as `run` records
+_INFORMED = pytest.StashKey[set]()  # (in each process that runs cells) adapters whose info was reported
 _PROPERTY = "bnconform_verdict"
 _INFO_PROPERTY = "bnconform_adapter_info"
 
@@ -305,7 +306,10 @@ class CellItem(pytest.Item):
         host = _hosts(self.config).for_adapter(self.cell.adapter)
         verdict = host.verdict(self.cell)
         self.user_properties.append((_PROPERTY, json.dumps(verdict.to_json())))
-        self.user_properties.append((_INFO_PROPERTY, json.dumps({self.cell.adapter: host.info(self.cell.adapter)})))
+        informed = self.config.stash.setdefault(_INFORMED, set())
+        if self.cell.adapter not in informed:  # the host's info is the same for every cell: sent once
+            informed.add(self.cell.adapter)
+            self.user_properties.append((_INFO_PROPERTY, json.dumps({self.cell.adapter: host.info(self.cell.adapter)})))
         if verdict.status == "deviation":
             pytest.xfail(f"declared deviation {', '.join(verdict.deviations)} ({', '.join(verdict.kinds)}): {verdict.detail}")
         if verdict.status in ("unsupported", "unavailable"):
@@ -376,7 +380,11 @@ def _prefetch_case_meta(config):
     return CaseMetaInAdvance(selection["root"], case_files(selection["root"], selection["families"]))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_sessionfinish(session):
+    """(controller) Write the reports. Every verdict has arrived once the session finishes, so this
+    runs before xdist's own sessionfinish, which waits for the workers to exit (each closing its
+    host processes, ~2-4 s): the two overlap instead of adding up."""
     config = session.config
     if hasattr(config, "workerinput") or not config.stash[_VERDICTS]:
         return  # xdist workers report through the controller
