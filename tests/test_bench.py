@@ -56,3 +56,17 @@ def test_the_floor_divides_the_environments_imports_by_the_workers():
     assert lines[0] == ("import floor: 9.0 s of cold imports over 2 host environments (5 backends) / 2 workers = 4.5 s")
     assert lines[1].split() == ["6.0", "s", "tf", "(tf.nn,", "tf_keras.auto,", "keras3.tensorflow,", "+1", "more)"]
     assert lines[2].split() == ["3.0", "s", "torch", "(torch.nn)"]
+
+
+def test_the_framework_floor_adds_the_cells_own_seconds_to_the_imports_per_worker():
+    """(imports 6 + 3) + cells inside adapter.run (2 + 4 compiled + 1 eager; skipped cells count
+    nothing) = 16 s / 2 workers = 8 s = 8 / 4.5 of the import floor."""
+    from bnconform.judging.verdict import Verdict
+
+    def cell(adapter, status, seconds):
+        return Verdict(case="c", family="f", adapter=adapter, device="cpu", status=status, seconds=seconds)
+    verdicts = [cell("torch.nn+compile", "pass", 2.0), cell("torch.nn+compile", "deviation", 4.0),
+                cell("torch.nn", "fail", 1.0), cell("torch.nn", "unsupported", 50.0)]
+    (line,) = bench.framework_floor_lines({"tf": 6.0, "torch": 3.0}, verdicts, floor=4.5, workers=2)
+    assert line == ("framework floor: 9.0 s of imports + 7.0 s inside adapter.run (compiled 6.0 s, eager 1.0 s) "
+                    "= 16.0 s / 2 workers = 8.0 s = 1.78 x the import floor"), line

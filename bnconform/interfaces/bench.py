@@ -15,6 +15,10 @@ shapes and knobs, and a declaration that names a case still selects its copy).
   host pays before its first cell), one environment at a time;
 * the matrix wall time of ``pytest -n auto cases``, and of the whole ``pytest -n auto`` (unit
   tests plus the matrix, what CI runs), each with its ratio to that floor;
+* the framework floor: the cold imports plus every run cell's seconds inside ``adapter.run``
+  (what the frameworks themselves spend tracing, compiling and computing), per worker -- the wall
+  time no cut in bnconform's own overhead (pytest, host round trips, case reading, judging) can
+  beat -- split by execution mode;
 * the five host environments with the largest import + cell time (an xdist worker runs each
   environment's cells, so that sum is one worker's share), and every adapter's ``speed_note``.
 
@@ -168,6 +172,25 @@ def _matrix_wall(names, all_selected: bool, paths=("cases",)) -> tuple[float, li
     return wall, verdicts, tail
 
 
+def framework_floor_lines(imports: dict[str, float], verdicts, floor: float, workers: int) -> list[str]:
+    """What the frameworks alone cost: the environments' cold imports plus every run cell's
+    seconds inside ``adapter.run`` (tracing, compiling, converting and computing; no pytest, host
+    round trip, case reading or judging), divided by ``workers``: the wall time that no cut in
+    bnconform's own overhead can go below, with its ratio to the import floor; and the compiled
+    and exported rows' share of those cell seconds."""
+    modes: dict[str, float] = {}
+    for v in verdicts:
+        if v.status not in ("unsupported", "unavailable"):
+            mode = getattr(adapter_class(v.adapter), "execution_mode", "eager")
+            modes[mode] = modes.get(mode, 0.0) + v.seconds
+    cells = sum(modes.values())
+    total = sum(imports.values()) + cells
+    shares = ", ".join(f"{mode} {seconds:.1f} s" for mode, seconds in sorted(modes.items(), key=lambda kv: -kv[1]))
+    return [f"framework floor: {sum(imports.values()):.1f} s of imports + {cells:.1f} s inside adapter.run "
+            f"({shares}) = {total:.1f} s / {workers} workers = {total / workers:.1f} s = "
+            f"{total / workers / floor if floor else float('nan'):.2f} x the import floor"]
+
+
 def top_environments(imports: dict[str, float], groups: dict[str, list[str]], verdicts, count: int = 5) -> list[str]:
     """The ``count`` host environments with the largest import + cell seconds (the cells of the
     backends it serves, from ``verdicts``), largest first, one line each naming its costliest backend."""
@@ -198,6 +221,7 @@ def matrix_report(names, workers: int) -> list[str]:
               f"ratio matrix wall / floor: {ratio(wall)}",
               f"whole suite wall time (pytest -n auto: unit tests + matrix): {suite_wall:.1f} s  ({suite_tail})",
               f"ratio suite wall / floor: {ratio(suite_wall)}"]
+    lines += framework_floor_lines(imports, verdicts, floor, workers)
     lines += top_environments(imports, groups, verdicts)
     notes = [(n, getattr(adapter_class(n), "speed_note", "")) for n in names if adapter_class(n) is not None]
     return lines + [f"speed note {n}: {note}" for n, note in notes if note]
