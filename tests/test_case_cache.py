@@ -113,3 +113,30 @@ def test_an_unwritable_folder_still_loads(tmp_path, sample, monkeypatch):
     monkeypatch.setenv("BNCONFORM_CASE_CACHE", str(blocked))
     assert case_cache.load_case(sample).id == "momentum/decay_0.1_bessel_3steps"
     assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_the_folder_is_bounded_by_removing_the_least_recently_used(folder, sample, monkeypatch):
+    """Above MAX_KEPT kept cases, a process keeping a new one first removes the least recently
+    used (a read-back counts as a use) down to 80 % of the bound."""
+    import os
+    import pickle
+
+    monkeypatch.setattr(case_cache, "MAX_KEPT", 5)
+    text = sample.read_text()
+    variants = []
+    for n in range(6):  # six different files: six kept cases, the first read back last
+        variant = sample.parent / f"v{n}.json"
+        variant.write_text(text.replace('"description": "', f'"description": "v{n} ', 1))
+        variants.append(variant)
+        case_cache.load_case(variant)
+    kept = sorted(folder.rglob("*.pickle"))
+    for age, path in enumerate(kept):  # distinct last-use times, an hour apart, long ago
+        os.utime(path, (1_000_000 + 3600 * age, 1_000_000 + 3600 * age))
+    oldest_case = pickle.loads(kept[0].read_bytes())  # read directly: not a use
+    case_cache.load_case(variants[[v.name for v in variants].index(Path(oldest_case.path).name)])  # used again
+    monkeypatch.setattr(case_cache, "_PRUNED", set())  # a new process
+    newest = sample.parent / "v6.json"
+    newest.write_text(text.replace('"description": "', '"description": "v6 ', 1))
+    case_cache.load_case(newest)
+    left = {case_cache._read_kept(p).description.split()[0] for p in folder.rglob("*.pickle")}
+    assert len(left) == 5 and "v6" in left and oldest_case.description.split()[0] in left, left

@@ -12,6 +12,10 @@ to read back). Only valid files are kept; an invalid or oversized file goes thro
 and fails with their one line every time. An unreadable or unwritable cache folder, or a kept
 file that does not unpickle to a Case, falls back to reading the case file.
 ``BNCONFORM_CASE_CACHE=off`` turns it off.
+
+The fuzzer, the benchmark and the tests read case files of their own, so the folder is bounded:
+a process that keeps a new case first counts the kept files (once), and above ``MAX_KEPT``
+removes the least recently used (a read-back touches its file) down to 80 % of it; ~6 KB a case.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from ..adapters.environment import user_cache
 from ..caseformat import validation
 from ..caseformat.bounded_input import size_problem
 from ..caseformat.model import Case
+
+MAX_KEPT = 5000  # kept cases (~30 MB); the shipped matrix needs one per case file (549 today)
+_PRUNED: set[Path] = set()  # folders this process has already bounded
 
 
 def folder() -> Path | None:
@@ -65,8 +72,26 @@ def load_case(path) -> Case:
     if kept is not None:
         return kept if kept.path == str(path) else replace(kept, path=str(path))
     case = validation.load_case(path)
+    _bound(where)
     _keep(where / key[:2] / f"{key}.pickle", case)
     return case
+
+
+def _bound(where: Path) -> None:
+    """Once per process and folder: above MAX_KEPT kept cases, remove the least recently used
+    down to 80 % of it (another process removing the same files at once is harmless)."""
+    if where in _PRUNED:
+        return
+    _PRUNED.add(where)
+    try:
+        kept = [(entry.stat().st_mtime, entry.path) for sub in os.scandir(where) if sub.is_dir()
+                for entry in os.scandir(sub.path) if entry.name.endswith(".pickle")]
+    except OSError:
+        return
+    if len(kept) <= MAX_KEPT:
+        return
+    for _, stale in sorted(kept)[:len(kept) - int(MAX_KEPT * 0.8)]:
+        Path(stale).unlink(missing_ok=True)
 
 
 def _bytes_if_small(path: Path) -> bytes | None:
@@ -80,11 +105,11 @@ def _bytes_if_small(path: Path) -> bytes | None:
 
 
 def _read_kept(kept: Path) -> Case | None:
+    """The kept case, its file touched as recently used; None if absent, damaged or foreign."""
     try:
         case = pickle.loads(kept.read_bytes())
-    except FileNotFoundError:
-        return None
-    except Exception:  # noqa: BLE001 (a truncated or foreign file: read the case file instead)
+        os.utime(kept)
+    except Exception:  # noqa: BLE001 (absent, truncated or foreign: read the case file instead)
         return None
     return case if isinstance(case, Case) else None
 
