@@ -140,3 +140,13 @@ def test_the_folder_is_bounded_by_removing_the_least_recently_used(folder, sampl
     case_cache.load_case(newest)
     left = {case_cache._read_kept(p).description.split()[0] for p in folder.rglob("*.pickle")}
     assert len(left) == 5 and "v6" in left and oldest_case.description.split()[0] in left, left
+
+
+def test_a_read_only_cache_still_serves_its_cases(folder, sample, monkeypatch):
+    case_cache.load_case(sample)
+    reads = CountedReads(monkeypatch)
+
+    def refuse(*args, **kwargs):
+        raise PermissionError("read-only file system")
+    monkeypatch.setattr(case_cache.os, "utime", refuse)
+    assert case_cache.load_case(sample).id == "momentum/decay_0.1_bessel_3steps" and reads.calls == 0

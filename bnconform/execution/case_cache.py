@@ -20,6 +20,7 @@ removes the least recently used (a read-back touches its file) down to 80 % of i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import os
@@ -108,9 +109,10 @@ def _read_kept(kept: Path) -> Case | None:
     """The kept case, its file touched as recently used; None if absent, damaged or foreign."""
     try:
         case = pickle.loads(kept.read_bytes())
-        os.utime(kept)
     except Exception:  # noqa: BLE001 (absent, truncated or foreign: read the case file instead)
         return None
+    with contextlib.suppress(OSError):  # a read-only cache still serves its cases
+        os.utime(kept)
     return case if isinstance(case, Case) else None
 
 
