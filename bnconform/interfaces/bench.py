@@ -176,8 +176,8 @@ def framework_floor_lines(imports: dict[str, float], verdicts, floor: float, wor
     """What the frameworks alone cost: the environments' cold imports plus every run cell's
     seconds inside ``adapter.run`` (tracing, compiling, converting and computing; no pytest, host
     round trip, case reading or judging), divided by ``workers``: the wall time that no cut in
-    bnconform's own overhead can go below, with its ratio to the import floor; and the compiled
-    and exported rows' share of those cell seconds."""
+    bnconform's own overhead can go below, with its ratio to the import floor; the cell seconds
+    are split by the rows' execution mode (eager, compiled, exported, ...)."""
     modes: dict[str, float] = {}
     for v in verdicts:
         if v.status not in ("unsupported", "unavailable"):
