@@ -112,7 +112,7 @@ def test_an_unwritable_folder_still_loads(tmp_path, sample, monkeypatch):
     blocked.write_text("")
     monkeypatch.setenv("BNCONFORM_CASE_CACHE", str(blocked))
     assert case_cache.load_case(sample).id == "momentum/decay_0.1_bessel_3steps"
-    assert not list(tmp_path.rglob("*.tmp"))
+    assert not list(tmp_path.rglob(".partial-*"))
 
 
 def test_the_folder_is_bounded_by_removing_the_least_recently_used(folder, sample, monkeypatch):

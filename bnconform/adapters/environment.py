@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,6 +68,34 @@ def user_cache(name: str) -> Path:
     bnconform keeps what it builds or caches for this user (environments, compiled kernels, exported
     artifacts), never inside a checkout or an installed package."""
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "bnconform" / name
+
+
+def cache_switched_off(variable: str) -> bool:
+    """Whether the environment variable that governs one of bnconform's caches says off / 0 / no."""
+    return os.environ.get(variable, "").lower() in ("0", "off", "no")
+
+
+def cache_folder(variable: str, name: str) -> Path | None:
+    """The folder a cache keeps its files in: None where ``variable`` says off / 0 / no, the
+    folder it names where it names one, else ``user_cache(name)``."""
+    if cache_switched_off(variable):
+        return None
+    return Path(os.environ[variable]) if os.environ.get(variable) else user_cache(name)
+
+
+def store_atomically(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place (a concurrent
+    reader sees the whole file or none); any OSError leaves the cache without it."""
+    temporary = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        os.replace(temporary, path)
+    except OSError:
+        if temporary is not None:
+            Path(temporary).unlink(missing_ok=True)
 
 
 def envs_root() -> Path:

@@ -32,13 +32,12 @@ import collections
 import hashlib
 import importlib.metadata
 import inspect
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
-from .environment import user_cache
+from .environment import cache_folder as environment_cache_folder
+from .environment import store_atomically
 
 FORMAT = "bnconform-export-cache-1"
 COUNTS: collections.Counter = collections.Counter()  # "reused" / "converted" in this process
@@ -46,12 +45,7 @@ COUNTS: collections.Counter = collections.Counter()  # "reused" / "converted" in
 
 def cache_folder() -> Path | None:
     """The folder artifacts are kept in, or None where ``BNCONFORM_EXPORT_CACHE`` is off / 0 / no."""
-    setting = os.environ.get("BNCONFORM_EXPORT_CACHE", "")
-    if setting.lower() in ("0", "off", "no"):
-        return None
-    if setting:
-        return Path(setting)
-    return user_cache("exports")
+    return environment_cache_folder("BNCONFORM_EXPORT_CACHE", "exports")
 
 
 def versions(distributions: Iterable[str]) -> str:
@@ -98,24 +92,8 @@ def cached_artifact(row: str, distributions: Iterable[str], how: str, subject: b
         pass
     data = convert()
     COUNTS["converted"] += 1
-    _store(path, data)
+    store_atomically(path, data)
     return data
-
-
-def _store(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path`` and rename it into place (atomic: a
-    reader sees the whole file or none); any OSError leaves the cache without it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".partial-")
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(temporary, path)
-    except OSError:
-        try:
-            os.unlink(temporary)
-        except (OSError, UnboundLocalError):
-            pass
 
 
 def pack(parts: Iterable[bytes]) -> bytes:

@@ -26,11 +26,10 @@ import hashlib
 import os
 import pickle
 import sys
-import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from ..adapters.environment import user_cache
+from ..adapters.environment import cache_folder, store_atomically
 from ..caseformat import validation
 from ..caseformat.bounded_input import size_problem
 from ..caseformat.model import Case
@@ -41,10 +40,7 @@ _PRUNED: set[Path] = set()  # folders this process has already bounded
 
 def folder() -> Path | None:
     """Where kept cases live: ``$BNCONFORM_CASE_CACHE``, else ``user_cache("cases")``; None when off."""
-    configured = os.environ.get("BNCONFORM_CASE_CACHE", "")
-    if configured.lower() in ("0", "off", "no"):
-        return None
-    return Path(configured) if configured else user_cache("cases")
+    return cache_folder("BNCONFORM_CASE_CACHE", "cases")
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,13 +113,5 @@ def _read_kept(kept: Path) -> Case | None:
 
 
 def _keep(kept: Path, case: Case) -> None:
-    """Write atomically (a temporary file renamed), so a concurrent reader never sees half a file."""
-    handle = None
-    try:
-        kept.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=kept.parent, suffix=".tmp", delete=False) as handle:
-            handle.write(pickle.dumps(case, protocol=pickle.HIGHEST_PROTOCOL))
-        os.replace(handle.name, kept)
-    except OSError:  # a read-only or full cache: the case was read all the same
-        if handle is not None:
-            Path(handle.name).unlink(missing_ok=True)
+    """Pickle the case into the cache (atomically; a read-only or full cache keeps nothing)."""
+    store_atomically(kept, pickle.dumps(case, protocol=pickle.HIGHEST_PROTOCOL))

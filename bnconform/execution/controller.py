@@ -17,7 +17,7 @@ import tempfile
 import threading
 import time
 
-from ..adapters.environment import user_cache
+from ..adapters.environment import cache_switched_off, user_cache
 from ..judging.verdict import Verdict
 from . import host_memory
 from .adapter_classes import adapter_class, target_of
@@ -64,7 +64,7 @@ def compile_cache_environment() -> dict[str, str]:
     of their time in the matrix; the cache keeps those programs across runs and hosts. Cached
     programs are keyed by the computation, compile options and JAX/XLA versions, so results are
     those of a fresh compile. ``BNCONFORM_JAX_CACHE=off`` disables it."""
-    if os.environ.get("BNCONFORM_JAX_CACHE", "").lower() in ("0", "off", "no"):
+    if cache_switched_off("BNCONFORM_JAX_CACHE"):
         return {}
     return {"JAX_COMPILATION_CACHE_DIR": str(user_cache("jax-compilation-cache")),
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}

@@ -26,13 +26,13 @@ import pickle
 import shutil
 from pathlib import Path
 
-from ..environment import user_cache
+from ..environment import cache_switched_off, user_cache
 
 _STATE: dict = {}
 
 
 def enabled() -> bool:
-    return os.environ.get("BNCONFORM_TINYGRAD_CACHE", "").lower() not in ("0", "off", "no")
+    return not cache_switched_off("BNCONFORM_TINYGRAD_CACHE")
 
 
 def fingerprint() -> str:
